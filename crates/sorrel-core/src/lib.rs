@@ -1,0 +1,10 @@
+//! Numerics and weight loading that candle lacks, shared by every model family.
+//!
+//! Lower layer of the workspace: nothing here knows about pipelines, schedulers or the CLI.
+
+pub mod conv3d;
+pub mod error;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use weights::TensorSource;

@@ -1,0 +1,204 @@
+//! Checkpoint files (safetensors, sharded or not, and torch `.pth` pickles) behind one name lookup, with
+//! optional key renaming, exposed to model code as a candle [`VarBuilder`].
+//!
+//! Why not candle's own backends: their errors say "cannot find tensor X" without the file, and the
+//! original Wan release needs a rename table applied to `.pth` files as well as safetensors. This backend
+//! names the file, the looked-up key and both shapes in every error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+
+/// Maps a name the model code asks for (diffusers/transformers naming) to the name stored in the file.
+pub type Renamer = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+enum Store {
+    Safetensors(MmapedSafetensors),
+    /// `.pth` pickles are read whole: candle's lazy reader reopens the zip for every tensor.
+    Map(HashMap<String, Tensor>),
+}
+
+/// A set of weight files read as one namespace.
+pub struct TensorSource {
+    store: Store,
+    files: Vec<PathBuf>,
+    rename: Option<Renamer>,
+}
+
+fn display_files(files: &[PathBuf]) -> String {
+    match files {
+        [one] => one.display().to_string(),
+        many => format!("{} (and {} more shards)", many[0].display(), many.len() - 1),
+    }
+}
+
+impl TensorSource {
+    /// Opens one or more `.safetensors` shards (memory-mapped) or a single `.pth` file.
+    pub fn open(files: &[PathBuf]) -> Result<Self> {
+        if files.is_empty() {
+            return Err(Error::model("no weight files were given"));
+        }
+        for f in files {
+            if !f.is_file() {
+                return Err(Error::model(format!(
+                    "weight file {} does not exist: check the model folder (see `sorrel generate --help`)",
+                    f.display()
+                )));
+            }
+        }
+        let is_pth = files.iter().all(|f| {
+            f.extension()
+                .is_some_and(|e| e == "pth" || e == "pt" || e == "bin")
+        });
+        let store = if is_pth {
+            if files.len() != 1 {
+                return Err(Error::model("sharded .pth checkpoints are not supported; convert them to safetensors"));
+            }
+            let list = candle_core::pickle::read_all(&files[0]).map_err(|e| {
+                Error::model(format!(
+                    "{} is not a readable PyTorch checkpoint ({e}); expected a state dict saved with torch.save",
+                    files[0].display()
+                ))
+            })?;
+            Store::Map(list.into_iter().collect())
+        } else {
+            // SAFETY: the files are memory-mapped read-only; Sorrel never writes to a checkpoint while it is
+            // loaded. A concurrent writer from another process could change the bytes under us, as with any mmap.
+            let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
+                Error::model(format!(
+                    "{} is not a valid safetensors file ({e}); re-download it or convert it",
+                    display_files(files)
+                ))
+            })?;
+            Store::Safetensors(st)
+        };
+        Ok(Self { store, files: files.to_vec(), rename: None })
+    }
+
+    /// Opens every `*.safetensors` in `dir` whose name starts with `stem` (handles `-00001-of-00003` shards).
+    pub fn open_dir(dir: &Path, stem: &str) -> Result<Self> {
+        let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                n.starts_with(stem) && n.ends_with(".safetensors")
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::model(format!(
+                "no {stem}*.safetensors file in {}: the folder is incomplete or not a diffusers model folder",
+                dir.display()
+            )));
+        }
+        Self::open(&files)
+    }
+
+    /// Looks every requested name up through `f` first (for checkpoints with other key names).
+    pub fn with_rename(mut self, f: Renamer) -> Self {
+        self.rename = Some(f);
+        self
+    }
+
+    /// Every key stored in the files (after no renaming).
+    pub fn keys(&self) -> Vec<String> {
+        match &self.store {
+            Store::Safetensors(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
+            Store::Map(m) => m.keys().cloned().collect(),
+        }
+    }
+
+    /// The storage dtype of a stored tensor (by stored name), if present.
+    pub fn stored_dtype(&self, stored: &str) -> Option<DType> {
+        match &self.store {
+            Store::Safetensors(st) => st.get(stored).ok().and_then(|v| {
+                use safetensors::Dtype as D;
+                match v.dtype() {
+                    D::F32 => Some(DType::F32),
+                    D::F16 => Some(DType::F16),
+                    D::BF16 => Some(DType::BF16),
+                    D::F64 => Some(DType::F64),
+                    _ => None,
+                }
+            }),
+            Store::Map(m) => m.get(stored).map(|t| t.dtype()),
+        }
+    }
+
+    fn stored_name(&self, name: &str) -> String {
+        match &self.rename {
+            Some(f) => f(name),
+            None => name.to_string(),
+        }
+    }
+
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        let stored = self.stored_name(name);
+        let found = match &self.store {
+            Store::Safetensors(st) => {
+                if st.get(&stored).is_ok() {
+                    Some(st.load(&stored, dev)?)
+                } else {
+                    None
+                }
+            }
+            Store::Map(m) => m.get(&stored).map(|t| t.to_device(dev)).transpose()?,
+        };
+        found.ok_or_else(|| {
+            let alias = if stored != name { format!(" (stored as `{stored}`)") } else { String::new() };
+            candle_core::Error::Msg(format!(
+                "tensor `{name}`{alias} is missing from {}: the checkpoint is incomplete or belongs to a \
+                 different model than its config.json describes",
+                display_files(&self.files)
+            ))
+        })
+    }
+
+    /// A candle `VarBuilder` reading from this source, converting every tensor to `dtype` on `device`.
+    pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for TensorSource {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.load(name, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::Msg(format!(
+                "shape mismatch for tensor `{name}` in {}: the file has {:?} but config.json implies {:?}; \
+                 the weights and config.json do not belong together",
+                display_files(&self.files),
+                t.dims(),
+                s.dims()
+            )));
+        }
+        t.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        let stored = self.stored_name(name);
+        match &self.store {
+            Store::Safetensors(st) => st.get(&stored).is_ok(),
+            Store::Map(m) => m.contains_key(&stored),
+        }
+    }
+}

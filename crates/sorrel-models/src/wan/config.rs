@@ -1,0 +1,182 @@
+//! `WanTransformer3DModel` configuration, read from a diffusers `transformer/config.json` or from the
+//! original Wan2.1 release's `config.json` (which uses other field names).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sorrel_core::{Error, Result};
+
+/// The transformer's hyper-parameters, with diffusers' field names so a downloaded folder loads as is.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct WanTransformerConfig {
+    /// (t, h, w) patch size of the patch-embedding conv.
+    #[serde(default = "default_patch")]
+    pub patch_size: [usize; 3],
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Channels per head.
+    pub attention_head_dim: usize,
+    /// Latent channels in.
+    #[serde(default = "default_channels")]
+    pub in_channels: usize,
+    /// Latent channels out.
+    #[serde(default = "default_channels")]
+    pub out_channels: usize,
+    /// Width of the text encoder's embeddings.
+    pub text_dim: usize,
+    /// Width of the sinusoidal timestep embedding.
+    #[serde(default = "default_freq_dim")]
+    pub freq_dim: usize,
+    /// Hidden width of each feed-forward block.
+    pub ffn_dim: usize,
+    /// Number of transformer blocks.
+    pub num_layers: usize,
+    /// Whether cross-attention has its own affine LayerNorm.
+    #[serde(default = "default_true")]
+    pub cross_attn_norm: bool,
+    /// Query/key normalisation; only `rms_norm_across_heads` (what every Wan2.1 model uses) is supported.
+    #[serde(default = "default_qk_norm")]
+    pub qk_norm: Option<String>,
+    /// Epsilon of every norm.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Image-conditioning width (I2V models); not supported yet.
+    #[serde(default)]
+    pub image_dim: Option<usize>,
+    /// Extra key/value projections for image conditioning (I2V models); not supported yet.
+    #[serde(default)]
+    pub added_kv_proj_dim: Option<usize>,
+    /// Longest RoPE table per axis, in patches.
+    #[serde(default = "default_rope_len")]
+    pub rope_max_seq_len: usize,
+}
+
+fn default_patch() -> [usize; 3] {
+    [1, 2, 2]
+}
+fn default_channels() -> usize {
+    16
+}
+fn default_freq_dim() -> usize {
+    256
+}
+fn default_true() -> bool {
+    true
+}
+fn default_qk_norm() -> Option<String> {
+    Some("rms_norm_across_heads".into())
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_rope_len() -> usize {
+    1024
+}
+
+/// The original release's field names (`WanModel` in Wan-AI's repository).
+#[derive(Debug, Deserialize)]
+struct OriginalConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default = "default_patch")]
+    patch_size: [usize; 3],
+    dim: usize,
+    ffn_dim: usize,
+    #[serde(default = "default_freq_dim")]
+    freq_dim: usize,
+    #[serde(default = "default_channels")]
+    in_dim: usize,
+    #[serde(default = "default_channels")]
+    out_dim: usize,
+    num_heads: usize,
+    num_layers: usize,
+    #[serde(default = "default_eps")]
+    eps: f64,
+    #[serde(default = "default_text_dim")]
+    text_dim: usize,
+}
+
+fn default_text_dim() -> usize {
+    4096
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::model(format!("{} is not a valid config: {e}", path.display())))
+}
+
+impl WanTransformerConfig {
+    /// Reads a diffusers `transformer/config.json`.
+    pub fn from_diffusers_file(path: &Path) -> Result<Self> {
+        let cfg: Self = read_json(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads the original Wan2.1 release's `config.json` and maps it to diffusers' fields.
+    pub fn from_original_file(path: &Path) -> Result<Self> {
+        let o: OriginalConfig = read_json(path)?;
+        if let Some(t) = &o.model_type {
+            if t != "t2v" {
+                return Err(Error::model(format!(
+                    "{}: model_type `{t}` is not supported yet; Sorrel runs text-to-video (t2v) Wan2.1 models",
+                    path.display()
+                )));
+            }
+        }
+        if o.num_heads == 0 || o.dim % o.num_heads != 0 {
+            return Err(Error::model(format!(
+                "{}: dim {} is not divisible by num_heads {}",
+                path.display(),
+                o.dim,
+                o.num_heads
+            )));
+        }
+        let cfg = Self {
+            patch_size: o.patch_size,
+            num_attention_heads: o.num_heads,
+            attention_head_dim: o.dim / o.num_heads,
+            in_channels: o.in_dim,
+            out_channels: o.out_dim,
+            text_dim: o.text_dim,
+            freq_dim: o.freq_dim,
+            ffn_dim: o.ffn_dim,
+            num_layers: o.num_layers,
+            cross_attn_norm: true,
+            qk_norm: default_qk_norm(),
+            eps: o.eps,
+            image_dim: None,
+            added_kv_proj_dim: None,
+            rope_max_seq_len: default_rope_len(),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Model width (heads x head dim).
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::model(format!("{}: {m}", path.display())));
+        if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() {
+            return bad("image-conditioned (I2V) transformers are not supported yet".into());
+        }
+        match self.qk_norm.as_deref() {
+            Some("rms_norm_across_heads") => {}
+            other => return bad(format!("qk_norm {other:?} is not supported (only \"rms_norm_across_heads\")")),
+        }
+        if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
+            return bad(format!(
+                "attention_head_dim {} must be even and at least 6 for 3D RoPE",
+                self.attention_head_dim
+            ));
+        }
+        if self.patch_size.iter().any(|&p| p == 0) || self.num_attention_heads == 0 || self.num_layers == 0 {
+            return bad("patch_size, num_attention_heads and num_layers must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,370 @@
+//! `WanTransformer3DModel`: patch embedding, 3D RoPE, self/cross attention with RMS qk-norm, AdaLN
+//! modulation from the timestep, GELU feed-forward, and the un-patchify head.
+//!
+//! Follows diffusers' `transformer_wan.py`. Norms and the modulation arithmetic run in f32 whatever the
+//! compute dtype, as diffusers keeps `norm*`, `scale_shift_table` and `time_embedder` in f32.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use super::config::WanTransformerConfig;
+
+/// torch's LayerNorm without affine parameters, computed in f32.
+/// x: (B, S, D) -> (B, S, D) f32
+fn layer_norm_f32(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// torch.nn.RMSNorm over the last dim with a learned scale.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, eps: eps as f32 })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+/// Affine LayerNorm (the cross-attention norm), computed in f32.
+struct AffineLayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl AffineLayerNorm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm_f32(x, self.eps)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Multi-head attention with RMS norm across heads on q and k; RoPE on self-attention only.
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(dim: usize, heads: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            to_q: linear(dim, dim, vb.pp("to_q"))?,
+            to_k: linear(dim, dim, vb.pp("to_k"))?,
+            to_v: linear(dim, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            norm_q: RmsNorm::new(dim, eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(dim, eps, vb.pp("norm_k"))?,
+            heads,
+        })
+    }
+
+    /// x: (B, S, D); context: (B, L, D) for cross-attention; rope: (cos, sin) each (S, head_dim/2).
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>, rope: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        let kv_in = context.unwrap_or(x);
+        let l = kv_in.dim(1)?;
+        let hd = d / self.heads;
+        let q = self.norm_q.forward(&self.to_q.forward(x)?)?;
+        let k = self.norm_k.forward(&self.to_k.forward(kv_in)?)?;
+        let v = self.to_v.forward(kv_in)?;
+        // (B, S, H, hd) -> (B, H, S, hd)
+        let q = q.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match rope {
+            Some((cos, sin)) => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            None => (q, k),
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?; // (B, H, S, hd)
+        let out = out.transpose(1, 2)?.reshape((b, s, d))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// Linear -> GELU (tanh approximation) -> Linear.
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { proj: linear(dim, hidden, vb.pp("net.0.proj"))?, out: linear(hidden, dim, vb.pp("net.2"))? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle's `gelu` is the tanh approximation, which is what "gelu-approximate" means in diffusers.
+        self.out.forward(&self.proj.forward(x)?.gelu()?)
+    }
+}
+
+struct Block {
+    attn1: Attention,
+    attn2: Attention,
+    norm2: Option<AffineLayerNorm>,
+    ffn: FeedForward,
+    /// (1, 6, D) in f32
+    scale_shift_table: Tensor,
+    eps: f64,
+}
+
+impl Block {
+    fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.inner_dim();
+        let h = cfg.num_attention_heads;
+        Ok(Self {
+            attn1: Attention::new(dim, h, cfg.eps, vb.pp("attn1"))?,
+            attn2: Attention::new(dim, h, cfg.eps, vb.pp("attn2"))?,
+            norm2: if cfg.cross_attn_norm {
+                Some(AffineLayerNorm::new(dim, cfg.eps, vb.pp("norm2"))?)
+            } else {
+                None
+            },
+            ffn: FeedForward::new(dim, cfg.ffn_dim, vb.pp("ffn"))?,
+            scale_shift_table: vb.get((1, 6, dim), "scale_shift_table")?.to_dtype(DType::F32)?,
+            eps: cfg.eps,
+        })
+    }
+
+    /// x: (B, S, D); context: (B, L, D); temb6: (B, 6, D) f32.
+    fn forward(&self, x: &Tensor, context: &Tensor, temb6: &Tensor, rope: &(Tensor, Tensor)) -> Result<Tensor> {
+        let dt = x.dtype();
+        let m = self.scale_shift_table.broadcast_add(temb6)?; // (B, 6, D)
+        let chunk = |i: usize| m.narrow(1, i, 1); // (B, 1, D)
+        let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
+        let (c_shift, c_scale, c_gate) = (chunk(3)?, chunk(4)?, chunk(5)?);
+
+        let n = layer_norm_f32(x, self.eps)?.broadcast_mul(&(scale_msa + 1.0)?)?.broadcast_add(&shift_msa)?;
+        let a = self.attn1.forward(&n.to_dtype(dt)?, None, Some(rope))?;
+        let x = (x.to_dtype(DType::F32)? + a.to_dtype(DType::F32)?.broadcast_mul(&gate_msa)?)?.to_dtype(dt)?;
+
+        let n = match &self.norm2 {
+            Some(norm) => norm.forward(&x)?.to_dtype(dt)?,
+            None => x.clone(),
+        };
+        let x = (&x + self.attn2.forward(&n, Some(context), None)?)?;
+
+        let n = layer_norm_f32(&x, self.eps)?.broadcast_mul(&(c_scale + 1.0)?)?.broadcast_add(&c_shift)?;
+        let f = self.ffn.forward(&n.to_dtype(dt)?)?;
+        (x.to_dtype(DType::F32)? + f.to_dtype(DType::F32)?.broadcast_mul(&c_gate)?)?.to_dtype(dt)
+    }
+}
+
+/// Sinusoidal timestep features as diffusers' `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`.
+/// t: (B,) -> (B, dim) f32, [cos | sin]
+fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> =
+        (0..half).map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp()).collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
+    if dim % 2 == 1 {
+        emb.pad_with_zeros(1, 0, 1)
+    } else {
+        Ok(emb)
+    }
+}
+
+/// The 3D rotary tables: per token (frame, row, column) the concatenated per-axis angles.
+/// Returns (cos, sin), each (F*H*W, head_dim/2) in `dtype`. Angles are computed in f64 as diffusers does.
+fn rope_tables(
+    head_dim: usize,
+    (f, h, w): (usize, usize, usize),
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let hw_dim = 2 * (head_dim / 6);
+    let t_dim = head_dim - 2 * hw_dim;
+    let inv = |dim: usize| -> Vec<f64> {
+        (0..dim / 2).map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / dim as f64)).collect()
+    };
+    let (ft, fh, fw) = (inv(t_dim), inv(hw_dim), inv(hw_dim));
+    let half = head_dim / 2;
+    let n = f * h * w;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for fi in 0..f {
+        for hi in 0..h {
+            for wi in 0..w {
+                let angles = ft
+                    .iter()
+                    .map(|q| fi as f64 * q)
+                    .chain(fh.iter().map(|q| hi as f64 * q))
+                    .chain(fw.iter().map(|q| wi as f64 * q));
+                for a in angles {
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+    }
+    let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// The Wan2.1 diffusion transformer.
+pub struct WanTransformer3DModel {
+    cfg: WanTransformerConfig,
+    /// (D, C*pt*ph*pw): the patch conv as a matrix, since stride == kernel.
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    time_1: Linear,
+    time_2: Linear,
+    time_proj: Linear,
+    text_1: Linear,
+    text_2: Linear,
+    blocks: Vec<Block>,
+    proj_out: Linear,
+    /// (1, 2, D) f32
+    scale_shift_table: Tensor,
+    dtype: DType,
+}
+
+impl WanTransformer3DModel {
+    /// Builds the model from a VarBuilder using diffusers' key names.
+    pub fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.inner_dim();
+        let [pt, ph, pw] = cfg.patch_size;
+        let patch_weight = vb
+            .get((d, cfg.in_channels, pt, ph, pw), "patch_embedding.weight")?
+            .reshape((d, cfg.in_channels * pt * ph * pw))?;
+        let patch_bias = vb.get(d, "patch_embedding.bias")?;
+        let ce = vb.pp("condition_embedder");
+        // The timestep MLP stays in f32 (diffusers' `_keep_in_fp32_modules`).
+        let te = ce.pp("time_embedder").set_dtype(DType::F32);
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_weight,
+            patch_bias,
+            time_1: linear(cfg.freq_dim, d, te.pp("linear_1"))?,
+            time_2: linear(d, d, te.pp("linear_2"))?,
+            time_proj: linear(d, 6 * d, ce.pp("time_proj"))?,
+            text_1: linear(cfg.text_dim, d, ce.pp("text_embedder.linear_1"))?,
+            text_2: linear(d, d, ce.pp("text_embedder.linear_2"))?,
+            blocks,
+            proj_out: linear(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
+            scale_shift_table: vb.get((1, 2, d), "scale_shift_table")?.to_dtype(DType::F32)?,
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &WanTransformerConfig {
+        &self.cfg
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Checks that a latent of (frames, height, width) can be patchified and fits the RoPE table.
+    pub fn check_latent_size(&self, f: usize, h: usize, w: usize) -> std::result::Result<(), String> {
+        let [pt, ph, pw] = self.cfg.patch_size;
+        if f % pt != 0 || h % ph != 0 || w % pw != 0 {
+            return Err(format!(
+                "latent size {f}x{h}x{w} (frames x height x width) is not divisible by the patch size {pt}x{ph}x{pw}"
+            ));
+        }
+        let m = self.cfg.rope_max_seq_len;
+        if f / pt > m || h / ph > m || w / pw > m {
+            return Err(format!(
+                "latent grid {}x{}x{} exceeds the model's rope_max_seq_len {m}: use fewer frames or a smaller size",
+                f / pt,
+                h / ph,
+                w / pw
+            ));
+        }
+        Ok(())
+    }
+
+    /// Patch-embedded text context for cross-attention, reusable across steps.
+    /// context: (B, L, text_dim) -> (B, L, D)
+    pub fn embed_text(&self, context: &Tensor) -> Result<Tensor> {
+        let x = self.text_1.forward(&context.to_dtype(self.dtype)?)?.gelu()?;
+        self.text_2.forward(&x)
+    }
+
+    /// One denoising prediction.
+    /// x: (B, C, F, H, W) latents; t: (B,) timesteps; context: (B, L, text_dim) text embeddings.
+    /// Returns (B, C_out, F, H, W).
+    pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let text = self.embed_text(context)?;
+        self.forward_with_text(x, t, &text)
+    }
+
+    /// As [`Self::forward`], with the text context already passed through [`Self::embed_text`].
+    pub fn forward_with_text(&self, x: &Tensor, t: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let (b, c, f, h, w) = x.dims5()?;
+        let [pt, ph, pw] = self.cfg.patch_size;
+        if let Err(m) = self.check_latent_size(f, h, w) {
+            candle_core::bail!("{m}");
+        }
+        let (gf, gh, gw) = (f / pt, h / ph, w / pw);
+        let d = self.cfg.inner_dim();
+        let dt = self.dtype;
+
+        // Patchify: (B, C, gf, pt, gh, ph, gw, pw) -> (B, gf, gh, gw, C, pt, ph, pw) -> (B, N, C*pt*ph*pw)
+        let patches = x
+            .to_dtype(dt)?
+            .reshape(&[b, c, gf, pt, gh, ph, gw, pw][..])?
+            .permute([0, 2, 4, 6, 1, 3, 5, 7])?
+            .reshape((b, gf * gh * gw, c * pt * ph * pw))?;
+        let mut hs = patches.broadcast_matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?;
+
+        // Timestep conditioning (f32).
+        let tf = timestep_features(t, self.cfg.freq_dim)?;
+        let temb = self.time_2.forward(&self.time_1.forward(&tf)?.silu()?)?; // (B, D) f32
+        let tproj = self
+            .time_proj
+            .forward(&temb.to_dtype(dt)?.silu()?)?
+            .to_dtype(DType::F32)?
+            .reshape((b, 6, d))?;
+
+        let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), dt, x.device())?;
+        let text = text.to_dtype(dt)?;
+        for block in &self.blocks {
+            hs = block.forward(&hs, &text, &tproj, &rope)?;
+        }
+
+        let m = self.scale_shift_table.broadcast_add(&temb.unsqueeze(1)?)?; // (B, 2, D)
+        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let hs = layer_norm_f32(&hs, self.cfg.eps)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let out = self.proj_out.forward(&hs.to_dtype(dt)?)?; // (B, N, pt*ph*pw*Cout)
+        let co = self.cfg.out_channels;
+        // Un-patchify: (B, gf, gh, gw, pt, ph, pw, Co) -> (B, Co, gf, pt, gh, ph, gw, pw)
+        out.reshape(&[b, gf, gh, gw, pt, ph, pw, co][..])?
+            .permute([0, 7, 1, 4, 2, 5, 3, 6])?
+            .reshape((b, co, f, h, w))
+    }
+}

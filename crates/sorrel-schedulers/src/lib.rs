@@ -1,0 +1,80 @@
+//! Diffusion samplers. Each file holds one sampler and depends on nothing but this small trait, so it can be
+//! read (and checked against diffusers) on its own.
+
+pub mod flow_euler;
+pub mod unipc;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde_json::Value;
+use sorrel_core::{Error, Result};
+
+pub use flow_euler::FlowMatchEulerScheduler;
+pub use unipc::UniPcScheduler;
+
+/// A sampler that turns model predictions into the next, less noisy, latents.
+pub trait Scheduler: Send {
+    /// Prepares `n` inference steps and resets all state.
+    fn set_timesteps(&mut self, n: usize) -> Result<()>;
+    /// The timestep the model sees at each step (integers for UniPC, fractional for Euler).
+    fn timesteps(&self) -> &[f32];
+    /// The noise level at each step boundary, `timesteps().len() + 1` values ending at the final sigma.
+    fn sigmas(&self) -> &[f32];
+    /// One step: the model's prediction for `sample` at the current step -> the sample for the next step.
+    /// Both: (B, C, F, H, W), f32.
+    fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor>;
+    /// A short name, as accepted by [`from_name`].
+    fn name(&self) -> &'static str;
+}
+
+/// Scheduler names accepted by `--scheduler`.
+pub const NAMES: [&str; 2] = ["unipc", "euler"];
+
+/// Builds a scheduler from a diffusers `scheduler_config.json` (its `_class_name` picks the sampler).
+pub fn from_config_file(path: &Path) -> Result<Box<dyn Scheduler>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let cfg: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::model(format!("{} is not valid JSON: {e}", path.display())))?;
+    let class = cfg.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    let ctx = |e: Error| Error::model(format!("{}: {e}", path.display()));
+    match class {
+        "UniPCMultistepScheduler" => Ok(Box::new(UniPcScheduler::from_config(&cfg).map_err(ctx)?)),
+        "FlowMatchEulerDiscreteScheduler" => Ok(Box::new(FlowMatchEulerScheduler::from_config(&cfg).map_err(ctx)?)),
+        other => Err(Error::model(format!(
+            "{}: scheduler class `{other}` is not supported; Sorrel has UniPCMultistepScheduler and \
+             FlowMatchEulerDiscreteScheduler (pick one with --scheduler {})",
+            path.display(),
+            NAMES.join("|")
+        ))),
+    }
+}
+
+/// Builds the named scheduler with the model's flow shift (`unipc` as Wan-AI ship it, or `euler`).
+pub fn from_name(name: &str, flow_shift: f64) -> Result<Box<dyn Scheduler>> {
+    match name {
+        "unipc" => Ok(Box::new(UniPcScheduler::new(flow_shift))),
+        "euler" => Ok(Box::new(FlowMatchEulerScheduler::new(flow_shift))),
+        other => Err(Error::invalid(format!(
+            "unknown scheduler `{other}`: choose one of {}",
+            NAMES.join(", ")
+        ))),
+    }
+}
+
+/// Reads a config field, falling back to `default` when absent or null.
+pub(crate) fn field<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, default: T) -> Result<T> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| Error::model(format!("field `{key}` has an unexpected value {v}: {e}"))),
+    }
+}
+
+/// Rejects a config whose boolean `key` is set: a feature this sampler does not implement.
+pub(crate) fn reject_flag(cfg: &Value, key: &str) -> Result<()> {
+    if field(cfg, key, false)? {
+        return Err(Error::model(format!("`{key}: true` is not supported by Sorrel's sampler")));
+    }
+    Ok(())
+}
