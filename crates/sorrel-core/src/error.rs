@@ -19,6 +19,9 @@ pub enum Error {
     /// A request (size, frames, option) the model cannot honour.
     #[error("{0}")]
     Invalid(String),
+    /// The caller's progress callback asked to stop.
+    #[error("cancelled")]
+    Cancelled,
     /// An error from candle, with no more context available.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -59,7 +59,9 @@ impl TensorSource {
         });
         let store = if is_pth {
             if files.len() != 1 {
-                return Err(Error::model("sharded .pth checkpoints are not supported; convert them to safetensors"));
+                return Err(Error::model(
+                    "sharded .pth checkpoints are not supported; convert them to safetensors",
+                ));
             }
             let list = candle_core::pickle::read_all(&files[0]).map_err(|e| {
                 Error::model(format!(
@@ -79,12 +81,19 @@ impl TensorSource {
             })?;
             Store::Safetensors(st)
         };
-        Ok(Self { store, files: files.to_vec(), rename: None })
+        Ok(Self {
+            store,
+            files: files.to_vec(),
+            rename: None,
+        })
     }
 
     /// Opens every `*.safetensors` in `dir` whose name starts with `stem` (handles `-00001-of-00003` shards).
     pub fn open_dir(dir: &Path, stem: &str) -> Result<Self> {
-        let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {

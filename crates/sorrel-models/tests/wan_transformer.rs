@@ -11,7 +11,9 @@ use sorrel_models::wan::transformer::WanTransformer3DModel;
 fn load(name: &str) -> WanTransformer3DModel {
     let dir = fixture(name).join("pipeline/transformer");
     let cfg = WanTransformerConfig::from_diffusers_file(&dir.join("config.json")).unwrap();
-    let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model").unwrap().into_var_builder(DType::F32, &Device::Cpu);
+    let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")
+        .unwrap()
+        .into_var_builder(DType::F32, &Device::Cpu);
     WanTransformer3DModel::new(&cfg, vb).unwrap()
 }
 
@@ -22,14 +24,29 @@ const TOL: f32 = 1e-4;
 fn check(name: &str) {
     let r = reference(name);
     let m = load(name);
-    let out = m.forward(&r["unit.transformer.in"], &r["unit.transformer.t"], &r["prompt_embeds"]).unwrap();
+    let out = m
+        .forward(
+            &r["unit.transformer.in"],
+            &r["unit.transformer.t"],
+            &r["prompt_embeds"],
+        )
+        .unwrap();
     let err = max_abs_diff(&out, &r["unit.transformer.out"]);
-    println!("{name}: unit forward max abs err {err:e} (scale {})", max_abs(&r["unit.transformer.out"]));
-    assert!(err <= TOL, "{name}: transformer forward differs from diffusers by {err}");
+    println!(
+        "{name}: unit forward max abs err {err:e} (scale {})",
+        max_abs(&r["unit.transformer.out"])
+    );
+    assert!(
+        err <= TOL,
+        "{name}: transformer forward differs from diffusers by {err}"
+    );
 
     // The pipeline's first call: initial latents, the first timestep, cond and uncond embeddings.
     let t = &r["step0.timestep"];
-    for (emb, key) in [("prompt_embeds", "step0.noise_pred_cond"), ("negative_prompt_embeds", "step0.noise_pred_uncond")] {
+    for (emb, key) in [
+        ("prompt_embeds", "step0.noise_pred_cond"),
+        ("negative_prompt_embeds", "step0.noise_pred_uncond"),
+    ] {
         let out = m.forward(&r["latents_init"], t, &r[emb]).unwrap();
         let err = max_abs_diff(&out, &r[key]);
         println!("{name}: {key} max abs err {err:e}");
@@ -59,6 +76,12 @@ fn oversized_latent_is_a_clear_error() {
     let m = load("wan-tiny-unipc"); // rope_max_seq_len 32
     let x = Tensor::zeros((1, 16, 1, 2, 66), DType::F32, &Device::Cpu).unwrap();
     let r = reference("wan-tiny-unipc");
-    let err = m.forward(&x, &Tensor::new(&[999f32], &Device::Cpu).unwrap(), &r["prompt_embeds"]).unwrap_err();
+    let err = m
+        .forward(
+            &x,
+            &Tensor::new(&[999f32], &Device::Cpu).unwrap(),
+            &r["prompt_embeds"],
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("rope_max_seq_len"), "{err}");
 }

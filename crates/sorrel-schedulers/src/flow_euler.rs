@@ -22,7 +22,13 @@ pub struct FlowMatchEulerScheduler {
 impl FlowMatchEulerScheduler {
     /// With the given shift (diffusers' default is 1.0; Wan's tests use 7.0).
     pub fn new(shift: f64) -> Self {
-        Self { shift, num_train_timesteps: 1000, timesteps: vec![], sigmas: vec![], step_index: 0 }
+        Self {
+            shift,
+            num_train_timesteps: 1000,
+            timesteps: vec![],
+            sigmas: vec![],
+            step_index: 0,
+        }
     }
 
     /// From a diffusers `scheduler_config.json`; options this implementation does not mirror are errors.
@@ -38,7 +44,9 @@ impl FlowMatchEulerScheduler {
             reject_flag(cfg, flag)?;
         }
         if field::<Option<f64>>(cfg, "shift_terminal", None)?.is_some() {
-            return Err(Error::model("FlowMatchEuler `shift_terminal` is not supported"));
+            return Err(Error::model(
+                "FlowMatchEuler `shift_terminal` is not supported",
+            ));
         }
         let mut s = Self::new(field(cfg, "shift", 1.0)?);
         s.num_train_timesteps = field(cfg, "num_train_timesteps", 1000)?;
@@ -94,7 +102,9 @@ impl Scheduler for FlowMatchEulerScheduler {
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let i = self.step_index;
         if i >= self.timesteps.len() {
-            return Err(Error::invalid("FlowMatchEuler: step() called more times than set_timesteps() prepared"));
+            return Err(Error::invalid(
+                "FlowMatchEuler: step() called more times than set_timesteps() prepared",
+            ));
         }
         let dt = self.sigmas[i + 1] - self.sigmas[i];
         self.step_index += 1;

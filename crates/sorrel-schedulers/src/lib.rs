@@ -33,7 +33,10 @@ pub const NAMES: [&str; 2] = ["unipc", "euler"];
 
 /// Builds a scheduler from a diffusers `scheduler_config.json` (its `_class_name` picks the sampler).
 pub fn from_config_file(path: &Path) -> Result<Box<dyn Scheduler>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let cfg: Value = serde_json::from_str(&text)
         .map_err(|e| Error::model(format!("{} is not valid JSON: {e}", path.display())))?;
     let class = cfg.get("_class_name").and_then(Value::as_str).unwrap_or("");
@@ -63,7 +66,11 @@ pub fn from_name(name: &str, flow_shift: f64) -> Result<Box<dyn Scheduler>> {
 }
 
 /// Reads a config field, falling back to `default` when absent or null.
-pub(crate) fn field<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, default: T) -> Result<T> {
+pub(crate) fn field<T: serde::de::DeserializeOwned>(
+    cfg: &Value,
+    key: &str,
+    default: T,
+) -> Result<T> {
     match cfg.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => serde_json::from_value(v.clone())
@@ -74,7 +81,9 @@ pub(crate) fn field<T: serde::de::DeserializeOwned>(cfg: &Value, key: &str, defa
 /// Rejects a config whose boolean `key` is set: a feature this sampler does not implement.
 pub(crate) fn reject_flag(cfg: &Value, key: &str) -> Result<()> {
     if field(cfg, key, false)? {
-        return Err(Error::model(format!("`{key}: true` is not supported by Sorrel's sampler")));
+        return Err(Error::model(format!(
+            "`{key}: true` is not supported by Sorrel's sampler"
+        )));
     }
     Ok(())
 }

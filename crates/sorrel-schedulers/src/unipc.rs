@@ -60,12 +60,22 @@ impl UniPcScheduler {
         expect("final_sigmas_type", "zero", "zero")?;
         expect("timestep_spacing", "linspace", "linspace")?;
         if !field(cfg, "use_flow_sigmas", false)? {
-            return Err(Error::model("UniPC without `use_flow_sigmas: true` is not supported"));
+            return Err(Error::model(
+                "UniPC without `use_flow_sigmas: true` is not supported",
+            ));
         }
         if !field(cfg, "predict_x0", true)? {
-            return Err(Error::model("UniPC with `predict_x0: false` is not supported"));
+            return Err(Error::model(
+                "UniPC with `predict_x0: false` is not supported",
+            ));
         }
-        for flag in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_dynamic_shifting", "thresholding"] {
+        for flag in [
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "use_dynamic_shifting",
+            "thresholding",
+        ] {
             reject_flag(cfg, flag)?;
         }
         if field::<Option<f64>>(cfg, "shift_terminal", None)?.is_some() {
@@ -76,7 +86,9 @@ impl UniPcScheduler {
         }
         let order: usize = field(cfg, "solver_order", 2)?;
         if !(1..=2).contains(&order) {
-            return Err(Error::model(format!("UniPC solver_order {order} is not supported (1 or 2)")));
+            return Err(Error::model(format!(
+                "UniPC solver_order {order} is not supported (1 or 2)"
+            )));
         }
         let mut s = Self::new(field(cfg, "flow_shift", 1.0)?);
         s.num_train_timesteps = field(cfg, "num_train_timesteps", 1000)?;
@@ -120,11 +132,15 @@ impl UniPcScheduler {
         let (alpha_t, sigma_t, lambda_t) = self.lambda(i + 1);
         let (_, sigma_s0, lambda_s0) = self.lambda(i);
         let h = lambda_t - lambda_s0;
-        let m0 = self.model_outputs[self.solver_order - 1].as_ref().expect("model output stored");
+        let m0 = self.model_outputs[self.solver_order - 1]
+            .as_ref()
+            .expect("model output stored");
         let (h_phi_1, b_h, _) = Self::coefficients(h, order);
         let x_t = ((x * (sigma_t / sigma_s0) as f64)? - (m0 * (alpha_t * h_phi_1) as f64)?)?;
         if order == 2 {
-            let m1 = self.model_outputs[self.solver_order - 2].as_ref().expect("previous model output stored");
+            let m1 = self.model_outputs[self.solver_order - 2]
+                .as_ref()
+                .expect("previous model output stored");
             let (_, _, lambda_s1) = self.lambda(i - 1);
             let rk = (lambda_s1 - lambda_s0) / h;
             // For order 2 diffusers fixes rho = 0.5 rather than solving the 1x1 system.
@@ -142,14 +158,19 @@ impl UniPcScheduler {
         let (alpha_t, sigma_t, lambda_t) = self.lambda(i);
         let (_, sigma_s0, lambda_s0) = self.lambda(i - 1);
         let h = lambda_t - lambda_s0;
-        let m0 = self.model_outputs[self.solver_order - 1].as_ref().expect("model output stored");
+        let m0 = self.model_outputs[self.solver_order - 1]
+            .as_ref()
+            .expect("model output stored");
         let (h_phi_1, b_h, b) = Self::coefficients(h, order);
-        let x_t_ = ((last_sample * (sigma_t / sigma_s0) as f64)? - (m0 * (alpha_t * h_phi_1) as f64)?)?;
+        let x_t_ =
+            ((last_sample * (sigma_t / sigma_s0) as f64)? - (m0 * (alpha_t * h_phi_1) as f64)?)?;
         let d1_t = (model_t - m0)?;
         let res = if order == 1 {
             (d1_t * 0.5)?
         } else {
-            let m1 = self.model_outputs[self.solver_order - 2].as_ref().expect("previous model output stored");
+            let m1 = self.model_outputs[self.solver_order - 2]
+                .as_ref()
+                .expect("previous model output stored");
             let (_, _, lambda_s1) = self.lambda(i - 2);
             let rk = (lambda_s1 - lambda_s0) / h;
             // Solve [[1, 1], [rk, 1]] rho = b (R's rows are rks^0 and rks^1 with rks = [rk, 1]).
@@ -183,7 +204,11 @@ impl Scheduler for UniPcScheduler {
         }
         // The model sees the truncated integer timestep; the solver uses the float sigma.
         self.timesteps = sig.iter().map(|s| (s * nt) as i64 as f32).collect();
-        self.sigmas = sig.iter().map(|&s| s as f32).chain(std::iter::once(0.0)).collect();
+        self.sigmas = sig
+            .iter()
+            .map(|&s| s as f32)
+            .chain(std::iter::once(0.0))
+            .collect();
         self.step_index = 0;
         self.lower_order_nums = 0;
         self.this_order = 1;
@@ -203,7 +228,9 @@ impl Scheduler for UniPcScheduler {
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let n = self.timesteps.len();
         if self.step_index >= n {
-            return Err(Error::invalid("UniPC: step() called more times than set_timesteps() prepared"));
+            return Err(Error::invalid(
+                "UniPC: step() called more times than set_timesteps() prepared",
+            ));
         }
         let sigma = self.sigmas[self.step_index];
         let x0 = (sample - (model_output * sigma as f64)?)?;

@@ -7,15 +7,27 @@ use candle_core::{Device, Tensor};
 use sorrel_schedulers::{from_config_file, Scheduler};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn scheduler(name: &str) -> Box<dyn Scheduler> {
@@ -31,10 +43,18 @@ fn check(name: &str, steps: usize) {
     // Schedules are built in f64 and stored as f32 by both programs: equal to 1e-6 (the bound).
     assert_eq!(s.timesteps().len(), want_t.len());
     for (a, b) in s.timesteps().iter().zip(&want_t) {
-        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{name}: timesteps {:?} vs {want_t:?}", s.timesteps());
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "{name}: timesteps {:?} vs {want_t:?}",
+            s.timesteps()
+        );
     }
     for (a, b) in s.sigmas().iter().zip(&want_s) {
-        assert!((a - b).abs() <= 1e-6, "{name}: sigmas {:?} vs {want_s:?}", s.sigmas());
+        assert!(
+            (a - b).abs() <= 1e-6,
+            "{name}: sigmas {:?} vs {want_s:?}",
+            s.sigmas()
+        );
     }
     // Each step from diffusers' own noise predictions, so only the sampler is under test.
     let mut x = r["latents_init"].clone();
@@ -81,8 +101,14 @@ fn documented_schedules() {
 
 #[test]
 fn unknown_scheduler_is_a_clear_error() {
-    let err = sorrel_schedulers::from_name("ddim", 3.0).err().unwrap().to_string();
-    assert!(err.contains("unknown scheduler `ddim`") && err.contains("unipc"), "{err}");
+    let err = sorrel_schedulers::from_name("ddim", 3.0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("unknown scheduler `ddim`") && err.contains("unipc"),
+        "{err}"
+    );
 }
 
 #[test]

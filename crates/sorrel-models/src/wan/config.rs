@@ -101,7 +101,10 @@ fn default_text_dim() -> usize {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     serde_json::from_str(&text)
         .map_err(|e| Error::model(format!("{} is not a valid config: {e}", path.display())))
 }
@@ -125,7 +128,7 @@ impl WanTransformerConfig {
                 )));
             }
         }
-        if o.num_heads == 0 || o.dim % o.num_heads != 0 {
+        if o.num_heads == 0 || !o.dim.is_multiple_of(o.num_heads) {
             return Err(Error::model(format!(
                 "{}: dim {} is not divisible by num_heads {}",
                 path.display(),
@@ -166,15 +169,19 @@ impl WanTransformerConfig {
         }
         match self.qk_norm.as_deref() {
             Some("rms_norm_across_heads") => {}
-            other => return bad(format!("qk_norm {other:?} is not supported (only \"rms_norm_across_heads\")")),
+            other => {
+                return bad(format!(
+                    "qk_norm {other:?} is not supported (only \"rms_norm_across_heads\")"
+                ))
+            }
         }
-        if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
+        if !self.attention_head_dim.is_multiple_of(2) || self.attention_head_dim < 6 {
             return bad(format!(
                 "attention_head_dim {} must be even and at least 6 for 3D RoPE",
                 self.attention_head_dim
             ));
         }
-        if self.patch_size.iter().any(|&p| p == 0) || self.num_attention_heads == 0 || self.num_layers == 0 {
+        if self.patch_size.contains(&0) || self.num_attention_heads == 0 || self.num_layers == 0 {
             return bad("patch_size, num_attention_heads and num_layers must be positive".into());
         }
         Ok(())

@@ -27,7 +27,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(dim, "weight")?, eps: eps as f32 })
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps: eps as f32,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
@@ -50,7 +53,9 @@ impl AffineLayerNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm_f32(x, self.eps)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        layer_norm_f32(x, self.eps)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -79,7 +84,12 @@ impl Attention {
     }
 
     /// x: (B, S, D); context: (B, L, D) for cross-attention; rope: (cos, sin) each (S, head_dim/2).
-    fn forward(&self, x: &Tensor, context: Option<&Tensor>, rope: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        rope: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let kv_in = context.unwrap_or(x);
         let l = kv_in.dim(1)?;
@@ -88,9 +98,18 @@ impl Attention {
         let k = self.norm_k.forward(&self.to_k.forward(kv_in)?)?;
         let v = self.to_v.forward(kv_in)?;
         // (B, S, H, hd) -> (B, H, S, hd)
-        let q = q.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = q
+            .reshape((b, s, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = k
+            .reshape((b, l, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = v
+            .reshape((b, l, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let (q, k) = match rope {
             Some((cos, sin)) => (
                 candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
@@ -115,7 +134,10 @@ struct FeedForward {
 
 impl FeedForward {
     fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { proj: linear(dim, hidden, vb.pp("net.0.proj"))?, out: linear(hidden, dim, vb.pp("net.2"))? })
+        Ok(Self {
+            proj: linear(dim, hidden, vb.pp("net.0.proj"))?,
+            out: linear(hidden, dim, vb.pp("net.2"))?,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's `gelu` is the tanh approximation, which is what "gelu-approximate" means in diffusers.
@@ -146,22 +168,33 @@ impl Block {
                 None
             },
             ffn: FeedForward::new(dim, cfg.ffn_dim, vb.pp("ffn"))?,
-            scale_shift_table: vb.get((1, 6, dim), "scale_shift_table")?.to_dtype(DType::F32)?,
+            scale_shift_table: vb
+                .get((1, 6, dim), "scale_shift_table")?
+                .to_dtype(DType::F32)?,
             eps: cfg.eps,
         })
     }
 
     /// x: (B, S, D); context: (B, L, D); temb6: (B, 6, D) f32.
-    fn forward(&self, x: &Tensor, context: &Tensor, temb6: &Tensor, rope: &(Tensor, Tensor)) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        temb6: &Tensor,
+        rope: &(Tensor, Tensor),
+    ) -> Result<Tensor> {
         let dt = x.dtype();
         let m = self.scale_shift_table.broadcast_add(temb6)?; // (B, 6, D)
         let chunk = |i: usize| m.narrow(1, i, 1); // (B, 1, D)
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (c_shift, c_scale, c_gate) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let n = layer_norm_f32(x, self.eps)?.broadcast_mul(&(scale_msa + 1.0)?)?.broadcast_add(&shift_msa)?;
+        let n = layer_norm_f32(x, self.eps)?
+            .broadcast_mul(&(scale_msa + 1.0)?)?
+            .broadcast_add(&shift_msa)?;
         let a = self.attn1.forward(&n.to_dtype(dt)?, None, Some(rope))?;
-        let x = (x.to_dtype(DType::F32)? + a.to_dtype(DType::F32)?.broadcast_mul(&gate_msa)?)?.to_dtype(dt)?;
+        let x = (x.to_dtype(DType::F32)? + a.to_dtype(DType::F32)?.broadcast_mul(&gate_msa)?)?
+            .to_dtype(dt)?;
 
         let n = match &self.norm2 {
             Some(norm) => norm.forward(&x)?.to_dtype(dt)?,
@@ -169,7 +202,9 @@ impl Block {
         };
         let x = (&x + self.attn2.forward(&n, Some(context), None)?)?;
 
-        let n = layer_norm_f32(&x, self.eps)?.broadcast_mul(&(c_scale + 1.0)?)?.broadcast_add(&c_shift)?;
+        let n = layer_norm_f32(&x, self.eps)?
+            .broadcast_mul(&(c_scale + 1.0)?)?
+            .broadcast_add(&c_shift)?;
         let f = self.ffn.forward(&n.to_dtype(dt)?)?;
         (x.to_dtype(DType::F32)? + f.to_dtype(DType::F32)?.broadcast_mul(&c_gate)?)?.to_dtype(dt)
     }
@@ -179,10 +214,14 @@ impl Block {
 /// t: (B,) -> (B, dim) f32, [cos | sin]
 fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f32> =
-        (0..half).map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
+        .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
     let emb = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
     if dim % 2 == 1 {
         emb.pad_with_zeros(1, 0, 1)
@@ -202,7 +241,9 @@ fn rope_tables(
     let hw_dim = 2 * (head_dim / 6);
     let t_dim = head_dim - 2 * hw_dim;
     let inv = |dim: usize| -> Vec<f64> {
-        (0..dim / 2).map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / dim as f64)).collect()
+        (0..dim / 2)
+            .map(|i| 1.0 / 10000f64.powf((2 * i) as f64 / dim as f64))
+            .collect()
     };
     let (ft, fh, fw) = (inv(t_dim), inv(hw_dim), inv(hw_dim));
     let half = head_dim / 2;
@@ -273,7 +314,9 @@ impl WanTransformer3DModel {
             text_2: linear(d, d, ce.pp("text_embedder.linear_2"))?,
             blocks,
             proj_out: linear(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
-            scale_shift_table: vb.get((1, 2, d), "scale_shift_table")?.to_dtype(DType::F32)?,
+            scale_shift_table: vb
+                .get((1, 2, d), "scale_shift_table")?
+                .to_dtype(DType::F32)?,
             dtype: vb.dtype(),
         })
     }
@@ -289,9 +332,14 @@ impl WanTransformer3DModel {
     }
 
     /// Checks that a latent of (frames, height, width) can be patchified and fits the RoPE table.
-    pub fn check_latent_size(&self, f: usize, h: usize, w: usize) -> std::result::Result<(), String> {
+    pub fn check_latent_size(
+        &self,
+        f: usize,
+        h: usize,
+        w: usize,
+    ) -> std::result::Result<(), String> {
         let [pt, ph, pw] = self.cfg.patch_size;
-        if f % pt != 0 || h % ph != 0 || w % pw != 0 {
+        if !f.is_multiple_of(pt) || !h.is_multiple_of(ph) || !w.is_multiple_of(pw) {
             return Err(format!(
                 "latent size {f}x{h}x{w} (frames x height x width) is not divisible by the patch size {pt}x{ph}x{pw}"
             ));
@@ -311,7 +359,10 @@ impl WanTransformer3DModel {
     /// Patch-embedded text context for cross-attention, reusable across steps.
     /// context: (B, L, text_dim) -> (B, L, D)
     pub fn embed_text(&self, context: &Tensor) -> Result<Tensor> {
-        let x = self.text_1.forward(&context.to_dtype(self.dtype)?)?.gelu()?;
+        let x = self
+            .text_1
+            .forward(&context.to_dtype(self.dtype)?)?
+            .gelu()?;
         self.text_2.forward(&x)
     }
 
@@ -340,7 +391,9 @@ impl WanTransformer3DModel {
             .reshape(&[b, c, gf, pt, gh, ph, gw, pw][..])?
             .permute([0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((b, gf * gh * gw, c * pt * ph * pw))?;
-        let mut hs = patches.broadcast_matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?;
+        let mut hs = patches
+            .broadcast_matmul(&self.patch_weight.t()?)?
+            .broadcast_add(&self.patch_bias)?;
 
         // Timestep conditioning (f32).
         let tf = timestep_features(t, self.cfg.freq_dim)?;
@@ -359,7 +412,9 @@ impl WanTransformer3DModel {
 
         let m = self.scale_shift_table.broadcast_add(&temb.unsqueeze(1)?)?; // (B, 2, D)
         let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
-        let hs = layer_norm_f32(&hs, self.cfg.eps)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let hs = layer_norm_f32(&hs, self.cfg.eps)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?;
         let out = self.proj_out.forward(&hs.to_dtype(dt)?)?; // (B, N, pt*ph*pw*Cout)
         let co = self.cfg.out_channels;
         // Un-patchify: (B, gf, gh, gw, pt, ph, pw, Co) -> (B, Co, gf, pt, gh, ph, gw, pw)

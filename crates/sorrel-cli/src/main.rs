@@ -1,0 +1,237 @@
+//! `sorrel`: text-to-video generation from the command line.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sorrel_pipeline::{Event, LoadOptions, Text2VideoRequest, WanPipeline};
+
+use output::OutputTarget;
+
+#[derive(Parser)]
+#[command(
+    name = "sorrel",
+    version,
+    about = "Open text-to-video generation",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a video from a prompt.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// What the video shows.
+    prompt: String,
+    /// Model folder: a Wan2.1 diffusers folder (with model_index.json) or an original Wan2.1 release folder.
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// What to steer away from.
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Number of frames, 4k+1 (e.g. 17, 33, 81).
+    #[arg(long, default_value_t = 81)]
+    frames: usize,
+    /// Width in pixels (multiple of 16).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Height in pixels (multiple of 16).
+    #[arg(long)]
+    height: Option<usize>,
+    /// Size as WIDTHxHEIGHT, e.g. 832x480 (the default).
+    #[arg(long, conflicts_with_all = ["width", "height"])]
+    size: Option<String>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale (1 or less turns guidance off).
+    #[arg(long, default_value_t = 5.0)]
+    guidance: f64,
+    /// Noise seed; a random one is chosen and printed if omitted.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Sampler: unipc or euler (default: the model folder's scheduler config).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Override the sampler's flow shift (Wan2.1 T2V uses 3.0 at 480p, 5.0 at 720p).
+    #[arg(long)]
+    flow_shift: Option<f64>,
+    /// Text tokens per prompt.
+    #[arg(long, default_value_t = 512)]
+    max_sequence_length: usize,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8).
+    #[arg(long)]
+    init_latents: Option<PathBuf>,
+    /// Output: a folder or `name_%04d.png` (PNG sequence), or `.npy` (float32 frames F,H,W,3 in [0,1]).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// No progress bar or timing summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn parse_size(args: &GenerateArgs) -> Result<(usize, usize)> {
+    if let Some(s) = &args.size {
+        let (w, h) = s
+            .split_once(['x', 'X'])
+            .with_context(|| format!("--size `{s}` is not WIDTHxHEIGHT (e.g. 832x480)"))?;
+        let w = w
+            .trim()
+            .parse()
+            .with_context(|| format!("--size `{s}`: width `{w}` is not a number"))?;
+        let h = h
+            .trim()
+            .parse()
+            .with_context(|| format!("--size `{s}`: height `{h}` is not a number"))?;
+        return Ok((w, h));
+    }
+    Ok((args.width.unwrap_or(832), args.height.unwrap_or(480)))
+}
+
+fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" | "fp32" | "float32" => DType::F32,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f16" | "fp16" | "float16" => DType::F16,
+        other => bail!("unknown dtype `{other}`: use f32, bf16 or f16"),
+    })
+}
+
+fn load_init_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("cannot read init latents from {}", path.display()))?;
+    t.remove("latents")
+        .with_context(|| format!("{} has no tensor named `latents`", path.display()))?
+        .to_dtype(DType::F32)
+        .context("init latents are not a float tensor")
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    // Check everything cheap before loading weights or spending minutes generating.
+    let (width, height) = parse_size(&args)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let seed = args.seed.unwrap_or_else(rand_seed);
+    let out_path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("sorrel-{seed}/")));
+    let target = OutputTarget::parse(&out_path)?;
+    let Some(model) = &args.model else {
+        bail!(
+            "no --model given: Sorrel has no embedded default model yet; pass --model with a Wan2.1 diffusers \
+             folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers) or an original Wan2.1 release folder"
+        );
+    };
+    let init_latents = args
+        .init_latents
+        .as_ref()
+        .map(load_init_latents)
+        .transpose()?;
+    let req = Text2VideoRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width,
+        height,
+        frames: args.frames,
+        steps: args.steps,
+        guidance: args.guidance,
+        seed,
+        max_sequence_length: args.max_sequence_length,
+        scheduler: args.scheduler.clone(),
+        flow_shift: args.flow_shift,
+        init_latents,
+    };
+    req.check()?;
+
+    let t0 = Instant::now();
+    let pipe = WanPipeline::load(
+        model,
+        &LoadOptions {
+            dtype,
+            device: Device::Cpu,
+        },
+    )?;
+    req.validate(&pipe)?;
+    let load_time = t0.elapsed();
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(req.steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} steps  {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let mut on_event = |ev: &Event| {
+        match ev {
+            Event::Stage(s) => bar.set_message(*s),
+            Event::Step { index, .. } => bar.set_position(*index as u64),
+        }
+        true
+    };
+    let video = pipe.text_to_video(&req, &mut on_event)?;
+    bar.finish_and_clear();
+    if !video.unknown_words.is_empty() {
+        eprintln!(
+            "warning: the tokenizer does not know: {}",
+            video.unknown_words.join(", ")
+        );
+    }
+
+    let (f, h, w, _) = video.frames.dims4()?;
+    let data = video.frames.flatten_all()?.to_vec1::<f32>()?;
+    let written = target.write(&data, (f, h, w))?;
+    if !args.quiet {
+        eprintln!("load {:.2}s", load_time.as_secs_f64());
+        for (name, d) in &video.timings {
+            eprintln!("{name} {:.2}s", d.as_secs_f64());
+        }
+    }
+    let shown = match &target {
+        OutputTarget::PngSequence { dir, .. } => {
+            format!("{} ({} PNG frames)", dir.display(), written.len())
+        }
+        OutputTarget::Npy(p) => p.display().to_string(),
+    };
+    println!("wrote {shown}: {f} frames {w}x{h}, seed {seed}");
+    Ok(())
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The `sorrel` binary end to end: parity of written frames with diffusers, the original layout, and
+//! every kind of bad input (clear message, non-zero exit, no output file).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn sorrel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sorrel"))
+        .args(args)
+        .output()
+        .expect("run sorrel")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The arguments that reproduce a fixture's diffusers run.
+fn fixture_args(name: &str, model: &Path) -> Vec<String> {
+    let (prompt, negative, size, frames, steps, msl) = match name {
+        "wan-tiny-unipc" | "wan-tiny-euler" => {
+            ("dance monkey", "negative", "32x32", "9", "4", "16")
+        }
+        "wan-tiny-alt" => (
+            "a cat and a dog baking a cake",
+            "blurred static",
+            "48x32",
+            "13",
+            "5",
+            "24",
+        ),
+        _ => unreachable!(),
+    };
+    let init = fixture(name).join("init_latents.safetensors");
+    [
+        "generate",
+        prompt,
+        "--model",
+        &model.to_string_lossy(),
+        "--negative-prompt",
+        negative,
+        "--size",
+        size,
+        "--frames",
+        frames,
+        "--steps",
+        steps,
+        "--guidance",
+        "5",
+        "--max-sequence-length",
+        msl,
+        "--init-latents",
+        &init.to_string_lossy(),
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_fixture(name: &str, model: &Path, out: &Path) -> Output {
+    let mut args = fixture_args(name, model);
+    args.push("-o".into());
+    args.push(out.to_string_lossy().to_string());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    sorrel(&refs)
+}
+
+/// diffusers' frames (F, H, W, 3) in [0, 1].
+fn reference_frames(name: &str) -> Tensor {
+    let mut r =
+        candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    r.remove("frames").unwrap().squeeze(0).unwrap()
+}
+
+fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    (
+        info.width as usize,
+        info.height as usize,
+        buf[..info.buffer_size()].to_vec(),
+    )
+}
+
+fn check_png_sequence(name: &str, model: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("frames");
+    let o = run_fixture(name, model, &out);
+    assert!(o.status.success(), "{name}: {}", stderr(&o));
+    let want = reference_frames(name);
+    let (f, h, w, _) = want.dims4().unwrap();
+    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut worst = 0i32;
+    for i in 0..f {
+        let (pw, ph, px) = read_png(&out.join(format!("frame_{i:04}.png")));
+        assert_eq!((pw, ph), (w, h));
+        for (j, &v) in px.iter().enumerate() {
+            // diffusers' own 8-bit conversion of its frames: round(x * 255)
+            let r = (want[i * h * w * 3 + j] * 255.0).round() as i32;
+            worst = worst.max((v as i32 - r).abs());
+        }
+    }
+    assert!(
+        !out.join(format!("frame_{f:04}.png")).exists(),
+        "no extra frames"
+    );
+    println!("{name}: worst PNG channel difference {worst}/255");
+    // The bound: within 1/255 per channel (a value on a rounding boundary may round either way).
+    assert!(
+        worst <= 1,
+        "{name}: PNG frames differ from diffusers by {worst}/255"
+    );
+}
+
+#[test]
+fn cli_png_sequence_matches_diffusers_unipc() {
+    check_png_sequence(
+        "wan-tiny-unipc",
+        &fixture("wan-tiny-unipc").join("pipeline"),
+    );
+}
+
+#[test]
+fn cli_png_sequence_matches_diffusers_alt() {
+    check_png_sequence("wan-tiny-alt", &fixture("wan-tiny-alt").join("pipeline"));
+}
+
+#[test]
+fn cli_png_sequence_matches_diffusers_euler() {
+    check_png_sequence(
+        "wan-tiny-euler",
+        &fixture("wan-tiny-euler").join("pipeline"),
+    );
+}
+
+#[test]
+fn cli_original_layout_matches_diffusers() {
+    check_png_sequence(
+        "wan-tiny-unipc",
+        &fixture("wan-tiny-unipc").join("original"),
+    );
+}
+
+#[test]
+fn cli_original_layout_alt_with_flow_shift() {
+    // The original release ships no scheduler config: the alt fixture's shift 5 is given on the command line.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.npy");
+    let mut args = fixture_args("wan-tiny-alt", &fixture("wan-tiny-alt").join("original"));
+    args.extend([
+        "--flow-shift".into(),
+        "5".into(),
+        "-o".into(),
+        out.to_string_lossy().to_string(),
+    ]);
+    let o = sorrel(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, data) = read_npy_f32(&out);
+    let want = reference_frames("wan-tiny-alt")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let err = data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        err <= 2e-3,
+        "original-layout alt frames differ from diffusers by {err}"
+    );
+}
+
+fn read_npy_f32(path: &Path) -> (String, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let n = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8(bytes[10..10 + n].to_vec()).unwrap();
+    let data = bytes[10 + n..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (header, data)
+}
+
+#[test]
+fn cli_npy_matches_diffusers_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.npy");
+    let o = run_fixture(
+        "wan-tiny-unipc",
+        &fixture("wan-tiny-unipc").join("pipeline"),
+        &out,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (header, data) = read_npy_f32(&out);
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'shape': (9, 32, 32, 3)"),
+        "{header}"
+    );
+    let want = reference_frames("wan-tiny-unipc")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let err = data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // Same bound as the library pipeline test.
+    assert!(err <= 2e-3, "npy frames differ from diffusers by {err}");
+}
+
+// ------------------------------------------------------------------------------------------ bad input
+
+/// Runs a failing command and checks: non-zero exit, the message names the problem, nothing written.
+fn assert_fails(args: &[&str], needle: &str, out: &Path) {
+    let o = sorrel(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    assert!(
+        err.contains(needle),
+        "message for {args:?} should contain `{needle}`, got: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    assert!(
+        !out.exists(),
+        "output {} was created despite the error",
+        out.display()
+    );
+    let parent = out.parent().unwrap();
+    if parent.exists() {
+        for e in std::fs::read_dir(parent).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!n.starts_with(".sorrel"), "temporary file {n} left behind");
+        }
+    }
+}
+
+fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "dance monkey",
+        "--model",
+        model,
+        "--size",
+        "32x32",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "-q",
+        "-o",
+        out,
+    ]
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn missing_model_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.npy");
+    let o = out.to_string_lossy().to_string();
+    assert_fails(&tiny_args("/nonexistent/model", &o), "does not exist", &out);
+    // A folder that is not a model at all.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_fails(
+        &tiny_args(&empty.to_string_lossy(), &o),
+        "is not a Wan2.1 model folder",
+        &out,
+    );
+}
+
+#[test]
+fn malformed_model_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_dir(&fixture("wan-tiny-unipc").join("pipeline"), &model);
+    std::fs::write(model.join("transformer/config.json"), "{ not json").unwrap();
+    let out = tmp.path().join("o.npy");
+    let (m, o) = (
+        model.to_string_lossy().to_string(),
+        out.to_string_lossy().to_string(),
+    );
+    assert_fails(
+        &tiny_args(&m, &o),
+        "transformer/config.json is not a valid config",
+        &out,
+    );
+    // A subfolder missing entirely.
+    copy_dir(
+        &fixture("wan-tiny-unipc").join("pipeline/transformer"),
+        &model.join("transformer"),
+    );
+    std::fs::remove_dir_all(model.join("vae")).unwrap();
+    assert_fails(&tiny_args(&m, &o), "vae is missing", &out);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_dir(&fixture("wan-tiny-unipc").join("pipeline"), &model);
+    let file = model.join("transformer/diffusion_pytorch_model.safetensors");
+    let mut ts = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    ts.remove("blocks.1.attn2.to_k.weight").unwrap();
+    candle_core::safetensors::save(&ts, &file).unwrap();
+    let out = tmp.path().join("o.npy");
+    let (m, o) = (
+        model.to_string_lossy().to_string(),
+        out.to_string_lossy().to_string(),
+    );
+    assert_fails(
+        &tiny_args(&m, &o),
+        "tensor `blocks.1.attn2.to_k.weight` is missing",
+        &out,
+    );
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_both_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_dir(&fixture("wan-tiny-unipc").join("pipeline"), &model);
+    let cfg_path = model.join("transformer/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["ffn_dim"] = 48.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = tmp.path().join("o.npy");
+    let (m, o) = (
+        model.to_string_lossy().to_string(),
+        out.to_string_lossy().to_string(),
+    );
+    assert_fails(
+        &tiny_args(&m, &o),
+        "shape mismatch for tensor `blocks.0.ffn.net.0.proj.weight`",
+        &out,
+    );
+    assert_fails(
+        &tiny_args(&m, &o),
+        "[32, 24] but config.json implies [48, 24]",
+        &out,
+    );
+}
+
+#[test]
+fn bad_request_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("wan-tiny-unipc").join("pipeline");
+    let m = model.to_string_lossy().to_string();
+    let out = tmp.path().join("o.npy");
+    let o = out.to_string_lossy().to_string();
+    let with = |extra: &[&'static str]| {
+        let mut a = tiny_args(&m, &o);
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let set = |i: usize, v: &str| {
+        let mut a: Vec<String> = tiny_args(&m, &o).into_iter().map(String::from).collect();
+        a[i] = v.to_string();
+        a
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (set(5, "40x32"), "multiples of 16"),
+        (set(5, "0x32"), "multiples of 16"),
+        (set(7, "10"), "frames must be 4k+1"),
+        (set(9, "0"), "0 steps is not supported"),
+        (with(&["--scheduler", "ddim"]), "unknown scheduler `ddim`"),
+        (with(&["--dtype", "f8"]), "unknown dtype `f8`"),
+        (
+            with(&["--guidance", "NaN"]),
+            "guidance NaN is not supported",
+        ),
+    ];
+    for (args, needle) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails(&refs, needle, &out);
+    }
+    let mut a = tiny_args(&m, &o);
+    a[5] = "3Ox32";
+    assert_fails(&a, "is not a number", &out);
+    let mut a = tiny_args(&m, &o);
+    a[1] = "   ";
+    assert_fails(&a, "the prompt is empty", &out);
+}
+
+#[test]
+fn bad_output_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = fixture("wan-tiny-unipc")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let out = tmp.path().join("clip.xyz");
+    assert_fails(
+        &tiny_args(&m, &out.to_string_lossy()),
+        "unknown output extension .xyz",
+        &out,
+    );
+    let out = tmp.path().join("missing-dir/clip.npy");
+    assert_fails(
+        &tiny_args(&m, &out.to_string_lossy()),
+        "does not exist",
+        &out,
+    );
+    // A read-only folder (root ignores permissions, so only check when they apply).
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(ro.join("probe"), b"x").is_err() {
+        let out = ro.join("clip.npy");
+        assert_fails(&tiny_args(&m, &out.to_string_lossy()), "not writable", &out);
+    }
+}
+
+#[test]
+fn init_latents_of_the_wrong_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = fixture("wan-tiny-unipc")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let out = tmp.path().join("o.npy");
+    let o = out.to_string_lossy().to_string();
+    let init = fixture("wan-tiny-unipc")
+        .join("init_latents.safetensors")
+        .to_string_lossy()
+        .to_string();
+    let mut a = tiny_args(&m, &o);
+    a[5] = "64x32"; // the latents are for 32x32
+    a.extend(["--init-latents", &init]);
+    assert_fails(&a, "init latents have shape [1, 16, 3, 4, 4]", &out);
+}

@@ -1,0 +1,317 @@
+//! Causal 3D convolution (diffusers' `WanCausalConv3d`), built on candle's conv2d since candle has no conv3d.
+//!
+//! The temporal taps are folded into the conv2d input channels: for output frame `t`, the input frames
+//! `t*s .. t*s+kt` are stacked along channels, so one conv2d with a `(Cout, kt*Cin, kh, kw)` kernel computes the
+//! whole 3D convolution. On CPU candle's conv2d is tiled, so the only extra memory is the `kt`x stacked input.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// A 3D convolution that pads time only at the front (causal), optionally replacing that padding with cached
+/// frames from the previous chunk, so a video can be processed chunk by chunk with the same result as in one go.
+#[derive(Debug, Clone)]
+pub struct CausalConv3d {
+    /// (Cout, kt*Cin, kh, kw): `weight` permuted so tap `k` of input channel `c` sits at channel `k*Cin + c`.
+    weight2d: Tensor,
+    bias: Tensor,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: (usize, usize, usize),
+    padding: (usize, usize, usize),
+    stride_t: usize,
+}
+
+impl CausalConv3d {
+    /// Loads `weight` (Cout, Cin, kt, kh, kw) and `bias` (Cout) from `vb`.
+    ///
+    /// `padding` is nn.Conv3d's symmetric `(pt, ph, pw)`; as in diffusers it becomes causal padding
+    /// `(pw, pw, ph, ph, 2*pt, 0)`: `2*pt` zero frames in front, none behind. `stride_t` strides time only.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize, usize),
+        padding: (usize, usize, usize),
+        stride_t: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (kt, kh, kw) = kernel;
+        let weight = vb.get((out_channels, in_channels, kt, kh, kw), "weight")?;
+        let bias = vb.get(out_channels, "bias")?;
+        Self::from_tensors(weight, bias, padding, stride_t)
+    }
+
+    /// Builds the layer from explicit tensors: weight (Cout, Cin, kt, kh, kw), bias (Cout).
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Tensor,
+        padding: (usize, usize, usize),
+        stride_t: usize,
+    ) -> Result<Self> {
+        let (out_channels, in_channels, kt, kh, kw) = weight.dims5()?;
+        if stride_t == 0 {
+            candle_core::bail!("CausalConv3d: temporal stride must be positive");
+        }
+        if bias.dims() != [out_channels] {
+            candle_core::bail!(
+                "CausalConv3d: bias shape {:?} does not match {out_channels} output channels",
+                bias.dims()
+            );
+        }
+        let weight2d = weight.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((
+            out_channels,
+            kt * in_channels,
+            kh,
+            kw,
+        ))?;
+        Ok(Self {
+            weight2d,
+            bias,
+            in_channels,
+            out_channels,
+            kernel: (kt, kh, kw),
+            padding,
+            stride_t,
+        })
+    }
+
+    /// Temporal zero padding in front when no cache is given (`2 * pt`).
+    pub fn front_padding(&self) -> usize {
+        2 * self.padding.0
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// x: (B, Cin, T, H, W); cache: (B, Cin, Tc, H, W) frames preceding `x`, used in place of the first `Tc`
+    /// front padding frames (ignored, as in diffusers, when the layer has no temporal padding).
+    /// Returns (B, Cout, T', H', W').
+    pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        let (b, c, _, _, _) = x.dims5()?;
+        if c != self.in_channels {
+            candle_core::bail!(
+                "CausalConv3d: input has {c} channels, the layer expects {}",
+                self.in_channels
+            );
+        }
+        let kt = self.kernel.0;
+        let (_, ph, pw) = self.padding;
+        let mut front = self.front_padding();
+        let mut x = x.clone();
+        if let Some(cache) = cache {
+            if front > 0 {
+                let tc = cache.dim(2)?;
+                if tc > front {
+                    // diffusers would crop with a negative F.pad here; no Wan layer does that.
+                    candle_core::bail!(
+                        "CausalConv3d: cache of {tc} frames exceeds the {front} frames of padding"
+                    );
+                }
+                x = Tensor::cat(&[cache, &x], 2)?;
+                front -= tc;
+            }
+        }
+        if front > 0 {
+            x = x.pad_with_zeros(2, front, 0)?;
+        }
+        // conv2d pads symmetrically with one value; pad by hand only when h and w differ.
+        let conv_pad = if ph == pw {
+            ph
+        } else {
+            x = x.pad_with_zeros(3, ph, ph)?.pad_with_zeros(4, pw, pw)?;
+            0
+        };
+        let t_in = x.dim(2)?;
+        if t_in < kt {
+            candle_core::bail!(
+                "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
+            );
+        }
+        let t_out = (t_in - kt) / self.stride_t + 1;
+        // (B, T, C, H, W) so each output frame's taps are contiguous channel blocks.
+        let xt = x.permute((0, 2, 1, 3, 4))?.contiguous()?;
+        let (h, w) = (xt.dim(3)?, xt.dim(4)?);
+        let stacked = if kt == 1 && self.stride_t == 1 {
+            xt
+        } else {
+            let taps = (0..kt)
+                .map(|k| {
+                    if self.stride_t == 1 {
+                        xt.narrow(1, k, t_out)
+                    } else {
+                        let ids: Vec<u32> =
+                            (0..t_out).map(|i| (k + i * self.stride_t) as u32).collect();
+                        let ids = Tensor::new(ids.as_slice(), xt.device())?;
+                        xt.index_select(&ids, 1)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&taps, 2)?
+        };
+        let frames = stacked.reshape((b * t_out, kt * c, h, w))?;
+        let y = frames.conv2d(&self.weight2d, conv_pad, 1, 1, 1)?;
+        let y = y.broadcast_add(&self.bias.reshape((1, self.out_channels, 1, 1))?)?;
+        let (ho, wo) = (y.dim(2)?, y.dim(D::Minus1)?);
+        y.reshape((b, t_out, self.out_channels, ho, wo))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Deterministic values in [-1, 1) (a 64-bit LCG), so a failure reproduces.
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(rand_vec(n, seed), shape, &Device::Cpu).unwrap()
+    }
+
+    /// Direct-loop conv3d over the sequence zeros(front) ++ cache ++ x, spatially zero-padded, no tricks.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &Tensor,
+        cache: Option<&Tensor>,
+        w: &Tensor,
+        bias: &Tensor,
+        padding: (usize, usize, usize),
+        stride_t: usize,
+    ) -> (Vec<usize>, Vec<f32>) {
+        let (b, ci, t, h, wd) = x.dims5().unwrap();
+        let (co, _, kt, kh, kw) = w.dims5().unwrap();
+        let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let bv: Vec<f32> = bias.to_vec1().unwrap();
+        let (tc, cv): (usize, Vec<f32>) = match cache {
+            Some(c) if padding.0 > 0 => (
+                c.dim(2).unwrap(),
+                c.flatten_all().unwrap().to_vec1().unwrap(),
+            ),
+            _ => (0, vec![]),
+        };
+        let front = 2 * padding.0 - tc;
+        let tt = front + tc + t;
+        // value of the padded sequence at (batch, channel, frame, row, col); rows/cols may be out of range.
+        let at = |bb: usize, c: usize, f: usize, y: isize, xx: isize| -> f32 {
+            if y < 0 || xx < 0 || y >= h as isize || xx >= wd as isize || f < front {
+                return 0.0;
+            }
+            let (y, xx) = (y as usize, xx as usize);
+            if f < front + tc {
+                let f = f - front;
+                cv[(((bb * ci + c) * tc + f) * h + y) * wd + xx]
+            } else {
+                let f = f - front - tc;
+                xv[(((bb * ci + c) * t + f) * h + y) * wd + xx]
+            }
+        };
+        let (ph, pw) = (padding.1, padding.2);
+        let t_out = (tt - kt) / stride_t + 1;
+        let h_out = h + 2 * ph - kh + 1;
+        let w_out = wd + 2 * pw - kw + 1;
+        let mut out = vec![0f32; b * co * t_out * h_out * w_out];
+        for bb in 0..b {
+            for o in 0..co {
+                for to in 0..t_out {
+                    for yo in 0..h_out {
+                        for xo in 0..w_out {
+                            let mut acc = bv[o] as f64;
+                            for c in 0..ci {
+                                for a in 0..kt {
+                                    for dy in 0..kh {
+                                        for dx in 0..kw {
+                                            let wi = (((o * ci + c) * kt + a) * kh + dy) * kw + dx;
+                                            let y = (yo + dy) as isize - ph as isize;
+                                            let xx = (xo + dx) as isize - pw as isize;
+                                            acc += wv[wi] as f64
+                                                * at(bb, c, to * stride_t + a, y, xx) as f64;
+                                        }
+                                    }
+                                }
+                            }
+                            out[(((bb * co + o) * t_out + to) * h_out + yo) * w_out + xo] =
+                                acc as f32;
+                        }
+                    }
+                }
+            }
+        }
+        (vec![b, co, t_out, h_out, w_out], out)
+    }
+
+    fn check(
+        kernel: (usize, usize, usize),
+        padding: (usize, usize, usize),
+        stride_t: usize,
+        t: usize,
+        cache_t: Option<usize>,
+    ) {
+        let (b, ci, co, h, w) = (2, 3, 4, 5, 6);
+        let weight = rand_tensor(&[co, ci, kernel.0, kernel.1, kernel.2], 1);
+        let bias = rand_tensor(&[co], 2);
+        let x = rand_tensor(&[b, ci, t, h, w], 3);
+        let cache = cache_t.map(|n| rand_tensor(&[b, ci, n, h, w], 4));
+        let mut ts = std::collections::HashMap::new();
+        ts.insert("weight".to_string(), weight.clone());
+        ts.insert("bias".to_string(), bias.clone());
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
+        let conv = CausalConv3d::new(ci, co, kernel, padding, stride_t, vb).unwrap();
+        let y = conv.forward(&x, cache.as_ref()).unwrap();
+        let (shape, want) = naive(&x, cache.as_ref(), &weight, &bias, padding, stride_t);
+        assert_eq!(
+            y.dims(),
+            shape.as_slice(),
+            "kernel {kernel:?} padding {padding:?} cache {cache_t:?}"
+        );
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // fp32 sums of at most 81 products of values in [-1, 1): only accumulation order differs.
+        assert!(
+            err < 1e-5,
+            "kernel {kernel:?} padding {padding:?} cache {cache_t:?}: max abs error {err}"
+        );
+    }
+
+    #[test]
+    fn matches_naive_conv3d_without_cache() {
+        check((3, 3, 3), (1, 1, 1), 1, 4, None);
+        check((1, 1, 1), (0, 0, 0), 1, 3, None);
+        check((3, 1, 1), (1, 0, 0), 1, 2, None);
+    }
+
+    #[test]
+    fn matches_naive_conv3d_with_cache() {
+        check((3, 3, 3), (1, 1, 1), 1, 1, Some(1));
+        check((3, 3, 3), (1, 1, 1), 1, 4, Some(2));
+        check((3, 1, 1), (1, 0, 0), 1, 1, Some(2));
+        // a layer without temporal padding ignores the cache, as diffusers does.
+        check((1, 1, 1), (0, 0, 0), 1, 2, Some(2));
+    }
+
+    #[test]
+    fn matches_naive_conv3d_strided_and_uneven_padding() {
+        check((3, 1, 1), (0, 0, 0), 2, 5, None);
+        check((3, 3, 1), (1, 1, 0), 2, 4, Some(1));
+    }
+}

@@ -1,0 +1,52 @@
+//! The full-size Wan2.1-T2V-1.3B transformer (random weights) loads and runs one forward. Not run in CI:
+//! the weights are 5.7 GB. Make them with
+//! `python tools/reference/make_fixtures.py tests/fixtures --only none --full-size`, then
+//! `cargo test --release -p sorrel-models --test wan_full_size -- --ignored --nocapture`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use sorrel_core::TensorSource;
+use sorrel_models::wan::config::WanTransformerConfig;
+use sorrel_models::wan::transformer::WanTransformer3DModel;
+
+#[test]
+#[ignore = "needs the 5.7 GB random Wan2.1-1.3B transformer written by make_fixtures.py --full-size"]
+fn full_size_wan21_t2v_1_3b_forward() {
+    let dir = std::env::var("SORREL_FULL_SIZE_TRANSFORMER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/big/wan2.1-t2v-1.3b-random/transformer")
+        });
+    let t0 = Instant::now();
+    let cfg = WanTransformerConfig::from_diffusers_file(&dir.join("config.json")).unwrap();
+    assert_eq!(
+        (cfg.num_layers, cfg.inner_dim(), cfg.ffn_dim),
+        (30, 1536, 8960)
+    );
+    let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")
+        .unwrap()
+        .into_var_builder(DType::F32, &Device::Cpu);
+    let model = WanTransformer3DModel::new(&cfg, vb).unwrap();
+    println!("load {:.2}s", t0.elapsed().as_secs_f64());
+    let x = Tensor::randn(0f32, 1.0, (1, 16, 5, 32, 32), &Device::Cpu).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 512, 4096), &Device::Cpu).unwrap();
+    let t = Tensor::new(&[999f32], &Device::Cpu).unwrap();
+    let t1 = Instant::now();
+    let y = model.forward(&x, &t, &ctx).unwrap();
+    println!(
+        "forward (1,16,5,32,32), 1280 tokens, 512x4096 context: {:.2}s",
+        t1.elapsed().as_secs_f64()
+    );
+    assert_eq!(y.dims(), &[1, 16, 5, 32, 32]);
+    let finite = y
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite());
+    assert!(finite, "non-finite output");
+}

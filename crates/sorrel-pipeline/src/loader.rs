@@ -1,0 +1,291 @@
+//! Loading a Wan2.1 text-to-video model from a diffusers folder (`model_index.json` + subfolders, as
+//! Wan-AI/*-Diffusers ship) or from the original Wan2.1 release layout.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use serde_json::Value;
+use sorrel_core::{Error, Result, TensorSource};
+use sorrel_models::wan::config::WanTransformerConfig;
+use sorrel_models::wan::convert;
+use sorrel_models::wan::text_encoder::{umt5_key_to_original, Umt5Config, Umt5Encoder};
+use sorrel_models::wan::tokenizer::WanTokenizer;
+use sorrel_models::wan::transformer::WanTransformer3DModel;
+use sorrel_models::wan::vae::{vae_key_from_original, AutoencoderKLWan, VaeConfig};
+
+/// Which on-disk layout a model folder uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `model_index.json` with `tokenizer/`, `text_encoder/`, `transformer/`, `vae/`, `scheduler/`.
+    Diffusers,
+    /// The original release: `config.json`, `diffusion_pytorch_model*.safetensors`, `Wan2.1_VAE.pth`,
+    /// `models_t5_umt5-xxl-enc-bf16.pth`, `google/umt5-xxl/tokenizer.json`.
+    Original,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype of the transformer and text encoder (weights of any float dtype are converted).
+    pub dtype: DType,
+    /// Where to run.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// The original release's file names.
+const ORIGINAL_VAE: &str = "Wan2.1_VAE.pth";
+const ORIGINAL_T5: &str = "models_t5_umt5-xxl-enc-bf16.pth";
+
+/// A loaded Wan2.1 text-to-video model.
+pub struct WanPipeline {
+    /// The folder it was loaded from.
+    pub dir: PathBuf,
+    /// Its layout.
+    pub layout: Layout,
+    pub(crate) tokenizer: WanTokenizer,
+    pub(crate) text_encoder: Umt5Encoder,
+    pub(crate) transformer: WanTransformer3DModel,
+    pub(crate) vae: AutoencoderKLWan,
+    pub(crate) vae_config: VaeConfig,
+    /// The folder's `scheduler_config.json`, if it has one.
+    pub(crate) scheduler_config: Option<PathBuf>,
+    pub(crate) device: Device,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::model(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::model(format!("{what}: {e}")))
+}
+
+fn need(path: PathBuf, what: &str) -> Result<PathBuf> {
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::model(format!(
+            "{} is missing: the folder is not a complete Wan2.1 {what} (see docs/models.md for the expected files)",
+            path.display()
+        )))
+    }
+}
+
+/// Adds the component and folder to an error raised while building a model from its weights.
+fn in_component(what: &str, dir: &Path) -> impl Fn(candle_core::Error) -> Error {
+    let (what, dir) = (what.to_string(), dir.display().to_string());
+    move |e| Error::model(format!("cannot load the {what} from {dir}: {e}"))
+}
+
+impl WanPipeline {
+    /// Detects the folder's layout.
+    pub fn detect_layout(dir: &Path) -> Result<Layout> {
+        if !dir.is_dir() {
+            return Err(Error::model(format!(
+                "model folder {} does not exist or is not a folder: pass --model with a Wan2.1 diffusers folder \
+                 (containing model_index.json) or an original Wan2.1 release folder",
+                dir.display()
+            )));
+        }
+        if dir.join("model_index.json").is_file() {
+            Ok(Layout::Diffusers)
+        } else if dir.join(ORIGINAL_VAE).is_file() || dir.join(ORIGINAL_T5).is_file() {
+            Ok(Layout::Original)
+        } else {
+            Err(Error::model(format!(
+                "{} is not a Wan2.1 model folder: it has neither model_index.json (diffusers layout) nor {ORIGINAL_VAE} \
+                 (original release layout)",
+                dir.display()
+            )))
+        }
+    }
+
+    /// Loads every component of the model in `dir`.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        match Self::detect_layout(dir)? {
+            Layout::Diffusers => Self::load_diffusers(dir, opts),
+            Layout::Original => Self::load_original(dir, opts),
+        }
+    }
+
+    fn load_diffusers(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let index = read_json(&dir.join("model_index.json"))?;
+        let class = |k: &str| {
+            index
+                .get(k)
+                .and_then(|v| v.get(1))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        match class("transformer").as_deref() {
+            Some("WanTransformer3DModel") => {}
+            other => {
+                return Err(Error::model(format!(
+                    "{}: transformer class {other:?} is not supported; Sorrel loads Wan2.1 text-to-video \
+                     (WanTransformer3DModel)",
+                    dir.join("model_index.json").display()
+                )))
+            }
+        }
+        if index
+            .get("transformer_2")
+            .and_then(|v| v.get(1))
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(Error::model(format!(
+                "{}: two-transformer (Wan2.2 A14B) models are not supported yet",
+                dir.display()
+            )));
+        }
+        let (dev, dt) = (&opts.device, opts.dtype);
+
+        let tok_dir = need(dir.join("tokenizer"), "diffusers folder")?;
+        let tokenizer =
+            WanTokenizer::from_file(&need(tok_dir.join("tokenizer.json"), "diffusers folder")?)?;
+
+        let te_dir = need(dir.join("text_encoder"), "diffusers folder")?;
+        let te_cfg: Umt5Config = parse(
+            read_json(&need(te_dir.join("config.json"), "diffusers folder")?)?,
+            "text_encoder/config.json",
+        )?;
+        let te_vb = TensorSource::open_dir(&te_dir, "model")?.into_var_builder(dt, dev);
+        let text_encoder =
+            Umt5Encoder::new(&te_cfg, te_vb).map_err(in_component("text encoder", &te_dir))?;
+
+        let tr_dir = need(dir.join("transformer"), "diffusers folder")?;
+        let tr_cfg = WanTransformerConfig::from_diffusers_file(&need(
+            tr_dir.join("config.json"),
+            "diffusers folder",
+        )?)?;
+        let tr_vb =
+            TensorSource::open_dir(&tr_dir, "diffusion_pytorch_model")?.into_var_builder(dt, dev);
+        let transformer = WanTransformer3DModel::new(&tr_cfg, tr_vb)
+            .map_err(in_component("transformer", &tr_dir))?;
+
+        let vae_dir = need(dir.join("vae"), "diffusers folder")?;
+        let vae_config: VaeConfig = parse(
+            read_json(&need(vae_dir.join("config.json"), "diffusers folder")?)?,
+            "vae/config.json",
+        )?;
+        // The VAE runs in f32: its decode is where low precision shows as banding, and it is a small share
+        // of the time.
+        let vae_vb = TensorSource::open_dir(&vae_dir, "diffusion_pytorch_model")?
+            .into_var_builder(DType::F32, dev);
+        let vae =
+            AutoencoderKLWan::new(&vae_config, vae_vb).map_err(in_component("VAE", &vae_dir))?;
+
+        let sched = dir.join("scheduler").join("scheduler_config.json");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            layout: Layout::Diffusers,
+            tokenizer,
+            text_encoder,
+            transformer,
+            vae,
+            vae_config,
+            scheduler_config: sched.is_file().then_some(sched),
+            device: dev.clone(),
+        })
+    }
+
+    fn load_original(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let (dev, dt) = (&opts.device, opts.dtype);
+        // The release hard-codes the VAE and T5 configs in Wan's code; a sidecar may override them (Sorrel's
+        // tiny test fixtures use one).
+        let sidecar = dir.join("sorrel_original_configs.json");
+        let (vae_json, te_json) = if sidecar.is_file() {
+            let v = read_json(&sidecar)?;
+            (
+                v.get("vae")
+                    .cloned()
+                    .unwrap_or_else(convert::original_vae_config),
+                v.get("text_encoder")
+                    .cloned()
+                    .unwrap_or_else(convert::original_text_encoder_config),
+            )
+        } else {
+            (
+                convert::original_vae_config(),
+                convert::original_text_encoder_config(),
+            )
+        };
+
+        let tokenizer = WanTokenizer::from_file(&need(
+            dir.join("google").join("umt5-xxl").join("tokenizer.json"),
+            "original release folder",
+        )?)?;
+
+        let te_cfg: Umt5Config = parse(te_json, "text encoder config")?;
+        let t5 = need(dir.join(ORIGINAL_T5), "original release folder")?;
+        let te_vb = TensorSource::open(&[t5])?
+            .with_rename(Arc::new(|n: &str| umt5_key_to_original(n)))
+            .into_var_builder(dt, dev);
+        let text_encoder =
+            Umt5Encoder::new(&te_cfg, te_vb).map_err(in_component("text encoder", dir))?;
+
+        let tr_cfg = WanTransformerConfig::from_original_file(&need(
+            dir.join("config.json"),
+            "original release folder",
+        )?)?;
+        let tr_vb = TensorSource::open_dir(dir, "diffusion_pytorch_model")?
+            .with_rename(Arc::new(|n: &str| convert::transformer_key_to_original(n)))
+            .into_var_builder(dt, dev);
+        let transformer =
+            WanTransformer3DModel::new(&tr_cfg, tr_vb).map_err(in_component("transformer", dir))?;
+
+        let vae_config: VaeConfig = parse(vae_json, "VAE config")?;
+        let vae_path = need(dir.join(ORIGINAL_VAE), "original release folder")?;
+        let cfg_for_names = vae_config.clone();
+        let vae_vb = TensorSource::open(&[vae_path])?
+            .with_rename(Arc::new(move |n: &str| {
+                vae_key_from_original(n, &cfg_for_names)
+            }))
+            .into_var_builder(DType::F32, dev);
+        let vae = AutoencoderKLWan::new(&vae_config, vae_vb).map_err(in_component("VAE", dir))?;
+
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            layout: Layout::Original,
+            tokenizer,
+            text_encoder,
+            transformer,
+            vae,
+            vae_config,
+            scheduler_config: None,
+            device: dev.clone(),
+        })
+    }
+
+    /// The transformer's configuration.
+    pub fn transformer_config(&self) -> &WanTransformerConfig {
+        self.transformer.config()
+    }
+
+    /// The flow shift of the folder's scheduler config, or 3.0 (what Wan-AI ship for Wan2.1 T2V).
+    pub fn default_flow_shift(&self) -> f64 {
+        self.scheduler_config
+            .as_ref()
+            .and_then(|p| read_json(p).ok())
+            .and_then(|v| {
+                v.get("flow_shift")
+                    .or_else(|| v.get("shift"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(3.0)
+    }
+}

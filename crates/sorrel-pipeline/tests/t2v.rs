@@ -1,0 +1,235 @@
+//! The whole text-to-video pipeline against diffusers' frames (fp32), in both model layouts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use sorrel_pipeline::{Layout, LoadOptions, Text2VideoRequest, WanPipeline};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn reference(name: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
+    let path = fixture(name).join("reference.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors_metadata(&bytes);
+    (tensors, meta)
+}
+
+/// The safetensors header's `__metadata__` (prompt, size, steps ... of the fixture run).
+fn safetensors_metadata(bytes: &[u8]) -> ((), HashMap<String, String>) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header["__metadata__"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    ((), meta)
+}
+
+fn request(meta: &HashMap<String, String>, init: &Tensor) -> Text2VideoRequest {
+    let num = |k: &str| meta[k].parse::<usize>().unwrap();
+    Text2VideoRequest {
+        prompt: meta["prompt"].clone(),
+        negative_prompt: meta["negative_prompt"].clone(),
+        width: num("width"),
+        height: num("height"),
+        frames: num("num_frames"),
+        steps: num("steps"),
+        guidance: meta["guidance_scale"].parse().unwrap(),
+        seed: 0,
+        max_sequence_length: num("max_sequence_length"),
+        scheduler: None,
+        flow_shift: None,
+        init_latents: Some(init.clone()),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn run(dir: PathBuf, name: &str) -> Tensor {
+    let (r, meta) = reference(name);
+    let pipe = WanPipeline::load(&dir, &LoadOptions::default()).unwrap();
+    let mut req = request(&meta, &r["latents_init"]);
+    if pipe.layout == Layout::Original {
+        // The original release ships no scheduler config (Wan's code takes the shift as a flag).
+        req.flow_shift = Some(meta["flow_shift"].parse().unwrap());
+    }
+    let mut events = vec![];
+    let video = pipe
+        .text_to_video(&req, &mut |e| {
+            events.push(e.clone());
+            true
+        })
+        .unwrap();
+    let steps: usize = meta["steps"].parse().unwrap();
+    let step_events = events
+        .iter()
+        .filter(|e| matches!(e, sorrel_pipeline::Event::Step { .. }))
+        .count();
+    assert_eq!(step_events, steps, "one progress event per step");
+    video.frames
+}
+
+fn check(name: &str) {
+    let (r, _) = reference(name);
+    let frames = run(fixture(name).join("pipeline"), name);
+    let want = r["frames"].squeeze(0).unwrap();
+    let err = max_abs_diff(&frames, &want);
+    println!("{name}: frames max abs err {err:e}");
+    // The bound for the whole pipeline (fp32): per-stage errors of ~1e-6 grow through the
+    // steps and the VAE but stay far below it; anything wrong in a stage shows as errors of 1e-2 and up.
+    assert!(err <= 2e-3, "{name}: frames differ from diffusers by {err}");
+}
+
+#[test]
+fn unipc_pipeline_matches_diffusers() {
+    check("wan-tiny-unipc");
+}
+
+#[test]
+fn euler_pipeline_matches_diffusers() {
+    check("wan-tiny-euler");
+}
+
+#[test]
+fn alt_pipeline_matches_diffusers() {
+    // 32x48, 13 frames, 3 heads x 16, flow shift 5, 5 steps, another VAE shape.
+    check("wan-tiny-alt");
+}
+
+#[test]
+fn original_layout_gives_identical_frames() {
+    for name in ["wan-tiny-unipc", "wan-tiny-alt"] {
+        let orig = fixture(name).join("original");
+        assert_eq!(WanPipeline::detect_layout(&orig).unwrap(), Layout::Original);
+        let a = run(fixture(name).join("pipeline"), name);
+        let b = run(orig, name);
+        assert_eq!(
+            max_abs_diff(&a, &b),
+            0.0,
+            "{name}: original layout differs from diffusers layout"
+        );
+    }
+}
+
+#[test]
+fn cancelling_stops_between_steps() {
+    let name = "wan-tiny-unipc";
+    let (r, meta) = reference(name);
+    let pipe = WanPipeline::load(&fixture(name).join("pipeline"), &LoadOptions::default()).unwrap();
+    let mut steps_seen = 0;
+    let res = pipe.text_to_video(&request(&meta, &r["latents_init"]), &mut |e| {
+        if matches!(e, sorrel_pipeline::Event::Step { .. }) {
+            steps_seen += 1;
+        }
+        steps_seen < 2
+    });
+    assert!(matches!(res, Err(sorrel_core::Error::Cancelled)));
+    assert_eq!(steps_seen, 2);
+}
+
+#[test]
+fn seeded_noise_is_reproducible_and_bf16_runs() {
+    let name = "wan-tiny-unipc";
+    let (_, meta) = reference(name);
+    let dir = fixture(name).join("pipeline");
+    let zeros = Tensor::zeros((1, 16, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    let mut req = request(&meta, &zeros);
+    req.init_latents = None;
+    req.seed = 42;
+    let pipe = WanPipeline::load(&dir, &LoadOptions::default()).unwrap();
+    let a = pipe.text_to_video(&req, &mut |_| true).unwrap().frames;
+    let b = pipe.text_to_video(&req, &mut |_| true).unwrap().frames;
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    req.seed = 43;
+    let c = pipe.text_to_video(&req, &mut |_| true).unwrap().frames;
+    assert!(
+        max_abs_diff(&a, &c) > 1e-3,
+        "another seed must give another video"
+    );
+    // bf16 compute loads f32 weights and runs; its frames stay close to f32's.
+    let pipe16 = WanPipeline::load(
+        &dir,
+        &LoadOptions {
+            dtype: DType::BF16,
+            device: Device::Cpu,
+        },
+    )
+    .unwrap();
+    req.seed = 42;
+    let d = pipe16.text_to_video(&req, &mut |_| true).unwrap().frames;
+    let err = max_abs_diff(&a, &d);
+    println!("bf16 vs f32 frames max abs err {err}");
+    assert!(err < 0.1, "bf16 frames far from f32: {err}");
+}
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A copy of a fixture's pipeline whose weight files are rounded to `round_to` and stored as `store_as`.
+fn rounded_copy(name: &str, round_to: DType, store_as: DType) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pipeline");
+    copy_dir(&fixture(name).join("pipeline"), &dir);
+    for sub in [
+        "transformer/diffusion_pytorch_model",
+        "vae/diffusion_pytorch_model",
+        "text_encoder/model",
+    ] {
+        let file = dir.join(format!("{sub}.safetensors"));
+        let ts = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        let ts: HashMap<String, Tensor> = ts
+            .into_iter()
+            .map(|(k, v)| (k, v.to_dtype(round_to).unwrap().to_dtype(store_as).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&ts, &file).unwrap();
+    }
+    (tmp, dir)
+}
+
+#[test]
+fn checkpoints_stored_in_bf16_and_f16_load() {
+    let name = "wan-tiny-unipc";
+    for dtype in [DType::BF16, DType::F16] {
+        // Widening bf16/f16 to f32 is exact, so a half-precision checkpoint must give exactly the frames of an
+        // f32 checkpoint holding the same rounded values.
+        let (_a, half) = rounded_copy(name, dtype, dtype);
+        let (_b, widened) = rounded_copy(name, dtype, DType::F32);
+        let x = run(half, name);
+        let y = run(widened, name);
+        assert_eq!(
+            max_abs_diff(&x, &y),
+            0.0,
+            "{dtype:?}-stored weights load differently"
+        );
+    }
+}
