@@ -42,7 +42,7 @@ impl OutputTarget {
         } else {
             match ext.as_deref() {
                 Some("png") => {
-                    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+                    let dir = containing_dir(path).to_path_buf();
                     let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
                     let (prefix, digits, suffix) = match split_pattern(&name) {
                         Some(p) => p,
@@ -66,19 +66,18 @@ impl OutputTarget {
         Ok(target)
     }
 
+    /// Where the output is staged before the final rename: the folder holding the PNG folder or the
+    /// `.npy` file, so the rename never crosses file systems.
+    fn staging_dir(&self) -> &Path {
+        match self {
+            OutputTarget::PngSequence { dir, .. } => containing_dir(dir),
+            OutputTarget::Npy(path) => containing_dir(path),
+        }
+    }
+
     /// Fails early, before minutes of generation, if the output cannot be written.
     fn check_writable(&self) -> Result<()> {
-        let parent = match self {
-            OutputTarget::PngSequence { dir, .. } => {
-                dir.parent().map(Path::to_path_buf).unwrap_or_default()
-            }
-            OutputTarget::Npy(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
-        let parent = if parent.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            parent
-        };
+        let parent = self.staging_dir();
         if !parent.is_dir() {
             bail!(
                 "cannot write the output: folder {} does not exist",
@@ -87,7 +86,7 @@ impl OutputTarget {
         }
         let probe = tempfile::Builder::new()
             .prefix(".sorrel-probe")
-            .tempfile_in(&parent);
+            .tempfile_in(parent);
         if probe.is_err() {
             bail!(
                 "cannot write the output: folder {} is not writable",
@@ -113,14 +112,10 @@ impl OutputTarget {
         );
         match self {
             OutputTarget::Npy(path) => {
-                let parent = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
                 let mut tmp = tempfile::Builder::new()
                     .prefix(".sorrel-")
                     .suffix(".npy.tmp")
-                    .tempfile_in(parent)?;
+                    .tempfile_in(self.staging_dir())?;
                 write_npy(tmp.as_file_mut(), frames, &[f, h, w, 3])?;
                 tmp.as_file().sync_all()?;
                 tmp.persist(path).with_context(|| {
@@ -136,13 +131,9 @@ impl OutputTarget {
             } => {
                 // Stage every frame in a sibling temp folder, then move the files in: a failure midway leaves
                 // nothing behind at the destination.
-                let parent = dir
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
                 let stage = tempfile::Builder::new()
                     .prefix(".sorrel-frames-")
-                    .tempdir_in(parent)?;
+                    .tempdir_in(self.staging_dir())?;
                 let mut names = Vec::with_capacity(f);
                 for i in 0..f {
                     let name = format!("{prefix}{i:0digits$}{suffix}");
@@ -163,6 +154,13 @@ impl OutputTarget {
             }
         }
     }
+}
+
+/// The folder `path` lives in (`.` for a bare name).
+fn containing_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Splits `clip_%04d.png` into ("clip_", 4, ".png"); `%d` means no padding.

@@ -5,12 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
+use sorrel_testkit::{copy_dir, fixture, reference};
 
 fn sorrel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sorrel"))
@@ -76,10 +71,7 @@ fn run_fixture(name: &str, model: &Path, out: &Path) -> Output {
 
 /// diffusers' frames (F, H, W, 3) in [0, 1].
 fn reference_frames(name: &str) -> Tensor {
-    let mut r =
-        candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-            .unwrap();
-    r.remove("frames").unwrap().squeeze(0).unwrap()
+    reference(name)["frames"].squeeze(0).unwrap()
 }
 
 fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
@@ -270,19 +262,6 @@ fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn missing_model_folder() {
     let tmp = tempfile::tempdir().unwrap();
@@ -299,21 +278,32 @@ fn missing_model_folder() {
     );
 }
 
-#[test]
-fn malformed_model_folder() {
+/// A writable copy of the unipc fixture's pipeline (for a test to damage) and an output path beside it.
+fn damageable_model() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     copy_dir(&fixture("wan-tiny-unipc").join("pipeline"), &model);
-    std::fs::write(model.join("transformer/config.json"), "{ not json").unwrap();
     let out = tmp.path().join("o.npy");
-    let (m, o) = (
-        model.to_string_lossy().to_string(),
-        out.to_string_lossy().to_string(),
-    );
+    (tmp, model, out)
+}
+
+/// `sorrel generate` on `model` must fail naming `needle`, and write nothing at `out`.
+fn assert_model_fails(model: &Path, out: &Path, needle: &str) {
     assert_fails(
-        &tiny_args(&m, &o),
-        "transformer/config.json is not a valid config",
+        &tiny_args(&model.to_string_lossy(), &out.to_string_lossy()),
+        needle,
+        out,
+    );
+}
+
+#[test]
+fn malformed_model_folder() {
+    let (_tmp, model, out) = damageable_model();
+    std::fs::write(model.join("transformer/config.json"), "{ not json").unwrap();
+    assert_model_fails(
+        &model,
         &out,
+        "transformer/config.json is not a valid config",
     );
     // A subfolder missing entirely.
     copy_dir(
@@ -321,55 +311,37 @@ fn malformed_model_folder() {
         &model.join("transformer"),
     );
     std::fs::remove_dir_all(model.join("vae")).unwrap();
-    assert_fails(&tiny_args(&m, &o), "vae is missing", &out);
+    assert_model_fails(&model, &out, "vae is missing");
 }
 
 #[test]
 fn missing_tensor_is_named() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    copy_dir(&fixture("wan-tiny-unipc").join("pipeline"), &model);
+    let (_tmp, model, out) = damageable_model();
     let file = model.join("transformer/diffusion_pytorch_model.safetensors");
     let mut ts = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
     ts.remove("blocks.1.attn2.to_k.weight").unwrap();
     candle_core::safetensors::save(&ts, &file).unwrap();
-    let out = tmp.path().join("o.npy");
-    let (m, o) = (
-        model.to_string_lossy().to_string(),
-        out.to_string_lossy().to_string(),
-    );
-    assert_fails(
-        &tiny_args(&m, &o),
-        "tensor `blocks.1.attn2.to_k.weight` is missing",
+    assert_model_fails(
+        &model,
         &out,
+        "tensor `blocks.1.attn2.to_k.weight` is missing",
     );
 }
 
 #[test]
 fn shape_mismatch_names_tensor_and_both_shapes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    copy_dir(&fixture("wan-tiny-unipc").join("pipeline"), &model);
+    let (_tmp, model, out) = damageable_model();
     let cfg_path = model.join("transformer/config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["ffn_dim"] = 48.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let out = tmp.path().join("o.npy");
-    let (m, o) = (
-        model.to_string_lossy().to_string(),
-        out.to_string_lossy().to_string(),
-    );
-    assert_fails(
-        &tiny_args(&m, &o),
+    assert_model_fails(
+        &model,
+        &out,
         "shape mismatch for tensor `blocks.0.ffn.net.0.proj.weight`",
-        &out,
     );
-    assert_fails(
-        &tiny_args(&m, &o),
-        "[32, 24] but config.json implies [48, 24]",
-        &out,
-    );
+    assert_model_fails(&model, &out, "[32, 24] but config.json implies [48, 24]");
 }
 
 #[test]

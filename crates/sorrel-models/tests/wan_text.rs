@@ -3,8 +3,7 @@
 //! `tools/reference/make_fixtures.py`. Expected literals below were printed by the reference venv.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -13,25 +12,9 @@ use sorrel_models::wan::text_encoder::{
     relative_position_bucket, umt5_key_to_original, Umt5Config, Umt5Encoder,
 };
 use sorrel_models::wan::tokenizer::{html_unescape, prompt_clean, WanTokenizer};
+use sorrel_testkit::{fixture, max_abs_diff, reference_metadata};
 
 const FIXTURES: [&str; 3] = ["wan-tiny-unipc", "wan-tiny-euler", "wan-tiny-alt"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-/// The `__metadata__` of a safetensors file (prompt, negative_prompt, max_sequence_length, ...).
-fn metadata(path: &Path) -> HashMap<String, String> {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).unwrap();
-    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    f.read_exact(&mut header).unwrap();
-    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
-    serde_json::from_value(header["__metadata__"].clone()).unwrap()
-}
 
 struct Reference {
     prompt: String,
@@ -41,27 +24,13 @@ struct Reference {
 }
 
 fn reference(name: &str) -> Reference {
-    let path = fixture(name).join("reference.safetensors");
-    let meta = metadata(&path);
+    let meta = reference_metadata(name);
     Reference {
         prompt: meta["prompt"].clone(),
         negative: meta["negative_prompt"].clone(),
         max_len: meta["max_sequence_length"].parse().unwrap(),
-        tensors: candle_core::safetensors::load(&path, &Device::Cpu).unwrap(),
+        tensors: sorrel_testkit::reference(name),
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn rows_i64(t: &Tensor) -> Vec<Vec<i64>> {

@@ -1,12 +1,10 @@
 //! Parity of `WanTransformer3DModel` against diffusers on the committed fixtures (fp32).
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, max_abs, max_abs_diff, reference};
 use sorrel_core::TensorSource;
 use sorrel_models::wan::config::WanTransformerConfig;
 use sorrel_models::wan::transformer::WanTransformer3DModel;
+use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference};
 
 fn load(name: &str) -> WanTransformer3DModel {
     let dir = fixture(name).join("pipeline/transformer");

@@ -2,18 +2,12 @@
 //! Wan2.1 checkpoint layout with the diffusers layout.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sorrel_core::TensorSource;
 use sorrel_models::wan::vae::{vae_key_from_original, AutoencoderKLWan, VaeConfig};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
+use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference, reference_metadata};
 
 fn load_diffusers(name: &str) -> (VaeConfig, AutoencoderKLWan) {
     let dir = fixture(name).join("pipeline/vae");
@@ -40,47 +34,9 @@ fn load_original(name: &str) -> AutoencoderKLWan {
     AutoencoderKLWan::new(&cfg, vb).unwrap()
 }
 
-fn references(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-/// The pipeline step count recorded in the reference file's `__metadata__` (the safetensors crate is not a
-/// dependency of this package, so the header is read directly).
+/// The pipeline step count recorded in the reference run.
 fn steps(name: &str) -> usize {
-    let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header["__metadata__"]["steps"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    reference_metadata(name)["steps"].parse().unwrap()
 }
 
 /// The decoder input the pipeline builds: latents / (1 / std) + mean, in the same fp32 arithmetic.
@@ -99,7 +55,7 @@ fn denormalised_latents(name: &str, cfg: &VaeConfig, refs: &HashMap<String, Tens
 
 fn check_encode(name: &str) {
     let (_, vae) = load_diffusers(name);
-    let refs = references(name);
+    let refs = reference(name);
     let (mean, logvar) = vae.encode(&refs["unit.vae.encode.in"]).unwrap();
     let (want_mean, want_logvar) = (
         &refs["unit.vae.encode.mean"],
@@ -122,7 +78,7 @@ fn check_encode(name: &str) {
 
 fn check_decode(name: &str) {
     let (cfg, vae) = load_diffusers(name);
-    let refs = references(name);
+    let refs = reference(name);
     let z = denormalised_latents(name, &cfg, &refs);
     let out = vae.decode(&z).unwrap();
     let want = &refs["vae.decoded"];
@@ -141,7 +97,7 @@ fn check_decode(name: &str) {
 fn check_original_layout(name: &str) {
     let (cfg, vae) = load_diffusers(name);
     let orig = load_original(name);
-    let refs = references(name);
+    let refs = reference(name);
     let z = denormalised_latents(name, &cfg, &refs);
     let a = vae.decode(&z).unwrap();
     let b = orig.decode(&z).unwrap();

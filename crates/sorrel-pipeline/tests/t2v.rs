@@ -5,32 +5,10 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use sorrel_pipeline::{Layout, LoadOptions, Text2VideoRequest, WanPipeline};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
+use sorrel_testkit::{copy_dir, fixture, max_abs_diff, reference_metadata};
 
 fn reference(name: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
-    let path = fixture(name).join("reference.safetensors");
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors_metadata(&bytes);
-    (tensors, meta)
-}
-
-/// The safetensors header's `__metadata__` (prompt, size, steps ... of the fixture run).
-fn safetensors_metadata(bytes: &[u8]) -> ((), HashMap<String, String>) {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let meta = header["__metadata__"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect();
-    ((), meta)
+    (sorrel_testkit::reference(name), reference_metadata(name))
 }
 
 fn request(meta: &HashMap<String, String>, init: &Tensor) -> Text2VideoRequest {
@@ -49,20 +27,6 @@ fn request(meta: &HashMap<String, String>, init: &Tensor) -> Text2VideoRequest {
         flow_shift: None,
         init_latents: Some(init.clone()),
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn run(dir: PathBuf, name: &str) -> Tensor {
@@ -180,19 +144,6 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
     let err = max_abs_diff(&a, &d);
     println!("bf16 vs f32 frames max abs err {err}");
     assert!(err < 0.1, "bf16 frames far from f32: {err}");
-}
-
-fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// A copy of a fixture's pipeline whose weight files are rounded to `round_to` and stored as `store_as`.

@@ -1,34 +1,7 @@
 //! The samplers against diffusers: schedules exactly, and every step given diffusers' own model outputs.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
-use candle_core::{Device, Tensor};
 use sorrel_schedulers::{from_config_file, Scheduler};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use sorrel_testkit::{fixture, max_abs_diff, reference};
 
 fn scheduler(name: &str) -> Box<dyn Scheduler> {
     from_config_file(&fixture(name).join("pipeline/scheduler/scheduler_config.json")).unwrap()
