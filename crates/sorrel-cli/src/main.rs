@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_pipeline::{Event, LoadOptions, Text2VideoRequest, WanPipeline};
 
 use output::OutputTarget;
+use sorrel_media::{EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
 
 #[derive(Parser)]
 #[command(
@@ -78,9 +79,29 @@ struct GenerateArgs {
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8).
     #[arg(long)]
     init_latents: Option<PathBuf>,
-    /// Output: a folder or `name_%04d.png` (PNG sequence), or `.npy` (float32 frames F,H,W,3 in [0,1]).
+    /// Output file: .mp4 (H.264, default), .webm (AV1), .gif, .png (animated), .webp, a folder or
+    /// `name_%04d.png` (PNG sequence), or .npy (float32 frames F,H,W,3 in [0,1]). Default:
+    /// sorrel-SEED.mp4.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Frames per second of the written video (default: the model's native rate, 16 for Wan2.1).
+    #[arg(long)]
+    fps: Option<u32>,
+    /// Video codec for .mp4: h264 (plays everywhere) or av1 (royalty-free, smaller, slower).
+    #[arg(long, default_value = "h264")]
+    codec: String,
+    /// Picture quality from 1 (smallest file) to 100 (best) for MP4, WebM and WebP.
+    #[arg(long, default_value_t = 75)]
+    quality: u8,
+    /// Target bitrate in kbit/s for MP4 and WebM, instead of a fixed quality.
+    #[arg(long)]
+    bitrate: Option<u32>,
+    /// Also write the middle frame as a still image (.png, .jpg or .webp).
+    #[arg(long)]
+    thumbnail: Option<PathBuf>,
+    /// Also write a sprite sheet (a 4-column grid of up to 16 frames) as .png, .jpg or .webp.
+    #[arg(long)]
+    spritesheet: Option<PathBuf>,
     /// No progress bar or timing summary.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -130,8 +151,26 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let out_path = args
         .output
         .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("sorrel-{seed}/")));
-    let target = OutputTarget::parse(&out_path)?;
+        .unwrap_or_else(|| PathBuf::from(format!("sorrel-{seed}.mp4")));
+    let encode = EncodeOptions {
+        codec: args.codec.parse()?,
+        quality: args.quality,
+        bitrate_kbps: args.bitrate,
+        ..EncodeOptions::default()
+    };
+    let target = OutputTarget::parse(&out_path, &encode)?;
+    for still in [&args.thumbnail, &args.spritesheet].into_iter().flatten() {
+        StillFormat::from_path(still)?;
+        sorrel_media::check_writable(still)?;
+    }
+    if let Some(fps) = args.fps {
+        if !(1..=sorrel_media::MAX_FPS).contains(&fps) {
+            bail!(
+                "--fps {fps} is not supported: use a whole number from 1 to {}",
+                sorrel_media::MAX_FPS
+            );
+        }
+    }
     let Some(model) = &args.model else {
         bail!(
             "no --model given: Sorrel has no embedded default model yet; pass --model with a Wan2.1 diffusers \
@@ -200,20 +239,49 @@ fn generate(args: GenerateArgs) -> Result<()> {
 
     let (f, h, w, _) = video.frames.dims4()?;
     let data = video.frames.flatten_all()?.to_vec1::<f32>()?;
-    let written = target.write(&data, (f, h, w))?;
+    let fps = args.fps.unwrap_or_else(|| pipe.native_fps());
+    if !args.quiet {
+        eprintln!("encoding {f} frames at {fps} fps...");
+    }
+    let t_enc = Instant::now();
+    let written = target.write(&data, (f, h, w), fps, &encode)?;
+    write_stills(&args, &data, (f, h, w), fps)?;
+    let encode_time = t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
         for (name, d) in &video.timings {
             eprintln!("{name} {:.2}s", d.as_secs_f64());
         }
+        eprintln!("encode {:.2}s", encode_time.as_secs_f64());
     }
-    let shown = match &target {
-        OutputTarget::PngSequence { dir, .. } => {
-            format!("{} ({} PNG frames)", dir.display(), written.len())
-        }
-        OutputTarget::Npy(p) => p.display().to_string(),
-    };
-    println!("wrote {shown}: {f} frames {w}x{h}, seed {seed}");
+    println!(
+        "wrote {}: {f} frames {w}x{h} at {fps} fps ({:.4} s), seed {seed}",
+        target.describe(&written, &encode),
+        f as f64 / fps as f64
+    );
+    Ok(())
+}
+
+/// The `--thumbnail` and `--spritesheet` images, if asked for.
+fn write_stills(
+    args: &GenerateArgs,
+    data: &[f32],
+    dims: (usize, usize, usize),
+    fps: u32,
+) -> Result<()> {
+    if args.thumbnail.is_none() && args.spritesheet.is_none() {
+        return Ok(());
+    }
+    let clip = sorrel_media::Clip::from_f32(data, dims, fps)?;
+    if let Some(path) = &args.thumbnail {
+        sorrel_media::write_still(path, sorrel_media::thumbnail(&clip, ThumbnailFrame::Middle))?;
+        println!("wrote thumbnail {}", path.display());
+    }
+    if let Some(path) = &args.spritesheet {
+        let sheet = sorrel_media::sprite_sheet(&clip, SpriteSheet::default())?;
+        sorrel_media::write_still(path, &sheet)?;
+        println!("wrote sprite sheet {}", path.display());
+    }
     Ok(())
 }
 

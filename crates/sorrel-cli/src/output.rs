@@ -1,206 +1,94 @@
-//! Writing frames to disk: a PNG sequence or a float32 `.npy`, always staged in a temporary location and
-//! moved into place only when complete, so a failure never leaves a half-written output.
+//! Where `-o` sends the frames: any video or image format of `sorrel-media`, or a float32 `.npy` for
+//! exact numbers. Every output is checked before generation starts and written atomically.
 
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use sorrel_media::{write_video, Clip, EncodeOptions, Format};
 
 /// Where and how to write frames, decided (and checked) before any work is done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputTarget {
-    /// PNG files in a folder: `dir/<prefix>NNNN.png` (`digits` wide, zero-padded).
-    PngSequence {
-        /// The folder.
-        dir: PathBuf,
-        /// File name before the number.
-        prefix: String,
-        /// Width of the number.
-        digits: usize,
-        /// File name after the number.
-        suffix: String,
+    /// A file or folder in a media format (MP4, WebM, GIF, APNG, WebP, PNG sequence).
+    Media {
+        /// The path given.
+        path: PathBuf,
+        /// The format it names.
+        format: Format,
     },
     /// One `.npy` file holding float32 (F, H, W, 3) in [0, 1].
     Npy(PathBuf),
 }
 
 impl OutputTarget {
-    /// Interprets `-o PATH`: a folder (existing, or ending in `/`, or without extension) or a `.png`
-    /// pattern (`clip_%04d.png`, or `clip.png` meaning `clip_0000.png`, ...) gives a PNG sequence; `.npy` a
-    /// float array.
-    pub fn parse(path: &Path) -> Result<Self> {
-        let s = path.to_string_lossy();
-        let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
-        let target = if s.ends_with('/') || path.is_dir() || ext.is_none() {
-            OutputTarget::PngSequence {
-                dir: path.to_path_buf(),
-                prefix: "frame_".into(),
-                digits: 4,
-                suffix: ".png".into(),
-            }
-        } else {
-            match ext.as_deref() {
-                Some("png") => {
-                    let dir = containing_dir(path).to_path_buf();
-                    let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-                    let (prefix, digits, suffix) = match split_pattern(&name) {
-                        Some(p) => p,
-                        None => (format!("{}_", name.trim_end_matches(".png").trim_end_matches(".PNG")), 4, ".png".into()),
-                    };
-                    OutputTarget::PngSequence { dir, prefix, digits, suffix }
-                }
-                Some("npy") => OutputTarget::Npy(path.to_path_buf()),
-                Some(e @ ("mp4" | "webm" | "gif" | "webp" | "apng" | "mov" | "mkv")) => bail!(
-                    "output format .{e} is not supported yet: write a PNG sequence (-o DIR/ or -o clip_%04d.png) or \
-                     .npy, and encode it with another tool for now"
-                ),
-                Some(e) => bail!(
-                    "unknown output extension .{e} in {}: use a folder or .png pattern (PNG sequence) or .npy",
-                    path.display()
-                ),
-                None => unreachable!("handled above"),
-            }
-        };
-        target.check_writable()?;
-        Ok(target)
-    }
-
-    /// Where the output is staged before the final rename: the folder holding the PNG folder or the
-    /// `.npy` file, so the rename never crosses file systems.
-    fn staging_dir(&self) -> &Path {
-        match self {
-            OutputTarget::PngSequence { dir, .. } => containing_dir(dir),
-            OutputTarget::Npy(path) => containing_dir(path),
+    /// Interprets `-o PATH` and checks it can be written with `opts`.
+    pub fn parse(path: &Path, opts: &EncodeOptions) -> Result<Self> {
+        let is_npy = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+        if is_npy {
+            sorrel_media::check_writable(path)?;
+            return Ok(OutputTarget::Npy(path.to_path_buf()));
         }
-    }
-
-    /// Fails early, before minutes of generation, if the output cannot be written.
-    fn check_writable(&self) -> Result<()> {
-        let parent = self.staging_dir();
-        if !parent.is_dir() {
-            bail!(
-                "cannot write the output: folder {} does not exist",
-                parent.display()
-            );
-        }
-        let probe = tempfile::Builder::new()
-            .prefix(".sorrel-probe")
-            .tempfile_in(parent);
-        if probe.is_err() {
-            bail!(
-                "cannot write the output: folder {} is not writable",
-                parent.display()
-            );
-        }
-        if let OutputTarget::PngSequence { dir, .. } = self {
-            if dir.exists() && !dir.is_dir() {
-                bail!(
-                    "cannot write a PNG sequence to {}: it is a file, not a folder",
-                    dir.display()
-                );
-            }
-        }
-        Ok(())
+        let format = Format::from_path(path)?;
+        format.check(path, opts)?;
+        Ok(OutputTarget::Media {
+            path: path.to_path_buf(),
+            format,
+        })
     }
 
     /// Writes `frames` ((F, H, W, 3) f32 in [0, 1], row-major) atomically. Returns the paths written.
-    pub fn write(&self, frames: &[f32], (f, h, w): (usize, usize, usize)) -> Result<Vec<PathBuf>> {
+    pub fn write(
+        &self,
+        frames: &[f32],
+        (f, h, w): (usize, usize, usize),
+        fps: u32,
+        opts: &EncodeOptions,
+    ) -> Result<Vec<PathBuf>> {
         anyhow::ensure!(
             frames.len() == f * h * w * 3,
             "frame buffer has the wrong size"
         );
         match self {
             OutputTarget::Npy(path) => {
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(".sorrel-")
-                    .suffix(".npy.tmp")
-                    .tempfile_in(self.staging_dir())?;
-                write_npy(tmp.as_file_mut(), frames, &[f, h, w, 3])?;
-                tmp.as_file().sync_all()?;
-                tmp.persist(path).with_context(|| {
-                    format!("cannot move the output into place at {}", path.display())
-                })?;
+                let mut bytes = Vec::with_capacity(frames.len() * 4 + 128);
+                write_npy(&mut bytes, frames, &[f, h, w, 3])?;
+                sorrel_media::write_file(path, &bytes)?;
                 Ok(vec![path.clone()])
             }
-            OutputTarget::PngSequence {
-                dir,
-                prefix,
-                digits,
-                suffix,
-            } => {
-                // Stage every frame in a sibling temp folder, then move the files in: a failure midway leaves
-                // nothing behind at the destination.
-                let stage = tempfile::Builder::new()
-                    .prefix(".sorrel-frames-")
-                    .tempdir_in(self.staging_dir())?;
-                let mut names = Vec::with_capacity(f);
-                for i in 0..f {
-                    let name = format!("{prefix}{i:0digits$}{suffix}");
-                    let px = &frames[i * h * w * 3..(i + 1) * h * w * 3];
-                    write_png(&stage.path().join(&name), px, w, h)?;
-                    names.push(name);
-                }
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                let mut written = Vec::with_capacity(f);
-                for name in names {
-                    let dst = dir.join(&name);
-                    fs::rename(stage.path().join(&name), &dst)
-                        .with_context(|| format!("cannot move a frame into {}", dst.display()))?;
-                    written.push(dst);
-                }
-                Ok(written)
+            OutputTarget::Media { path, .. } => {
+                let clip = Clip::from_f32(frames, (f, h, w), fps)?;
+                Ok(write_video(path, &clip, opts)?)
+            }
+        }
+    }
+
+    /// What was written, for the closing message.
+    pub fn describe(&self, written: &[PathBuf], opts: &EncodeOptions) -> String {
+        match self {
+            OutputTarget::Npy(p) => format!("{} (float32 .npy)", p.display()),
+            OutputTarget::Media {
+                format: Format::PngSequence(seq),
+                ..
+            } => format!("{} ({} PNG frames)", seq.dir.display(), written.len()),
+            OutputTarget::Media { path, format } => {
+                let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                format!(
+                    "{} ({}, {:.1} kB)",
+                    path.display(),
+                    format.describe(opts),
+                    size as f64 / 1000.0
+                )
             }
         }
     }
 }
 
-/// The folder `path` lives in (`.` for a bare name).
-fn containing_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// Splits `clip_%04d.png` into ("clip_", 4, ".png"); `%d` means no padding.
-fn split_pattern(name: &str) -> Option<(String, usize, String)> {
-    let start = name.find('%')?;
-    let rest = &name[start + 1..];
-    let end = rest.find('d')?;
-    let width = &rest[..end];
-    let digits = if width.is_empty() {
-        1
-    } else {
-        width.trim_start_matches('0').parse().ok()?
-    };
-    Some((
-        name[..start].to_string(),
-        digits,
-        rest[end + 1..].to_string(),
-    ))
-}
-
-/// Quantises [0, 1] to 8 bits the way diffusers' `numpy_to_pil` does: round(x * 255).
-pub fn to_u8(x: f32) -> u8 {
-    (x.clamp(0.0, 1.0) * 255.0).round() as u8
-}
-
-fn write_png(path: &Path, px: &[f32], w: usize, h: usize) -> Result<()> {
-    let file =
-        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header()?;
-    let bytes: Vec<u8> = px.iter().map(|&v| to_u8(v)).collect();
-    writer.write_image_data(&bytes)?;
-    writer.finish()?;
-    Ok(())
-}
-
 /// NumPy's .npy format, version 1.0, little-endian float32, C order.
-fn write_npy(out: &mut fs::File, data: &[f32], shape: &[usize]) -> Result<()> {
+fn write_npy(out: &mut impl Write, data: &[f32], shape: &[usize]) -> Result<()> {
     let dims = shape
         .iter()
         .map(|d| d.to_string())
@@ -223,7 +111,7 @@ fn write_npy(out: &mut fs::File, data: &[f32], shape: &[usize]) -> Result<()> {
     for v in data {
         w.write_all(&v.to_le_bytes())?;
     }
-    w.flush()?;
+    w.flush().context("cannot write the .npy data")?;
     Ok(())
 }
 
@@ -232,44 +120,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patterns() {
-        assert_eq!(
-            split_pattern("clip_%04d.png"),
-            Some(("clip_".into(), 4, ".png".into()))
-        );
-        assert_eq!(
-            split_pattern("f%d.png"),
-            Some(("f".into(), 1, ".png".into()))
-        );
-        assert_eq!(split_pattern("clip.png"), None);
-    }
-
-    #[test]
-    fn unknown_and_unsupported_extensions_are_rejected() {
-        let e = OutputTarget::parse(Path::new("x.xyz"))
+    fn unknown_extensions_are_rejected() {
+        let e = OutputTarget::parse(Path::new("x.xyz"), &EncodeOptions::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown output extension .xyz"), "{e}");
-        let e = OutputTarget::parse(Path::new("x.mp4"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not supported yet"), "{e}");
     }
 
     #[test]
     fn missing_parent_is_rejected_before_work() {
-        let e = OutputTarget::parse(Path::new("/nonexistent-dir-sorrel/x.npy"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("does not exist"), "{e}");
+        for name in [
+            "/nonexistent-dir-sorrel/x.npy",
+            "/nonexistent-dir-sorrel/x.mp4",
+        ] {
+            let e = OutputTarget::parse(Path::new(name), &EncodeOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("does not exist"), "{e}");
+        }
     }
 
     #[test]
     fn npy_header_is_aligned_and_readable() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.npy");
-        let t = OutputTarget::parse(&p).unwrap();
-        t.write(&[0.5; 2 * 3 * 4 * 3], (2, 3, 4)).unwrap();
+        let opts = EncodeOptions::default();
+        let t = OutputTarget::parse(&p, &opts).unwrap();
+        t.write(&[0.5; 2 * 3 * 4 * 3], (2, 3, 4), 16, &opts)
+            .unwrap();
         let bytes = fs::read(&p).unwrap();
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);

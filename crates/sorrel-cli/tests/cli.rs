@@ -372,6 +372,10 @@ fn bad_request_values() {
             with(&["--guidance", "NaN"]),
             "guidance NaN is not supported",
         ),
+        (with(&["--fps", "0"]), "--fps 0 is not supported"),
+        (with(&["--fps", "1000"]), "--fps 1000 is not supported"),
+        (with(&["--codec", "vp9"]), "unknown video codec \"vp9\""),
+        (with(&["--thumbnail", "t.bmp"]), "use .png, .jpg or .webp"),
     ];
     for (args, needle) in cases {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -432,4 +436,112 @@ fn init_latents_of_the_wrong_shape() {
     a[5] = "64x32"; // the latents are for 32x32
     a.extend(["--init-latents", &init]);
     assert_fails(&a, "init latents have shape [1, 16, 3, 4, 4]", &out);
+}
+
+/// What ffprobe reports for the first video stream: codec, decoded frames, rate and duration.
+fn ffprobe(path: &Path) -> (String, u64, String, Option<f64>) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+        ])
+        .args([
+            "stream=codec_name,nb_read_frames,r_frame_rate:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe is needed: apt-get install ffmpeg (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    (
+        s["codec_name"].as_str().unwrap().to_string(),
+        s["nb_read_frames"].as_str().unwrap().parse().unwrap(),
+        s["r_frame_rate"].as_str().unwrap().to_string(),
+        v["format"]["duration"].as_str().map(|d| d.parse().unwrap()),
+    )
+}
+
+#[test]
+fn writes_a_playable_mp4_at_the_native_rate_with_stills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = fixture("wan-tiny-unipc")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let out = tmp.path().join("clip.mp4");
+    let thumb = tmp.path().join("thumb.jpg");
+    let sheet = tmp.path().join("sheet.png");
+    let mut args = tiny_args(&m, out.to_str().unwrap());
+    args.extend([
+        "--thumbnail",
+        thumb.to_str().unwrap(),
+        "--spritesheet",
+        sheet.to_str().unwrap(),
+    ]);
+    let o = sorrel(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("MP4 (H.264)") && said.contains("9 frames 32x32 at 16 fps"),
+        "{said}"
+    );
+    // Wan2.1's native 16 fps: 9 frames last 0.5625 s, exactly.
+    assert_eq!(
+        ffprobe(&out),
+        ("h264".into(), 9, "16/1".into(), Some(0.5625))
+    );
+    let (codec, ..) = ffprobe(&thumb);
+    assert_eq!(codec, "mjpeg");
+    // 9 frames fit in 16 tiles: 4 columns, 3 rows of 32x32.
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&sheet).unwrap(),
+    ));
+    let info = dec.read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (128, 96));
+}
+
+#[test]
+fn fps_codec_and_container_options_reach_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = fixture("wan-tiny-unipc")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    // (output, extra arguments, (codec, frames, rate, seconds)) as ffprobe must see them.
+    type Case<'a> = (&'a str, &'a [&'a str], (&'a str, u64, &'a str, f64));
+    let cases: [Case; 3] = [
+        (
+            "a.mp4",
+            &["--fps", "8", "--codec", "av1"],
+            ("av1", 9, "8/1", 1.125),
+        ),
+        ("b.webm", &["--fps", "24"], ("av1", 9, "24/1", 0.375)),
+        ("c.gif", &["--fps", "10"], ("gif", 9, "10/1", 0.9)),
+    ];
+    for (name, extra, (codec, frames, rate, secs)) in cases {
+        let out = tmp.path().join(name);
+        let mut args = tiny_args(&m, out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let o = sorrel(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let got = ffprobe(&out);
+        assert_eq!(
+            (got.0.as_str(), got.1, got.2.as_str()),
+            (codec, frames, rate),
+            "{name}"
+        );
+        let d = got.3.unwrap();
+        assert!((d - secs).abs() < 1e-9, "{name}: duration {d}");
+    }
 }

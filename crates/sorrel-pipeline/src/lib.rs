@@ -6,6 +6,6 @@ pub mod noise;
 pub mod progress;
 pub mod t2v;
 
-pub use loader::{Layout, LoadOptions, WanPipeline};
+pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
 pub use progress::Event;
 pub use t2v::{Text2VideoRequest, Video};

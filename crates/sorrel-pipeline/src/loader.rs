@@ -46,6 +46,9 @@ impl Default for LoadOptions {
 const ORIGINAL_VAE: &str = "Wan2.1_VAE.pth";
 const ORIGINAL_T5: &str = "models_t5_umt5-xxl-enc-bf16.pth";
 
+/// Wan2.1's native frame rate.
+pub const WAN21_FPS: u32 = 16;
+
 /// A loaded Wan2.1 text-to-video model.
 pub struct WanPipeline {
     /// The folder it was loaded from.
@@ -274,6 +277,12 @@ impl WanPipeline {
     /// The transformer's configuration.
     pub fn transformer_config(&self) -> &WanTransformerConfig {
         self.transformer.config()
+    }
+
+    /// The frame rate the model was trained at, and so the rate its motion looks right at: Wan2.1
+    /// generates 16 fps video (its diffusers pipelines export at 16 fps too).
+    pub fn native_fps(&self) -> u32 {
+        WAN21_FPS
     }
 
     /// The flow shift of the folder's scheduler config, or 3.0 (what Wan-AI ship for Wan2.1 T2V).

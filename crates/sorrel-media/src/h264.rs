@@ -1,0 +1,135 @@
+//! H.264 through OpenH264 (built from its bundled source): RGB frames to Annex-B access units, and back.
+
+use openh264::decoder::{Decoder, DecoderConfig, Flush};
+use openh264::encoder::{
+    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, QpRange,
+    RateControlMode, UsageType, VuiConfig,
+};
+use openh264::formats::{YUVSlices, YUVSource};
+use openh264::OpenH264API;
+
+use crate::clip::{Clip, Frame};
+use crate::error::{MediaError, Result};
+use crate::options::EncodeOptions;
+use crate::yuv::Yuv420;
+
+/// One encoded picture in decode (= display) order: OpenH264 writes no B-frames.
+pub(crate) struct AccessUnit {
+    /// Annex-B NAL units (start-code prefixed); the first one carries SPS and PPS.
+    pub data: Vec<u8>,
+    /// An IDR picture, where playback and seeking can start.
+    pub keyframe: bool,
+}
+
+/// The constant quantiser (0 best ..= 51 worst) that `quality` (1..=100) asks for.
+pub(crate) fn qp_for_quality(quality: u8) -> u8 {
+    (((100 - quality.min(100) as u32) * 51 + 50) / 100) as u8
+}
+
+/// Encodes every frame of `clip`. Without a bitrate the quantiser is pinned (min = max) so quality is
+/// steady across the clip; with one, OpenH264's bitrate control aims for it. Frame skipping stays off
+/// in both cases: every input frame must come out as a picture, or the timing would be wrong.
+pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit>> {
+    clip.require_even_size("H.264")?;
+    // The planes are BT.601 limited range (see yuv.rs), and OpenH264's own YUV to RGB conversion,
+    // used when reading back, assumes the same; the stream declares it for players.
+    let mut config = EncoderConfig::new()
+        .usage_type(UsageType::CameraVideoRealTime)
+        .max_frame_rate(FrameRate::from_hz(clip.fps() as f32))
+        .skip_frames(false)
+        .intra_frame_period(IntraFramePeriod::from_num_frames(keyframe_interval(clip)))
+        .vui(VuiConfig::bt601());
+    config = match opts.bitrate_kbps {
+        Some(kbps) => config
+            .rate_control_mode(RateControlMode::Bitrate)
+            .bitrate(BitRate::from_bps(kbps.saturating_mul(1000))),
+        None => {
+            let qp = qp_for_quality(opts.quality);
+            // Buffer-based mode follows the pinned quantiser exactly like quality mode does, without
+            // OpenH264's start-up warning that quality mode cannot hit a bitrate without skipping.
+            config
+                .rate_control_mode(RateControlMode::Bufferbased)
+                // A target above what the pinned quantiser produces at these sizes, so rate control
+                // never fights it; OpenH264 rejects targets over its level's ceiling (288 Mbit/s).
+                .bitrate(BitRate::from_bps(200_000_000))
+                .qp(QpRange::new(qp, qp))
+        }
+    };
+    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| MediaError::codec("H.264 encoder", e))?;
+    let dims = (clip.width() as usize, clip.height() as usize);
+    let mut yuv = Yuv420::new(dims.0, dims.1);
+    let mut out = Vec::with_capacity(clip.len());
+    for (i, frame) in clip.frames().iter().enumerate() {
+        yuv.read_rgb(&frame.rgb);
+        if i == 0 {
+            encoder.force_intra_frame();
+        }
+        let bits = encoder
+            .encode(&YUVSlices::new(
+                (&yuv.y, &yuv.u, &yuv.v),
+                dims,
+                (dims.0, dims.0 / 2, dims.0 / 2),
+            ))
+            .map_err(|e| MediaError::codec("H.264 encoder", e))?;
+        let kind = bits.frame_type();
+        if !matches!(kind, FrameType::IDR | FrameType::I | FrameType::P) {
+            return Err(MediaError::codec(
+                "H.264 encoder",
+                format!("frame {i} came out as {kind:?} instead of a picture"),
+            ));
+        }
+        out.push(AccessUnit {
+            data: bits.to_vec(),
+            keyframe: kind == FrameType::IDR,
+        });
+    }
+    Ok(out)
+}
+
+/// A keyframe every two seconds: cheap to seek in, and costs little at these clip lengths.
+fn keyframe_interval(clip: &Clip) -> u32 {
+    clip.fps() * 2
+}
+
+/// Decodes Annex-B access units (SPS/PPS included in the first) to RGB frames, one per unit.
+pub(crate) fn decode(units: &[Vec<u8>]) -> Result<Vec<Frame>> {
+    let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
+    let mut decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| MediaError::codec("H.264 decoder", e))?;
+    let mut frames = Vec::with_capacity(units.len());
+    for (i, unit) in units.iter().enumerate() {
+        let decoded = decoder
+            .decode(unit)
+            .map_err(|e| MediaError::codec("H.264 decoder", format!("sample {i}: {e}")))?;
+        if let Some(yuv) = decoded {
+            frames.push(to_frame(&yuv)?);
+        }
+    }
+    for yuv in decoder
+        .flush_remaining()
+        .map_err(|e| MediaError::codec("H.264 decoder", e))?
+    {
+        frames.push(to_frame(&yuv)?);
+    }
+    Ok(frames)
+}
+
+fn to_frame(yuv: &openh264::decoder::DecodedYUV<'_>) -> Result<Frame> {
+    let (w, h) = yuv.dimensions();
+    let mut rgb = vec![0u8; w * h * 3];
+    yuv.write_rgb8(&mut rgb);
+    Frame::new(w as u32, h as u32, rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_maps_onto_the_quantiser_range() {
+        assert_eq!(qp_for_quality(100), 0);
+        assert_eq!(qp_for_quality(1), 50);
+        assert_eq!(qp_for_quality(75), 13);
+    }
+}
