@@ -84,8 +84,13 @@ impl Format {
                         seq.dir.display()
                     )));
                 }
-                atomic::check_writable(&seq.dir.join("probe"))
-                    .or_else(|_| atomic::check_writable(&seq.dir))
+                if seq.dir.is_dir() {
+                    // Frames are moved into the existing folder: it must take new files.
+                    atomic::check_writable(&seq.dir.join("frame.png"))
+                } else {
+                    // The folder will be created next to its siblings.
+                    atomic::check_writable(&seq.dir)
+                }
             }
             _ => atomic::check_writable(path),
         }
