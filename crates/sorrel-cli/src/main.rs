@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_pipeline::{Event, LoadOptions, Text2VideoRequest, WanPipeline};
 
 use output::OutputTarget;
-use sorrel_media::{EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
+use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
 
 #[derive(Parser)]
 #[command(
@@ -244,8 +244,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
         eprintln!("encoding {f} frames at {fps} fps...");
     }
     let t_enc = Instant::now();
-    let written = target.write(&data, (f, h, w), fps, &encode)?;
-    write_stills(&args, &data, (f, h, w), fps)?;
+    let clip = Clip::from_f32(&data, (f, h, w), fps)?;
+    let written = target.write(&data, &clip, &encode)?;
+    write_stills(&args, &clip)?;
     let encode_time = t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
@@ -263,22 +264,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 /// The `--thumbnail` and `--spritesheet` images, if asked for.
-fn write_stills(
-    args: &GenerateArgs,
-    data: &[f32],
-    dims: (usize, usize, usize),
-    fps: u32,
-) -> Result<()> {
-    if args.thumbnail.is_none() && args.spritesheet.is_none() {
-        return Ok(());
-    }
-    let clip = sorrel_media::Clip::from_f32(data, dims, fps)?;
+fn write_stills(args: &GenerateArgs, clip: &Clip) -> Result<()> {
     if let Some(path) = &args.thumbnail {
-        sorrel_media::write_still(path, sorrel_media::thumbnail(&clip, ThumbnailFrame::Middle))?;
+        sorrel_media::write_still(path, sorrel_media::thumbnail(clip, ThumbnailFrame::Middle))?;
         println!("wrote thumbnail {}", path.display());
     }
     if let Some(path) = &args.spritesheet {
-        let sheet = sorrel_media::sprite_sheet(&clip, SpriteSheet::default())?;
+        let sheet = sorrel_media::sprite_sheet(clip, SpriteSheet::default())?;
         sorrel_media::write_still(path, &sheet)?;
         println!("wrote sprite sheet {}", path.display());
     }

@@ -2,10 +2,9 @@
 //! exact numbers. Every output is checked before generation starts and written atomically.
 
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sorrel_media::{write_video, Clip, EncodeOptions, Format};
 
 /// Where and how to write frames, decided (and checked) before any work is done.
@@ -40,29 +39,26 @@ impl OutputTarget {
         })
     }
 
-    /// Writes `frames` ((F, H, W, 3) f32 in [0, 1], row-major) atomically. Returns the paths written.
-    pub fn write(
-        &self,
-        frames: &[f32],
-        (f, h, w): (usize, usize, usize),
-        fps: u32,
-        opts: &EncodeOptions,
-    ) -> Result<Vec<PathBuf>> {
-        anyhow::ensure!(
-            frames.len() == f * h * w * 3,
-            "frame buffer has the wrong size"
-        );
+    /// Writes the generated video atomically: `frames` ((F, H, W, 3) f32 in [0, 1], row-major) for
+    /// `.npy`, `clip` (the same frames, quantised, at their frame rate) for everything else. Returns the
+    /// paths written.
+    pub fn write(&self, frames: &[f32], clip: &Clip, opts: &EncodeOptions) -> Result<Vec<PathBuf>> {
         match self {
             OutputTarget::Npy(path) => {
-                let mut bytes = Vec::with_capacity(frames.len() * 4 + 128);
-                write_npy(&mut bytes, frames, &[f, h, w, 3])?;
+                let shape = [clip.len(), clip.height() as usize, clip.width() as usize, 3];
+                anyhow::ensure!(
+                    frames.len() == shape.iter().product::<usize>(),
+                    "frame buffer has the wrong size"
+                );
+                let mut bytes = sorrel_media::npy_header("<f4", &shape);
+                bytes.reserve(frames.len() * 4);
+                for v in frames {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
                 sorrel_media::write_file(path, &bytes)?;
                 Ok(vec![path.clone()])
             }
-            OutputTarget::Media { path, .. } => {
-                let clip = Clip::from_f32(frames, (f, h, w), fps)?;
-                Ok(write_video(path, &clip, opts)?)
-            }
+            OutputTarget::Media { path, .. } => Ok(write_video(path, clip, opts)?),
         }
     }
 
@@ -85,34 +81,6 @@ impl OutputTarget {
             }
         }
     }
-}
-
-/// NumPy's .npy format, version 1.0, little-endian float32, C order.
-fn write_npy(out: &mut impl Write, data: &[f32], shape: &[usize]) -> Result<()> {
-    let dims = shape
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let dims = if shape.len() == 1 {
-        format!("{dims},")
-    } else {
-        dims
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
-    // Magic (6) + version (2) + header length (2) + header + '\n' must be a multiple of 64.
-    let pad = 64 - (10 + header.len() + 1) % 64;
-    header.push_str(&" ".repeat(pad % 64));
-    header.push('\n');
-    let mut w = BufWriter::new(out);
-    w.write_all(b"\x93NUMPY\x01\x00")?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    for v in data {
-        w.write_all(&v.to_le_bytes())?;
-    }
-    w.flush().context("cannot write the .npy data")?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -146,8 +114,9 @@ mod tests {
         let p = dir.path().join("a.npy");
         let opts = EncodeOptions::default();
         let t = OutputTarget::parse(&p, &opts).unwrap();
-        t.write(&[0.5; 2 * 3 * 4 * 3], (2, 3, 4), 16, &opts)
-            .unwrap();
+        let frames = [0.5; 2 * 3 * 4 * 3];
+        let clip = Clip::from_f32(&frames, (2, 3, 4), 16).unwrap();
+        t.write(&frames, &clip, &opts).unwrap();
         let bytes = fs::read(&p).unwrap();
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);

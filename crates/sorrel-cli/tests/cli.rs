@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-use sorrel_testkit::{copy_dir, fixture, reference};
+use sorrel_testkit::{copy_dir, ffprobe, fixture, reference};
 
 fn sorrel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sorrel"))
@@ -161,20 +161,26 @@ fn cli_original_layout_alt_with_flow_shift() {
     let o = sorrel(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     let (_, data) = read_npy_f32(&out);
-    let want = reference_frames("wan-tiny-alt")
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let err = data
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_err_against_reference("wan-tiny-alt", &data);
     assert!(
         err <= 2e-3,
         "original-layout alt frames differ from diffusers by {err}"
     );
+}
+
+/// Largest absolute difference between `frames` (flattened F,H,W,3) and a fixture's diffusers frames.
+fn max_err_against_reference(name: &str, frames: &[f32]) -> f32 {
+    let want = reference_frames(name)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(frames.len(), want.len(), "frame count or size differs");
+    frames
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }
 
 fn read_npy_f32(path: &Path) -> (String, Vec<f32>) {
@@ -204,16 +210,7 @@ fn cli_npy_matches_diffusers_frames() {
         header.contains("'descr': '<f4'") && header.contains("'shape': (9, 32, 32, 3)"),
         "{header}"
     );
-    let want = reference_frames("wan-tiny-unipc")
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let err = data
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_err_against_reference("wan-tiny-unipc", &data);
     // Same bound as the library pipeline test.
     assert!(err <= 2e-3, "npy frames differ from diffusers by {err}");
 }
@@ -438,40 +435,6 @@ fn init_latents_of_the_wrong_shape() {
     assert_fails(&a, "init latents have shape [1, 16, 3, 4, 4]", &out);
 }
 
-/// What ffprobe reports for the first video stream: codec, decoded frames, rate and duration.
-fn ffprobe(path: &Path) -> (String, u64, String, Option<f64>) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-        ])
-        .args([
-            "stream=codec_name,nb_read_frames,r_frame_rate:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe is needed: apt-get install ffmpeg (.ci/run does)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v["streams"][0];
-    (
-        s["codec_name"].as_str().unwrap().to_string(),
-        s["nb_read_frames"].as_str().unwrap().parse().unwrap(),
-        s["r_frame_rate"].as_str().unwrap().to_string(),
-        v["format"]["duration"].as_str().map(|d| d.parse().unwrap()),
-    )
-}
-
 #[test]
 fn writes_a_playable_mp4_at_the_native_rate_with_stills() {
     let tmp = tempfile::tempdir().unwrap();
@@ -497,12 +460,17 @@ fn writes_a_playable_mp4_at_the_native_rate_with_stills() {
         "{said}"
     );
     // Wan2.1's native 16 fps: 9 frames last 0.5625 s, exactly.
+    let p = ffprobe(&out);
     assert_eq!(
-        ffprobe(&out),
-        ("h264".into(), 9, "16/1".into(), Some(0.5625))
+        (
+            p.codec.as_str(),
+            p.frames,
+            p.r_frame_rate.as_str(),
+            p.format_duration
+        ),
+        ("h264", 9, "16/1", Some(0.5625))
     );
-    let (codec, ..) = ffprobe(&thumb);
-    assert_eq!(codec, "mjpeg");
+    assert_eq!(ffprobe(&thumb).codec, "mjpeg");
     // 9 frames fit in 16 tiles: 4 columns, 3 rows of 32x32.
     let dec = png::Decoder::new(std::io::BufReader::new(
         std::fs::File::open(&sheet).unwrap(),
@@ -537,11 +505,11 @@ fn fps_codec_and_container_options_reach_the_file() {
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let got = ffprobe(&out);
         assert_eq!(
-            (got.0.as_str(), got.1, got.2.as_str()),
+            (got.codec.as_str(), got.frames, got.r_frame_rate.as_str()),
             (codec, frames, rate),
             "{name}"
         );
-        let d = got.3.unwrap();
+        let d = got.format_duration.unwrap();
         assert!((d - secs).abs() < 1e-9, "{name}: duration {d}");
     }
 }

@@ -76,14 +76,8 @@ fn main() {
 
 /// The frames as a NumPy uint8 array (F, H, W, 3), for the side-by-side Python run.
 fn write_npy_u8(path: &str, clip: &Clip) {
-    let shape = format!("({}, {}, {}, 3)", clip.len(), clip.height(), clip.width());
-    let mut header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
-    let pad = 64 - (10 + header.len() + 1) % 64;
-    header.push_str(&" ".repeat(pad % 64));
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
+    let shape = [clip.len(), clip.height() as usize, clip.width() as usize, 3];
+    let mut out = sorrel_media::npy_header("|u1", &shape);
     for f in clip.frames() {
         out.extend_from_slice(&f.rgb);
     }

@@ -54,7 +54,7 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Av1Stream> {
             .map_or(0, |k| k.saturating_mul(1000).min(i32::MAX as u32) as i32),
         ..Default::default()
     };
-    let keyframe_every = u64::from(clip.fps()) * 2;
+    let keyframe_every = u64::from(clip.keyframe_interval());
     enc.set_key_frame_interval(keyframe_every.min(12), keyframe_every);
     let config = Config::new().with_encoder_config(enc).with_threads(0);
     let mut ctx: Context<u8> = config

@@ -129,6 +129,12 @@ impl Clip {
         self.frames.len() as f64 / self.fps as f64
     }
 
+    /// Frames between key frames for the video codecs: one every two seconds, cheap to seek in and
+    /// costing little at these clip lengths.
+    pub(crate) fn keyframe_interval(&self) -> u32 {
+        self.fps * 2
+    }
+
     /// Fails, naming the format, if a 4:2:0 codec cannot hold this frame size.
     pub(crate) fn require_even_size(&self, codec: &str) -> Result<()> {
         let (w, h) = (self.width(), self.height());

@@ -37,7 +37,7 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit
         .usage_type(UsageType::CameraVideoRealTime)
         .max_frame_rate(FrameRate::from_hz(clip.fps() as f32))
         .skip_frames(false)
-        .intra_frame_period(IntraFramePeriod::from_num_frames(keyframe_interval(clip)))
+        .intra_frame_period(IntraFramePeriod::from_num_frames(clip.keyframe_interval()))
         .vui(VuiConfig::bt601());
     config = match opts.bitrate_kbps {
         Some(kbps) => config
@@ -85,11 +85,6 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit
         });
     }
     Ok(out)
-}
-
-/// A keyframe every two seconds: cheap to seek in, and costs little at these clip lengths.
-fn keyframe_interval(clip: &Clip) -> u32 {
-    clip.fps() * 2
 }
 
 /// Decodes Annex-B access units (SPS/PPS included in the first) to RGB frames, one per unit.

@@ -1,5 +1,9 @@
 //! MP4 files: muxing H.264 or AV1 with muxide (fast-start, 90 kHz timescale), and reading H.264 MP4s
 //! back with the `mp4` crate and OpenH264.
+//!
+//! Frame times are exact when `90000 / fps` is whole (1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 16, 18, 20,
+//! 24, 25, 30, 36, 40, 45, 48, 50, 60, 72, 75, 80, 90, 100, 120, ... fps); otherwise each time is
+//! rounded to the nearest 1/90000 s.
 
 use std::io::Cursor;
 
@@ -9,11 +13,6 @@ use crate::clip::{Clip, Frame};
 use crate::error::{MediaError, Result};
 use crate::options::{EncodeOptions, VideoCodec};
 use crate::{av1, h264};
-
-/// muxide's media timescale: frame times are exact when `90000 / fps` is whole (1, 2, 3, 4, 5, 6, 8,
-/// 9, 10, 12, 15, 16, 18, 20, 24, 25, 30, 36, 40, 45, 48, 50, 60, 72, 75, 80, 90, 100, 120, ... fps);
-/// otherwise each time is rounded to the nearest 1/90000 s.
-pub const MP4_TIMESCALE: u32 = 90_000;
 
 /// Encodes `clip` and muxes it into a fast-start MP4 (the index before the data, so playback starts
 /// before the whole file has arrived).
@@ -50,19 +49,20 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<u8>> {
         .finish_in_place()
         .map_err(|e| MediaError::codec("MP4 muxer", e))?;
     let mut bytes = muxer.into_writer().into_inner();
-    let media_duration = clip.len() as u64 * u64::from(MP4_TIMESCALE) / u64::from(clip.fps());
-    set_movie_timescale(&mut bytes, MP4_TIMESCALE, media_duration)?;
+    set_movie_timescale(&mut bytes)?;
     Ok(bytes)
 }
 
 /// muxide writes the movie header (`mvhd`), track headers (`tkhd`) and edit lists (`elst`) in
 /// milliseconds, so 81 frames at 16 fps (5.0625 s) show as 5.062 s in players. This rewrites those
-/// fields in place, at the media timescale, so the container's duration is exact too. Field sizes do not
-/// change, so no offset moves.
-fn set_movie_timescale(bytes: &mut [u8], timescale: u32, duration: u64) -> Result<()> {
+/// fields in place with the video track's own media timescale and duration (its `mdhd`, the sum of the
+/// sample durations), so the container's duration is exactly the track's. Field sizes do not change,
+/// so no offset moves.
+fn set_movie_timescale(bytes: &mut [u8]) -> Result<()> {
     let bad = |what: &str| MediaError::codec("MP4 muxer", format!("unexpected box layout: {what}"));
     let moov = find_box(bytes, 0, bytes.len(), b"moov").ok_or_else(|| bad("no moov"))?;
     let (start, end) = (moov.0 + 8, moov.1);
+    let (timescale, duration) = media_header(bytes, start, end).ok_or_else(|| bad("no mdhd"))?;
     let mvhd = find_box(bytes, start, end, b"mvhd").ok_or_else(|| bad("no mvhd"))?;
     let body = mvhd.0 + 8;
     match bytes[body] {
@@ -116,6 +116,23 @@ fn set_movie_timescale(bytes: &mut [u8], timescale: u32, duration: u64) -> Resul
     Ok(())
 }
 
+/// Timescale and duration of the first track's media header (`moov/trak/mdia/mdhd`).
+fn media_header(bytes: &[u8], start: usize, end: usize) -> Option<(u32, u64)> {
+    let trak = find_box(bytes, start, end, b"trak")?;
+    let mdia = find_box(bytes, trak.0 + 8, trak.1, b"mdia")?;
+    let mdhd = find_box(bytes, mdia.0 + 8, mdia.1, b"mdhd")?;
+    let body = mdhd.0 + 8;
+    let u32_at = |i: usize| Some(u32::from_be_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
+    match bytes[body] {
+        0 => Some((u32_at(body + 12)?, u64::from(u32_at(body + 16)?))),
+        1 => Some((
+            u32_at(body + 20)?,
+            u64::from_be_bytes(bytes.get(body + 24..body + 32)?.try_into().ok()?),
+        )),
+        _ => None,
+    }
+}
+
 /// The first box of type `kind` among the boxes in `bytes[start..end]`: its (start, end).
 fn find_box(bytes: &[u8], start: usize, end: usize, kind: &[u8; 4]) -> Option<(usize, usize)> {
     let mut at = start;
@@ -151,7 +168,7 @@ pub(crate) enum Mp4Contents {
 /// Reads the first video track of an MP4 holding H.264 and decodes every frame.
 pub(crate) fn read(bytes: &[u8]) -> Result<Mp4Contents> {
     let size = bytes.len() as u64;
-    let reader = ::mp4::Mp4Reader::read_header(Cursor::new(bytes), size)
+    let mut reader = ::mp4::Mp4Reader::read_header(Cursor::new(bytes), size)
         .map_err(|e| MediaError::codec("MP4 reader", e))?;
     let mut tracks: Vec<_> = reader
         .tracks()
@@ -178,7 +195,6 @@ pub(crate) fn read(bytes: &[u8]) -> Result<Mp4Contents> {
         .picture_parameter_set()
         .map_err(|e| MediaError::codec("MP4 reader", e))?
         .to_vec();
-    let mut reader = reader;
     let mut units = Vec::with_capacity(count as usize);
     let mut first_duration = None;
     for sample_id in 1..=count {

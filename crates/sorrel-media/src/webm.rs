@@ -15,6 +15,7 @@ use crate::av1;
 use crate::clip::Clip;
 use crate::error::{MediaError, Result};
 use crate::options::EncodeOptions;
+use crate::timing::tick;
 
 fn err(e: impl std::fmt::Debug) -> MediaError {
     MediaError::codec("WebM muxer", format!("{e:?}"))
@@ -57,7 +58,7 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<u8>> {
             .add_frame(track, &unit.data, ns, unit.keyframe)
             .map_err(|e| MediaError::codec("WebM muxer", format!("frame {i}: {e:?}")))?;
     }
-    let duration_ms = (clip.len() as u64 * 1000 + fps / 2) / fps;
+    let duration_ms = tick(clip.len(), clip.fps(), 1000);
     let writer = segment
         .finalize(Some(duration_ms))
         .map_err(|_| MediaError::codec("WebM muxer", "libwebm could not finish the file"))?;

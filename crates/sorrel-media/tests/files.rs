@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::*;
 use sorrel_media::*;
+use sorrel_testkit::ffprobe;
 
 fn opts() -> EncodeOptions {
     EncodeOptions::default()

@@ -1,9 +1,11 @@
 //! Helpers for the parity tests of every crate: where the committed fixtures are, their reference tensors
-//! and run metadata, and the error measures the tests assert on. A dev-dependency only.
+//! and run metadata, the error measures the tests assert on, and Debian's ffprobe as the independent
+//! judge of written video files. A dev-dependency only.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -65,5 +67,62 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         } else {
             std::fs::copy(e.path(), &to).unwrap();
         }
+    }
+}
+
+/// What ffprobe says about the first video stream, after decoding every frame.
+#[derive(Debug)]
+pub struct Probe {
+    pub codec: String,
+    pub width: u64,
+    pub height: u64,
+    pub frames: u64,
+    pub r_frame_rate: String,
+    pub avg_frame_rate: String,
+    pub stream_duration: Option<f64>,
+    pub format_duration: Option<f64>,
+    pub format_name: String,
+    pub pix_fmt: String,
+}
+
+/// Runs Debian's ffprobe on `path`; panics (with the install hint) if it is missing.
+pub fn ffprobe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries"])
+        .args([
+            "stream=codec_name,width,height,r_frame_rate,avg_frame_rate,nb_read_frames,duration,pix_fmt:format=duration,format_name",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe is needed by these tests: apt-get install ffmpeg (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "ffprobe complained: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    let num = |x: &serde_json::Value| x.as_str().and_then(|s| s.parse::<f64>().ok());
+    Probe {
+        codec: s["codec_name"].as_str().unwrap_or_default().into(),
+        width: s["width"].as_u64().unwrap_or(0),
+        height: s["height"].as_u64().unwrap_or(0),
+        frames: s["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap(),
+        r_frame_rate: s["r_frame_rate"].as_str().unwrap_or_default().into(),
+        avg_frame_rate: s["avg_frame_rate"].as_str().unwrap_or_default().into(),
+        stream_duration: num(&s["duration"]),
+        format_duration: num(&v["format"]["duration"]),
+        format_name: v["format"]["format_name"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+        pix_fmt: s["pix_fmt"].as_str().unwrap_or_default().into(),
     }
 }
