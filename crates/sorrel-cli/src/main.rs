@@ -1,6 +1,7 @@
 //! `sorrel`: text-to-video generation from the command line.
 
 mod output;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Generate a video from a prompt.
     Generate(GenerateArgs),
+    /// Serve the OpenAI-compatible /v1/videos API with a durable job queue.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -286,6 +289,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

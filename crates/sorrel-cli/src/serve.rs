@@ -1,0 +1,236 @@
+//! `sorrel serve`: flags to [`ServerConfig`], then run the server until Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sorrel_server::{Defaults, Limits, ModelSpec, Server, ServerConfig, WebhookConfig};
+
+/// Options of `sorrel serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A model to serve, as NAME=DIR (clients pass NAME as `model`) or DIR (named after the folder). Repeat
+    /// for several; the first is the default.
+    #[arg(long, short = 'm', required = true)]
+    model: Vec<String>,
+    /// Address to listen on. Without API keys only loopback addresses are allowed.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port; 0 picks a free one (the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Folder for the job database and the videos (default: $XDG_DATA_HOME/sorrel or ~/.local/share/sorrel).
+    #[arg(long, env = "SORREL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Accepted bearer API key; repeat for several. Also read from SORREL_API_KEYS (comma-separated).
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Jobs generated at the same time (each uses all cores; more than 1 helps only on big machines).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Longest prompt accepted, in characters.
+    #[arg(long, default_value_t = 4000)]
+    max_prompt_chars: usize,
+    /// Longest clip accepted, in seconds.
+    #[arg(long, default_value_t = 20)]
+    max_seconds: u32,
+    /// Largest frame accepted, WIDTHxHEIGHT (each side separately).
+    #[arg(long, default_value = "1280x1280")]
+    max_size: String,
+    /// Most denoising steps accepted.
+    #[arg(long, default_value_t = 100)]
+    max_steps: usize,
+    /// Most queued or running videos per API key (more get 429).
+    #[arg(long, default_value_t = 100)]
+    max_queued_per_key: u32,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Size when a request gives none.
+    #[arg(long, default_value = "832x480")]
+    default_size: String,
+    /// Seconds when a request gives none.
+    #[arg(long, default_value_t = 4)]
+    default_seconds: u32,
+    /// Denoising steps when a request gives none.
+    #[arg(long, default_value_t = 50)]
+    default_steps: usize,
+    /// Guidance scale when a request gives none.
+    #[arg(long, default_value_t = 5.0)]
+    default_guidance: f64,
+    /// Hours a finished video (and its record) is kept before it expires and is removed.
+    #[arg(long, default_value_t = 24.0)]
+    retention_hours: f64,
+    /// Sent to clients as `openai-poll-after-ms` while a video is unfinished.
+    #[arg(long, default_value_t = 1000)]
+    poll_after_ms: u64,
+    /// POST `video.completed` / `video.failed` events here (signed; see --webhook-secret).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Signing secret for webhooks (`whsec_...` or any string).
+    #[arg(long, env = "SORREL_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Delivery attempts per webhook event.
+    #[arg(long, default_value_t = 5)]
+    webhook_attempts: u32,
+}
+
+fn model_spec(s: &str) -> Result<ModelSpec> {
+    let (name, dir) = match s.split_once('=') {
+        Some((name, dir)) => (name.to_string(), PathBuf::from(dir)),
+        None => {
+            let dir = PathBuf::from(s);
+            let name = dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+                .with_context(|| format!("--model {s}: no such folder"))?;
+            (name, dir)
+        }
+    };
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("--model {s}: the name `{name}` must be non-empty and have no spaces");
+    }
+    Ok(ModelSpec { name, dir })
+}
+
+fn wxh(flag: &str, s: &str) -> Result<(usize, usize)> {
+    let (w, h) = s
+        .split_once('x')
+        .with_context(|| format!("{flag} `{s}` is not WIDTHxHEIGHT"))?;
+    Ok((
+        w.parse()
+            .with_context(|| format!("{flag} `{s}`: bad width"))?,
+        h.parse()
+            .with_context(|| format!("{flag} `{s}`: bad height"))?,
+    ))
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("sorrel");
+    }
+    match std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/sorrel"),
+        None => PathBuf::from("sorrel-data"),
+    }
+}
+
+fn config(args: ServeArgs) -> Result<ServerConfig> {
+    let mut api_keys = args.api_keys;
+    if let Ok(env) = std::env::var("SORREL_API_KEYS") {
+        api_keys.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from),
+        );
+    }
+    let (max_width, max_height) = wxh("--max-size", &args.max_size)?;
+    let limits = Limits {
+        max_prompt_chars: args.max_prompt_chars,
+        max_seconds: args.max_seconds,
+        max_width,
+        max_height,
+        max_steps: args.max_steps,
+        max_queued_per_key: args.max_queued_per_key,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let size = wxh("--default-size", &args.default_size)?;
+    sorrel_server::params::parse_size(&args.default_size, &limits)
+        .map_err(|e| anyhow::anyhow!("--default-size: {}", e.message))?;
+    if args.default_seconds == 0 || args.default_seconds > limits.max_seconds {
+        bail!(
+            "--default-seconds must be from 1 to --max-seconds ({})",
+            limits.max_seconds
+        );
+    }
+    if args.default_steps == 0 || args.default_steps > limits.max_steps {
+        bail!(
+            "--default-steps must be from 1 to --max-steps ({})",
+            limits.max_steps
+        );
+    }
+    if !(args.retention_hours.is_finite() && args.retention_hours > 0.0) {
+        bail!("--retention-hours must be a positive number");
+    }
+    let webhook = match (args.webhook_url, args.webhook_secret) {
+        (Some(url), Some(secret)) => Some(WebhookConfig {
+            url,
+            secret,
+            attempts: args.webhook_attempts.max(1),
+            first_retry: Duration::from_secs(2),
+        }),
+        (Some(_), None) => {
+            bail!("--webhook-url needs --webhook-secret (or SORREL_WEBHOOK_SECRET) to sign events")
+        }
+        (None, _) => None,
+    };
+    Ok(ServerConfig {
+        data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        host: args.host,
+        port: args.port,
+        api_keys,
+        models: args
+            .model
+            .iter()
+            .map(|m| model_spec(m))
+            .collect::<Result<_>>()?,
+        dtype: crate::parse_dtype(&args.dtype)?,
+        workers: args.workers,
+        limits,
+        defaults: Defaults {
+            size,
+            seconds: args.default_seconds,
+            steps: args.default_steps,
+            guidance: args.default_guidance,
+        },
+        retention: Duration::from_secs_f64(args.retention_hours * 3600.0),
+        poll_after_ms: args.poll_after_ms,
+        webhook,
+    })
+}
+
+/// Runs `sorrel serve`.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let open = config.api_keys.is_empty();
+        let data_dir = config.data_dir.clone();
+        let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+        let server = Server::start(config).await?;
+        let addr = server.local_addr()?;
+        // Tests and scripts read this line to find the port.
+        println!("listening on http://{addr}");
+        std::io::stdout().flush().ok();
+        eprintln!(
+            "serving {} from data folder {}",
+            models.join(", "),
+            data_dir.display()
+        );
+        if open {
+            eprintln!(
+                "no API key configured: accepting requests from this machine only (set SORREL_API_KEYS to require keys)"
+            );
+        }
+        server.run().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,260 @@
+//! `sorrel serve`: an OpenAI `/v1/videos`-compatible HTTP server over a durable job queue.
+//!
+//! Requests are validated and stored (SQLite by default) before they are answered, so an accepted job
+//! survives a crash; workers take jobs from the store, generate them with the loaded pipelines, and write
+//! their files atomically into the data folder. A job that was running when the process died is put back in
+//! the queue at the next start.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+mod events;
+pub mod files;
+pub mod job;
+pub mod models;
+pub mod params;
+mod routes;
+pub mod store;
+pub mod webhook;
+mod worker;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sorrel_pipeline::LoadOptions;
+use tokio::sync::{broadcast, watch, Notify};
+
+pub use config::{Defaults, Limits, ModelSpec, ServerConfig, WebhookConfig};
+pub use error::{ApiError, ServeError, StoreError};
+pub use routes::router;
+pub use store::{JobStore, SqliteStore};
+
+use auth::Keys;
+use files::DataDir;
+use models::Models;
+use webhook::Webhook;
+
+/// Everything the handlers and workers share.
+pub struct App<S: JobStore> {
+    /// The job store.
+    pub store: S,
+    /// Loaded models.
+    pub models: Models,
+    /// Settings.
+    pub config: ServerConfig,
+    /// The data folder.
+    pub data: DataDir,
+    /// Accepted keys.
+    pub keys: Keys,
+    /// Webhook sender, if configured.
+    pub webhook: Option<Webhook>,
+    /// Ids of jobs that just changed, for event streams.
+    pub changes: broadcast::Sender<String>,
+    /// Wakes an idle worker when a job is queued.
+    pub wake: Notify,
+    /// Cancel flags of running jobs.
+    pub running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Becomes true when the server is stopping.
+    pub shutdown: watch::Sender<bool>,
+    /// Unix seconds when the server started.
+    pub started_at: i64,
+}
+
+impl<S: JobStore> App<S> {
+    /// Tells event streams that job `id` changed.
+    pub fn changed(&self, id: &str) {
+        let _ = self.changes.send(id.to_string());
+    }
+}
+
+/// A server ready to run: store opened, abandoned jobs re-queued, models loaded, port bound.
+pub struct Server {
+    app: Arc<App<SqliteStore>>,
+    listener: tokio::net::TcpListener,
+    _lock: File,
+}
+
+impl Server {
+    /// Checks the settings, takes the data folder, opens the store and loads the models.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServeError> {
+        if config.api_keys.is_empty() && !config.host.is_loopback() {
+            return Err(ServeError::Config(format!(
+                "no API key is configured, so Sorrel only listens on loopback (127.0.0.1 or ::1), not {}. \
+                 Set SORREL_API_KEYS (comma-separated) or pass --api-key to serve other machines.",
+                config.host
+            )));
+        }
+        if config.workers == 0 {
+            return Err(ServeError::Config("--workers must be at least 1".into()));
+        }
+        let webhook = config
+            .webhook
+            .clone()
+            .map(Webhook::new)
+            .transpose()
+            .map_err(ServeError::Config)?;
+        let data = DataDir::create(&config.data_dir)?;
+        let lock = take_lock(&data)?;
+        let store = SqliteStore::open(&data.database()).await?;
+        let requeued = store.requeue_abandoned().await?;
+        if requeued > 0 {
+            tracing::warn!("{requeued} job(s) were running when the last server stopped; they are queued again");
+        }
+        let specs = config.models.clone();
+        let opts = LoadOptions {
+            dtype: config.dtype,
+            device: candle_core::Device::Cpu,
+        };
+        let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
+            .await
+            .map_err(|e| ServeError::Config(format!("model loading crashed: {e}")))??;
+        let listener = tokio::net::TcpListener::bind((config.host, config.port))
+            .await
+            .map_err(|e| {
+                ServeError::Config(format!(
+                    "cannot listen on {}:{}: {e} (pick another --port, or stop what uses it)",
+                    config.host, config.port
+                ))
+            })?;
+        let keys = Keys::new(&config.api_keys);
+        let (changes, _) = broadcast::channel(1024);
+        let app = Arc::new(App {
+            store,
+            models,
+            keys,
+            webhook,
+            data,
+            changes,
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+            started_at: job::now(),
+            config,
+        });
+        Ok(Self {
+            app,
+            listener,
+            _lock: lock,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (for tests).
+    pub fn app(&self) -> Arc<App<SqliteStore>> {
+        self.app.clone()
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then stops accepting, puts running jobs back in the queue and returns.
+    pub async fn run(self) -> Result<(), ServeError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then shuts down as [`Server::run`] does.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let app = self.app.clone();
+        let workers: Vec<_> = (0..app.config.workers)
+            .map(|i| tokio::spawn(worker::run(app.clone(), i)))
+            .collect();
+        let cleaner = tokio::spawn(clean_expired(app.clone()));
+        let shared = app.clone();
+        axum::serve(self.listener, router(app.clone()))
+            .with_graceful_shutdown(async move {
+                stop.await;
+                tracing::info!("shutting down: running jobs go back to the queue");
+                // Also ends open event streams, which would otherwise hold the shutdown open.
+                let _ = shared.shutdown.send(true);
+            })
+            .await?;
+        let _ = app.shutdown.send(true);
+        for w in workers {
+            let _ = w.await;
+        }
+        cleaner.abort();
+        Ok(())
+    }
+}
+
+/// One server per data folder: a second one would re-queue the first one's running jobs.
+fn take_lock(data: &DataDir) -> Result<File, ServeError> {
+    let path = data.lock_file();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.set_len(0);
+            let _ = writeln!(file, "{}", std::process::id());
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Config(format!(
+            "another `sorrel serve` is using the data folder {} (see {}); stop it or pass another --data-dir",
+            data.root().display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io { path, source }.into()),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Removes finished jobs past their `expires_at`, with their files: once a minute, or twice per retention
+/// period when that is shorter.
+async fn clean_expired<S: JobStore>(app: Arc<App<S>>) {
+    let every =
+        (app.config.retention / 2).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    loop {
+        match app.store.expired(job::now()).await {
+            Ok(ids) => {
+                for id in ids {
+                    if let Err(e) = app.data.remove_job_dir(&id) {
+                        tracing::warn!("cannot remove expired {id}: {e}");
+                        continue;
+                    }
+                    if let Err(e) = app.store.delete(&id).await {
+                        tracing::warn!("cannot remove expired {id}: {e}");
+                    } else {
+                        tracing::info!("{id} expired and was removed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("expiry sweep: {e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,567 @@
+//! Reading request bodies and queries into generation settings, with an OpenAI-style 400 naming the field for
+//! every value that is wrong, unknown or unsupported (never a silent ignore).
+//!
+//! JSON and multipart bodies are first reduced to one list of named fields, so both get the same checks and
+//! the same messages.
+
+use serde_json::Value;
+use sorrel_pipeline::Text2VideoRequest;
+
+use crate::config::{Defaults, Limits};
+use crate::error::ApiError;
+use crate::job::GenParams;
+use crate::models::Models;
+
+/// A field's value as it arrived.
+#[derive(Debug, Clone)]
+pub enum Field {
+    /// From a JSON body.
+    Json(Value),
+    /// A multipart text part.
+    Text(String),
+    /// A multipart file part.
+    File {
+        /// The client's file name.
+        filename: Option<String>,
+        /// Its size in bytes.
+        len: usize,
+    },
+}
+
+/// The fields of a JSON object body; anything else is a 400.
+pub fn json_fields(body: &[u8]) -> Result<Vec<(String, Field)>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body is empty: send a JSON object such as {\"prompt\": \"...\"}.",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("We could not parse the JSON body of your request ({e}). Send a JSON object."),
+        )
+    })?;
+    match value {
+        Value::Object(map) => Ok(map.into_iter().map(|(k, v)| (k, Field::Json(v))).collect()),
+        other => Err(ApiError::bad_request(
+            "invalid_json",
+            format!(
+                "The request body must be a JSON object, not {}.",
+                type_name(&other)
+            ),
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Fields by name, each readable once; duplicates and leftovers are errors.
+struct Fields(Vec<(String, Field)>);
+
+impl Fields {
+    fn new(fields: Vec<(String, Field)>) -> Result<Self, ApiError> {
+        for (i, (name, _)) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|(n, _)| n == name) {
+                return Err(ApiError::invalid(
+                    name.as_str(),
+                    format!("Parameter '{name}' is given more than once."),
+                ));
+            }
+        }
+        Ok(Self(fields))
+    }
+
+    fn take(&mut self, name: &str) -> Option<Field> {
+        let i = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// A string field; JSON null counts as absent.
+    fn string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.take(name) {
+            None | Some(Field::Json(Value::Null)) => Ok(None),
+            Some(Field::Json(Value::String(s))) | Some(Field::Text(s)) => Ok(Some(s)),
+            Some(Field::Json(v)) => Err(ApiError::invalid(
+                name,
+                format!(
+                    "Invalid type for '{name}': expected a string, but got {}.",
+                    type_name(&v)
+                ),
+            )),
+            Some(Field::File { .. }) => Err(ApiError::invalid(
+                name,
+                format!("'{name}' must be a text field, not a file upload."),
+            )),
+        }
+    }
+
+    /// A number field: a JSON number, or a decimal string (multipart sends everything as text).
+    fn number(&mut self, name: &str) -> Result<Option<(f64, String)>, ApiError> {
+        let text = match self.take(name) {
+            None | Some(Field::Json(Value::Null)) => return Ok(None),
+            Some(Field::Json(Value::Number(n))) => n.to_string(),
+            Some(Field::Json(Value::String(s))) | Some(Field::Text(s)) => s,
+            Some(Field::Json(v)) => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!(
+                        "Invalid type for '{name}': expected a number, but got {}.",
+                        type_name(&v)
+                    ),
+                ))
+            }
+            Some(Field::File { .. }) => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("'{name}' must be a number, not a file."),
+                ))
+            }
+        };
+        let text = text.trim().to_string();
+        match text.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Some((x, text))),
+            _ => Err(ApiError::invalid(
+                name,
+                format!("'{name}' must be a number, but got '{text}'."),
+            )),
+        }
+    }
+
+    /// A whole number in `lo..=hi`.
+    fn whole(&mut self, name: &str, lo: u64, hi: u64, hint: &str) -> Result<Option<u64>, ApiError> {
+        let Some((x, text)) = self.number(name)? else {
+            return Ok(None);
+        };
+        // Parsed from the text too, so seeds above 2^53 stay exact.
+        let v = text
+            .parse::<u64>()
+            .ok()
+            .or_else(|| (x.fract() == 0.0 && x >= 0.0 && x <= u64::MAX as f64).then_some(x as u64));
+        match v {
+            Some(v) if (lo..=hi).contains(&v) => Ok(Some(v)),
+            _ => Err(ApiError::invalid(
+                name,
+                format!(
+                    "Invalid '{name}': '{text}'. Expected a whole number from {lo} to {hi}{hint}."
+                ),
+            )),
+        }
+    }
+
+    /// Errors on the first field nobody read.
+    fn finish(self) -> Result<(), ApiError> {
+        match self.0.into_iter().next() {
+            None => Ok(()),
+            Some((name, _)) => Err(ApiError {
+                code: Some("unknown_parameter"),
+                ..ApiError::invalid(name.as_str(), format!("Unknown parameter: '{name}'."))
+            }),
+        }
+    }
+}
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// The model's API name.
+    pub model: String,
+    /// The settings.
+    pub params: GenParams,
+}
+
+/// Reads `POST /v1/videos`.
+pub fn parse_create(
+    fields: Vec<(String, Field)>,
+    models: &Models,
+    limits: &Limits,
+    defaults: &Defaults,
+) -> Result<CreateRequest, ApiError> {
+    let mut f = Fields::new(fields)?;
+    if let Some(field) = f.take("input_reference") {
+        let what = match field {
+            Field::File { filename, len } => format!(
+                "an image upload ({}, {len} bytes)",
+                filename.as_deref().unwrap_or("unnamed")
+            ),
+            _ => "a reference".to_string(),
+        };
+        return Err(ApiError {
+            code: Some("unsupported_parameter"),
+            ..ApiError::invalid(
+                "input_reference",
+                format!(
+                    "'input_reference' ({what}) is not supported yet: the loaded models generate from text \
+                     only (image-to-video is planned). Send the request without it."
+                ),
+            )
+        });
+    }
+    let prompt = f
+        .string("prompt")?
+        .ok_or_else(|| ApiError::invalid("prompt", "Missing required parameter: 'prompt'."))?;
+    check_prompt("prompt", &prompt, limits, true)?;
+    let negative_prompt = f.string("negative_prompt")?.unwrap_or_default();
+    check_prompt("negative_prompt", &negative_prompt, limits, false)?;
+
+    let model = match f.string("model")? {
+        None => models.default_model(),
+        Some(name) => models.get(&name).ok_or_else(|| {
+            ApiError::invalid(
+                "model",
+                format!(
+                    "Invalid 'model': '{name}'. This server has: {}.",
+                    models.names().join(", ")
+                ),
+            )
+        })?,
+    };
+    let seconds = f
+        .whole(
+            "seconds",
+            1,
+            limits.max_seconds as u64,
+            " (this server's --max-seconds)",
+        )?
+        .map(|s| s as u32)
+        .unwrap_or(defaults.seconds);
+    let (width, height) = match f.string("size")? {
+        None => defaults.size,
+        Some(s) => parse_size(&s, limits)?,
+    };
+    let steps = f
+        .whole(
+            "steps",
+            1,
+            limits.max_steps as u64,
+            " (this server's --max-steps)",
+        )?
+        .map(|s| s as usize)
+        .unwrap_or(defaults.steps);
+    let guidance =
+        match f.number("guidance")? {
+            None => defaults.guidance,
+            Some((g, _)) if (0.0..=100.0).contains(&g) => g,
+            Some((_, text)) => return Err(ApiError::invalid(
+                "guidance",
+                format!(
+                    "Invalid 'guidance': '{text}'. Expected a number from 0 to 100 (5 is typical)."
+                ),
+            )),
+        };
+    let seed = f
+        .whole("seed", 0, u64::MAX, "")?
+        .unwrap_or_else(rand::random::<u64>);
+    f.finish()?;
+
+    let fps = model.pipe.native_fps();
+    let params = GenParams {
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        seconds,
+        frames: frames_for(seconds, fps),
+        fps,
+        steps,
+        guidance,
+        seed,
+    };
+    // What the model itself cannot do (its patch grid, positional range) is a 400 now, not a failed job later.
+    to_request(&params).validate(&model.pipe).map_err(|e| {
+        ApiError::invalid(
+            "size",
+            format!("Invalid request for model '{}': {e}", model.name),
+        )
+    })?;
+    Ok(CreateRequest {
+        model: model.name.clone(),
+        params,
+    })
+}
+
+/// Reads `POST /v1/videos/{id}/remix`: a new prompt, and optionally a new seed.
+pub fn parse_remix(
+    fields: Vec<(String, Field)>,
+    source: &GenParams,
+    limits: &Limits,
+) -> Result<GenParams, ApiError> {
+    let mut f = Fields::new(fields)?;
+    let prompt = f
+        .string("prompt")?
+        .ok_or_else(|| ApiError::invalid("prompt", "Missing required parameter: 'prompt'."))?;
+    check_prompt("prompt", &prompt, limits, true)?;
+    let seed = f.whole("seed", 0, u64::MAX, "")?.unwrap_or(source.seed);
+    f.finish()?;
+    Ok(GenParams {
+        prompt,
+        seed,
+        ..source.clone()
+    })
+}
+
+fn check_prompt(name: &str, text: &str, limits: &Limits, required: bool) -> Result<(), ApiError> {
+    if required && text.trim().is_empty() {
+        return Err(ApiError::invalid(
+            name,
+            format!("'{name}' is empty: say what the video should show."),
+        ));
+    }
+    let n = text.chars().count();
+    if n > limits.max_prompt_chars {
+        return Err(ApiError::invalid(
+            name,
+            format!(
+                "'{name}' is {n} characters long; this server accepts at most {} (--max-prompt-chars).",
+                limits.max_prompt_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `WIDTHxHEIGHT`, both positive multiples of 16 within the limits.
+pub fn parse_size(s: &str, limits: &Limits) -> Result<(usize, usize), ApiError> {
+    let bad = |why: String| {
+        ApiError::invalid(
+            "size",
+            format!(
+                "Invalid 'size': '{s}'. {why} Use WIDTHxHEIGHT such as '832x480' or '480x832'."
+            ),
+        )
+    };
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| bad("It is not WIDTHxHEIGHT.".into()))?;
+    let (Ok(w), Ok(h)) = (w.parse::<usize>(), h.parse::<usize>()) else {
+        return Err(bad("Width and height must be whole numbers.".into()));
+    };
+    if w == 0 || h == 0 || w % 16 != 0 || h % 16 != 0 {
+        return Err(bad(
+            "Width and height must be positive multiples of 16 (the model works on 16x16 pixel patches)."
+                .into(),
+        ));
+    }
+    if w > limits.max_width || h > limits.max_height {
+        return Err(bad(format!(
+            "This server allows at most {}x{} (--max-size).",
+            limits.max_width, limits.max_height
+        )));
+    }
+    Ok((w, h))
+}
+
+/// Frames covering `seconds` at `fps`, rounded to the 4k+1 the VAE needs: 4 s at 16 fps is 65 frames.
+pub fn frames_for(seconds: u32, fps: u32) -> usize {
+    let want = seconds as usize * fps as usize;
+    (want + 2) / 4 * 4 + 1
+}
+
+/// The pipeline request for stored settings.
+pub fn to_request(p: &GenParams) -> Text2VideoRequest {
+    Text2VideoRequest {
+        prompt: p.prompt.clone(),
+        negative_prompt: p.negative_prompt.clone(),
+        width: p.width,
+        height: p.height,
+        frames: p.frames,
+        steps: p.steps,
+        guidance: p.guidance,
+        seed: p.seed,
+        ..Text2VideoRequest::default()
+    }
+}
+
+/// A parsed `GET /v1/videos` query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    /// Cursor: the last id of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 100.
+    pub limit: u32,
+    /// Newest first unless `asc`.
+    pub order: crate::store::Order,
+}
+
+/// Reads the list query; unknown keys are errors.
+pub fn parse_list(query: &[(String, String)]) -> Result<ListQuery, ApiError> {
+    let mut f = Fields::new(
+        query
+            .iter()
+            .map(|(k, v)| (k.clone(), Field::Text(v.clone())))
+            .collect(),
+    )?;
+    let after = f.string("after")?;
+    let limit = f.whole("limit", 1, 100, "")?.unwrap_or(20) as u32;
+    let order = match f.string("order")?.as_deref() {
+        None | Some("desc") => crate::store::Order::Desc,
+        Some("asc") => crate::store::Order::Asc,
+        Some(o) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("Invalid 'order': '{o}'. Expected 'asc' or 'desc'."),
+            ))
+        }
+    };
+    f.finish()?;
+    Ok(ListQuery {
+        after,
+        limit,
+        order,
+    })
+}
+
+/// Which file `GET /v1/videos/{id}/content` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The MP4.
+    Video,
+    /// The middle frame, WebP.
+    Thumbnail,
+    /// A grid of frames, JPEG.
+    Spritesheet,
+}
+
+impl Variant {
+    /// File name inside the job's folder.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Variant::Video => "video.mp4",
+            Variant::Thumbnail => "thumbnail.webp",
+            Variant::Spritesheet => "spritesheet.jpg",
+        }
+    }
+
+    /// HTTP content type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Variant::Video => "video/mp4",
+            Variant::Thumbnail => "image/webp",
+            Variant::Spritesheet => "image/jpeg",
+        }
+    }
+}
+
+/// Reads the content query.
+pub fn parse_variant(query: &[(String, String)]) -> Result<Variant, ApiError> {
+    let mut f = Fields::new(
+        query
+            .iter()
+            .map(|(k, v)| (k.clone(), Field::Text(v.clone())))
+            .collect(),
+    )?;
+    let v = match f.string("variant")?.as_deref() {
+        None | Some("video") => Variant::Video,
+        Some("thumbnail") => Variant::Thumbnail,
+        Some("spritesheet") => Variant::Spritesheet,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "variant",
+                format!(
+                    "Invalid 'variant': '{v}'. Expected 'video', 'thumbnail' or 'spritesheet'."
+                ),
+            ))
+        }
+    };
+    f.finish()?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_map_to_4k_plus_1_frames() {
+        assert_eq!(frames_for(4, 16), 65);
+        assert_eq!(frames_for(1, 16), 17);
+        assert_eq!(frames_for(5, 16), 81);
+        assert_eq!(frames_for(1, 24), 25);
+        assert_eq!(frames_for(1, 30), 33);
+        for s in 1..30 {
+            for fps in [8, 16, 24, 25, 30] {
+                assert_eq!((frames_for(s, fps) - 1) % 4, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let l = Limits::default();
+        assert_eq!(parse_size("832x480", &l).unwrap(), (832, 480));
+        for bad in [
+            "832", "832x", "x480", "832X480", "-16x16", "0x16", "830x480", "1296x16", " 832x480",
+        ] {
+            let e = parse_size(bad, &l).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("size"), "{bad}");
+            assert!(e.message.contains(bad), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn list_query() {
+        let q = |pairs: &[(&str, &str)]| {
+            parse_list(
+                &pairs
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            q(&[]).unwrap(),
+            ListQuery {
+                after: None,
+                limit: 20,
+                order: crate::store::Order::Desc
+            }
+        );
+        assert_eq!(q(&[("limit", "100"), ("order", "asc")]).unwrap().limit, 100);
+        assert_eq!(
+            q(&[("limit", "0")]).unwrap_err().param.as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            q(&[("limit", "1.5")]).unwrap_err().param.as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            q(&[("order", "up")]).unwrap_err().param.as_deref(),
+            Some("order")
+        );
+        assert_eq!(
+            q(&[("cursor", "x")]).unwrap_err().code,
+            Some("unknown_parameter")
+        );
+        assert_eq!(
+            q(&[("limit", "2"), ("limit", "3")])
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("limit")
+        );
+    }
+
+    #[test]
+    fn json_bodies_must_be_objects() {
+        assert_eq!(json_fields(b"").unwrap_err().code, Some("invalid_json"));
+        assert_eq!(
+            json_fields(b"{\"prompt\": ").unwrap_err().code,
+            Some("invalid_json")
+        );
+        assert!(json_fields(b"[1]")
+            .unwrap_err()
+            .message
+            .contains("an array"));
+        assert_eq!(json_fields(b"{\"a\": 1}").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,427 @@
+//! The HTTP routes: OpenAI's `/v1/videos` family plus Sorrel's extras (`/events`, `/logs`, `/v1/models`,
+//! `/health`).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::json;
+
+use crate::auth::{require_key, Owner};
+use crate::error::ApiError;
+use crate::job::{is_valid_id, new_id, now, Job, JobStatus};
+use crate::params::{self, Field};
+use crate::store::{Inserted, JobStore};
+use crate::App;
+
+/// The router with every route, auth and the body limit.
+pub fn router<S: JobStore>(app: Arc<App<S>>) -> Router {
+    let limit = app.config.limits.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/videos", post(create::<S>).get(list::<S>))
+        .route("/v1/videos/{id}", get(retrieve::<S>).delete(delete::<S>))
+        .route("/v1/videos/{id}/content", get(content::<S>))
+        .route("/v1/videos/{id}/remix", post(remix::<S>))
+        .route("/v1/videos/{id}/events", get(events::<S>))
+        .route("/v1/videos/{id}/logs", get(logs::<S>))
+        .route("/v1/models", get(models::<S>))
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_key::<S>,
+        ));
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(api)
+        .fallback(no_route)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::no_route(method.as_str(), uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// A Video object response, with the polling hint the SDKs' `poll` helpers read.
+fn video_response(job: &Job, poll_after_ms: u64) -> Response {
+    let mut res = Json(job.to_api()).into_response();
+    if !job.status.is_final() {
+        res.headers_mut().insert(
+            "openai-poll-after-ms",
+            HeaderValue::from_str(&poll_after_ms.to_string()).expect("digits"),
+        );
+    }
+    res
+}
+
+/// The caller's job `id`; malformed ids and other callers' jobs are both "not found" (never revealing that
+/// someone else's id exists).
+async fn owned_job<S: JobStore>(app: &App<S>, owner: &Owner, id: &str) -> Result<Job, ApiError> {
+    if !is_valid_id(id) {
+        return Err(ApiError {
+            code: Some("invalid_video_id"),
+            ..ApiError::invalid(
+                "video_id",
+                format!(
+                    "Invalid video id '{id}': ids look like 'video_' followed by 32 hex digits."
+                ),
+            )
+        });
+    }
+    match app.store.get(id).await? {
+        Some(job) if job.owner == owner.0 => Ok(job),
+        _ => Err(ApiError::video_not_found(id)),
+    }
+}
+
+/// The body's fields, from JSON or multipart/form-data (what the OpenAI SDKs send for `create`).
+async fn body_fields(req: Request) -> Result<Vec<(String, Field)>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let limit_error = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
+    if content_type.starts_with("multipart/form-data") {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(0);
+        let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
+            ApiError::bad_request(
+                "invalid_multipart",
+                format!("Malformed multipart body: {}", e.body_text()),
+            )
+        })?;
+        let mut fields = Vec::new();
+        loop {
+            let field = match form.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) if limit_error(e.status()) => return Err(ApiError::too_large(limit)),
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_multipart",
+                        format!("Malformed multipart body: {}", e.body_text()),
+                    ))
+                }
+            };
+            let name = field.name().unwrap_or("").to_string();
+            let filename = field.file_name().map(str::to_string);
+            let is_file = filename.is_some() || name == "input_reference";
+            let bytes = match field.bytes().await {
+                Ok(b) => b,
+                Err(e) if limit_error(e.status()) => return Err(ApiError::too_large(limit)),
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_multipart",
+                        format!("Malformed multipart field '{name}': {}", e.body_text()),
+                    ))
+                }
+            };
+            let value = if is_file {
+                Field::File {
+                    filename,
+                    len: bytes.len(),
+                }
+            } else {
+                Field::Text(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::invalid(name.as_str(), format!("Field '{name}' is not UTF-8 text."))
+                })?)
+            };
+            fields.push((name, value));
+        }
+        Ok(fields)
+    } else if content_type.is_empty() || content_type.starts_with("application/json") {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(0);
+        let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
+            if limit_error(e.status()) {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("Cannot read the request body: {}", e.body_text()),
+                )
+            }
+        })?;
+        params::json_fields(&bytes)
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ..ApiError::bad_request(
+                "unsupported_content_type",
+                format!(
+                    "Unsupported Content-Type '{content_type}': send application/json or multipart/form-data."
+                ),
+            )
+        })
+    }
+}
+
+/// The body limit, carried to the body readers so a 413 can say what the limit is.
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+fn query_pairs(q: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(q) = q else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let dec = |s: &str| {
+            percent_decode(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("Malformed query string near '{part}'."),
+                )
+            })
+        };
+        out.push((dec(k)?, dec(v)?));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` and `+` in a query component (axum's `Query` would turn errors into plain-text 400s).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn create<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    req.extensions_mut()
+        .insert(BodyLimit(app.config.limits.max_body_bytes));
+    let fields = body_fields(req).await?;
+    let parsed = params::parse_create(
+        fields,
+        &app.models,
+        &app.config.limits,
+        &app.config.defaults,
+    )?;
+    let job = Job {
+        id: new_id(),
+        owner: owner.0,
+        model: parsed.model,
+        params: parsed.params,
+        status: JobStatus::Queued,
+        progress: 0,
+        created_at: now(),
+        completed_at: None,
+        expires_at: None,
+        error: None,
+        remixed_from: None,
+        attempts: 0,
+    };
+    enqueue(&app, job).await
+}
+
+async fn enqueue<S: JobStore>(app: &Arc<App<S>>, job: Job) -> Result<Response, ApiError> {
+    match app
+        .store
+        .insert(&job, app.config.limits.max_queued_per_key)
+        .await?
+    {
+        Inserted::Yes => {
+            app.wake.notify_one();
+            tracing::info!("queued {} ({})", job.id, job.model);
+            Ok(video_response(&job, app.config.poll_after_ms))
+        }
+        Inserted::OverLimit => Err(ApiError::too_many_jobs(
+            app.config.limits.max_queued_per_key,
+        )),
+    }
+}
+
+async fn retrieve<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&app, &owner, &id).await?;
+    Ok(video_response(&job, app.config.poll_after_ms))
+}
+
+async fn list<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = params::parse_list(&query_pairs(q)?)?;
+    if let Some(after) = &q.after {
+        // An unknown cursor would silently restart the listing; say so instead.
+        owned_job(&app, &owner, after).await.map_err(|_| {
+            ApiError::invalid(
+                "after",
+                format!("Invalid 'after': no video '{after}' to continue after."),
+            )
+        })?;
+    }
+    let (jobs, has_more) = app
+        .store
+        .list(&owner.0, q.after.as_deref(), q.limit, q.order)
+        .await?;
+    let data: Vec<_> = jobs.iter().map(Job::to_api).collect();
+    Ok(Json(json!({
+        "object": "list",
+        "first_id": jobs.first().map(|j| &j.id),
+        "last_id": jobs.last().map(|j| &j.id),
+        "has_more": has_more,
+        "data": data,
+    }))
+    .into_response())
+}
+
+async fn delete<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&app, &owner, &id).await?;
+    if let Some(flag) = app.running.lock().expect("running map").get(&id) {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    app.store.delete(&id).await?;
+    // A running job's worker also removes the folder when it stops; removing it now frees the space at once.
+    app.data.remove_job_dir(&id)?;
+    app.changed(&id);
+    tracing::info!("deleted {id} (was {})", job.status.as_str());
+    Ok(Json(json!({"id": id, "object": "video.deleted", "deleted": true})).into_response())
+}
+
+async fn content<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let variant = params::parse_variant(&query_pairs(q)?)?;
+    let job = owned_job(&app, &owner, &id).await?;
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::conflict(format!(
+            "Video '{id}' is {}: its content can be downloaded once its status is 'completed'.",
+            job.status.as_str()
+        )));
+    }
+    let path = app.data.job_dir(&id).join(variant.file_name());
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::video_not_found(&id));
+        }
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, variant.content_type())
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(Body::from(bytes))
+        .expect("static headers"))
+}
+
+async fn remix<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let source = owned_job(&app, &owner, &id).await?;
+    if source.status != JobStatus::Completed {
+        return Err(ApiError::conflict(format!(
+            "Video '{id}' is {}: only completed videos can be remixed.",
+            source.status.as_str()
+        )));
+    }
+    req.extensions_mut()
+        .insert(BodyLimit(app.config.limits.max_body_bytes));
+    let fields = body_fields(req).await?;
+    let params = params::parse_remix(fields, &source.params, &app.config.limits)?;
+    if app.models.get(&source.model).is_none() {
+        return Err(ApiError::invalid(
+            "video_id",
+            format!(
+                "Video '{id}' was made by model '{}', which this server no longer has loaded.",
+                source.model
+            ),
+        ));
+    }
+    let job = Job {
+        id: new_id(),
+        owner: owner.0,
+        model: source.model.clone(),
+        params,
+        status: JobStatus::Queued,
+        progress: 0,
+        created_at: now(),
+        completed_at: None,
+        expires_at: None,
+        error: None,
+        remixed_from: Some(source.id.clone()),
+        attempts: 0,
+    };
+    enqueue(&app, job).await
+}
+
+async fn events<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    owned_job(&app, &owner, &id).await?;
+    Ok(crate::events::stream(app, id).into_response())
+}
+
+async fn logs<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    owned_job(&app, &owner, &id).await?;
+    let text = tokio::fs::read_to_string(app.data.job_dir(&id).join("log.txt"))
+        .await
+        .unwrap_or_default();
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Response {
+    let data: Vec<_> = app
+        .models
+        .names()
+        .into_iter()
+        .map(|name| json!({"id": name, "object": "model", "created": app.started_at, "owned_by": "sorrel"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}

@@ -1,0 +1,275 @@
+//! Workers: take the oldest queued job, generate it on a blocking thread, record progress after every
+//! denoising step, write the MP4, thumbnail and sprite sheet into the job's folder, then mark it done.
+//!
+//! Cancellation (a `DELETE`, or the server shutting down) is checked between steps: the pipeline's progress
+//! callback returns `false` and the pipeline stops at the next step boundary.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
+use sorrel_pipeline::{Event, WanPipeline};
+use tokio::sync::mpsc;
+
+use crate::job::{now, GenParams, Job, JobError};
+use crate::params::{to_request, Variant};
+use crate::store::JobStore;
+use crate::App;
+
+/// Why a generation did not produce files.
+enum Failure {
+    /// Asked to stop (deleted, or shutdown).
+    Cancelled,
+    /// The job cannot succeed; the code and message are shown to the client.
+    Failed(JobError),
+}
+
+fn failed(code: &str, message: impl Into<String>) -> Failure {
+    Failure::Failed(JobError {
+        code: code.into(),
+        message: message.into(),
+    })
+}
+
+/// Runs one worker until the server shuts down.
+pub async fn run<S: JobStore>(app: Arc<App<S>>, index: usize) {
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match app.store.claim_next().await {
+            Ok(Some(job)) => run_job(&app, job, index).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = app.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!("worker {index}: cannot read the queue: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Share of the progress bar per stage: text encoding is quick, denoising is most of the work.
+fn percent(ev: &Event) -> (u8, String) {
+    match ev {
+        Event::Stage("text encoder") => (1, "encoding the prompt".into()),
+        Event::Stage("vae decode") => (90, "decoding frames (VAE)".into()),
+        Event::Stage(s) => (5, format!("stage: {s}")),
+        Event::Step { index, total, .. } => (
+            (5 + 85 * index / (*total).max(1)) as u8,
+            format!("step {index}/{total}"),
+        ),
+    }
+}
+
+async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
+    let id = job.id.clone();
+    tracing::info!("worker {worker}: starting {id} (attempt {})", job.attempts);
+    let cancel = Arc::new(AtomicBool::new(false));
+    app.running
+        .lock()
+        .expect("running map")
+        .insert(id.clone(), cancel.clone());
+    let outcome = generate_job(app, &job, &cancel).await;
+    app.running.lock().expect("running map").remove(&id);
+
+    let finish = async {
+        let shutting_down = *app.shutdown.borrow();
+        match outcome {
+            Ok(()) => {
+                let t = now();
+                if app
+                    .store
+                    .complete(&id, t, t + app.config.retention.as_secs() as i64)
+                    .await?
+                {
+                    tracing::info!("worker {worker}: {id} completed");
+                    announce(app, &id).await;
+                } else {
+                    // Deleted while it ran: its files must not outlive the record.
+                    app.data.remove_job_dir(&id)?;
+                }
+            }
+            Err(Failure::Cancelled) if shutting_down => {
+                app.store.requeue(&id).await?;
+                tracing::info!("worker {worker}: {id} interrupted by shutdown, back in the queue");
+            }
+            Err(Failure::Cancelled) => {
+                app.data.remove_job_dir(&id)?;
+                tracing::info!("worker {worker}: {id} cancelled");
+            }
+            Err(Failure::Failed(err)) => {
+                tracing::warn!("worker {worker}: {id} failed: {}", err.message);
+                let t = now();
+                let expires = t + app.config.retention.as_secs() as i64;
+                if app.store.fail(&id, &err, t, expires).await? {
+                    announce(app, &id).await;
+                } else {
+                    app.data.remove_job_dir(&id)?;
+                }
+            }
+        }
+        Ok::<(), crate::error::StoreError>(())
+    };
+    if let Err(e) = finish.await {
+        tracing::error!("worker {worker}: cannot record the end of {id}: {e}");
+    }
+    app.changed(&id);
+}
+
+async fn announce<S: JobStore>(app: &Arc<App<S>>, id: &str) {
+    if let Some(hook) = &app.webhook {
+        match app.store.get(id).await {
+            Ok(Some(job)) => hook.announce(&job),
+            Ok(None) => {}
+            Err(e) => tracing::error!("webhook for {id}: {e}"),
+        }
+    }
+}
+
+async fn generate_job<S: JobStore>(
+    app: &Arc<App<S>>,
+    job: &Job,
+    cancel: &Arc<AtomicBool>,
+) -> Result<(), Failure> {
+    let dir = app
+        .data
+        .fresh_job_dir(&job.id)
+        .map_err(|e| failed("storage_error", e.to_string()))?;
+    let mut log = crate::files::JobLog::open(&dir);
+    log.line(&format!(
+        "attempt {} with model {}: {}x{}, {} frames at {} fps, {} steps, guidance {}, seed {}",
+        job.attempts,
+        job.model,
+        job.params.width,
+        job.params.height,
+        job.params.frames,
+        job.params.fps,
+        job.params.steps,
+        job.params.guidance,
+        job.params.seed
+    ));
+    let Some(model) = app.models.get(&job.model) else {
+        let msg = format!(
+            "model '{}' is not loaded by this server any more (it has: {})",
+            job.model,
+            app.models.names().join(", ")
+        );
+        log.line(&msg);
+        return Err(failed("model_not_loaded", msg));
+    };
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u8, String)>();
+    let pipe = model.pipe.clone();
+    let params = job.params.clone();
+    let flag = cancel.clone();
+    let out_dir = dir.clone();
+    let task = tokio::task::spawn_blocking(move || generate(&pipe, &params, &out_dir, &flag, &tx));
+
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some((p, text)) => {
+                    log.line(&text);
+                    match app.store.set_progress(&job.id, p).await {
+                        Ok(true) => app.changed(&job.id),
+                        Ok(false) => cancel.store(true, Ordering::Relaxed),
+                        Err(e) => tracing::warn!("progress of {}: {e}", job.id),
+                    }
+                }
+                None => break,
+            },
+            _ = shutdown.changed() => cancel.store(true, Ordering::Relaxed),
+        }
+    }
+    let result = match task.await {
+        Ok(r) => r,
+        Err(e) => Err(failed(
+            "internal_error",
+            format!("the generation thread crashed: {e}"),
+        )),
+    };
+    match &result {
+        Ok(()) => log.line("done"),
+        Err(Failure::Cancelled) => log.line("cancelled"),
+        Err(Failure::Failed(e)) => log.line(&format!("failed: {}", e.message)),
+    }
+    result
+}
+
+/// The blocking part: denoise, decode, encode, write.
+fn generate(
+    pipe: &WanPipeline,
+    params: &GenParams,
+    dir: &Path,
+    cancel: &AtomicBool,
+    progress: &mpsc::UnboundedSender<(u8, String)>,
+) -> Result<(), Failure> {
+    let req = to_request(params);
+    let mut on_event = |ev: &Event| {
+        let _ = progress.send(percent(ev));
+        !cancel.load(Ordering::Relaxed)
+    };
+    let video = pipe
+        .text_to_video(&req, &mut on_event)
+        .map_err(|e| match e {
+            sorrel_core::Error::Cancelled => Failure::Cancelled,
+            sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
+            other => failed("generation_failed", other.to_string()),
+        })?;
+    if !video.unknown_words.is_empty() {
+        let _ = progress.send((
+            90,
+            format!("unknown words: {}", video.unknown_words.join(", ")),
+        ));
+    }
+    for (stage, d) in &video.timings {
+        let _ = progress.send((90, format!("{stage}: {:.3} s", d.as_secs_f64())));
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Failure::Cancelled);
+    }
+    let _ = progress.send((95, "encoding MP4, thumbnail and sprite sheet".into()));
+    let encode_err = |e: &dyn std::fmt::Display| failed("encoding_failed", e.to_string());
+    let (f, h, w, _) = video.frames.dims4().map_err(|e| encode_err(&e))?;
+    let data = video
+        .frames
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| encode_err(&e))?;
+    let clip = Clip::from_f32(&data, (f, h, w), params.fps).map_err(|e| encode_err(&e))?;
+    // The stills first and the video last: the MP4's presence is what makes a job's folder complete.
+    let thumb = sorrel_media::thumbnail(&clip, ThumbnailFrame::Middle);
+    write_still(dir, Variant::Thumbnail, thumb, StillFormat::WebP)?;
+    let sheet =
+        sorrel_media::sprite_sheet(&clip, SpriteSheet::default()).map_err(|e| encode_err(&e))?;
+    write_still(dir, Variant::Spritesheet, &sheet, StillFormat::Jpeg(85))?;
+    sorrel_media::write_video(
+        &dir.join(Variant::Video.file_name()),
+        &clip,
+        &EncodeOptions::default(),
+    )
+    .map_err(|e| encode_err(&e))?;
+    Ok(())
+}
+
+fn write_still(
+    dir: &Path,
+    variant: Variant,
+    frame: &sorrel_media::Frame,
+    format: StillFormat,
+) -> Result<(), Failure> {
+    let bytes = sorrel_media::encode_still(frame, format)
+        .map_err(|e| failed("encoding_failed", e.to_string()))?;
+    sorrel_media::write_file(&dir.join(variant.file_name()), &bytes)
+        .map_err(|e| failed("storage_error", e.to_string()))
+}

@@ -1,0 +1,722 @@
+//! The /v1/videos API end to end over real HTTP: happy paths, every kind of bad input (each answered with a
+//! 4xx in OpenAI's error shape), ownership, cancellation, pagination, limits, events, webhooks, expiry and
+//! restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{json_of, openai_error, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// About 6 s alone on 2 cores (65 frames at 128x128, 40 steps of ~0.15 s).
+const SLOW: fn() -> Value =
+    || json!({"prompt": "a slow one", "size": "128x128", "seconds": 4, "steps": 40});
+/// About 15 s alone (113 frames, 60 steps): long enough that finishing it instead of cancelling it cannot pass for a cancel.
+const VERY_SLOW: fn() -> Value =
+    || json!({"prompt": "a very slow one", "size": "128x128", "seconds": 7, "steps": 60});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_poll_download_list_delete() {
+    let s = TestServer::fresh(|_| {}).await;
+    let (status, v) = s
+        .post_json("/v1/videos", json!({"prompt": "a red ball", "model": "tiny", "seconds": "1", "size": "32x32", "seed": 7}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "video");
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["seconds"], "1");
+    assert_eq!(v["size"], "32x32");
+    assert_eq!(v["frames"], 17);
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = s.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"], 100);
+    assert!(done["completed_at"].as_i64().unwrap() >= done["created_at"].as_i64().unwrap());
+    assert_eq!(
+        done["expires_at"].as_i64().unwrap() - done["completed_at"].as_i64().unwrap(),
+        24 * 3600
+    );
+
+    // Unfinished videos carry the SDK's polling hint; finished ones do not need it.
+    let res = s
+        .req(Method::GET, &format!("/v1/videos/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("openai-poll-after-ms").is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    for (variant, ctype, magic) in [
+        ("video", "video/mp4", &b"ftyp"[..]),
+        ("thumbnail", "image/webp", &b"WEBP"[..]),
+        ("spritesheet", "image/jpeg", &b"\xff\xd8\xff"[..]),
+    ] {
+        let res = s
+            .req(
+                Method::GET,
+                &format!("/v1/videos/{id}/content?variant={variant}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], ctype);
+        let bytes = res.bytes().await.unwrap();
+        assert!(
+            bytes.windows(magic.len()).take(16).any(|w| w == magic),
+            "{variant}"
+        );
+        if variant == "video" {
+            let path = dir.path().join("v.mp4");
+            std::fs::write(&path, &bytes).unwrap();
+            let p = sorrel_testkit::ffprobe(&path);
+            assert_eq!(p.codec, "h264");
+            assert_eq!(p.frames, 17);
+            assert_eq!(p.r_frame_rate, "16/1");
+        }
+    }
+    // The default variant is the video.
+    let res = s
+        .req(Method::GET, &format!("/v1/videos/{id}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "video/mp4");
+
+    let (status, list) = s.get_json("/v1/videos").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], id.as_str());
+    assert_eq!(list["has_more"], false);
+
+    let log = s
+        .req(Method::GET, &format!("/v1/videos/{id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("step 4/4") && log.contains("done"), "{log}");
+
+    let res = s
+        .req(Method::DELETE, &format!("/v1/videos/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(res).await;
+    assert_eq!(
+        (status, &v),
+        (
+            200,
+            &json!({"id": id, "object": "video.deleted", "deleted": true})
+        )
+    );
+    let (status, v) = s.get_json(&format!("/v1/videos/{id}")).await;
+    openai_error(status, 404, &v);
+    assert!(
+        !s.app.data.job_dir(&id).exists(),
+        "files removed with the video"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_create_and_remix() {
+    let s = TestServer::fresh(|_| {}).await;
+    let form = reqwest::multipart::Form::new()
+        .text("prompt", "a green box")
+        .text("seconds", "1")
+        .text("size", "48x32")
+        .text("seed", "18446744073709551615")
+        .text("steps", "3")
+        .text("guidance", "1");
+    let res = s
+        .req(Method::POST, "/v1/videos")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(res).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["seed"], json!(u64::MAX), "seeds beyond 2^53 stay exact");
+    assert_eq!(v["size"], "48x32");
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // Remixing needs a completed source.
+    let (status, e) = s
+        .post_json(&format!("/v1/videos/{id}/remix"), json!({"prompt": "x"}))
+        .await;
+    if status != 200 {
+        openai_error(status, 409, &e);
+    }
+    s.wait(&id, Duration::from_secs(60)).await;
+    let (status, r) = s
+        .post_json(
+            &format!("/v1/videos/{id}/remix"),
+            json!({"prompt": "a green ball"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["remixed_from_video_id"], id.as_str());
+    assert_eq!(r["prompt"], "a green ball");
+    assert_eq!(
+        (&r["seed"], &r["size"], &r["steps"]),
+        (&v["seed"], &v["size"], &v["steps"])
+    );
+    let r = s
+        .wait(r["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(r["status"], "completed");
+    let (status, e) = s
+        .post_json(
+            &format!("/v1/videos/{id}/remix"),
+            json!({"prompt": "x", "size": "64x64"}),
+        )
+        .await;
+    assert_eq!(openai_error(status, 400, &e)["param"], "size");
+
+    // An image reference is refused, not ignored: image-to-video does not exist yet.
+    let form = reqwest::multipart::Form::new().text("prompt", "p").part(
+        "input_reference",
+        reqwest::multipart::Part::bytes(vec![0u8; 100]).file_name("ref.png"),
+    );
+    let res = s
+        .req(Method::POST, "/v1/videos")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = json_of(res).await;
+    let e = openai_error(status, 400, &e);
+    assert_eq!(e["param"], "input_reference");
+    assert!(e["message"].as_str().unwrap().contains("ref.png"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors() {
+    let s = TestServer::fresh(|_| {}).await;
+    let raw = |body: &'static str, ctype: &'static str| {
+        s.req(Method::POST, "/v1/videos")
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    for (body, code) in [
+        ("{\"prompt\": ", "invalid_json"),
+        ("not json", "invalid_json"),
+        ("[\"prompt\"]", "invalid_json"),
+        ("", "invalid_json"),
+    ] {
+        let (status, v) = json_of(raw(body, "application/json").await.unwrap()).await;
+        assert_eq!(openai_error(status, 400, &v)["code"], code, "{body}");
+    }
+    let (status, v) = json_of(
+        raw("prompt=x", "application/x-www-form-urlencoded")
+            .await
+            .unwrap(),
+    )
+    .await;
+    openai_error(status, 415, &v);
+    let (status, v) = json_of(
+        raw("--x\r\nbroken", "multipart/form-data; boundary=x")
+            .await
+            .unwrap(),
+    )
+    .await;
+    openai_error(status, 400, &v);
+
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({}), "prompt", "Missing required parameter"),
+        (json!({"prompt": "   "}), "prompt", "empty"),
+        (json!({"prompt": 5}), "prompt", "expected a string"),
+        (
+            json!({"prompt": "x", "colour": "red"}),
+            "colour",
+            "Unknown parameter",
+        ),
+        (json!({"prompt": "x", "model": "sora-2"}), "model", "tiny"),
+        (json!({"prompt": "x", "seconds": -4}), "seconds", "-4"),
+        (
+            json!({"prompt": "x", "seconds": "0"}),
+            "seconds",
+            "from 1 to 8",
+        ),
+        (
+            json!({"prompt": "x", "seconds": "4.5"}),
+            "seconds",
+            "whole number",
+        ),
+        (
+            json!({"prompt": "x", "seconds": 99}),
+            "seconds",
+            "--max-seconds",
+        ),
+        (
+            json!({"prompt": "x", "seconds": "four"}),
+            "seconds",
+            "must be a number",
+        ),
+        (
+            json!({"prompt": "x", "seconds": [4]}),
+            "seconds",
+            "an array",
+        ),
+        (
+            json!({"prompt": "x", "size": "720p"}),
+            "size",
+            "WIDTHxHEIGHT",
+        ),
+        (
+            json!({"prompt": "x", "size": "33x32"}),
+            "size",
+            "multiples of 16",
+        ),
+        (
+            json!({"prompt": "x", "size": "-32x32"}),
+            "size",
+            "whole numbers",
+        ),
+        (
+            json!({"prompt": "x", "size": "4096x4096"}),
+            "size",
+            "--max-size",
+        ),
+        (
+            json!({"prompt": "x", "size": 832}),
+            "size",
+            "expected a string",
+        ),
+        (json!({"prompt": "x", "steps": 0}), "steps", "from 1 to 60"),
+        (
+            json!({"prompt": "x", "steps": 1000}),
+            "steps",
+            "--max-steps",
+        ),
+        (
+            json!({"prompt": "x", "guidance": -1}),
+            "guidance",
+            "0 to 100",
+        ),
+        (json!({"prompt": "x", "seed": -1}), "seed", "whole number"),
+        (
+            json!({"prompt": "x", "input_reference": {"image_url": "http://x/y.png"}}),
+            "input_reference",
+            "not supported",
+        ),
+        (
+            json!({"prompt": "x".repeat(1001)}),
+            "prompt",
+            "--max-prompt-chars",
+        ),
+        (
+            json!({"prompt": "x", "negative_prompt": "y".repeat(1001)}),
+            "negative_prompt",
+            "at most 1000",
+        ),
+    ];
+    for (body, param, needle) in cases {
+        let (status, v) = s.post_json("/v1/videos", body.clone()).await;
+        let e = openai_error(status, 400, &v);
+        assert_eq!(e["param"], param, "{body} -> {v}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{body} -> {v}"
+        );
+    }
+
+    // Over the body limit (64 KiB here): 413, in the same shape.
+    let (status, v) = s
+        .post_json("/v1/videos", json!({"prompt": "x".repeat(100_000)}))
+        .await;
+    openai_error(status, 413, &v);
+    let form = reqwest::multipart::Form::new().text("prompt", "p").part(
+        "input_reference",
+        reqwest::multipart::Part::bytes(vec![0u8; 200_000]).file_name("big.png"),
+    );
+    let (status, v) = json_of(
+        s.req(Method::POST, "/v1/videos")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    openai_error(status, 413, &v);
+
+    // Ids that are not ours, or are paths, never reach the file system.
+    for path in [
+        "/v1/videos/video_00000000000000000000000000000000",
+        "/v1/videos/video_00000000000000000000000000000000/content",
+        "/v1/videos/..%2F..%2Fetc%2Fpasswd",
+        "/v1/videos/..%2F..%2Fetc%2Fpasswd/content",
+        "/v1/videos/video_..%2F..%2Fjobs.db/content",
+        "/v1/videos/%2Fetc%2Fpasswd/logs",
+    ] {
+        let (status, v) = s.get_json(path).await;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        openai_error(status, status, &v);
+    }
+    let (status, v) = s.get_json("/v1/videos/../../etc/passwd").await;
+    openai_error(status, 404, &v);
+    let (status, v) = s.get_json("/v1/nothing").await;
+    assert_eq!(openai_error(status, 404, &v)["code"], "unknown_url");
+    let (status, v) = json_of(s.req(Method::PUT, "/v1/videos").send().await.unwrap()).await;
+    openai_error(status, 405, &v);
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "order=sideways",
+        "page=2",
+        "after=video_00000000000000000000000000000000",
+    ] {
+        let (status, v) = s.get_json(&format!("/v1/videos?{q}")).await;
+        openai_error(status, 400, &v);
+    }
+    let (status, v) = s.post_json("/v1/videos", json!({"prompt": "ok"})).await;
+    assert_eq!(status, 200);
+    let id = v["id"].as_str().unwrap();
+    let (status, v) = s
+        .get_json(&format!("/v1/videos/{id}/content?variant=gif"))
+        .await;
+    assert_eq!(openai_error(status, 400, &v)["param"], "variant");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_keep_videos_apart() {
+    let s = TestServer::fresh(|c| c.api_keys = vec!["sk-alice".into(), "sk-bob".into()]).await;
+    let (status, v) = s.post_json("/v1/videos", json!({"prompt": "x"})).await;
+    assert_eq!(openai_error(status, 401, &v)["code"], "invalid_api_key");
+    let res = s
+        .req(Method::GET, "/v1/videos")
+        .bearer_auth("sk-mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    let (status, v) = json_of(res).await;
+    openai_error(status, 401, &v);
+    let res = s
+        .req(Method::GET, "/v1/videos")
+        .header("authorization", "sk-alice")
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(res).await;
+    openai_error(status, 401, &v);
+    // Health needs no key (for load balancers); everything under /v1 does.
+    assert_eq!(
+        s.req(Method::GET, "/health").send().await.unwrap().status(),
+        200
+    );
+
+    let alice = s.with_key("sk-alice");
+    let (status, v) = alice
+        .post_json("/v1/videos", json!({"prompt": "alice's"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    alice.wait(&id, Duration::from_secs(60)).await;
+
+    let bob = alice.with_key("sk-bob");
+    for (method, path) in [
+        (Method::GET, format!("/v1/videos/{id}")),
+        (Method::GET, format!("/v1/videos/{id}/content")),
+        (Method::GET, format!("/v1/videos/{id}/events")),
+        (Method::GET, format!("/v1/videos/{id}/logs")),
+        (Method::DELETE, format!("/v1/videos/{id}")),
+    ] {
+        let (status, v) = json_of(bob.req(method.clone(), &path).send().await.unwrap()).await;
+        assert_eq!(
+            openai_error(status, 404, &v)["code"],
+            "video_not_found",
+            "{method} {path}"
+        );
+    }
+    let (status, v) = bob
+        .post_json(&format!("/v1/videos/{id}/remix"), json!({"prompt": "mine"}))
+        .await;
+    openai_error(status, 404, &v);
+    let (_, list) = bob.get_json("/v1/videos").await;
+    assert_eq!(list["data"], json!([]));
+    let alice = bob.with_key("sk-alice");
+    let (status, v) = alice.get_json(&format!("/v1/videos/{id}")).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("completed")),
+        "bob's attempts changed nothing"
+    );
+    alice.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagination_walks_every_video_once() {
+    let s = TestServer::fresh(|_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, v) = s
+            .post_json("/v1/videos", json!({"prompt": format!("clip {i}")}))
+            .await;
+        assert_eq!(status, 200);
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    for (order, want) in [
+        ("asc", ids.clone()),
+        ("desc", ids.iter().rev().cloned().collect()),
+    ] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let q = match &after {
+                Some(a) => format!("/v1/videos?limit=2&order={order}&after={a}"),
+                None => format!("/v1/videos?limit=2&order={order}"),
+            };
+            let (status, page) = s.get_json(&q).await;
+            assert_eq!(status, 200, "{page}");
+            let data = page["data"].as_array().unwrap();
+            assert!(data.len() <= 2);
+            seen.extend(data.iter().map(|v| v["id"].as_str().unwrap().to_string()));
+            assert_eq!(page["last_id"], json!(seen.last()));
+            if page["has_more"] == false {
+                break;
+            }
+            after = page["last_id"].as_str().map(String::from);
+        }
+        assert_eq!(seen, want, "{order}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cancels_a_running_job_and_the_queue_limit_holds() {
+    let s = TestServer::fresh(|c| c.limits.max_queued_per_key = 2).await;
+    let (_, a) = s.post_json("/v1/videos", VERY_SLOW()).await;
+    let (_, b) = s.post_json("/v1/videos", json!({"prompt": "second"})).await;
+    let (status, v) = s.post_json("/v1/videos", json!({"prompt": "third"})).await;
+    assert_eq!(openai_error(status, 429, &v)["code"], "rate_limit_exceeded");
+    let a = a["id"].as_str().unwrap().to_string();
+    let b = b["id"].as_str().unwrap().to_string();
+
+    // Wait until the slow job is denoising, then delete it.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) = s.get_json(&format!("/v1/videos/{a}")).await;
+        if v["status"] == "in_progress" && v["progress"].as_u64().unwrap() > 5 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, v) = s.get_json(&format!("/v1/videos/{a}/content")).await;
+    assert_eq!(openai_error(status, 409, &v)["code"], "invalid_state");
+    let t_delete = std::time::Instant::now();
+    let (status, _) = json_of(
+        s.req(Method::DELETE, &format!("/v1/videos/{a}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The next job starts once the cancelled one stops at its next step boundary (a step here is ~0.25 s
+    // alone; running to the end would take about 15 s more).
+    let v = s.wait(&b, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "completed");
+    assert!(
+        t_delete.elapsed() < Duration::from_secs(8),
+        "cancel took {:?}",
+        t_delete.elapsed()
+    );
+    let (status, _) = s.get_json(&format!("/v1/videos/{a}")).await;
+    assert_eq!(status, 404);
+    assert!(
+        !s.app.data.job_dir(&a).exists(),
+        "a cancelled job leaves no files"
+    );
+    // Room in the queue again.
+    let (status, _) = s.post_json("/v1/videos", json!({"prompt": "third"})).await;
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_reports_each_step_then_ends() {
+    let s = TestServer::fresh(|_| {}).await;
+    let (_, v) = s
+        .post_json("/v1/videos", json!({"prompt": "streamed", "steps": 6}))
+        .await;
+    let id = v["id"].as_str().unwrap();
+    let res = s
+        .req(Method::GET, &format!("/v1/videos/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(60), res.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let videos: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: video"))
+        .map(|e| {
+            serde_json::from_str(e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(videos.last().unwrap()["status"], "completed", "{text}");
+    let progress: Vec<u64> = videos
+        .iter()
+        .map(|v| v["progress"].as_u64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(progress.len() >= 3, "several progress events: {progress:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_retried() {
+    use axum::http::HeaderMap;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(HeaderMap, String)>();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    // The receiver fails the first delivery, so the event arrives on a retry.
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                tx.send((headers, body)).unwrap();
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let s = TestServer::fresh(|c| {
+        c.webhook = Some(sorrel_server::WebhookConfig {
+            url,
+            secret: secret.into(),
+            attempts: 3,
+            first_retry: Duration::from_millis(50),
+        })
+    })
+    .await;
+    let (_, v) = s.post_json("/v1/videos", json!({"prompt": "hooked"})).await;
+    let id = v["id"].as_str().unwrap();
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["type"], "video.completed");
+    assert_eq!(event["data"]["id"], id);
+    let h = |k: &str| headers[k].to_str().unwrap().to_string();
+    assert_eq!(h("webhook-id"), event["id"].as_str().unwrap());
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&secret["whsec_".len()..])
+        .unwrap();
+    let want = sorrel_server::webhook::signature(
+        &key,
+        &h("webhook-id"),
+        h("webhook-timestamp").parse().unwrap(),
+        &body,
+    );
+    assert_eq!(h("webhook-signature"), want);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_videos_expire() {
+    let s = TestServer::fresh(|c| c.retention = Duration::from_secs(1)).await;
+    let (_, v) = s.post_json("/v1/videos", json!({"prompt": "brief"})).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    s.wait(&id, Duration::from_secs(60)).await;
+    assert!(s.app.data.job_dir(&id).join("video.mp4").exists());
+    let t0 = std::time::Instant::now();
+    loop {
+        let (status, _) = s.get_json(&format!("/v1/videos/{id}")).await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not expired after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!s.app.data.job_dir(&id).exists());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_requeues_the_running_job_and_a_restart_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(common::config(dir.path().to_path_buf())).await;
+    let (_, v) = s.post_json("/v1/videos", SLOW()).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    loop {
+        let (_, v) = s.get_json(&format!("/v1/videos/{id}")).await;
+        if v["status"] == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A second server cannot take the same data folder while the first runs.
+    let err = sorrel_server::Server::start(common::config(dir.path().to_path_buf()))
+        .await
+        .err()
+        .expect("the folder is locked");
+    assert!(err.to_string().contains("another `sorrel serve`"), "{err}");
+    s.stop().await;
+
+    let s = TestServer::start(common::config(dir.path().to_path_buf())).await;
+    let v = s.wait(&id, Duration::from_secs(120)).await;
+    assert_eq!(v["status"], "completed", "{v}");
+    let log = std::fs::read_to_string(s.app.data.job_dir(&id).join("log.txt")).unwrap();
+    assert!(log.contains("attempt 2"), "{log}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_unsafe_configs() {
+    let s = TestServer::fresh(|_| {}).await;
+    let (status, v) = s.get_json("/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"][0]["id"], "tiny");
+    s.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path().to_path_buf());
+    cfg.host = "0.0.0.0".parse().unwrap();
+    let err = sorrel_server::Server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("only listens on loopback"),
+        "{err}"
+    );
+    let mut cfg = common::config(dir.path().to_path_buf());
+    cfg.models[0].dir = dir.path().join("missing");
+    let err = sorrel_server::Server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("cannot load model `tiny`"),
+        "{err}"
+    );
+}
