@@ -247,17 +247,18 @@ pub fn parse_create(
         )?
         .map(|s| s as usize)
         .unwrap_or(defaults.steps);
-    let guidance =
-        match f.number("guidance")? {
-            None => defaults.guidance,
-            Some((g, _)) if (0.0..=100.0).contains(&g) => g,
-            Some((_, text)) => return Err(ApiError::invalid(
+    let guidance = match f.number("guidance")? {
+        None => defaults.guidance,
+        Some((g, _)) if (0.0..=100.0).contains(&g) => g,
+        Some((_, text)) => {
+            return Err(ApiError::invalid(
                 "guidance",
                 format!(
                     "Invalid 'guidance': '{text}'. Expected a number from 0 to 100 (5 is typical)."
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let seed = f
         .whole("seed", 0, u64::MAX, "")?
         .unwrap_or_else(rand::random::<u64>);

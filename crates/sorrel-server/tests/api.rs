@@ -720,3 +720,46 @@ async fn models_and_unsafe_configs() {
         "{err}"
     );
 }
+
+/// A small version of the load benchmark (`examples/load.rs`): many clients creating and polling at once get
+/// no 5xx, and every video they created completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_lose_nothing() {
+    let s = std::sync::Arc::new(TestServer::fresh(|c| c.limits.max_queued_per_key = 1000).await);
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..2 {
+                    let (status, v) = s
+                        .post_json(
+                            "/v1/videos",
+                            json!({"prompt": format!("client {n} clip {i}"), "steps": 2}),
+                        )
+                        .await;
+                    assert_eq!(status, 200, "{v}");
+                    let id = v["id"].as_str().unwrap().to_string();
+                    let v = s.wait(&id, Duration::from_secs(240)).await;
+                    assert_eq!(v["status"], "completed", "{v}");
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let (_, list) = s.get_json("/v1/videos?limit=100").await;
+    let listed: std::collections::HashSet<_> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all.len(), 80);
+    assert!(all.iter().all(|id| listed.contains(id)));
+    std::sync::Arc::try_unwrap(s).ok().unwrap().stop().await;
+}
