@@ -16,7 +16,7 @@ pub mod params;
 mod routes;
 pub mod store;
 pub mod webhook;
-mod worker;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -33,6 +33,10 @@ fn failed(code: &str, message: impl Into<String>) -> Failure {
     })
 }
 
+/// A job started this many times without finishing (each time the server died or stopped under it) is failed
+/// instead of being run again, so one video that crashes the process cannot take the server down forever.
+pub const MAX_ATTEMPTS: u32 = 5;
+
 /// Runs one worker until the server shuts down.
 pub async fn run<S: JobStore>(app: Arc<App<S>>, index: usize) {
     let mut shutdown = app.shutdown.subscribe();
@@ -140,6 +144,15 @@ async fn generate_job<S: JobStore>(
     job: &Job,
     cancel: &Arc<AtomicBool>,
 ) -> Result<(), Failure> {
+    if job.attempts > MAX_ATTEMPTS {
+        return Err(failed(
+            "too_many_attempts",
+            format!(
+                "the server stopped {MAX_ATTEMPTS} times while generating this video; it is not retried again \
+                 (see the server's log for a crash or an out-of-memory kill)"
+            ),
+        ));
+    }
     let dir = app
         .data
         .fresh_job_dir(&job.id)

@@ -763,3 +763,53 @@ async fn concurrent_clients_lose_nothing() {
     assert!(all.iter().all(|id| listed.contains(id)));
     std::sync::Arc::try_unwrap(s).ok().unwrap().stop().await;
 }
+
+/// A video that has been started MAX_ATTEMPTS times without finishing (the process died under it each time)
+/// is failed with a reason, not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_that_keeps_killing_the_server_is_failed() {
+    use sorrel_server::job::{GenParams, Job, JobStatus};
+    use sorrel_server::store::{Inserted, JobStore};
+    let dir = tempfile::tempdir().unwrap();
+    let id = sorrel_server::job::new_id();
+    {
+        let store = sorrel_server::SqliteStore::open(&dir.path().join("jobs.db"))
+            .await
+            .unwrap();
+        let job = Job {
+            id: id.clone(),
+            owner: sorrel_server::auth::LOCAL_OWNER.into(),
+            model: "tiny".into(),
+            params: GenParams {
+                prompt: "doomed".into(),
+                negative_prompt: String::new(),
+                width: 32,
+                height: 32,
+                seconds: 1,
+                frames: 17,
+                fps: 16,
+                steps: 2,
+                guidance: 5.0,
+                seed: 0,
+            },
+            status: JobStatus::Queued,
+            progress: 0,
+            created_at: 0,
+            completed_at: None,
+            expires_at: None,
+            error: None,
+            remixed_from: None,
+            attempts: 0,
+        };
+        assert_eq!(store.insert(&job, 10).await.unwrap(), Inserted::Yes);
+        for _ in 0..sorrel_server::worker::MAX_ATTEMPTS {
+            assert_eq!(store.claim_next().await.unwrap().unwrap().id, id);
+            assert_eq!(store.requeue_abandoned().await.unwrap(), 1);
+        }
+    }
+    let s = TestServer::start(common::config(dir.path().to_path_buf())).await;
+    let v = s.wait(&id, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["error"]["code"], "too_many_attempts");
+    s.stop().await;
+}
