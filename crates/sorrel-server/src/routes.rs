@@ -105,30 +105,31 @@ async fn body_fields(req: Request) -> Result<Vec<(String, Field)>, ApiError> {
         })?;
         let mut fields = Vec::new();
         loop {
-            let field = match form.next_field().await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) if limit_error(e.status()) => return Err(ApiError::too_large(limit)),
-                Err(e) => {
-                    return Err(ApiError::bad_request(
+            // Over the limit is a 413; anything else wrong with the encoding is a 400.
+            let multipart_error = |e: axum::extract::multipart::MultipartError, what: &str| {
+                if limit_error(e.status()) {
+                    ApiError::too_large(limit)
+                } else {
+                    ApiError::bad_request(
                         "invalid_multipart",
-                        format!("Malformed multipart body: {}", e.body_text()),
-                    ))
+                        format!("Malformed multipart {what}: {}", e.body_text()),
+                    )
                 }
+            };
+            let Some(field) = form
+                .next_field()
+                .await
+                .map_err(|e| multipart_error(e, "body"))?
+            else {
+                break;
             };
             let name = field.name().unwrap_or("").to_string();
             let filename = field.file_name().map(str::to_string);
             let is_file = filename.is_some() || name == "input_reference";
-            let bytes = match field.bytes().await {
-                Ok(b) => b,
-                Err(e) if limit_error(e.status()) => return Err(ApiError::too_large(limit)),
-                Err(e) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_multipart",
-                        format!("Malformed multipart field '{name}': {}", e.body_text()),
-                    ))
-                }
-            };
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| multipart_error(e, &format!("field '{name}'")))?;
             let value = if is_file {
                 Field::File {
                     filename,
