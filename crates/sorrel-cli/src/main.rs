@@ -1,6 +1,7 @@
 //! `sorrel`: text-to-video generation from the command line.
 
 mod output;
+mod provenance;
 mod serve;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Serve the OpenAI-compatible /v1/videos API with a durable job queue.
     Serve(serve::ServeArgs),
+    /// Check a file's content credentials (C2PA): who made it, with what, and whether it changed since.
+    Verify(provenance::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +111,8 @@ struct GenerateArgs {
     /// No progress bar or timing summary.
     #[arg(long, short = 'q')]
     quiet: bool,
+    #[command(flatten)]
+    sign: provenance::SignArgs,
 }
 
 fn parse_size(args: &GenerateArgs) -> Result<(usize, usize)> {
@@ -128,7 +133,7 @@ fn parse_size(args: &GenerateArgs) -> Result<(usize, usize)> {
     Ok((args.width.unwrap_or(832), args.height.unwrap_or(480)))
 }
 
-fn parse_dtype(s: &str) -> Result<DType> {
+pub(crate) fn parse_dtype(s: &str) -> Result<DType> {
     Ok(match s {
         "f32" | "fp32" | "float32" => DType::F32,
         "bf16" | "bfloat16" => DType::BF16,
@@ -174,6 +179,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             );
         }
     }
+    let identity = provenance::check(&args.sign)?;
     let Some(model) = &args.model else {
         bail!(
             "no --model given: Sorrel has no embedded default model yet; pass --model with a Wan2.1 diffusers \
@@ -250,6 +256,27 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let clip = Clip::from_f32(&data, (f, h, w), fps)?;
     let written = target.write(&data, &clip, &encode)?;
     write_stills(&args, &clip)?;
+    let generation = sorrel_provenance::Generation {
+        model: model_name(model),
+        seed,
+        steps: args.steps,
+        prompt: args.sign.record_prompt.then(|| args.prompt.clone()),
+        watermarked: false,
+    };
+    let mut unsigned = Vec::new();
+    for path in target
+        .single_file()
+        .into_iter()
+        .chain(args.thumbnail.as_deref())
+        .chain(args.spritesheet.as_deref())
+    {
+        if !provenance::sign_file(path, &generation, &identity)? {
+            unsigned.push(path.display().to_string());
+        }
+    }
+    if target.single_file().is_none() {
+        unsigned.push(out_path.display().to_string());
+    }
     let encode_time = t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
@@ -263,7 +290,25 @@ fn generate(args: GenerateArgs) -> Result<()> {
         target.describe(&written, &encode),
         f as f64 / fps as f64
     );
+    if unsigned.is_empty() {
+        println!("signed content credentials (C2PA, {})", identity.origin);
+    } else {
+        eprintln!(
+            "note: {} cannot carry C2PA content credentials and {} not signed; write .mp4, .png, .gif or .webp \
+             for a signed file",
+            unsigned.join(", "),
+            if unsigned.len() == 1 { "is" } else { "are" }
+        );
+    }
     Ok(())
+}
+
+/// The model's name for the credentials: its folder's name.
+fn model_name(dir: &std::path::Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// The `--thumbnail` and `--spritesheet` images, if asked for.
@@ -290,6 +335,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Verify(args) => match provenance::verify(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

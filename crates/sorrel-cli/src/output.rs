@@ -62,6 +62,17 @@ impl OutputTarget {
         }
     }
 
+    /// The one file written, for formats that write one file (not PNG sequences).
+    pub fn single_file(&self) -> Option<&Path> {
+        match self {
+            OutputTarget::Media {
+                format: Format::PngSequence(_),
+                ..
+            } => None,
+            OutputTarget::Media { path, .. } | OutputTarget::Npy(path) => Some(path),
+        }
+    }
+
     /// What was written, for the closing message.
     pub fn describe(&self, written: &[PathBuf], opts: &EncodeOptions) -> String {
         match self {

@@ -111,16 +111,6 @@ fn wxh(flag: &str, s: &str) -> Result<(usize, usize)> {
     ))
 }
 
-fn default_data_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("sorrel");
-    }
-    match std::env::var_os("HOME").filter(|x| !x.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".local/share/sorrel"),
-        None => PathBuf::from("sorrel-data"),
-    }
-}
-
 fn config(args: ServeArgs) -> Result<ServerConfig> {
     let mut api_keys = args.api_keys;
     if let Ok(env) = std::env::var("SORREL_API_KEYS") {
@@ -172,7 +162,9 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         (None, _) => None,
     };
     Ok(ServerConfig {
-        data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(crate::provenance::default_data_dir),
         host: args.host,
         port: args.port,
         api_keys,

@@ -8,8 +8,11 @@ use candle_core::{Device, Tensor};
 use sorrel_testkit::{copy_dir, ffprobe, fixture, reference};
 
 fn sorrel(args: &[&str]) -> Output {
+    // Signing makes a local CA in the data folder: keep it out of the user's home.
+    let data = std::env::temp_dir().join(format!("sorrel-cli-tests-{}", std::process::id()));
     Command::new(env!("CARGO_BIN_EXE_sorrel"))
         .args(args)
+        .env("SORREL_DATA_DIR", data)
         .output()
         .expect("run sorrel")
 }

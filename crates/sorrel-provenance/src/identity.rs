@@ -96,6 +96,16 @@ impl SigningIdentity {
     /// `signer.key`.
     pub fn local(dir: &Path) -> Result<Self> {
         let files = LocalFiles::new(dir);
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Two processes starting at once must not each make half of a set.
+        let lock_path = dir.join("identity.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
         if !files.signer_chain.exists() {
             files.create()?;
         }
@@ -134,7 +144,12 @@ impl LocalFiles {
             ProvenanceError::Identity(format!("cannot create the local {what}: {e}"))
         };
         let now = time::OffsetDateTime::now_utc();
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "this machine".into());
 
         let ca_key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail("CA key", e))?;

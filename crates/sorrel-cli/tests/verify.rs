@@ -1,0 +1,303 @@
+//! Content credentials end to end: `generate` signs what it writes, `sorrel verify` reads it back
+//! (Trusted with this machine's local CA, Invalid after tampering, absent when unsigned), and the C2PA
+//! project's own reader (c2pa-python) agrees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sorrel(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sorrel"))
+        .args(args)
+        .env("SORREL_DATA_DIR", data_dir)
+        .env_remove("SORREL_SIGN_CERT")
+        .env_remove("SORREL_SIGN_KEY")
+        .output()
+        .expect("run sorrel")
+}
+
+fn generate(data_dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    let model = repo().join("tests/fixtures/wan-tiny-unipc/pipeline");
+    let mut args = vec![
+        "generate",
+        "a red ball",
+        "--model",
+        model.to_str().unwrap(),
+        "--size",
+        "32x32",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let o = sorrel(data_dir, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn verify_json(data_dir: &Path, file: &Path) -> (bool, Value) {
+    let o = sorrel(data_dir, &["verify", "--json", file.to_str().unwrap()]);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{} {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.success(), v)
+}
+
+#[test]
+fn generated_files_verify_and_tampering_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mp4 = tmp.path().join("clip.mp4");
+    let thumb = tmp.path().join("thumb.webp");
+    let o = generate(&data, &mp4, &["--thumbnail", thumb.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signed content credentials"));
+    assert!(
+        data.join("c2pa/ca.pem").exists(),
+        "the local CA is made on first use"
+    );
+
+    for file in [&mp4, &thumb] {
+        let (ok, v) = verify_json(&data, file);
+        assert!(ok, "{v}");
+        assert_eq!(v["state"], "Trusted", "{v}");
+        assert_eq!(
+            v["digital_source_type"],
+            "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+        );
+        assert_eq!(v["generation"]["seed"], 5);
+        assert!(
+            v["generation"].get("prompt").is_none(),
+            "the prompt is opt-in: {v}"
+        );
+    }
+    // Still a playable H.264 MP4 with every frame.
+    let p = sorrel_testkit::ffprobe(&mp4);
+    assert_eq!((p.codec.as_str(), p.frames), ("h264", 9));
+
+    // Another machine (no local CA) sees Valid, not Trusted.
+    let (ok, v) = verify_json(&tmp.path().join("elsewhere"), &mp4);
+    assert!(ok);
+    assert_eq!(v["state"], "Valid");
+
+    // One flipped bit in the video data.
+    let mut bytes = std::fs::read(&mp4).unwrap();
+    let mdat = bytes.windows(4).position(|w| w == b"mdat").unwrap();
+    bytes[mdat + 100] ^= 0x01;
+    let bad = tmp.path().join("tampered.mp4");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (ok, v) = verify_json(&data, &bad);
+    assert!(!ok);
+    assert_eq!(v["state"], "Invalid");
+    assert!(
+        v["failures"].as_array().unwrap().iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .starts_with("assertion.bmffHash.mismatch")),
+        "{v}"
+    );
+    let human = sorrel(&data, &["verify", bad.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("INVALID"));
+
+    // Recorded prompt on request; an unsigned file is reported as such; WebM says it is not signed.
+    let with_prompt = tmp.path().join("p.gif");
+    generate(&data, &with_prompt, &["--record-prompt"]);
+    assert_eq!(
+        verify_json(&data, &with_prompt).1["generation"]["prompt"],
+        "a red ball"
+    );
+    let plain = tmp.path().join("plain.png");
+    image::RgbImage::new(8, 8).save(&plain).unwrap();
+    let (ok, v) = verify_json(&data, &plain);
+    assert!(!ok);
+    assert_eq!(v["state"], "Absent");
+    let webm = tmp.path().join("clip.webm");
+    let o = generate(&data, &webm, &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot carry C2PA"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = sorrel(&data, &["verify", webm.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".webm"));
+}
+
+#[test]
+fn a_user_certificate_signs_and_bad_ones_are_refused_before_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // A user's own chain: the local identity's files stand in for a CA-issued certificate.
+    sorrel_provenance::SigningIdentity::local(&tmp.path().join("issuer")).unwrap();
+    let cert = tmp.path().join("issuer/signer.pem");
+    let key = tmp.path().join("issuer/signer.key");
+    let out = tmp.path().join("clip.png");
+    generate(
+        &data,
+        &out,
+        &[
+            "--sign-cert",
+            cert.to_str().unwrap(),
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !data.join("c2pa").exists(),
+        "no local CA is made when the user brings one"
+    );
+    let anchor = tmp.path().join("issuer/ca.pem");
+    let o = sorrel(
+        &data,
+        &[
+            "verify",
+            "--json",
+            "--trust-anchor",
+            anchor.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "Trusted", "{v}");
+
+    let missing = tmp.path().join("missing.pem");
+    let o = sorrel(
+        &data,
+        &[
+            "generate",
+            "x",
+            "--model",
+            "nowhere",
+            "--sign-cert",
+            missing.to_str().unwrap(),
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("missing.pem"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = sorrel(
+        &data,
+        &["generate", "x", "--sign-cert", cert.to_str().unwrap()],
+    );
+    assert!(!o.status.success(), "--sign-cert needs --sign-key");
+}
+
+/// The Python with `c2pa` (c2pa-python): $SORREL_TEST_PYTHON, else `.ci/venv`.
+fn c2pa_python() -> Option<PathBuf> {
+    let found = [
+        std::env::var_os("SORREL_TEST_PYTHON").map(PathBuf::from),
+        Some(repo().join(".ci/venv/bin/python")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| {
+        Command::new(p)
+            .args(["-c", "import c2pa"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must provide c2pa-python (.ci/run installs it into .ci/venv)"
+        );
+        eprintln!(
+            "skipping: no Python with the `c2pa` package (run .ci/run or set SORREL_TEST_PYTHON)"
+        );
+    }
+    found
+}
+
+fn c2pa_read(python: &Path, file: &Path, anchor: Option<&Path>) -> Value {
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("crates/sorrel-cli/tests/verify/c2pa_read.py"))
+        .arg(file);
+    if let Some(a) = anchor {
+        cmd.arg(a);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn the_c2pa_projects_own_reader_agrees() {
+    let Some(python) = c2pa_python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let anchor = data.join("c2pa/ca.pem");
+    for ext in ["mp4", "png", "gif", "webp"] {
+        let out = tmp.path().join(format!("clip.{ext}"));
+        generate(&data, &out, &[]);
+        let v = c2pa_read(&python, &out, Some(&anchor));
+        assert_eq!(v["state"], "Trusted", "{ext}: {v}");
+        assert_eq!(v["generator"], "Sorrel");
+        assert_eq!(
+            v["digital_source_type"],
+            "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+        );
+        let v = c2pa_read(&python, &out, None);
+        assert_eq!(v["state"], "Valid", "{ext}: {v}");
+    }
+
+    // Ed25519: the signature is right, as c2pa-python shows (c2pa 0.90.22's own reader misjudges it).
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test ed25519 CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let mut ee = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ee.distinguished_name
+        .push(rcgen::DnType::CommonName, "test ed25519 signer");
+    ee.is_ca = rcgen::IsCa::ExplicitNoCa;
+    ee.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    ee.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::EmailProtection];
+    ee.use_authority_key_identifier_extension = true;
+    let cert = ee
+        .signed_by(&key, &rcgen::Issuer::new(ca, &ca_key))
+        .unwrap();
+    let chain = tmp.path().join("ed.pem");
+    let key_path = tmp.path().join("ed.key");
+    let ca_path = tmp.path().join("ed-ca.pem");
+    std::fs::write(&chain, format!("{}{}", cert.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let out = tmp.path().join("ed.mp4");
+    generate(
+        &data,
+        &out,
+        &[
+            "--sign-cert",
+            chain.to_str().unwrap(),
+            "--sign-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let v = c2pa_read(&python, &out, Some(&ca_path));
+    assert_eq!(v["state"], "Trusted", "{v}");
+}
