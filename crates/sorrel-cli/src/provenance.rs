@@ -29,7 +29,7 @@ pub fn local_identity_dir() -> PathBuf {
 #[derive(clap::Args, Debug, Clone)]
 pub struct SignArgs {
     /// PEM certificate chain (signer first) to sign content credentials with; without it Sorrel uses (and on
-    /// first use creates) a local signing CA in its data folder.
+    /// first use creates) a local signing CA in its data folder (`c2pa/`).
     #[arg(long, env = "SORREL_SIGN_CERT", requires = "sign_key")]
     pub sign_cert: Option<PathBuf>,
     /// PKCS#8 PEM private key (P-256 or Ed25519) of --sign-cert.

@@ -78,6 +78,8 @@ pub struct ServeArgs {
     /// Delivery attempts per webhook event.
     #[arg(long, default_value_t = 5)]
     webhook_attempts: u32,
+    #[command(flatten)]
+    sign: crate::provenance::SignArgs,
 }
 
 fn model_spec(s: &str) -> Result<ModelSpec> {
@@ -185,6 +187,8 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         retention: Duration::from_secs_f64(args.retention_hours * 3600.0),
         poll_after_ms: args.poll_after_ms,
         webhook,
+        signing: args.sign.sign_cert.zip(args.sign.sign_key),
+        record_prompt: args.sign.record_prompt,
     })
 }
 

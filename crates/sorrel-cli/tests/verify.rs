@@ -79,7 +79,7 @@ fn generated_files_verify_and_tampering_is_caught() {
             v["digital_source_type"],
             "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
         );
-        assert_eq!(v["generation"]["seed"], 5);
+        assert_eq!(v["generation"]["seed"], "5");
         assert!(
             v["generation"].get("prompt").is_none(),
             "the prompt is opt-in: {v}"

@@ -24,7 +24,9 @@ pub const GENERATION_ASSERTION: &str = "org.sorrel.generation";
 pub struct Generation {
     /// The model's name or folder.
     pub model: String,
-    /// Noise seed.
+    /// Noise seed, written as a decimal string: C2PA's CBOR holds signed 64-bit integers, and seeds use all
+    /// 64 bits.
+    #[serde(serialize_with = "as_decimal")]
     pub seed: u64,
     /// Denoising steps.
     pub steps: usize,
@@ -33,6 +35,10 @@ pub struct Generation {
     pub prompt: Option<String>,
     /// Whether an invisible watermark was embedded (Sorrel's watermark is not implemented yet: false).
     pub watermarked: bool,
+}
+
+fn as_decimal<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
 }
 
 /// The MIME type C2PA uses for an output file's extension, or an error naming the formats that can carry a

@@ -91,10 +91,10 @@ fn signed_outputs_validate_and_a_changed_byte_breaks_them() {
         assert_eq!(
             (
                 g["model"].as_str(),
-                g["seed"].as_u64(),
+                g["seed"].as_str(),
                 g["prompt"].as_str()
             ),
-            (Some("wan-tiny"), Some(7), Some("a red ball"))
+            (Some("wan-tiny"), Some("7"), Some("a red ball"))
         );
         assert!(trusted.signer.unwrap().contains("Sorrel local signer"));
 
@@ -135,13 +135,17 @@ fn signed_outputs_validate_and_a_changed_byte_breaks_them() {
 fn the_prompt_is_recorded_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let id = SigningIdentity::local(dir.path()).unwrap();
+    // Seeds use all 64 bits (more than C2PA's CBOR integers hold), so they are stored as text.
     let g = Generation {
         prompt: None,
+        seed: u64::MAX,
         ..generation()
     };
     let signed = sign(&encode("png"), "image/png", "clip.png", &g, &id).unwrap();
     let c = verify(&signed, "image/png", None).unwrap();
-    assert!(c.generation.unwrap().get("prompt").is_none());
+    let g = c.generation.unwrap();
+    assert!(g.get("prompt").is_none());
+    assert_eq!(g["seed"], u64::MAX.to_string());
     assert!(!String::from_utf8_lossy(&signed).contains("a red ball"));
 }
 

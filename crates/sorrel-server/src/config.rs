@@ -112,6 +112,11 @@ pub struct ServerConfig {
     pub poll_after_ms: u64,
     /// Optional event delivery.
     pub webhook: Option<WebhookConfig>,
+    /// Certificate chain and key to sign content credentials with; `None` uses the local signing CA in
+    /// `data_dir/c2pa` (created on first use).
+    pub signing: Option<(PathBuf, PathBuf)>,
+    /// Record prompts in the content credentials.
+    pub record_prompt: bool,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +134,8 @@ impl Default for ServerConfig {
             retention: Duration::from_secs(24 * 3600),
             poll_after_ms: 1000,
             webhook: None,
+            signing: None,
+            record_prompt: false,
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct App<S: JobStore> {
     pub shutdown: watch::Sender<bool>,
     /// Unix seconds when the server started.
     pub started_at: i64,
+    /// Signs every file the workers write (C2PA content credentials).
+    pub identity: sorrel_provenance::SigningIdentity,
 }
 
 impl<S: JobStore> App<S> {
@@ -99,6 +101,11 @@ impl Server {
             .map_err(ServeError::Config)?;
         let data = DataDir::create(&config.data_dir)?;
         let lock = take_lock(&data)?;
+        let identity = match &config.signing {
+            Some((cert, key)) => sorrel_provenance::SigningIdentity::from_files(cert, key),
+            None => sorrel_provenance::SigningIdentity::local(&data.root().join("c2pa")),
+        }
+        .map_err(|e| ServeError::Config(format!("content credentials: {e}")))?;
         let store = SqliteStore::open(&data.database()).await?;
         let requeued = store.requeue_abandoned().await?;
         if requeued > 0 {
@@ -133,6 +140,7 @@ impl Server {
             running: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             started_at: job::now(),
+            identity,
             config,
         });
         Ok(Self {

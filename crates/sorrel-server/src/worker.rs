@@ -185,7 +185,19 @@ async fn generate_job<S: JobStore>(
     let params = job.params.clone();
     let flag = cancel.clone();
     let out_dir = dir.clone();
-    let task = tokio::task::spawn_blocking(move || generate(&pipe, &params, &out_dir, &flag, &tx));
+    let signing = Signing {
+        identity: app.identity.clone(),
+        generation: sorrel_provenance::Generation {
+            model: job.model.clone(),
+            seed: job.params.seed,
+            steps: job.params.steps,
+            prompt: app.config.record_prompt.then(|| job.params.prompt.clone()),
+            watermarked: false,
+        },
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        generate(&pipe, &params, &out_dir, &flag, &tx, &signing)
+    });
 
     let mut shutdown = app.shutdown.subscribe();
     loop {
@@ -219,13 +231,33 @@ async fn generate_job<S: JobStore>(
     result
 }
 
-/// The blocking part: denoise, decode, encode, write.
+/// Who signs a job's files, and what the credentials say.
+struct Signing {
+    identity: sorrel_provenance::SigningIdentity,
+    generation: sorrel_provenance::Generation,
+}
+
+impl Signing {
+    /// Signs `bytes` (named by `variant`) and writes them atomically into `dir`.
+    fn write(&self, dir: &Path, variant: Variant, bytes: &[u8]) -> Result<(), Failure> {
+        let name = variant.file_name();
+        let mime = sorrel_provenance::mime_for(name.rsplit('.').next().unwrap_or(""))
+            .map_err(|e| failed("signing_failed", e.to_string()))?;
+        let signed = sorrel_provenance::sign(bytes, mime, name, &self.generation, &self.identity)
+            .map_err(|e| failed("signing_failed", e.to_string()))?;
+        sorrel_media::write_file(&dir.join(name), &signed)
+            .map_err(|e| failed("storage_error", e.to_string()))
+    }
+}
+
+/// The blocking part: denoise, decode, encode, sign, write.
 fn generate(
     pipe: &WanPipeline,
     params: &GenParams,
     dir: &Path,
     cancel: &AtomicBool,
     progress: &mpsc::UnboundedSender<(u8, String)>,
+    signing: &Signing,
 ) -> Result<(), Failure> {
     let req = to_request(params);
     let mut on_event = |ev: &Event| {
@@ -251,7 +283,10 @@ fn generate(
     if cancel.load(Ordering::Relaxed) {
         return Err(Failure::Cancelled);
     }
-    let _ = progress.send((95, "encoding MP4, thumbnail and sprite sheet".into()));
+    let _ = progress.send((
+        95,
+        "encoding and signing MP4, thumbnail and sprite sheet".into(),
+    ));
     let encode_err = |e: &dyn std::fmt::Display| failed("encoding_failed", e.to_string());
     let (f, h, w, _) = video.frames.dims4().map_err(|e| encode_err(&e))?;
     let data = video
@@ -262,27 +297,14 @@ fn generate(
     let clip = Clip::from_f32(&data, (f, h, w), params.fps).map_err(|e| encode_err(&e))?;
     // The stills first and the video last: the MP4's presence is what makes a job's folder complete.
     let thumb = sorrel_media::thumbnail(&clip, ThumbnailFrame::Middle);
-    write_still(dir, Variant::Thumbnail, thumb, StillFormat::WebP)?;
+    let bytes = sorrel_media::encode_still(thumb, StillFormat::WebP).map_err(|e| encode_err(&e))?;
+    signing.write(dir, Variant::Thumbnail, &bytes)?;
     let sheet =
         sorrel_media::sprite_sheet(&clip, SpriteSheet::default()).map_err(|e| encode_err(&e))?;
-    write_still(dir, Variant::Spritesheet, &sheet, StillFormat::Jpeg(85))?;
-    sorrel_media::write_video(
-        &dir.join(Variant::Video.file_name()),
-        &clip,
-        &EncodeOptions::default(),
-    )
-    .map_err(|e| encode_err(&e))?;
-    Ok(())
-}
-
-fn write_still(
-    dir: &Path,
-    variant: Variant,
-    frame: &sorrel_media::Frame,
-    format: StillFormat,
-) -> Result<(), Failure> {
-    let bytes = sorrel_media::encode_still(frame, format)
-        .map_err(|e| failed("encoding_failed", e.to_string()))?;
-    sorrel_media::write_file(&dir.join(variant.file_name()), &bytes)
-        .map_err(|e| failed("storage_error", e.to_string()))
+    let bytes =
+        sorrel_media::encode_still(&sheet, StillFormat::Jpeg(85)).map_err(|e| encode_err(&e))?;
+    signing.write(dir, Variant::Spritesheet, &bytes)?;
+    let bytes = sorrel_media::encode(&sorrel_media::Format::Mp4, &clip, &EncodeOptions::default())
+        .map_err(|e| encode_err(&e))?;
+    signing.write(dir, Variant::Video, &bytes)
 }

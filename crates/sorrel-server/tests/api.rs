@@ -48,6 +48,7 @@ async fn create_poll_download_list_delete() {
     assert!(res.headers().get("openai-poll-after-ms").is_none());
 
     let dir = tempfile::tempdir().unwrap();
+    let anchor = std::fs::read_to_string(s.app.data.root().join("c2pa/ca.pem")).unwrap();
     for (variant, ctype, magic) in [
         ("video", "video/mp4", &b"ftyp"[..]),
         ("thumbnail", "image/webp", &b"WEBP"[..]),
@@ -67,6 +68,27 @@ async fn create_poll_download_list_delete() {
         assert!(
             bytes.windows(magic.len()).take(16).any(|w| w == magic),
             "{variant}"
+        );
+        // Every file carries content credentials, signed by the server's local CA.
+        let c = sorrel_provenance::verify(&bytes, ctype, Some(&anchor)).unwrap();
+        assert_eq!(
+            c.state,
+            sorrel_provenance::CredentialState::Trusted,
+            "{variant}: {:?}",
+            c.failures
+        );
+        assert_eq!(
+            c.digital_source_type.as_deref(),
+            Some(sorrel_provenance::TRAINED_ALGORITHMIC_MEDIA)
+        );
+        let g = c.generation.unwrap();
+        assert_eq!(
+            (g["model"].as_str(), g["seed"].as_str()),
+            (Some("tiny"), Some("7"))
+        );
+        assert!(
+            g.get("prompt").is_none(),
+            "prompts are recorded only with record_prompt"
         );
         if variant == "video" {
             let path = dir.path().join("v.mp4");
