@@ -179,7 +179,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
             );
         }
     }
-    let identity = provenance::check(&args.sign)?;
+    // Before the weights load: a bad certificate should fail in milliseconds, not after the generation.
+    let identity = args.sign.identity()?;
     let Some(model) = &args.model else {
         bail!(
             "no --model given: Sorrel has no embedded default model yet; pass --model with a Wan2.1 diffusers \

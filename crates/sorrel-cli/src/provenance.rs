@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sorrel_provenance::{CredentialState, Credentials, Generation, SigningIdentity};
 
 /// The data folder: `$SORREL_DATA_DIR`, else `$XDG_DATA_HOME/sorrel`, else `~/.local/share/sorrel`.
@@ -179,13 +179,4 @@ fn print_report(file: &Path, c: &Credentials) {
         }
     }
     println!("  watermark: not checked (Sorrel's invisible watermark is not implemented yet)");
-}
-
-/// Fails early if the identity cannot be used, before minutes of generation.
-pub fn check(args: &SignArgs) -> Result<SigningIdentity> {
-    let id = args.identity()?;
-    if id.chain_pem.is_empty() {
-        bail!("the signing certificate chain is empty");
-    }
-    Ok(id)
 }
