@@ -260,33 +260,9 @@ fn the_c2pa_projects_own_reader_agrees() {
     }
 
     // Ed25519: the signature is right, as c2pa-python shows (c2pa 0.90.22's own reader misjudges it).
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test ed25519 CA");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let mut ee = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ee.distinguished_name
-        .push(rcgen::DnType::CommonName, "test ed25519 signer");
-    ee.is_ca = rcgen::IsCa::ExplicitNoCa;
-    ee.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    ee.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::EmailProtection];
-    ee.use_authority_key_identifier_extension = true;
-    let cert = ee
-        .signed_by(&key, &rcgen::Issuer::new(ca, &ca_key))
-        .unwrap();
-    let chain = tmp.path().join("ed.pem");
-    let key_path = tmp.path().join("ed.key");
+    let (chain, key_path, ca_pem) = sorrel_testkit::ed25519_identity(tmp.path());
     let ca_path = tmp.path().join("ed-ca.pem");
-    std::fs::write(&chain, format!("{}{}", cert.pem(), ca_cert.pem())).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&ca_path, ca_pem).unwrap();
     let out = tmp.path().join("ed.mp4");
     generate(
         &data,

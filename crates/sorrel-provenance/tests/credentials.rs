@@ -231,39 +231,11 @@ fn ed25519_keys_sign() {
     let dir = tempfile::tempdir().unwrap();
     let local = SigningIdentity::local(&dir.path().join("ca")).unwrap();
     // An Ed25519 signer issued by a separate Ed25519 CA that has the C2PA profile.
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test ed25519 CA");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let mut ee = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ee.distinguished_name
-        .push(rcgen::DnType::CommonName, "test ed25519 signer");
-    ee.is_ca = rcgen::IsCa::ExplicitNoCa;
-    ee.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    ee.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::EmailProtection];
-    ee.use_authority_key_identifier_extension = true;
-    let cert = ee
-        .signed_by(&key, &rcgen::Issuer::new(ca, &ca_key))
-        .unwrap();
-    std::fs::write(
-        dir.path().join("chain.pem"),
-        format!("{}{}", cert.pem(), ca_cert.pem()),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-    let id =
-        SigningIdentity::from_files(&dir.path().join("chain.pem"), &dir.path().join("key.pem"))
-            .unwrap();
+    let (chain, key, ca_pem) = sorrel_testkit::ed25519_identity(dir.path());
+    let id = SigningIdentity::from_files(&chain, &key).unwrap();
     assert_eq!(id.alg, c2pa::crypto::raw_signature::SigningAlg::Ed25519);
     let signed = sign(&encode("gif"), "image/gif", "clip.gif", &generation(), &id).unwrap();
-    let c = verify(&signed, "image/gif", Some(&ca_cert.pem())).unwrap();
+    let c = verify(&signed, "image/gif", Some(&ca_pem)).unwrap();
     assert_eq!(c.generation.unwrap()["model"], "wan-tiny");
     // Known upstream bug, checked here so that moving the c2pa pin shows when it is fixed: c2pa 0.90.22's
     // Rust-native Ed25519 validator rejects every Ed25519 claim signature. The signature itself is right:

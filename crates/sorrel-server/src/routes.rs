@@ -82,21 +82,28 @@ async fn owned_job<S: JobStore>(app: &App<S>, owner: &Owner, id: &str) -> Result
     }
 }
 
-/// The body's fields, from JSON or multipart/form-data (what the OpenAI SDKs send for `create`).
-async fn body_fields(req: Request) -> Result<Vec<(String, Field)>, ApiError> {
+/// The body's fields, from JSON or multipart/form-data (what the OpenAI SDKs send for `create`). `limit` is
+/// the body limit (enforced by the router's `DefaultBodyLimit`), named in the 413.
+async fn body_fields(req: Request, limit: usize) -> Result<Vec<(String, Field)>, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let limit_error = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
+    let over_limit = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
     if content_type.starts_with("multipart/form-data") {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(0);
+        // Over the limit is a 413; anything else wrong with the encoding is a 400.
+        let multipart_error = |e: axum::extract::multipart::MultipartError, what: &str| {
+            if over_limit(e.status()) {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(
+                    "invalid_multipart",
+                    format!("Malformed multipart {what}: {}", e.body_text()),
+                )
+            }
+        };
         let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
             ApiError::bad_request(
                 "invalid_multipart",
@@ -104,25 +111,11 @@ async fn body_fields(req: Request) -> Result<Vec<(String, Field)>, ApiError> {
             )
         })?;
         let mut fields = Vec::new();
-        loop {
-            // Over the limit is a 413; anything else wrong with the encoding is a 400.
-            let multipart_error = |e: axum::extract::multipart::MultipartError, what: &str| {
-                if limit_error(e.status()) {
-                    ApiError::too_large(limit)
-                } else {
-                    ApiError::bad_request(
-                        "invalid_multipart",
-                        format!("Malformed multipart {what}: {}", e.body_text()),
-                    )
-                }
-            };
-            let Some(field) = form
-                .next_field()
-                .await
-                .map_err(|e| multipart_error(e, "body"))?
-            else {
-                break;
-            };
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(e, "body"))?
+        {
             let name = field.name().unwrap_or("").to_string();
             let filename = field.file_name().map(str::to_string);
             let is_file = filename.is_some() || name == "input_reference";
@@ -144,13 +137,8 @@ async fn body_fields(req: Request) -> Result<Vec<(String, Field)>, ApiError> {
         }
         Ok(fields)
     } else if content_type.is_empty() || content_type.starts_with("application/json") {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(0);
         let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
-            if limit_error(e.status()) {
+            if over_limit(e.status()) {
                 ApiError::too_large(limit)
             } else {
                 ApiError::bad_request(
@@ -172,10 +160,6 @@ async fn body_fields(req: Request) -> Result<Vec<(String, Field)>, ApiError> {
         })
     }
 }
-
-/// The body limit, carried to the body readers so a 413 can say what the limit is.
-#[derive(Clone, Copy)]
-struct BodyLimit(usize);
 
 fn query_pairs(q: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
     let Some(q) = q else { return Ok(Vec::new()) };
@@ -223,11 +207,9 @@ fn percent_decode(s: &str) -> Option<String> {
 async fn create<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    req.extensions_mut()
-        .insert(BodyLimit(app.config.limits.max_body_bytes));
-    let fields = body_fields(req).await?;
+    let fields = body_fields(req, app.config.limits.max_body_bytes).await?;
     let parsed = params::parse_create(
         fields,
         &app.models,
@@ -357,7 +339,7 @@ async fn remix<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let source = owned_job(&app, &owner, &id).await?;
     if source.status != JobStatus::Completed {
@@ -366,9 +348,7 @@ async fn remix<S: JobStore>(
             source.status.as_str()
         )));
     }
-    req.extensions_mut()
-        .insert(BodyLimit(app.config.limits.max_body_bytes));
-    let fields = body_fields(req).await?;
+    let fields = body_fields(req, app.config.limits.max_body_bytes).await?;
     let params = params::parse_remix(fields, &source.params, &app.config.limits)?;
     if app.models.get(&source.model).is_none() {
         return Err(ApiError::invalid(

@@ -126,3 +126,37 @@ pub fn ffprobe(path: &Path) -> Probe {
         pix_fmt: s["pix_fmt"].as_str().unwrap_or_default().into(),
     }
 }
+
+/// A test Ed25519 signing identity with the C2PA profile, written into `dir`: returns (chain PEM path,
+/// PKCS#8 key path, CA certificate PEM). The signer is an end-entity certificate with emailProtection and an
+/// authority key identifier, issued by a throwaway Ed25519 CA.
+pub fn ed25519_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, PKCS_ED25519,
+    };
+    let ca_key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "test ed25519 CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let mut ee = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ee.distinguished_name
+        .push(DnType::CommonName, "test ed25519 signer");
+    ee.is_ca = IsCa::ExplicitNoCa;
+    ee.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    ee.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection];
+    ee.use_authority_key_identifier_extension = true;
+    let cert = ee.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+    let chain = dir.join("ed25519-chain.pem");
+    let key_path = dir.join("ed25519.key");
+    std::fs::write(&chain, format!("{}{}", cert.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (chain, key_path, ca_cert.pem())
+}
