@@ -60,6 +60,9 @@ pub fn mime_for(extension: &str) -> Result<&'static str> {
 
 fn settings(anchor_pem: Option<&str>) -> Value {
     let mut s = json!({
+        // No thumbnail inside the manifest: Sorrel writes its own, and the crate is built without the
+        // feature (it would warn on every signature).
+        "builder": {"thumbnail": {"enabled": false}},
         "verify": {
             "verify_after_sign": false,
             "remote_manifest_fetch": false,
