@@ -255,29 +255,19 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     let t_enc = Instant::now();
     let clip = Clip::from_f32(&data, (f, h, w), fps)?;
-    let written = target.write(&data, &clip, &encode)?;
-    write_stills(&args, &clip)?;
-    let generation = sorrel_provenance::Generation {
-        model: model_name(model),
-        seed,
-        steps: args.steps,
-        prompt: args.sign.record_prompt.then(|| args.prompt.clone()),
-        watermarked: false,
+    let signer = provenance::Signer {
+        identity,
+        generation: sorrel_provenance::Generation {
+            model: model_name(model),
+            seed,
+            steps: args.steps,
+            prompt: args.sign.record_prompt.then(|| args.prompt.clone()),
+            watermarked: false,
+        },
     };
-    let mut unsigned = Vec::new();
-    for path in target
-        .single_file()
-        .into_iter()
-        .chain(args.thumbnail.as_deref())
-        .chain(args.spritesheet.as_deref())
-    {
-        if !provenance::sign_file(path, &generation, &identity)? {
-            unsigned.push(path.display().to_string());
-        }
-    }
-    if target.single_file().is_none() {
-        unsigned.push(out_path.display().to_string());
-    }
+    let (written, signed) = target.write(&data, &clip, &encode, &signer)?;
+    // Stills are PNG, JPEG or WebP, which always carry credentials.
+    write_stills(&args, &clip, &signer)?;
     let encode_time = t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
@@ -291,14 +281,16 @@ fn generate(args: GenerateArgs) -> Result<()> {
         target.describe(&written, &encode),
         f as f64 / fps as f64
     );
-    if unsigned.is_empty() {
-        println!("signed content credentials (C2PA, {})", identity.origin);
+    if signed {
+        println!(
+            "signed content credentials (C2PA, {})",
+            signer.identity.origin
+        );
     } else {
         eprintln!(
-            "note: {} cannot carry C2PA content credentials and {} not signed; write .mp4, .png, .gif or .webp \
+            "note: {} cannot carry C2PA content credentials and is not signed; write .mp4, .png, .gif or .webp \
              for a signed file",
-            unsigned.join(", "),
-            if unsigned.len() == 1 { "is" } else { "are" }
+            out_path.display()
         );
     }
     Ok(())
@@ -312,15 +304,22 @@ fn model_name(dir: &std::path::Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// The `--thumbnail` and `--spritesheet` images, if asked for.
-fn write_stills(args: &GenerateArgs, clip: &Clip) -> Result<()> {
+/// The `--thumbnail` and `--spritesheet` images, if asked for, signed.
+fn write_stills(args: &GenerateArgs, clip: &Clip, signer: &provenance::Signer) -> Result<()> {
+    let still = |path: &std::path::Path, frame: &sorrel_media::Frame| -> Result<()> {
+        let bytes = sorrel_media::encode_still(frame, StillFormat::from_path(path)?)?;
+        signer.write(path, &bytes)?;
+        Ok(())
+    };
     if let Some(path) = &args.thumbnail {
-        sorrel_media::write_still(path, sorrel_media::thumbnail(clip, ThumbnailFrame::Middle))?;
+        still(path, sorrel_media::thumbnail(clip, ThumbnailFrame::Middle))?;
         println!("wrote thumbnail {}", path.display());
     }
     if let Some(path) = &args.spritesheet {
-        let sheet = sorrel_media::sprite_sheet(clip, SpriteSheet::default())?;
-        sorrel_media::write_still(path, &sheet)?;
+        still(
+            path,
+            &sorrel_media::sprite_sheet(clip, SpriteSheet::default())?,
+        )?;
         println!("wrote sprite sheet {}", path.display());
     }
     Ok(())

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use sorrel_media::{write_video, Clip, EncodeOptions, Format};
 
+use crate::provenance::Signer;
+
 /// Where and how to write frames, decided (and checked) before any work is done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputTarget {
@@ -40,9 +42,16 @@ impl OutputTarget {
     }
 
     /// Writes the generated video atomically: `frames` ((F, H, W, 3) f32 in [0, 1], row-major) for
-    /// `.npy`, `clip` (the same frames, quantised, at their frame rate) for everything else. Returns the
-    /// paths written.
-    pub fn write(&self, frames: &[f32], clip: &Clip, opts: &EncodeOptions) -> Result<Vec<PathBuf>> {
+    /// `.npy`, `clip` (the same frames, quantised, at their frame rate) for everything else, signed by
+    /// `signer` when the format can carry content credentials. Returns the paths written and whether they
+    /// were signed.
+    pub fn write(
+        &self,
+        frames: &[f32],
+        clip: &Clip,
+        opts: &EncodeOptions,
+        signer: &Signer,
+    ) -> Result<(Vec<PathBuf>, bool)> {
         match self {
             OutputTarget::Npy(path) => {
                 let shape = [clip.len(), clip.height() as usize, clip.width() as usize, 3];
@@ -56,20 +65,17 @@ impl OutputTarget {
                     bytes.extend_from_slice(&v.to_le_bytes());
                 }
                 sorrel_media::write_file(path, &bytes)?;
-                Ok(vec![path.clone()])
+                Ok((vec![path.clone()], false))
             }
-            OutputTarget::Media { path, .. } => Ok(write_video(path, clip, opts)?),
-        }
-    }
-
-    /// The one file written, for formats that write one file (not PNG sequences).
-    pub fn single_file(&self) -> Option<&Path> {
-        match self {
             OutputTarget::Media {
+                path,
                 format: Format::PngSequence(_),
-                ..
-            } => None,
-            OutputTarget::Media { path, .. } | OutputTarget::Npy(path) => Some(path),
+            } => Ok((write_video(path, clip, opts)?, false)),
+            OutputTarget::Media { path, format } => {
+                let bytes = sorrel_media::encode(format, clip, opts)?;
+                let signed = signer.write(path, &bytes)?;
+                Ok((vec![path.clone()], signed))
+            }
         }
     }
 
@@ -127,7 +133,18 @@ mod tests {
         let t = OutputTarget::parse(&p, &opts).unwrap();
         let frames = [0.5; 2 * 3 * 4 * 3];
         let clip = Clip::from_f32(&frames, (2, 3, 4), 16).unwrap();
-        t.write(&frames, &clip, &opts).unwrap();
+        let signer = Signer {
+            identity: sorrel_provenance::SigningIdentity::local(&dir.path().join("c2pa")).unwrap(),
+            generation: sorrel_provenance::Generation {
+                model: "m".into(),
+                seed: 0,
+                steps: 1,
+                prompt: None,
+                watermarked: false,
+            },
+        };
+        let (_, signed) = t.write(&frames, &clip, &opts, &signer).unwrap();
+        assert!(!signed, ".npy carries no credentials");
         let bytes = fs::read(&p).unwrap();
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);

@@ -64,26 +64,27 @@ impl SignArgs {
     }
 }
 
-/// Signs the file at `path` in place (atomically) when its format can carry a manifest. Returns false, and
-/// changes nothing, for formats that cannot (WebM, PNG sequences, .npy).
-pub fn sign_file(path: &Path, generation: &Generation, identity: &SigningIdentity) -> Result<bool> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let Ok(mime) = sorrel_provenance::mime_for(&ext) else {
-        return Ok(false);
-    };
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read back {}", path.display()))?;
-    let title = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let signed = sorrel_provenance::sign(&bytes, mime, &title, generation, identity)
-        .with_context(|| format!("cannot sign {}", path.display()))?;
-    sorrel_media::write_file(path, &signed)?;
-    Ok(true)
+/// Who signs what `generate` writes, and what the credentials say.
+pub struct Signer {
+    /// The signing identity.
+    pub identity: SigningIdentity,
+    /// The generation's facts for the manifest.
+    pub generation: Generation,
+}
+
+impl Signer {
+    /// Writes `bytes` to `path` atomically, signed when the format can carry a manifest. Returns whether it
+    /// was signed (WebM cannot be).
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let signed = sorrel_provenance::sign_named(bytes, &name, &self.generation, &self.identity)
+            .with_context(|| format!("cannot sign {}", path.display()))?;
+        sorrel_media::write_file(path, signed.as_deref().unwrap_or(bytes))?;
+        Ok(signed.is_some())
+    }
 }
 
 /// Options of `sorrel verify`.

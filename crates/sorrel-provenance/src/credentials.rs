@@ -136,6 +136,24 @@ pub fn sign(
     Ok(dest.into_inner())
 }
 
+/// Signs the contents of a file to be called `name` (its extension picks the format, its name is the
+/// manifest's title). `None` when that format cannot carry a manifest (WebM, .npy, ...).
+pub fn sign_named(
+    bytes: &[u8],
+    name: &str,
+    generation: &Generation,
+    identity: &SigningIdentity,
+) -> Result<Option<Vec<u8>>> {
+    let ext = std::path::Path::new(name)
+        .extension()
+        .map(|e| e.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let Ok(mime) = mime_for(&ext) else {
+        return Ok(None);
+    };
+    sign(bytes, mime, name, generation, identity).map(Some)
+}
+
 /// How far a file's credentials can be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum CredentialState {
@@ -172,32 +190,23 @@ pub struct Credentials {
 /// Reads and validates the credentials in `bytes` (a file of type `mime`). `anchor_pem` adds a trusted
 /// root (e.g. Sorrel's local CA) for the Trusted check.
 pub fn verify(bytes: &[u8], mime: &str, anchor_pem: Option<&str>) -> Result<Credentials> {
-    let reader =
-        match Reader::from_context(context(anchor_pem)?).with_stream(mime, Cursor::new(bytes)) {
-            Ok(r) => r,
-            Err(c2pa::Error::JumbfNotFound) | Err(c2pa::Error::ProvenanceMissing) => {
-                return Ok(Credentials {
-                    state: CredentialState::Absent,
-                    failures: Vec::new(),
-                    generator: None,
-                    digital_source_type: None,
-                    generation: None,
-                    signer: None,
-                    report: None,
-                })
-            }
-            Err(e) => {
-                return Ok(Credentials {
-                    state: CredentialState::Invalid,
-                    failures: vec![e.to_string()],
-                    generator: None,
-                    digital_source_type: None,
-                    generation: None,
-                    signer: None,
-                    report: None,
-                })
-            }
-        };
+    let bare = |state, failures| Credentials {
+        state,
+        failures,
+        generator: None,
+        digital_source_type: None,
+        generation: None,
+        signer: None,
+        report: None,
+    };
+    let read = Reader::from_context(context(anchor_pem)?).with_stream(mime, Cursor::new(bytes));
+    let reader = match read {
+        Ok(r) => r,
+        Err(c2pa::Error::JumbfNotFound) | Err(c2pa::Error::ProvenanceMissing) => {
+            return Ok(bare(CredentialState::Absent, Vec::new()))
+        }
+        Err(e) => return Ok(bare(CredentialState::Invalid, vec![e.to_string()])),
+    };
     let state = match reader.validation_state() {
         ValidationState::Invalid => CredentialState::Invalid,
         ValidationState::Valid => CredentialState::Valid,

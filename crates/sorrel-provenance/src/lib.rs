@@ -7,7 +7,8 @@ pub mod error;
 pub mod identity;
 
 pub use credentials::{
-    mime_for, sign, verify, CredentialState, Credentials, Generation, TRAINED_ALGORITHMIC_MEDIA,
+    mime_for, sign, sign_named, verify, CredentialState, Credentials, Generation,
+    TRAINED_ALGORITHMIC_MEDIA,
 };
 pub use error::{ProvenanceError, Result};
 pub use identity::SigningIdentity;

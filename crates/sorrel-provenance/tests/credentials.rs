@@ -190,7 +190,8 @@ fn the_local_identity_is_made_once_and_reused() {
 #[test]
 fn a_ca_certificate_cannot_sign_and_bad_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let local = SigningIdentity::local(dir.path()).unwrap();
+    // Creates ca.pem/ca.key and signer.pem/signer.key in `dir`.
+    SigningIdentity::local(dir.path()).unwrap();
     // C2PA requires an end-entity signer: the CA itself is refused before anything is written.
     let ca = SigningIdentity::from_files(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
         .unwrap();
@@ -198,7 +199,6 @@ fn a_ca_certificate_cannot_sign_and_bad_files_are_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("ca.pem") && e.contains("end-entity"), "{e}");
-    let _ = local;
 
     std::fs::write(dir.path().join("junk.key"), "not a key").unwrap();
     let e =
@@ -229,7 +229,6 @@ fn a_ca_certificate_cannot_sign_and_bad_files_are_named() {
 #[test]
 fn ed25519_keys_sign() {
     let dir = tempfile::tempdir().unwrap();
-    let local = SigningIdentity::local(&dir.path().join("ca")).unwrap();
     // An Ed25519 signer issued by a separate Ed25519 CA that has the C2PA profile.
     let (chain, key, ca_pem) = sorrel_testkit::ed25519_identity(dir.path());
     let id = SigningIdentity::from_files(&chain, &key).unwrap();
@@ -247,5 +246,4 @@ fn ed25519_keys_sign() {
         "{:?}",
         c.failures
     );
-    let _ = local;
 }

@@ -91,18 +91,18 @@ async fn body_fields(req: Request, limit: usize) -> Result<Vec<(String, Field)>,
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let over_limit = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
+    // Over the limit is a 413; anything else wrong with reading the body is a 400.
+    let read_error = |status: StatusCode, code: &'static str, message: String| {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(code, message)
+        }
+    };
     if content_type.starts_with("multipart/form-data") {
-        // Over the limit is a 413; anything else wrong with the encoding is a 400.
         let multipart_error = |e: axum::extract::multipart::MultipartError, what: &str| {
-            if over_limit(e.status()) {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_request(
-                    "invalid_multipart",
-                    format!("Malformed multipart {what}: {}", e.body_text()),
-                )
-            }
+            let message = format!("Malformed multipart {what}: {}", e.body_text());
+            read_error(e.status(), "invalid_multipart", message)
         };
         let mut form = Multipart::from_request(req, &()).await.map_err(|e| {
             ApiError::bad_request(
@@ -138,14 +138,8 @@ async fn body_fields(req: Request, limit: usize) -> Result<Vec<(String, Field)>,
         Ok(fields)
     } else if content_type.is_empty() || content_type.starts_with("application/json") {
         let bytes = Bytes::from_request(req, &()).await.map_err(|e| {
-            if over_limit(e.status()) {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("Cannot read the request body: {}", e.body_text()),
-                )
-            }
+            let message = format!("Cannot read the request body: {}", e.body_text());
+            read_error(e.status(), "invalid_body", message)
         })?;
         params::json_fields(&bytes)
     } else {

@@ -241,10 +241,14 @@ impl Signing {
     /// Signs `bytes` (named by `variant`) and writes them atomically into `dir`.
     fn write(&self, dir: &Path, variant: Variant, bytes: &[u8]) -> Result<(), Failure> {
         let name = variant.file_name();
-        let mime = sorrel_provenance::mime_for(name.rsplit('.').next().unwrap_or(""))
-            .map_err(|e| failed("signing_failed", e.to_string()))?;
-        let signed = sorrel_provenance::sign(bytes, mime, name, &self.generation, &self.identity)
-            .map_err(|e| failed("signing_failed", e.to_string()))?;
+        let signed = sorrel_provenance::sign_named(bytes, name, &self.generation, &self.identity)
+            .map_err(|e| failed("signing_failed", e.to_string()))?
+            .ok_or_else(|| {
+                failed(
+                    "signing_failed",
+                    format!("{name} cannot carry content credentials"),
+                )
+            })?;
         sorrel_media::write_file(&dir.join(name), &signed)
             .map_err(|e| failed("storage_error", e.to_string()))
     }

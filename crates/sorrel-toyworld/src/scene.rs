@@ -235,11 +235,6 @@ impl Scene {
             })
             .collect()
     }
-
-    /// Frame-space height of the floor's top edge.
-    pub fn floor_top(&self) -> f32 {
-        FLOOR_TOP
-    }
 }
 
 /// Height at time `u` of an object dropped from rest at `y0` under gravity `g` that bounces at `ground`

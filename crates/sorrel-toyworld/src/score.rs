@@ -270,6 +270,33 @@ fn mean(v: &[(f32, f32, f32)]) -> Option<(f32, f32, f32)> {
     })
 }
 
+/// A least-squares line v = mean_v + slope (t - mean_t).
+struct Line {
+    mean_t: f64,
+    mean_v: f64,
+    slope: f64,
+}
+
+impl Line {
+    fn fit(pts: impl Iterator<Item = (f64, f64)> + Clone) -> Line {
+        let n = pts.clone().count().max(1) as f64;
+        let mean_t = pts.clone().map(|p| p.0).sum::<f64>() / n;
+        let mean_v = pts.clone().map(|p| p.1).sum::<f64>() / n;
+        let stt: f64 = pts.clone().map(|p| (p.0 - mean_t).powi(2)).sum();
+        let stv: f64 = pts.map(|p| (p.0 - mean_t) * (p.1 - mean_v)).sum();
+        let slope = if stt > 0.0 { stv / stt } else { 0.0 };
+        Line {
+            mean_t,
+            mean_v,
+            slope,
+        }
+    }
+
+    fn at(&self, t: f64) -> f64 {
+        self.mean_v + self.slope * (t - self.mean_t)
+    }
+}
+
 /// Object area at the first and last frame with objects, from a least-squares line through all of them.
 fn area_trend(track: &[Option<(f32, f32, f32)>]) -> Option<(f32, f32)> {
     let pts: Vec<(f32, f32)> = track
@@ -280,15 +307,8 @@ fn area_trend(track: &[Option<(f32, f32, f32)>]) -> Option<(f32, f32)> {
     if pts.len() < 2 {
         return None;
     }
-    let n = pts.len() as f32;
-    let (mt, ma) = (
-        pts.iter().map(|p| p.0).sum::<f32>() / n,
-        pts.iter().map(|p| p.1).sum::<f32>() / n,
-    );
-    let stt: f32 = pts.iter().map(|p| (p.0 - mt).powi(2)).sum();
-    let sta: f32 = pts.iter().map(|p| (p.0 - mt) * (p.1 - ma)).sum();
-    let slope = sta / stt.max(f32::EPSILON);
-    let at = |t: f32| (ma + slope * (t - mt)).max(1.0);
+    let line = Line::fit(pts.iter().map(|&(t, a)| (t as f64, a as f64)));
+    let at = |t: f32| (line.at(t as f64) as f32).max(1.0);
     Some((at(pts[0].0), at(pts[pts.len() - 1].0)))
 }
 
@@ -393,17 +413,12 @@ fn shared_parabola(segments: &[&[(f32, f32)]]) -> Option<(f32, f32)> {
     // For a fixed a each segment's line is a least-squares fit, so only the parts of y and t^2 that no
     // line explains matter: a = sum <ry, rq> / sum <rq, rq>.
     let resid = |seg: &[(f32, f32)], f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
-        let n = seg.len() as f64;
-        let ts: Vec<f64> = seg.iter().map(|p| p.0 as f64).collect();
-        let vs: Vec<f64> = seg.iter().map(|p| f(p.0 as f64, p.1 as f64)).collect();
-        let (mt, mv) = (ts.iter().sum::<f64>() / n, vs.iter().sum::<f64>() / n);
-        let stt: f64 = ts.iter().map(|t| (t - mt).powi(2)).sum();
-        let stv: f64 = ts.iter().zip(&vs).map(|(t, v)| (t - mt) * (v - mv)).sum();
-        let slope = if stt > 0.0 { stv / stt } else { 0.0 };
-        ts.iter()
-            .zip(&vs)
-            .map(|(t, v)| v - mv - slope * (t - mt))
-            .collect()
+        let pts: Vec<(f64, f64)> = seg
+            .iter()
+            .map(|p| (p.0 as f64, f(p.0 as f64, p.1 as f64)))
+            .collect();
+        let line = Line::fit(pts.iter().copied());
+        pts.iter().map(|&(t, v)| v - line.at(t)).collect()
     };
     let parts: Vec<(Vec<f64>, Vec<f64>)> = segments
         .iter()

@@ -2,7 +2,7 @@
 //! frames, and it catches each kind of mistake a model makes.
 
 use rand::{Rng, SeedableRng};
-use sorrel_toyworld::scene::{bounce_y, FLOOR_TOP};
+use sorrel_toyworld::scene::FLOOR_TOP;
 use sorrel_toyworld::{render, score_clip, Motion, Scene, Split, Summary, WorldSize};
 
 fn scenes(split: Split, n: u64) -> Vec<Scene> {
@@ -151,5 +151,4 @@ fn each_mistake_is_caught() {
         Some(false),
         "constant speed is not gravity: {sc:?}"
     );
-    let _ = bounce_y;
 }
