@@ -45,9 +45,12 @@ pub fn check_writable(path: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = containing_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".sorrel-")
-        .suffix(".tmp")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".sorrel-").suffix(".tmp");
+    // Temporary files are private (0600) by default; a finished video is an ordinary file (0644).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder
         .tempfile_in(dir)
         .map_err(|e| MediaError::io("cannot create a file in", dir, e))?;
     tmp.write_all(bytes)

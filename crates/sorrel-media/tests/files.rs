@@ -375,3 +375,16 @@ fn reading_unknown_files_names_the_problem() {
     let e = read_image(&junk).unwrap_err().to_string();
     assert!(e.contains("use a PNG, JPEG, WebP or GIF"), "{e}");
 }
+
+/// Finished outputs are ordinary files, readable by others (a web server, another user), not private
+/// like the temporary file they were written through.
+#[cfg(unix)]
+#[test]
+fn written_files_are_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.bin");
+    sorrel_media::write_file(&path, b"data").unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
