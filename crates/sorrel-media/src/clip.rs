@@ -99,6 +99,11 @@ impl Clip {
         &self.frames
     }
 
+    /// Each frame's pixels, to change in place (a frame's size cannot change through it).
+    pub fn pixels_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        self.frames.iter_mut().map(|f| &mut f.rgb[..])
+    }
+
     /// Frames per second.
     pub fn fps(&self) -> u32 {
         self.fps

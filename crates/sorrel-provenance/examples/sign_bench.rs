@@ -38,7 +38,7 @@ fn main() {
         seed: 1,
         steps: 50,
         prompt: None,
-        watermarked: false,
+        watermark: None,
     };
     for (name, bytes, mime, frames) in [
         ("MP4 832x480x81", &mp4, "video/mp4", 81.0),

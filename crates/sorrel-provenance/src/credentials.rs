@@ -33,8 +33,20 @@ pub struct Generation {
     /// The prompt, only when the user asked for it to be recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    /// Whether an invisible watermark was embedded (Sorrel's watermark is not implemented yet: false).
-    pub watermarked: bool,
+    /// The invisible watermark's payload, or `None` when the user turned the watermark off. The assertion
+    /// says `"watermarked": true/false`; the payload itself goes into a `c2pa.soft-binding` assertion.
+    #[serde(rename = "watermarked", serialize_with = "is_some")]
+    pub watermark: Option<u64>,
+}
+
+fn is_some<S: serde::Serializer>(v: &Option<u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_bool(v.is_some())
+}
+
+/// The soft-binding value for a watermark payload: its 8 bytes, big-endian, in standard base64.
+pub fn soft_binding_value(payload: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(payload.to_be_bytes())
 }
 
 fn as_decimal<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -106,6 +118,21 @@ pub fn sign(
             {"label": GENERATION_ASSERTION, "data": generation}
         ]
     });
+    let mut definition = definition;
+    if let Some(payload) = generation.watermark {
+        // Links the manifest to the pixels: a reader who finds this payload in a stripped copy can look the
+        // manifest up by it.
+        definition["assertions"]
+            .as_array_mut()
+            .expect("assertions list")
+            .push(json!({
+                "label": "c2pa.soft-binding",
+                "data": {
+                    "alg": crate::watermark::SOFT_BINDING_ALG,
+                    "blocks": [{"scope": {}, "value": soft_binding_value(payload)}]
+                }
+            }));
+    }
     let signer = c2pa::create_signer::from_keys(
         identity.chain_pem.as_bytes(),
         identity.key_pem.as_bytes(),
@@ -182,6 +209,9 @@ pub struct Credentials {
     pub generation: Option<Value>,
     /// Who signed it (the certificate's subject) and when.
     pub signer: Option<String>,
+    /// The watermark payload the manifest's soft binding names (Sorrel's algorithm only).
+    #[serde(serialize_with = "crate::watermark::hex_payload")]
+    pub watermark_payload: Option<u64>,
     /// The full manifest store as the C2PA library reports it.
     #[serde(skip)]
     pub report: Option<Value>,
@@ -197,6 +227,7 @@ pub fn verify(bytes: &[u8], mime: &str, anchor_pem: Option<&str>) -> Result<Cred
         digital_source_type: None,
         generation: None,
         signer: None,
+        watermark_payload: None,
         report: None,
     };
     let read = Reader::from_context(context(anchor_pem)?).with_stream(mime, Cursor::new(bytes));
@@ -272,6 +303,16 @@ pub fn verify(bytes: &[u8], mime: &str, anchor_pem: Option<&str>) -> Result<Cred
             None => who.to_string(),
         })
     });
+    let watermark_payload = assertion("c2pa.soft-binding").and_then(|a| {
+        use base64::Engine;
+        if a["alg"] != crate::watermark::SOFT_BINDING_ALG {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(a["blocks"][0]["value"].as_str()?)
+            .ok()?;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    });
     Ok(Credentials {
         state,
         failures,
@@ -279,6 +320,7 @@ pub fn verify(bytes: &[u8], mime: &str, anchor_pem: Option<&str>) -> Result<Cred
         digital_source_type,
         generation: assertion(GENERATION_ASSERTION),
         signer,
+        watermark_payload,
         report,
     })
 }

@@ -31,7 +31,7 @@ fn generation() -> Generation {
         seed: 7,
         steps: 4,
         prompt: Some("a red ball".into()),
-        watermarked: false,
+        watermark: None,
     }
 }
 

@@ -160,3 +160,91 @@ pub fn ed25519_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (chain, key_path, ca_cert.pem())
 }
+
+/// Real-looking test video as RGB8 frames: a multi-octave value-noise landscape in colour that pans across
+/// the frame, with three textured objects moving over it. Different `seed`s give different content.
+pub fn textured_frames(width: usize, height: usize, frames: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x9E37_79B9_7F4A_7C15;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32
+    };
+    // A lattice of random values per octave and channel, sampled with smooth interpolation.
+    const LATTICE: usize = 64;
+    let octaves: Vec<(f32, f32, Vec<[f32; 3]>)> =
+        [(1.0 / 96.0, 0.5), (1.0 / 32.0, 0.3), (1.0 / 8.0, 0.2)]
+            .iter()
+            .map(|&(freq, amp)| {
+                let grid = (0..LATTICE * LATTICE)
+                    .map(|_| [rand(), rand(), rand()])
+                    .collect();
+                (freq, amp, grid)
+            })
+            .collect();
+    let noise = |x: f32, y: f32| {
+        let mut c = [0.0f32; 3];
+        for (freq, amp, grid) in &octaves {
+            let (u, v) = (x * freq, y * freq);
+            let (iu, iv) = (u.floor(), v.floor());
+            let (fu, fv) = (u - iu, v - iv);
+            let (su, sv) = (fu * fu * (3.0 - 2.0 * fu), fv * fv * (3.0 - 2.0 * fv));
+            let at = |i: f32, j: f32| {
+                let i = (i as i64).rem_euclid(LATTICE as i64) as usize;
+                let j = (j as i64).rem_euclid(LATTICE as i64) as usize;
+                grid[j * LATTICE + i]
+            };
+            let (a, b, cc, d) = (
+                at(iu, iv),
+                at(iu + 1.0, iv),
+                at(iu, iv + 1.0),
+                at(iu + 1.0, iv + 1.0),
+            );
+            for k in 0..3 {
+                let top = a[k] + (b[k] - a[k]) * su;
+                let bottom = cc[k] + (d[k] - cc[k]) * su;
+                c[k] += amp * (top + (bottom - top) * sv);
+            }
+        }
+        c
+    };
+    let objects: Vec<[f32; 7]> = (0..3)
+        .map(|_| {
+            [
+                rand() * width as f32,
+                rand() * height as f32,
+                (rand() - 0.5) * 8.0,
+                (rand() - 0.5) * 6.0,
+                height as f32 * (0.08 + 0.1 * rand()),
+                rand(),
+                rand(),
+            ]
+        })
+        .collect();
+    let (pan_x, pan_y) = ((rand() - 0.5) * 6.0, (rand() - 0.5) * 3.0);
+    (0..frames)
+        .map(|f| {
+            let t = f as f32;
+            let mut rgb = Vec::with_capacity(width * height * 3);
+            for y in 0..height {
+                for x in 0..width {
+                    let (xf, yf) = (x as f32, y as f32);
+                    let mut c = noise(xf + pan_x * t, yf + pan_y * t);
+                    for o in &objects {
+                        let (cx, cy) = (o[0] + o[2] * t, o[1] + o[3] * t);
+                        let (dx, dy) = (xf - cx, yf - cy);
+                        if dx * dx + dy * dy < o[4] * o[4] {
+                            let stripes = ((dx * 0.4 + dy * 0.2 + t).sin() * 0.5 + 0.5) * 0.4;
+                            c = [o[5] * 0.6 + stripes, o[6] * 0.6 + stripes, 0.3 + stripes];
+                        }
+                    }
+                    for v in c {
+                        rgb.push((v * 255.0).round().clamp(0.0, 255.0) as u8);
+                    }
+                }
+            }
+            rgb
+        })
+        .collect()
+}
