@@ -254,7 +254,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         eprintln!("encoding {f} frames at {fps} fps...");
     }
     let t_enc = Instant::now();
-    let clip = Clip::from_f32(&data, (f, h, w), fps)?;
+    let mut clip = Clip::from_f32(&data, (f, h, w), fps)?;
+    // Each run gets its own payload (seed and a fresh nonce), so two files with one seed stay apart.
+    let watermark = args
+        .sign
+        .watermark
+        .mark(&mut clip, &format!("{seed}-{:016x}", rand_seed()));
     let signer = provenance::Signer {
         identity,
         generation: sorrel_provenance::Generation {
@@ -262,7 +267,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             seed,
             steps: args.steps,
             prompt: args.sign.record_prompt.then(|| args.prompt.clone()),
-            watermarked: false,
+            watermark,
         },
     };
     let (written, signed) = target.write(&data, &clip, &encode, &signer)?;
@@ -281,6 +286,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
         target.describe(&written, &encode),
         f as f64 / fps as f64
     );
+    match (watermark, &target) {
+        (Some(p), OutputTarget::Media { .. }) => println!("invisible watermark embedded, payload {p:016x}"),
+        (Some(_), OutputTarget::Npy(_)) => eprintln!(
+            "note: .npy holds the exact, unmarked frames; only video and image outputs carry the watermark"
+        ),
+        (None, _) => eprintln!("note: --no-watermark: the frames carry no invisible watermark"),
+    }
     if signed {
         println!(
             "signed content credentials (C2PA, {})",

@@ -140,7 +140,7 @@ mod tests {
                 seed: 0,
                 steps: 1,
                 prompt: None,
-                watermarked: false,
+                watermark: None,
             },
         };
         let (_, signed) = t.write(&frames, &clip, &opts, &signer).unwrap();

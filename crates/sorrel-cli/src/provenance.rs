@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use serde_json::json;
+use sorrel_provenance::watermark::{self, Detection, Detector, WatermarkKey};
 use sorrel_provenance::{CredentialState, Credentials, Generation, SigningIdentity};
 
 /// The data folder: `$SORREL_DATA_DIR`, else `$XDG_DATA_HOME/sorrel`, else `~/.local/share/sorrel`.
@@ -43,6 +45,41 @@ pub struct SignArgs {
     /// Record the prompt in the content credentials (off by default: prompts can be private).
     #[arg(long)]
     pub record_prompt: bool,
+    #[command(flatten)]
+    pub watermark: WatermarkArgs,
+}
+
+/// The invisible watermark's options, shared by `generate` and `serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatermarkArgs {
+    /// Do not embed the invisible watermark (for research on unmarked output; the content credentials then
+    /// say `"watermarked": false`).
+    #[arg(long)]
+    pub no_watermark: bool,
+    /// Passphrase the watermark pattern is drawn from (default: Sorrel's public key, so anyone can check a
+    /// file); `sorrel verify` needs the same one.
+    #[arg(long, env = "SORREL_WATERMARK_KEY", hide_env_values = true)]
+    pub watermark_key: Option<String>,
+}
+
+impl WatermarkArgs {
+    /// The key to embed or detect with.
+    pub fn key(&self) -> WatermarkKey {
+        match &self.watermark_key {
+            Some(k) => WatermarkKey::new(k),
+            None => WatermarkKey::default(),
+        }
+    }
+
+    /// Marks `clip` (unless turned off) with a payload derived from `identifier`; returns the payload.
+    pub fn mark(&self, clip: &mut sorrel_media::Clip, identifier: &str) -> Option<u64> {
+        if self.no_watermark {
+            return None;
+        }
+        let payload = watermark::payload_for(identifier);
+        watermark::Embedder::new(&self.key(), payload, watermark::DEFAULT_STRENGTH).mark_clip(clip);
+        Some(payload)
+    }
 }
 
 impl SignArgs {
@@ -90,7 +127,8 @@ impl Signer {
 /// Options of `sorrel verify`.
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The file to check (.mp4, .png, .gif, .webp, .jpg).
+    /// The file to check: .mp4, .png, .gif, .webp, .jpg carry credentials and a watermark; any video
+    /// Sorrel (or ffmpeg, when installed) can read is checked for the watermark.
     file: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]
@@ -98,51 +136,121 @@ pub struct VerifyArgs {
     /// A PEM root certificate to trust in addition to Sorrel's local signing CA.
     #[arg(long)]
     trust_anchor: Option<PathBuf>,
+    /// The watermark passphrase the file was made with (default: Sorrel's public key).
+    #[arg(long, env = "SORREL_WATERMARK_KEY", hide_env_values = true)]
+    watermark_key: Option<String>,
 }
 
-/// Runs `sorrel verify`; the exit status is success only for Valid or Trusted credentials.
+/// Runs `sorrel verify`. Success means the file's origin is established: its credentials are Valid or
+/// Trusted, or it has none (stripped, or a format that cannot hold them) and the watermark is found.
+/// Invalid credentials fail whatever the pixels say: the file was changed after signing.
 pub fn verify(args: VerifyArgs) -> Result<bool> {
     let ext = args
         .file
         .extension()
         .map(|e| e.to_string_lossy().to_string())
         .unwrap_or_default();
-    let mime = sorrel_provenance::mime_for(&ext)?;
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let credentials = match sorrel_provenance::mime_for(&ext) {
+        Ok(mime) => Some(sorrel_provenance::verify(
+            &bytes,
+            mime,
+            anchors(&args)?.as_deref(),
+        )?),
+        Err(why) => {
+            eprintln!("note: {why}; checking the watermark only");
+            None
+        }
+    };
+    let key = args
+        .watermark_key
+        .as_deref()
+        .map(WatermarkKey::new)
+        .unwrap_or_default();
+    let is_jpeg = matches!(ext.to_ascii_lowercase().as_str(), "jpg" | "jpeg");
+    let pixels = if is_jpeg {
+        sorrel_media::read_image(&args.file).and_then(|f| sorrel_media::Clip::new(vec![f], 1))
+    } else {
+        sorrel_media::read_video(&args.file)
+    };
+    let mark = pixels.map(|clip| Detector::new(&key).detect_clip(&clip));
+    let claimed = credentials.as_ref().and_then(|c| c.watermark_payload);
+    let state = credentials.as_ref().map(|c| c.state);
+    let ok = match state {
+        Some(CredentialState::Valid | CredentialState::Trusted) => true,
+        Some(CredentialState::Invalid) => false,
+        Some(CredentialState::Absent) | None => mark.as_ref().is_ok_and(|d| d.detected),
+    };
+    if args.json {
+        let mut v = match &credentials {
+            Some(c) => serde_json::to_value(c)?,
+            None => json!({"state": "Unsupported"}),
+        };
+        v["file"] = args.file.display().to_string().into();
+        v["watermark"] = match &mark {
+            Ok(d) => {
+                let mut w = serde_json::to_value(d)?;
+                w["matches_credentials"] = json!(claimed.map(|c| d.payload == Some(c)));
+                w
+            }
+            Err(e) => json!({"detected": false, "error": e.to_string()}),
+        };
+        v["origin_established"] = ok.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", args.file.display());
+        if let Some(c) = &credentials {
+            print_report(c);
+        }
+        print_watermark(&mark, claimed);
+    }
+    if state == Some(CredentialState::Absent) && !args.json {
+        eprintln!("no content credentials: the file was not signed, or they were stripped (e.g. by re-encoding)");
+    }
+    Ok(ok)
+}
+
+/// Trust anchors: `--trust-anchor`, plus this machine's local CA if it exists (nothing is created here).
+fn anchors(args: &VerifyArgs) -> Result<Option<String>> {
     let mut anchors = String::new();
     if let Some(p) = &args.trust_anchor {
         anchors +=
             &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
     }
-    // This machine's own outputs verify as Trusted; nothing is created here if no local CA exists.
     if let Ok(local) = std::fs::read_to_string(local_identity_dir().join("ca.pem")) {
         anchors += &local;
     }
-    let c = sorrel_provenance::verify(
-        &bytes,
-        mime,
-        (!anchors.is_empty()).then_some(anchors.as_str()),
-    )?;
-    if args.json {
-        let mut v = serde_json::to_value(&c)?;
-        v["file"] = args.file.display().to_string().into();
-        v["watermark"] = serde_json::json!({"checked": false, "reason": "Sorrel's invisible watermark is not implemented yet"});
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print_report(&args.file, &c);
-    }
-    if c.state == CredentialState::Absent && !args.json {
-        eprintln!("no content credentials: the file was not signed, or they were stripped (e.g. by re-encoding)");
-    }
-    Ok(matches!(
-        c.state,
-        CredentialState::Valid | CredentialState::Trusted
-    ))
+    Ok((!anchors.is_empty()).then_some(anchors))
 }
 
-fn print_report(file: &Path, c: &Credentials) {
-    println!("{}", file.display());
+fn print_watermark(mark: &sorrel_media::Result<Detection>, claimed: Option<u64>) {
+    match mark {
+        Err(e) => println!("  watermark: not checked ({e})"),
+        Ok(d) if d.detected => {
+            let payload = d.payload.unwrap_or_default();
+            let link = match claimed {
+                Some(c) if c == payload => ", the payload the credentials name",
+                Some(_) => ", NOT the payload the credentials name",
+                None => "",
+            };
+            println!(
+                "  watermark: detected, payload {payload:016x}{link}; {:.1} % of coded bits right, \
+                 chance of a false detection {:.1e} ({} frames)",
+                100.0 * d.bit_accuracy.unwrap_or(0.0),
+                d.false_positive_probability,
+                d.frames
+            );
+        }
+        Ok(d) => println!(
+            "  watermark: not found ({} frames; the file was not marked, marked with another key, or \
+             damaged beyond recovery)",
+            d.frames
+        ),
+    }
+}
+
+fn print_report(c: &Credentials) {
     let state = match c.state {
         CredentialState::Absent => "none",
         CredentialState::Invalid => "INVALID",
@@ -168,7 +276,7 @@ fn print_report(file: &Path, c: &Credentials) {
         println!("  source: {}{d}", if ai { "AI-generated, " } else { "" });
     }
     if let Some(g) = &c.generation {
-        for key in ["model", "seed", "steps", "prompt"] {
+        for key in ["model", "seed", "steps", "prompt", "watermarked"] {
             if let Some(v) = g.get(key) {
                 println!(
                     "  {key}: {}",
@@ -179,5 +287,4 @@ fn print_report(file: &Path, c: &Credentials) {
             }
         }
     }
-    println!("  watermark: not checked (Sorrel's invisible watermark is not implemented yet)");
 }

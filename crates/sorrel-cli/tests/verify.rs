@@ -17,21 +17,18 @@ fn sorrel(data_dir: &Path, args: &[&str]) -> Output {
         .env("SORREL_DATA_DIR", data_dir)
         .env_remove("SORREL_SIGN_CERT")
         .env_remove("SORREL_SIGN_KEY")
+        .env_remove("SORREL_WATERMARK_KEY")
         .output()
         .expect("run sorrel")
 }
 
 fn generate(data_dir: &Path, out: &Path, extra: &[&str]) -> Output {
     let model = repo().join("tests/fixtures/wan-tiny-unipc/pipeline");
-    let mut args = vec![
-        "generate",
-        "a red ball",
-        "--model",
-        model.to_str().unwrap(),
-        "--size",
-        "32x32",
-        "--frames",
-        "9",
+    let mut args = vec!["generate", "a red ball", "--model", model.to_str().unwrap()];
+    if !extra.contains(&"--size") {
+        args.extend(["--size", "32x32", "--frames", "9"]);
+    }
+    args.extend([
         "--steps",
         "2",
         "--seed",
@@ -39,7 +36,7 @@ fn generate(data_dir: &Path, out: &Path, extra: &[&str]) -> Output {
         "-q",
         "-o",
         out.to_str().unwrap(),
-    ];
+    ]);
     args.extend(extra);
     let o = sorrel(data_dir, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -132,9 +129,80 @@ fn generated_files_verify_and_tampering_is_caught() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = sorrel(&data, &["verify", webm.to_str().unwrap()]);
-    assert!(!o.status.success());
+    let o = sorrel(&data, &["verify", "--json", webm.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains(".webm"));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "Unsupported", "{v}");
+    assert!(v["watermark"].get("detected").is_some(), "{v}");
+}
+
+/// The watermark names the same payload as the credentials, and still does once re-encoding has stripped
+/// the credentials; `--no-watermark` leaves none and says so in the credentials.
+#[test]
+fn the_watermark_outlives_the_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mp4 = tmp.path().join("clip.mp4");
+    let size = ["--size", "256x256", "--frames", "17"];
+    let o = generate(&data, &mp4, &size);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("invisible watermark embedded"));
+    let (ok, v) = verify_json(&data, &mp4);
+    assert!(ok, "{v}");
+    assert_eq!(v["generation"]["watermarked"], true, "{v}");
+    assert_eq!(v["watermark"]["detected"], true, "{v}");
+    assert_eq!(v["watermark"]["matches_credentials"], true, "{v}");
+    let payload = v["watermark_payload"].clone();
+    assert_eq!(v["watermark"]["payload"], payload);
+
+    let stripped = tmp.path().join("stripped.mp4");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&mp4)
+        .args([
+            "-map_metadata",
+            "-1",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "23",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&stripped)
+        .output()
+        .expect("ffmpeg");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (ok, v) = verify_json(&data, &stripped);
+    assert_eq!(v["state"], "Absent", "{v}");
+    assert_eq!(v["watermark"]["payload"], payload, "{v}");
+    assert!(
+        ok,
+        "a found watermark establishes the origin of a stripped file: {v}"
+    );
+    let human = sorrel(&data, &["verify", stripped.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("watermark: detected"));
+
+    let plain = tmp.path().join("plain.mp4");
+    let o = generate(&data, &plain, &[&size[..], &["--no-watermark"]].concat());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no invisible watermark"));
+    let (ok, v) = verify_json(&data, &plain);
+    assert!(ok, "its credentials are still valid: {v}");
+    assert_eq!(v["generation"]["watermarked"], false, "{v}");
+    assert_eq!(v["watermark"]["detected"], false, "{v}");
+    // Another key does not see Sorrel's default mark.
+    let o = sorrel(
+        &data,
+        &[
+            "verify",
+            "--json",
+            "--watermark-key",
+            "not ours",
+            stripped.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["watermark"]["detected"], false, "{v}");
 }
 
 #[test]

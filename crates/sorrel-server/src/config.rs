@@ -117,6 +117,8 @@ pub struct ServerConfig {
     pub signing: Option<(PathBuf, PathBuf)>,
     /// Record prompts in the content credentials.
     pub record_prompt: bool,
+    /// The invisible watermark's key; `None` turns the watermark off (the credentials then say so).
+    pub watermark: Option<sorrel_provenance::watermark::WatermarkKey>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +138,7 @@ impl Default for ServerConfig {
             webhook: None,
             signing: None,
             record_prompt: false,
+            watermark: Some(Default::default()),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
 use sorrel_pipeline::{Event, WanPipeline};
+use sorrel_provenance::watermark;
 use tokio::sync::mpsc;
 
 use crate::job::{now, GenParams, Job, JobError};
@@ -185,6 +186,14 @@ async fn generate_job<S: JobStore>(
     let params = job.params.clone();
     let flag = cancel.clone();
     let out_dir = dir.clone();
+    // The payload is the job id's hash, so a watermark found in a stripped copy names the job.
+    let watermark = app.config.watermark.as_ref().map(|key| {
+        let payload = watermark::payload_for(&job.id);
+        (
+            payload,
+            watermark::Embedder::new(key, payload, watermark::DEFAULT_STRENGTH),
+        )
+    });
     let signing = Signing {
         identity: app.identity.clone(),
         generation: sorrel_provenance::Generation {
@@ -192,8 +201,9 @@ async fn generate_job<S: JobStore>(
             seed: job.params.seed,
             steps: job.params.steps,
             prompt: app.config.record_prompt.then(|| job.params.prompt.clone()),
-            watermarked: false,
+            watermark: watermark.as_ref().map(|w| w.0),
         },
+        mark: watermark.map(|w| w.1),
     };
     let task = tokio::task::spawn_blocking(move || {
         generate(&pipe, &params, &out_dir, &flag, &tx, &signing)
@@ -231,10 +241,11 @@ async fn generate_job<S: JobStore>(
     result
 }
 
-/// Who signs a job's files, and what the credentials say.
+/// Who signs a job's files, what the credentials say, and the watermark to embed (if on).
 struct Signing {
     identity: sorrel_provenance::SigningIdentity,
     generation: sorrel_provenance::Generation,
+    mark: Option<watermark::Embedder>,
 }
 
 impl Signing {
@@ -298,7 +309,10 @@ fn generate(
         .flatten_all()
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| encode_err(&e))?;
-    let clip = Clip::from_f32(&data, (f, h, w), params.fps).map_err(|e| encode_err(&e))?;
+    let mut clip = Clip::from_f32(&data, (f, h, w), params.fps).map_err(|e| encode_err(&e))?;
+    if let Some(mark) = &signing.mark {
+        mark.mark_clip(&mut clip);
+    }
     // The stills first and the video last: the MP4's presence is what makes a job's folder complete.
     let thumb = sorrel_media::thumbnail(&clip, ThumbnailFrame::Middle);
     let bytes = sorrel_media::encode_still(thumb, StillFormat::WebP).map_err(|e| encode_err(&e))?;
