@@ -42,9 +42,10 @@ impl Embedder {
             let row = &self.chips[cell_of(y) * TILE_CELLS..][..TILE_CELLS];
             let line = &mut rgb[y * width * 3..(y + 1) * width * 3];
             for (x, px) in line.chunks_exact_mut(3).enumerate() {
-                let delta = self.strength * mask[y * width + x] * row[cols[x]];
+                // The channels are whole numbers, so rounding the sum is rounding the change, once.
+                let delta = (self.strength * mask[y * width + x] * row[cols[x]]).round() as i16;
                 for c in px.iter_mut() {
-                    *c = (*c as f32 + delta).round().clamp(0.0, 255.0) as u8;
+                    *c = (*c as i16 + delta).clamp(0, 255) as u8;
                 }
             }
         }

@@ -12,13 +12,16 @@ pub fn box_blur(img: &[f32], width: usize, height: usize, radius: usize) -> Vec<
             sat[(y + 1) * w1 + x + 1] = sat[y * w1 + x + 1] + row;
         }
     }
+    let span = |i: usize, n: usize| (i.saturating_sub(radius), (i + radius + 1).min(n));
+    let cols: Vec<(usize, usize)> = (0..width).map(|x| span(x, width)).collect();
     let mut out = vec![0.0f32; width * height];
     for y in 0..height {
-        let (y0, y1) = (y.saturating_sub(radius), (y + radius + 1).min(height));
-        for x in 0..width {
-            let (x0, x1) = (x.saturating_sub(radius), (x + radius + 1).min(width));
-            let sum = sat[y1 * w1 + x1] - sat[y0 * w1 + x1] - sat[y1 * w1 + x0] + sat[y0 * w1 + x0];
-            out[y * width + x] = (sum / ((y1 - y0) * (x1 - x0)) as f64) as f32;
+        let (y0, y1) = span(y, height);
+        let (top, bottom) = (&sat[y0 * w1..], &sat[y1 * w1..]);
+        let rows = (y1 - y0) as f64;
+        for (x, &(x0, x1)) in cols.iter().enumerate() {
+            let sum = bottom[x1] - top[x1] - bottom[x0] + top[x0];
+            out[y * width + x] = (sum / (rows * (x1 - x0) as f64)) as f32;
         }
     }
     out
