@@ -293,17 +293,23 @@ fn generate(args: GenerateArgs) -> Result<()> {
         ),
         (None, _) => eprintln!("note: --no-watermark: the frames carry no invisible watermark"),
     }
-    if signed {
-        println!(
+    match signed {
+        provenance::Signature::Embedded => println!(
             "signed content credentials (C2PA, {})",
             signer.identity.origin
-        );
-    } else {
-        eprintln!(
-            "note: {} cannot carry C2PA content credentials and is not signed; write .mp4, .png, .gif or .webp \
-             for a signed file",
+        ),
+        provenance::Signature::Sidecar(sidecar) => eprintln!(
+            "note: {} cannot carry C2PA content credentials inside; they are in the sidecar {} (signed, {}): \
+             keep the two together",
+            out_path.display(),
+            sidecar.display(),
+            signer.identity.origin
+        ),
+        provenance::Signature::Unsigned => eprintln!(
+            "note: {} cannot carry C2PA content credentials and is not signed; write .mp4, .png, .gif, .webp \
+             or .webm for a signed file",
             out_path.display()
-        );
+        ),
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use sorrel_media::{write_video, Clip, EncodeOptions, Format};
 
-use crate::provenance::Signer;
+use crate::provenance::{Signature, Signer};
 
 /// Where and how to write frames, decided (and checked) before any work is done.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,15 +43,15 @@ impl OutputTarget {
 
     /// Writes the generated video atomically: `frames` ((F, H, W, 3) f32 in [0, 1], row-major) for
     /// `.npy`, `clip` (the same frames, quantised, at their frame rate) for everything else, signed by
-    /// `signer` when the format can carry content credentials. Returns the paths written and whether they
-    /// were signed.
+    /// `signer` (inside the file, or in a sidecar for WebM). Returns the paths written and how they carry
+    /// their credentials.
     pub fn write(
         &self,
         frames: &[f32],
         clip: &Clip,
         opts: &EncodeOptions,
         signer: &Signer,
-    ) -> Result<(Vec<PathBuf>, bool)> {
+    ) -> Result<(Vec<PathBuf>, Signature)> {
         match self {
             OutputTarget::Npy(path) => {
                 let shape = [clip.len(), clip.height() as usize, clip.width() as usize, 3];
@@ -65,12 +65,12 @@ impl OutputTarget {
                     bytes.extend_from_slice(&v.to_le_bytes());
                 }
                 sorrel_media::write_file(path, &bytes)?;
-                Ok((vec![path.clone()], false))
+                Ok((vec![path.clone()], Signature::Unsigned))
             }
             OutputTarget::Media {
                 path,
                 format: Format::PngSequence(_),
-            } => Ok((write_video(path, clip, opts)?, false)),
+            } => Ok((write_video(path, clip, opts)?, Signature::Unsigned)),
             OutputTarget::Media { path, format } => {
                 let bytes = sorrel_media::encode(format, clip, opts)?;
                 let signed = signer.write(path, &bytes)?;
@@ -144,7 +144,7 @@ mod tests {
             },
         };
         let (_, signed) = t.write(&frames, &clip, &opts, &signer).unwrap();
-        assert!(!signed, ".npy carries no credentials");
+        assert_eq!(signed, Signature::Unsigned, ".npy carries no credentials");
         let bytes = fs::read(&p).unwrap();
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);

@@ -109,18 +109,47 @@ pub struct Signer {
     pub generation: Generation,
 }
 
+/// How a written file carries its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// Inside the file.
+    Embedded,
+    /// In this `.c2pa` file beside it (WebM cannot hold a manifest).
+    Sidecar(PathBuf),
+    /// Not at all (a PNG sequence, `.npy`).
+    Unsigned,
+}
+
 impl Signer {
-    /// Writes `bytes` to `path` atomically, signed when the format can carry a manifest. Returns whether it
-    /// was signed (WebM cannot be).
-    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+    /// Writes `bytes` to `path` atomically, signed inside the file when its format can carry a manifest,
+    /// else (WebM) with a sidecar manifest `path.c2pa` written after it.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<Signature> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let signed = sorrel_provenance::sign_named(bytes, &name, &self.generation, &self.identity)
-            .with_context(|| format!("cannot sign {}", path.display()))?;
-        sorrel_media::write_file(path, signed.as_deref().unwrap_or(bytes))?;
-        Ok(signed.is_some())
+        let fail = || format!("cannot sign {}", path.display());
+        if let Some(signed) =
+            sorrel_provenance::sign_named(bytes, &name, &self.generation, &self.identity)
+                .with_context(fail)?
+        {
+            sorrel_media::write_file(path, &signed)?;
+            return Ok(Signature::Embedded);
+        }
+        sorrel_media::write_file(path, bytes)?;
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some(mime) = sorrel_provenance::sidecar_mime_for(&ext) else {
+            return Ok(Signature::Unsigned);
+        };
+        let manifest =
+            sorrel_provenance::sign_sidecar(bytes, mime, &name, &self.generation, &self.identity)
+                .with_context(fail)?;
+        let sidecar = path.with_extension("c2pa");
+        sorrel_media::write_file(&sidecar, &manifest)?;
+        Ok(Signature::Sidecar(sidecar))
     }
 }
 
@@ -152,14 +181,35 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
         .unwrap_or_default();
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let credentials = match sorrel_provenance::mime_for(&ext) {
-        Ok(mime) => Some(sorrel_provenance::verify(
+    let sidecar = args.file.with_extension("c2pa");
+    let credentials = match (
+        sorrel_provenance::mime_for(&ext),
+        sorrel_provenance::sidecar_mime_for(&ext),
+    ) {
+        (Ok(mime), _) => Some(sorrel_provenance::verify(
             &bytes,
             mime,
             anchors(&args)?.as_deref(),
         )?),
-        Err(why) => {
-            eprintln!("note: {why}; checking the watermark only");
+        (Err(_), Some(mime)) if sidecar.is_file() => {
+            let manifest = std::fs::read(&sidecar)
+                .with_context(|| format!("cannot read {}", sidecar.display()))?;
+            eprintln!(
+                "note: reading the credentials from the sidecar {}",
+                sidecar.display()
+            );
+            Some(sorrel_provenance::verify_sidecar(
+                &bytes,
+                mime,
+                &manifest,
+                anchors(&args)?.as_deref(),
+            )?)
+        }
+        (Err(why), _) => {
+            eprintln!(
+                "note: {why}, and no sidecar {} is beside it; checking the watermark only",
+                sidecar.display()
+            );
             None
         }
     };

@@ -122,15 +122,31 @@ fn generated_files_verify_and_tampering_is_caught() {
     let (ok, v) = verify_json(&data, &plain);
     assert!(!ok);
     assert_eq!(v["state"], "Absent");
+    // WebM cannot hold a manifest: a signed sidecar goes beside it, and verify reads it from there.
     let webm = tmp.path().join("clip.webm");
     let o = generate(&data, &webm, &[]);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("cannot carry C2PA"),
+        String::from_utf8_lossy(&o.stderr).contains("cannot carry C2PA content credentials inside"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let sidecar = tmp.path().join("clip.c2pa");
+    assert!(sidecar.is_file());
+    let (ok, v) = verify_json(&data, &webm);
+    assert!(ok, "{v}");
+    assert_eq!(v["state"], "Trusted", "{v}");
+    assert_eq!(v["generation"]["seed"], "5");
+    let mut bytes = std::fs::read(&webm).unwrap();
+    let at = bytes.len() - 50;
+    bytes[at] ^= 0x01;
+    std::fs::write(&webm, &bytes).unwrap();
+    let (ok, v) = verify_json(&data, &webm);
+    assert!(!ok);
+    assert_eq!(v["state"], "Invalid", "{v}");
+    // Without its sidecar only the watermark can be checked.
+    std::fs::remove_file(&sidecar).unwrap();
     let o = sorrel(&data, &["verify", "--json", webm.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains(".webm"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no sidecar"));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "Unsupported", "{v}");
     assert!(v["watermark"].get("detected").is_some(), "{v}");
@@ -313,7 +329,7 @@ fn the_c2pa_projects_own_reader_agrees() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let anchor = data.join("c2pa/ca.pem");
-    for ext in ["mp4", "png", "gif", "webp"] {
+    for ext in ["mp4", "png", "gif", "webp", "webm"] {
         let out = tmp.path().join(format!("clip.{ext}"));
         generate(&data, &out, &[]);
         let v = c2pa_read(&python, &out, Some(&anchor));

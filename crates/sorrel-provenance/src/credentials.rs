@@ -92,16 +92,10 @@ fn context(anchor_pem: Option<&str>) -> Result<Context> {
     Ok(Context::new().with_settings(settings(anchor_pem))?)
 }
 
-/// Returns `bytes` (a file of type `mime`) with a signed manifest embedded.
-pub fn sign(
-    bytes: &[u8],
-    mime: &str,
-    title: &str,
-    generation: &Generation,
-    identity: &SigningIdentity,
-) -> Result<Vec<u8>> {
+/// The manifest definition of a generated file.
+fn definition(mime: &str, title: &str, generation: &Generation) -> Value {
     let version = env!("CARGO_PKG_VERSION");
-    let definition = json!({
+    let mut definition = json!({
         "title": title,
         "format": mime,
         "claim_generator_info": [{"name": "Sorrel", "version": version}],
@@ -118,7 +112,6 @@ pub fn sign(
             {"label": GENERATION_ASSERTION, "data": generation}
         ]
     });
-    let mut definition = definition;
     if let Some(payload) = generation.watermark {
         // Links the manifest to the pixels: a reader who finds this payload in a stripped copy can look the
         // manifest up by it.
@@ -133,7 +126,11 @@ pub fn sign(
                 }
             }));
     }
-    let signer = c2pa::create_signer::from_keys(
+    definition
+}
+
+fn signer_of(identity: &SigningIdentity) -> Result<c2pa::BoxedSigner> {
+    c2pa::create_signer::from_keys(
         identity.chain_pem.as_bytes(),
         identity.key_pem.as_bytes(),
         identity.alg,
@@ -144,24 +141,71 @@ pub fn sign(
             "the signing certificate and key ({}) do not make a signer: {e}",
             identity.origin
         ))
-    })?;
+    })
+}
+
+fn signing_error(e: c2pa::Error, identity: &SigningIdentity) -> ProvenanceError {
+    match e {
+        c2pa::Error::CertificateProfileError(why) => ProvenanceError::Identity(format!(
+            "the signing certificate ({}) cannot sign C2PA claims ({why}): a C2PA signer must be an \
+             end-entity certificate (not a CA, not self-signed) with an authority key identifier and a \
+             C2PA extended key usage such as emailProtection or 1.3.6.1.4.1.62558.2.1",
+            identity.origin
+        )),
+        other => other.into(),
+    }
+}
+
+/// Returns `bytes` (a file of type `mime`) with a signed manifest embedded.
+pub fn sign(
+    bytes: &[u8],
+    mime: &str,
+    title: &str,
+    generation: &Generation,
+    identity: &SigningIdentity,
+) -> Result<Vec<u8>> {
+    let signer = signer_of(identity)?;
     let mut builder = Builder::from_context(context(identity.anchor_pem.as_deref())?)
-        .with_definition(definition.to_string())?;
+        .with_definition(definition(mime, title, generation).to_string())?;
     let mut source = Cursor::new(bytes);
     let mut dest = Cursor::new(Vec::with_capacity(bytes.len() + 64 * 1024));
     builder
         .sign(signer.as_ref(), mime, &mut source, &mut dest)
-        .map_err(|e| match e {
-            c2pa::Error::CertificateProfileError(why) => ProvenanceError::Identity(format!(
-                "the signing certificate ({}) cannot sign C2PA claims ({why}): a C2PA signer must be an \
-                 end-entity certificate (not a CA, not self-signed) with an authority key identifier and a \
-                 C2PA extended key usage such as emailProtection or 1.3.6.1.4.1.62558.2.1",
-                identity.origin
-            )),
-            other => other.into(),
-        })?;
+        .map_err(|e| signing_error(e, identity))?;
     Ok(dest.into_inner())
 }
+
+/// A sidecar manifest (`.c2pa`) for a file whose format cannot hold one (WebM): the manifest binds the
+/// whole file's bytes by SHA-256, and is read back with [`verify_sidecar`].
+pub fn sign_sidecar(
+    bytes: &[u8],
+    mime: &str,
+    title: &str,
+    generation: &Generation,
+    identity: &SigningIdentity,
+) -> Result<Vec<u8>> {
+    let signer = signer_of(identity)?;
+    let mut builder = Builder::from_context(context(identity.anchor_pem.as_deref())?)
+        .with_definition(definition(mime, title, generation).to_string())?;
+    builder
+        .data_hashed_placeholder(signer.reserve_size(), SIDECAR_MIME)
+        .map_err(|e| signing_error(e, identity))?;
+    let mut hash = c2pa::assertions::DataHash::new("jumbf manifest", "sha256");
+    hash.gen_hash_from_stream(&mut Cursor::new(bytes))?;
+    builder
+        .sign_data_hashed_embeddable(signer.as_ref(), &hash, SIDECAR_MIME)
+        .map_err(|e| signing_error(e, identity))
+}
+
+/// The MIME type of a file that cannot hold a manifest but gets a sidecar (`.c2pa` beside it): WebM.
+pub fn sidecar_mime_for(extension: &str) -> Option<&'static str> {
+    extension
+        .eq_ignore_ascii_case("webm")
+        .then_some("video/webm")
+}
+
+/// The MIME type of a standalone C2PA manifest store.
+pub const SIDECAR_MIME: &str = "application/c2pa";
 
 /// Signs the contents of a file to be called `name` (its extension picks the format, its name is the
 /// manifest's title). `None` when that format cannot carry a manifest (WebM, .npy, ...).
@@ -220,6 +264,27 @@ pub struct Credentials {
 /// Reads and validates the credentials in `bytes` (a file of type `mime`). `anchor_pem` adds a trusted
 /// root (e.g. Sorrel's local CA) for the Trusted check.
 pub fn verify(bytes: &[u8], mime: &str, anchor_pem: Option<&str>) -> Result<Credentials> {
+    credentials_of(Reader::from_context(context(anchor_pem)?).with_stream(mime, Cursor::new(bytes)))
+}
+
+/// Reads and validates a sidecar manifest (`.c2pa`, from [`sign_sidecar`]) against the file `bytes` it
+/// belongs to.
+pub fn verify_sidecar(
+    bytes: &[u8],
+    mime: &str,
+    manifest: &[u8],
+    anchor_pem: Option<&str>,
+) -> Result<Credentials> {
+    credentials_of(
+        Reader::from_context(context(anchor_pem)?).with_manifest_data_and_stream(
+            manifest,
+            mime,
+            Cursor::new(bytes),
+        ),
+    )
+}
+
+fn credentials_of(read: c2pa::Result<Reader>) -> Result<Credentials> {
     let bare = |state, failures| Credentials {
         state,
         failures,
@@ -230,7 +295,6 @@ pub fn verify(bytes: &[u8], mime: &str, anchor_pem: Option<&str>) -> Result<Cred
         watermark_payload: None,
         report: None,
     };
-    let read = Reader::from_context(context(anchor_pem)?).with_stream(mime, Cursor::new(bytes));
     let reader = match read {
         Ok(r) => r,
         Err(c2pa::Error::JumbfNotFound) | Err(c2pa::Error::ProvenanceMissing) => {

@@ -8,8 +8,8 @@ pub mod identity;
 pub mod watermark;
 
 pub use credentials::{
-    mime_for, sign, sign_named, verify, CredentialState, Credentials, Generation,
-    TRAINED_ALGORITHMIC_MEDIA,
+    mime_for, sidecar_mime_for, sign, sign_named, sign_sidecar, verify, verify_sidecar,
+    CredentialState, Credentials, Generation, TRAINED_ALGORITHMIC_MEDIA,
 };
 pub use error::{ProvenanceError, Result};
 pub use identity::SigningIdentity;

@@ -4,7 +4,8 @@
 
 use sorrel_media::{Clip, EncodeOptions, Format, Frame};
 use sorrel_provenance::{
-    sign, verify, CredentialState, Generation, SigningIdentity, TRAINED_ALGORITHMIC_MEDIA,
+    sign, sign_sidecar, verify, verify_sidecar, CredentialState, Generation, SigningIdentity,
+    TRAINED_ALGORITHMIC_MEDIA,
 };
 
 /// A textured, moving 64x48 clip of 9 frames.
@@ -243,6 +244,42 @@ fn ed25519_keys_sign() {
     assert_eq!(c.failures.len(), 1, "{:?}", c.failures);
     assert!(
         c.failures[0].starts_with("claimSignature.mismatch"),
+        "{:?}",
+        c.failures
+    );
+}
+
+/// WebM cannot hold a manifest: a sidecar binds the whole file, validates against it, names the watermark
+/// payload, and breaks when one byte of the video changes.
+#[test]
+fn a_webm_sidecar_validates_and_a_changed_byte_breaks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = SigningIdentity::local(&dir.path().join("c2pa")).unwrap();
+    let anchor = id.anchor_pem.clone().unwrap();
+    let webm = encode("webm");
+    let mut generation = generation();
+    generation.watermark = Some(0x0123_4567_89ab_cdef);
+    let sidecar = sign_sidecar(&webm, "video/webm", "clip.webm", &generation, &id).unwrap();
+    let c = verify_sidecar(&webm, "video/webm", &sidecar, Some(&anchor)).unwrap();
+    assert_eq!(c.state, CredentialState::Trusted, "{:?}", c.failures);
+    assert_eq!(
+        c.digital_source_type.as_deref(),
+        Some(TRAINED_ALGORITHMIC_MEDIA)
+    );
+    assert_eq!(c.watermark_payload, Some(0x0123_4567_89ab_cdef));
+    assert_eq!(c.generation.unwrap()["watermarked"], true);
+    let c = verify_sidecar(&webm, "video/webm", &sidecar, None).unwrap();
+    assert_eq!(c.state, CredentialState::Valid, "{:?}", c.failures);
+
+    let mut bad = webm.clone();
+    let at = bad.len() - 100;
+    bad[at] ^= 0x01;
+    let c = verify_sidecar(&bad, "video/webm", &sidecar, Some(&anchor)).unwrap();
+    assert_eq!(c.state, CredentialState::Invalid);
+    assert!(
+        c.failures
+            .iter()
+            .any(|f| f.starts_with("assertion.dataHash.mismatch")),
         "{:?}",
         c.failures
     );

@@ -1,11 +1,12 @@
 """An independent reader of Sorrel's content credentials: the C2PA project's own Python bindings.
 
 Usage: c2pa_read.py FILE [ANCHOR_PEM]
-Prints one JSON object: the validation state, failures, generator, and the creating action's
+A .webm is read with the sidecar manifest beside it (same name, .c2pa). Prints one JSON object: the validation state, failures, generator, and the creating action's
 digitalSourceType, as c2pa-python reads them.
 """
 
 import json
+import pathlib
 import sys
 
 import c2pa
@@ -17,7 +18,12 @@ if len(sys.argv) > 2:
     settings = c2pa.Settings.from_dict({"trust": {"user_anchors": anchors}, "verify": {"verify_trust": True}})
     context = c2pa.Context(settings)
 
-reader = c2pa.Reader(path, context=context) if context else c2pa.Reader(path)
+if path.endswith(".webm"):
+    sidecar = pathlib.Path(path).with_suffix(".c2pa").read_bytes()
+    stream = open(path, "rb")
+    reader = c2pa.Reader("video/webm", stream, manifest_data=sidecar, context=context)
+else:
+    reader = c2pa.Reader(path, context=context) if context else c2pa.Reader(path)
 store = json.loads(reader.json())
 active = store["manifests"][store["active_manifest"]]
 actions = next(a["data"]["actions"] for a in active["assertions"] if a["label"].startswith("c2pa.actions"))
