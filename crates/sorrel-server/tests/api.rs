@@ -718,6 +718,47 @@ async fn shutdown_requeues_the_running_job_and_a_restart_finishes_it() {
     s.stop().await;
 }
 
+/// The server's videos carry the invisible watermark; its payload is the job id's hash, and the video's
+/// credentials name the same payload. With the watermark off, the credentials say so and the pixels hold
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn videos_carry_the_watermark_their_credentials_name() {
+    use sorrel_provenance::watermark::{payload_for, Detector, WatermarkKey};
+    for on in [true, false] {
+        let s = TestServer::fresh(|c| {
+            if !on {
+                c.watermark = None;
+            }
+        })
+        .await;
+        let (_, v) = s
+            .post_json(
+                "/v1/videos",
+                json!({"prompt": "a red ball", "size": "256x256", "steps": 2}),
+            )
+            .await;
+        let id = v["id"].as_str().unwrap().to_string();
+        let done = s.wait(&id, Duration::from_secs(120)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let bytes = std::fs::read(s.app.data.job_dir(&id).join("video.mp4")).unwrap();
+        let c = sorrel_provenance::verify(&bytes, "video/mp4", None).unwrap();
+        assert_eq!(c.generation.as_ref().unwrap()["watermarked"], on);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mp4");
+        std::fs::write(&path, &bytes).unwrap();
+        let clip = sorrel_media::read_video(&path).unwrap();
+        let d = Detector::new(&WatermarkKey::default()).detect_clip(&clip);
+        if on {
+            assert_eq!(d.payload, Some(payload_for(&id)), "{d:?}");
+            assert_eq!(c.watermark_payload, d.payload);
+        } else {
+            assert!(!d.detected, "{d:?}");
+            assert_eq!(c.watermark_payload, None);
+        }
+        s.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_and_unsafe_configs() {
     let s = TestServer::fresh(|_| {}).await;
