@@ -56,28 +56,38 @@ pub struct WatermarkArgs {
     /// say `"watermarked": false`).
     #[arg(long)]
     pub no_watermark: bool,
+    #[command(flatten)]
+    pub key: KeyArg,
+}
+
+/// `--watermark-key`, for embedding and for `verify`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyArg {
     /// Passphrase the watermark pattern is drawn from (default: Sorrel's public key, so anyone can check a
-    /// file); `sorrel verify` needs the same one.
+    /// file); embedding and `sorrel verify` need the same one.
     #[arg(long, env = "SORREL_WATERMARK_KEY", hide_env_values = true)]
     pub watermark_key: Option<String>,
 }
 
-impl WatermarkArgs {
+impl KeyArg {
     /// The key to embed or detect with.
     pub fn key(&self) -> WatermarkKey {
-        match &self.watermark_key {
-            Some(k) => WatermarkKey::new(k),
-            None => WatermarkKey::default(),
-        }
+        self.watermark_key
+            .as_deref()
+            .map(WatermarkKey::new)
+            .unwrap_or_default()
     }
+}
 
+impl WatermarkArgs {
     /// Marks `clip` (unless turned off) with a payload derived from `identifier`; returns the payload.
     pub fn mark(&self, clip: &mut sorrel_media::Clip, identifier: &str) -> Option<u64> {
         if self.no_watermark {
             return None;
         }
         let payload = watermark::payload_for(identifier);
-        watermark::Embedder::new(&self.key(), payload, watermark::DEFAULT_STRENGTH).mark_clip(clip);
+        watermark::Embedder::new(&self.key.key(), payload, watermark::DEFAULT_STRENGTH)
+            .mark_clip(clip);
         Some(payload)
     }
 }
@@ -165,9 +175,8 @@ pub struct VerifyArgs {
     /// A PEM root certificate to trust in addition to Sorrel's local signing CA.
     #[arg(long)]
     trust_anchor: Option<PathBuf>,
-    /// The watermark passphrase the file was made with (default: Sorrel's public key).
-    #[arg(long, env = "SORREL_WATERMARK_KEY", hide_env_values = true)]
-    watermark_key: Option<String>,
+    #[command(flatten)]
+    key: KeyArg,
 }
 
 /// Runs `sorrel verify`. Success means the file's origin is established: its credentials are Valid or
@@ -213,18 +222,13 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
             None
         }
     };
-    let key = args
-        .watermark_key
-        .as_deref()
-        .map(WatermarkKey::new)
-        .unwrap_or_default();
     let is_jpeg = matches!(ext.to_ascii_lowercase().as_str(), "jpg" | "jpeg");
     let pixels = if is_jpeg {
         sorrel_media::read_image(&args.file).and_then(|f| sorrel_media::Clip::new(vec![f], 1))
     } else {
         sorrel_media::read_video(&args.file)
     };
-    let mark = pixels.map(|clip| Detector::new(&key).detect_clip(&clip));
+    let mark = pixels.map(|clip| Detector::new(&args.key.key()).detect_clip(&clip));
     let claimed = credentials.as_ref().and_then(|c| c.watermark_payload);
     let state = credentials.as_ref().map(|c| c.state);
     let ok = match state {

@@ -189,7 +189,7 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         webhook,
         signing: args.sign.sign_cert.zip(args.sign.sign_key),
         record_prompt: args.sign.record_prompt,
-        watermark: (!args.sign.watermark.no_watermark).then(|| args.sign.watermark.key()),
+        watermark: (!args.sign.watermark.no_watermark).then(|| args.sign.watermark.key.key()),
     })
 }
 
