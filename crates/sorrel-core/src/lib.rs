@@ -4,6 +4,7 @@
 
 pub mod conv3d;
 pub mod error;
+pub mod ops;
 pub mod weights;
 
 pub use error::{Error, Result};

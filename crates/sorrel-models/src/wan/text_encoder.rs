@@ -353,7 +353,7 @@ impl SelfAttention {
             .matmul(&k.t()?)?
             .broadcast_add(&bias)?
             .broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = sorrel_core::ops::softmax_last_dim(&scores)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?

@@ -33,7 +33,7 @@ impl RmsNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+        sorrel_core::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -112,14 +112,14 @@ impl Attention {
             .contiguous()?;
         let (q, k) = match rope {
             Some((cos, sin)) => (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+                sorrel_core::ops::rope_i(&q, cos, sin)?,
+                sorrel_core::ops::rope_i(&k, cos, sin)?,
             ),
             None => (q, k),
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = sorrel_core::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?; // (B, H, S, hd)
         let out = out.transpose(1, 2)?.reshape((b, s, d))?;
         self.to_out.forward(&out)

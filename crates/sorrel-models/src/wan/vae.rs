@@ -419,7 +419,7 @@ impl AttentionBlock {
         let k = qkv.narrow(D::Minus1, c, c)?.contiguous()?;
         let v = qkv.narrow(D::Minus1, 2 * c, c)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (self.dim as f64).sqrt()))?;
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attn = sorrel_core::ops::softmax_last_dim(&scores)?;
         let y = attn.matmul(&v)?; // (BT, HW, C)
         let y = y.transpose(1, 2)?.reshape((b * t, c, h, w))?;
         let y = self.proj.forward(&y)?;
