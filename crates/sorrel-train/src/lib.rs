@@ -1,0 +1,32 @@
+//! Training Sorrel's own models (the embedded default): the optimiser, the weight average that is
+//! shipped, and checkpoints that let a long run stop and continue exactly where it was.
+//!
+//! candle-nn has an AdamW, but its moments are private, so a run could not be resumed without restarting
+//! the optimiser; this one keeps its state in named tensors that a checkpoint saves and restores.
+
+pub mod adamw;
+pub mod checkpoint;
+pub mod ema;
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use ema::Ema;
+
+/// What can go wrong while training or checkpointing.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A checkpoint could not be read or written.
+    #[error("checkpoint {path}: {why}")]
+    Checkpoint {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong, and what to do.
+        why: String,
+    },
+}
+
+/// Result with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;
