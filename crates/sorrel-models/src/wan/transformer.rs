@@ -4,19 +4,16 @@
 //! Follows diffusers' `transformer_wan.py`. Norms and the modulation arithmetic run in f32 whatever the
 //! compute dtype, as diffusers keeps `norm*`, `scale_shift_table` and `time_embedder` in f32.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use sorrel_core::ops::{dense, gelu_tanh, Dense};
 
 use super::config::WanTransformerConfig;
 
 /// torch's LayerNorm without affine parameters, computed in f32.
 /// x: (B, S, D) -> (B, S, D) f32
 fn layer_norm_f32(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_div(&(var + eps)?.sqrt()?)
+    sorrel_core::ops::layer_norm(x, eps)
 }
 
 /// torch.nn.RMSNorm over the last dim with a learned scale.
@@ -61,10 +58,10 @@ impl AffineLayerNorm {
 
 /// Multi-head attention with RMS norm across heads on q and k; RoPE on self-attention only.
 struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: Dense,
+    to_k: Dense,
+    to_v: Dense,
+    to_out: Dense,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
     heads: usize,
@@ -73,10 +70,10 @@ struct Attention {
 impl Attention {
     fn new(dim: usize, heads: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            to_q: linear(dim, dim, vb.pp("to_q"))?,
-            to_k: linear(dim, dim, vb.pp("to_k"))?,
-            to_v: linear(dim, dim, vb.pp("to_v"))?,
-            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: dense(dim, dim, vb.pp("to_q"))?,
+            to_k: dense(dim, dim, vb.pp("to_k"))?,
+            to_v: dense(dim, dim, vb.pp("to_v"))?,
+            to_out: dense(dim, dim, vb.pp("to_out.0"))?,
             norm_q: RmsNorm::new(dim, eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, eps, vb.pp("norm_k"))?,
             heads,
@@ -128,20 +125,20 @@ impl Attention {
 
 /// Linear -> GELU (tanh approximation) -> Linear.
 struct FeedForward {
-    proj: Linear,
-    out: Linear,
+    proj: Dense,
+    out: Dense,
 }
 
 impl FeedForward {
     fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            proj: linear(dim, hidden, vb.pp("net.0.proj"))?,
-            out: linear(hidden, dim, vb.pp("net.2"))?,
+            proj: dense(dim, hidden, vb.pp("net.0.proj"))?,
+            out: dense(hidden, dim, vb.pp("net.2"))?,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation, which is what "gelu-approximate" means in diffusers.
-        self.out.forward(&self.proj.forward(x)?.gelu()?)
+        // The tanh approximation is what "gelu-approximate" means in diffusers.
+        self.out.forward(&gelu_tanh(&self.proj.forward(x)?)?)
     }
 }
 
@@ -276,13 +273,13 @@ pub struct WanTransformer3DModel {
     /// (D, C*pt*ph*pw): the patch conv as a matrix, since stride == kernel.
     patch_weight: Tensor,
     patch_bias: Tensor,
-    time_1: Linear,
-    time_2: Linear,
-    time_proj: Linear,
-    text_1: Linear,
-    text_2: Linear,
+    time_1: Dense,
+    time_2: Dense,
+    time_proj: Dense,
+    text_1: Dense,
+    text_2: Dense,
     blocks: Vec<Block>,
-    proj_out: Linear,
+    proj_out: Dense,
     /// (1, 2, D) f32
     scale_shift_table: Tensor,
     dtype: DType,
@@ -307,13 +304,13 @@ impl WanTransformer3DModel {
             cfg: cfg.clone(),
             patch_weight,
             patch_bias,
-            time_1: linear(cfg.freq_dim, d, te.pp("linear_1"))?,
-            time_2: linear(d, d, te.pp("linear_2"))?,
-            time_proj: linear(d, 6 * d, ce.pp("time_proj"))?,
-            text_1: linear(cfg.text_dim, d, ce.pp("text_embedder.linear_1"))?,
-            text_2: linear(d, d, ce.pp("text_embedder.linear_2"))?,
+            time_1: dense(cfg.freq_dim, d, te.pp("linear_1"))?,
+            time_2: dense(d, d, te.pp("linear_2"))?,
+            time_proj: dense(d, 6 * d, ce.pp("time_proj"))?,
+            text_1: dense(cfg.text_dim, d, ce.pp("text_embedder.linear_1"))?,
+            text_2: dense(d, d, ce.pp("text_embedder.linear_2"))?,
             blocks,
-            proj_out: linear(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
+            proj_out: dense(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
             scale_shift_table: vb
                 .get((1, 2, d), "scale_shift_table")?
                 .to_dtype(DType::F32)?,
@@ -359,10 +356,7 @@ impl WanTransformer3DModel {
     /// Patch-embedded text context for cross-attention, reusable across steps.
     /// context: (B, L, text_dim) -> (B, L, D)
     pub fn embed_text(&self, context: &Tensor) -> Result<Tensor> {
-        let x = self
-            .text_1
-            .forward(&context.to_dtype(self.dtype)?)?
-            .gelu()?;
+        let x = gelu_tanh(&self.text_1.forward(&context.to_dtype(self.dtype)?)?)?;
         self.text_2.forward(&x)
     }
 
