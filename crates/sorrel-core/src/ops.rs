@@ -239,6 +239,18 @@ pub fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// A row's mean (0 unless `centred`) and root of (mean square about it + eps): what the norms divide by.
+fn row_scale(x: &[f32], eps: f32, centred: bool) -> (f32, f32) {
+    let w = x.len() as f32;
+    let mean = if centred {
+        x.iter().sum::<f32>() / w
+    } else {
+        0.0
+    };
+    let ms = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w;
+    (mean, (ms + eps).sqrt())
+}
+
 /// x / sqrt(mean(x^2) + eps) per row, with a fused backward pass.
 struct RmsNormalize {
     eps: f32,
@@ -253,7 +265,7 @@ impl CustomOp1 for RmsNormalize {
         let w = l.dims().last().copied().unwrap_or(1);
         let eps = self.eps;
         let out = rows2(x, x, w, |x, _, o| {
-            let r = (x.iter().map(|v| v * v).sum::<f32>() / w as f32 + eps).sqrt();
+            let (_, r) = row_scale(x, eps, false);
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = v / r;
             }
@@ -288,9 +300,7 @@ impl CustomOp1 for LayerNormalize {
         let w = l.dims().last().copied().unwrap_or(1);
         let eps = self.eps;
         let out = rows2(x, x, w, |x, _, o| {
-            let mean = x.iter().sum::<f32>() / w as f32;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
-            let r = (var + eps).sqrt();
+            let (mean, r) = row_scale(x, eps, true);
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = (v - mean) / r;
             }
@@ -341,12 +351,7 @@ impl CustomOp3 for NormGrad {
             .zip(x.par_chunks(w).zip(y.par_chunks(w).zip(g.par_chunks(w))))
             .for_each(|(o, (x, (y, g)))| {
                 let wf = w as f32;
-                let r = if centred {
-                    let mean = x.iter().sum::<f32>() / wf;
-                    (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / wf + eps).sqrt()
-                } else {
-                    (x.iter().map(|v| v * v).sum::<f32>() / wf + eps).sqrt()
-                };
+                let (_, r) = row_scale(x, eps, centred);
                 let mean_g = if centred {
                     g.iter().sum::<f32>() / wf
                 } else {
@@ -426,19 +431,7 @@ impl CustomOp3 for RopeInterleaved {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use sorrel_testkit::max_abs_diff as max_diff;
 
     /// The trainable path computes what the fused kernel computes, and its gradient matches central finite
     /// differences (f64, step 1e-4: truncation error ~1e-8, far under the 1e-5 bound).

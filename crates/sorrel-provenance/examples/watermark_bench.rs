@@ -37,15 +37,7 @@ fn main() {
     let psnr = original
         .iter()
         .zip(&marked)
-        .map(|(a, b)| {
-            let mse = a
-                .iter()
-                .zip(b)
-                .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-                .sum::<f64>()
-                / a.len() as f64;
-            10.0 * (255.0f64 * 255.0 / mse).log10()
-        })
+        .map(|(a, b)| sorrel_testkit::psnr(a, b))
         .fold(f64::INFINITY, f64::min);
     println!("{w}x{h}, {n} frames, median of 5");
     println!("embed:  {:.2} ms per frame", median(embed_ms));

@@ -156,6 +156,19 @@ fn signing_error(e: c2pa::Error, identity: &SigningIdentity) -> ProvenanceError 
     }
 }
 
+/// The signer and a builder holding the manifest definition: what embedded and sidecar signing share.
+fn prepare(
+    mime: &str,
+    title: &str,
+    generation: &Generation,
+    identity: &SigningIdentity,
+) -> Result<(c2pa::BoxedSigner, Builder)> {
+    let signer = signer_of(identity)?;
+    let builder = Builder::from_context(context(identity.anchor_pem.as_deref())?)
+        .with_definition(definition(mime, title, generation).to_string())?;
+    Ok((signer, builder))
+}
+
 /// Returns `bytes` (a file of type `mime`) with a signed manifest embedded.
 pub fn sign(
     bytes: &[u8],
@@ -164,9 +177,7 @@ pub fn sign(
     generation: &Generation,
     identity: &SigningIdentity,
 ) -> Result<Vec<u8>> {
-    let signer = signer_of(identity)?;
-    let mut builder = Builder::from_context(context(identity.anchor_pem.as_deref())?)
-        .with_definition(definition(mime, title, generation).to_string())?;
+    let (signer, mut builder) = prepare(mime, title, generation, identity)?;
     let mut source = Cursor::new(bytes);
     let mut dest = Cursor::new(Vec::with_capacity(bytes.len() + 64 * 1024));
     builder
@@ -184,9 +195,7 @@ pub fn sign_sidecar(
     generation: &Generation,
     identity: &SigningIdentity,
 ) -> Result<Vec<u8>> {
-    let signer = signer_of(identity)?;
-    let mut builder = Builder::from_context(context(identity.anchor_pem.as_deref())?)
-        .with_definition(definition(mime, title, generation).to_string())?;
+    let (signer, mut builder) = prepare(mime, title, generation, identity)?;
     builder
         .data_hashed_placeholder(signer.reserve_size(), SIDECAR_MIME)
         .map_err(|e| signing_error(e, identity))?;

@@ -9,7 +9,7 @@ use sorrel_media::{Clip, EncodeOptions, Format, Frame};
 use sorrel_provenance::watermark::{
     false_positive_bound, Detector, Embedder, WatermarkKey, DEFAULT_STRENGTH,
 };
-use sorrel_testkit::textured_frames;
+use sorrel_testkit::{psnr, textured_frames};
 
 const PAYLOAD: u64 = 0x5eed_c0de_2026_1202;
 const W: usize = 832;
@@ -25,16 +25,6 @@ fn marked(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
             f
         })
         .collect()
-}
-
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    10.0 * (255.0f64 * 255.0 / mse).log10()
 }
 
 fn detect_file(path: &Path) -> sorrel_provenance::watermark::Detection {

@@ -161,6 +161,18 @@ pub fn ed25519_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
     (chain, key_path, ca_cert.pem())
 }
 
+/// Peak signal-to-noise ratio of 8-bit `b` against `a`, in dB.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "size mismatch");
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
 /// Real-looking test video as RGB8 frames: a multi-octave value-noise landscape in colour that pans across
 /// the frame, with three textured objects moving over it. Different `seed`s give different content.
 pub fn textured_frames(width: usize, height: usize, frames: usize, seed: u64) -> Vec<Vec<u8>> {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
+use sorrel_testkit::max_abs_diff as max_diff;
 use sorrel_train::{load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Ema};
 
 fn reference() -> HashMap<String, Tensor> {
@@ -40,19 +41,6 @@ fn grads(r: &HashMap<String, Tensor>, params: &[(String, Var)], s: usize) -> Gra
         loss = (loss + (v.as_tensor() * g).unwrap().sum_all().unwrap()).unwrap();
     }
     loss.backward().unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 // f32 with the same formula as torch's, in a slightly different operation order (torch's foreach
