@@ -203,7 +203,10 @@ pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
     if !(x.track_op() || alpha.track_op()) {
         candle_nn::ops::rms_norm(&x.contiguous()?, alpha, eps)
     } else if is_cpu_f32(x) && is_cpu_f32(alpha) {
-        let n = x.contiguous()?.apply_op1(RmsNormalize { eps })?;
+        let n = x.contiguous()?.apply_op1(Normalize {
+            eps,
+            centred: false,
+        })?;
         n.broadcast_mul(alpha)
     } else {
         candle_nn::ops::rms_norm_slow(x, alpha, eps)
@@ -214,9 +217,10 @@ pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.to_dtype(candle_core::DType::F32)?;
     if x.track_op() && x.device().is_cpu() {
-        return x
-            .contiguous()?
-            .apply_op1(LayerNormalize { eps: eps as f32 });
+        return x.contiguous()?.apply_op1(Normalize {
+            eps: eps as f32,
+            centred: true,
+        });
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
@@ -251,56 +255,27 @@ fn row_scale(x: &[f32], eps: f32, centred: bool) -> (f32, f32) {
     (mean, (ms + eps).sqrt())
 }
 
-/// x / sqrt(mean(x^2) + eps) per row, with a fused backward pass.
-struct RmsNormalize {
+/// Per row, x / sqrt(mean(x^2) + eps) (RMS norm), or with `centred` (x - mean) / sqrt(var + eps)
+/// (LayerNorm without affine parameters); with a fused backward pass.
+struct Normalize {
     eps: f32,
+    centred: bool,
 }
 
-impl CustomOp1 for RmsNormalize {
+impl CustomOp1 for Normalize {
     fn name(&self) -> &'static str {
-        "sorrel-rms-normalize"
+        if self.centred {
+            "sorrel-layer-normalize"
+        } else {
+            "sorrel-rms-normalize"
+        }
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let w = l.dims().last().copied().unwrap_or(1);
-        let eps = self.eps;
+        let (eps, centred) = (self.eps, self.centred);
         let out = rows2(x, x, w, |x, _, o| {
-            let (_, r) = row_scale(x, eps, false);
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = v / r;
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-    fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // n = x / r: dx = (g - n * mean(g * n)) / r, and 1 / r = n / x row-wise, so it is recomputed.
-        let g = grad.contiguous()?;
-        Ok(Some(x.apply_op3_no_bwd(
-            y,
-            &g,
-            &NormGrad {
-                eps: self.eps,
-                centred: false,
-            },
-        )?))
-    }
-}
-
-/// (x - mean) / sqrt(var + eps) per row, with a fused backward pass.
-struct LayerNormalize {
-    eps: f32,
-}
-
-impl CustomOp1 for LayerNormalize {
-    fn name(&self) -> &'static str {
-        "sorrel-layer-normalize"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let w = l.dims().last().copied().unwrap_or(1);
-        let eps = self.eps;
-        let out = rows2(x, x, w, |x, _, o| {
-            let (mean, r) = row_scale(x, eps, true);
+            let (mean, r) = row_scale(x, eps, centred);
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = (v - mean) / r;
             }
@@ -308,21 +283,20 @@ impl CustomOp1 for LayerNormalize {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // dx = (g - mean(g) - y * mean(g * y)) / r.
+        // dx = (g - mean(g) - y * mean(g * y)) / r, the mean(g) term only when centred; r is recomputed.
         let g = grad.contiguous()?;
         Ok(Some(x.apply_op3_no_bwd(
             y,
             &g,
             &NormGrad {
                 eps: self.eps,
-                centred: true,
+                centred: self.centred,
             },
         )?))
     }
 }
 
-/// The input gradient of [`RmsNormalize`] (`centred: false`) or [`LayerNormalize`] (`centred: true`)
-/// from (x, y, g), one row at a time.
+/// The input gradient of [`Normalize`] from (x, y, g), one row at a time.
 struct NormGrad {
     eps: f32,
     centred: bool,
