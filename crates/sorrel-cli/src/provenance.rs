@@ -228,7 +228,20 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
     } else {
         sorrel_media::read_video(&args.file)
     };
-    let mark = pixels.map(|clip| Detector::new(&args.key.key()).detect_clip(&clip));
+    let mut small = None;
+    let mark = pixels.map(|clip| {
+        let side = clip.width().min(clip.height());
+        if side < watermark::MIN_SHORT_SIDE {
+            small = Some(format!(
+                "the frames are {}x{}, smaller than the {} pixels the watermark is made for: a missing \
+                 watermark says nothing about such a file",
+                clip.width(),
+                clip.height(),
+                watermark::MIN_SHORT_SIDE
+            ));
+        }
+        Detector::new(&args.key.key()).detect_clip(&clip)
+    });
     let claimed = credentials.as_ref().and_then(|c| c.watermark_payload);
     let state = credentials.as_ref().map(|c| c.state);
     let ok = match state {
@@ -246,6 +259,9 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
             Ok(d) => {
                 let mut w = serde_json::to_value(d)?;
                 w["matches_credentials"] = json!(claimed.map(|c| d.payload == Some(c)));
+                if let Some(note) = &small {
+                    w["note"] = note.clone().into();
+                }
                 w
             }
             Err(e) => json!({"detected": false, "error": e.to_string()}),
@@ -257,7 +273,7 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
         if let Some(c) = &credentials {
             print_report(c);
         }
-        print_watermark(&mark, claimed);
+        print_watermark(&mark, claimed, small.as_deref());
     }
     if state == Some(CredentialState::Absent) && !args.json {
         eprintln!("no content credentials: the file was not signed, or they were stripped (e.g. by re-encoding)");
@@ -278,7 +294,11 @@ fn anchors(args: &VerifyArgs) -> Result<Option<String>> {
     Ok((!anchors.is_empty()).then_some(anchors))
 }
 
-fn print_watermark(mark: &sorrel_media::Result<Detection>, claimed: Option<u64>) {
+fn print_watermark(
+    mark: &sorrel_media::Result<Detection>,
+    claimed: Option<u64>,
+    small: Option<&str>,
+) {
     match mark {
         Err(e) => println!("  watermark: not checked ({e})"),
         Ok(d) if d.detected => {
@@ -296,11 +316,14 @@ fn print_watermark(mark: &sorrel_media::Result<Detection>, claimed: Option<u64>)
                 d.frames
             );
         }
-        Ok(d) => println!(
-            "  watermark: not found ({} frames; the file was not marked, marked with another key, or \
-             damaged beyond recovery)",
-            d.frames
-        ),
+        Ok(d) => match small {
+            Some(why) => println!("  watermark: not found ({} frames; {why})", d.frames),
+            None => println!(
+                "  watermark: not found ({} frames; the file was not marked, marked with another key, or \
+                 damaged beyond recovery)",
+                d.frames
+            ),
+        },
     }
 }
 

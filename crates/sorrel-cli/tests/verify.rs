@@ -150,6 +150,13 @@ fn generated_files_verify_and_tampering_is_caught() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "Unsupported", "{v}");
     assert!(v["watermark"].get("detected").is_some(), "{v}");
+    // 32x32 is below what the watermark is made for, and verify says so rather than "not marked".
+    let human = sorrel(&data, &["verify", webm.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("smaller than the 256 pixels"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
 }
 
 /// The watermark names the same payload as the credentials, and still does once re-encoding has stripped

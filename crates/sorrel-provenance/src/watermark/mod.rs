@@ -17,6 +17,10 @@ pub use detect::{hex_payload, Detection, Detector};
 pub use embed::{Embedder, DEFAULT_STRENGTH};
 pub use pattern::WatermarkKey;
 
+/// The smallest short side (pixels) at which the watermark is tested to survive; below it a missing
+/// watermark says little (at 32x32 a cell is under half a pixel).
+pub const MIN_SHORT_SIDE: u32 = 256;
+
 /// The C2PA soft-binding algorithm name that links a manifest to this watermark's payload.
 pub const SOFT_BINDING_ALG: &str = "org.sorrel.watermark.1";
 
