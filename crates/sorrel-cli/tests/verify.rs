@@ -178,10 +178,10 @@ fn the_watermark_outlives_the_credentials() {
     assert_eq!(v["watermark"]["payload"], payload);
 
     let stripped = tmp.path().join("stripped.mp4");
-    let o = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(&mp4)
-        .args([
+    sorrel_testkit::ffmpeg_transcode(
+        &mp4,
+        &stripped,
+        &[
             "-map_metadata",
             "-1",
             "-c:v",
@@ -190,11 +190,8 @@ fn the_watermark_outlives_the_credentials() {
             "23",
             "-pix_fmt",
             "yuv420p",
-        ])
-        .arg(&stripped)
-        .output()
-        .expect("ffmpeg");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ],
+    );
     let (ok, v) = verify_json(&data, &stripped);
     assert_eq!(v["state"], "Absent", "{v}");
     assert_eq!(v["watermark"]["payload"], payload, "{v}");

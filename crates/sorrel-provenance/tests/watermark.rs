@@ -3,13 +3,12 @@
 //! invisibility (PSNR) and no false positives on 200 unmarked clips.
 
 use std::path::Path;
-use std::process::Command;
 
 use sorrel_media::{Clip, EncodeOptions, Format, Frame};
 use sorrel_provenance::watermark::{
     false_positive_bound, Detector, Embedder, WatermarkKey, DEFAULT_STRENGTH,
 };
-use sorrel_testkit::{psnr, textured_frames};
+use sorrel_testkit::{ffmpeg_transcode, psnr, textured_frames};
 
 const PAYLOAD: u64 = 0x5eed_c0de_2026_1202;
 const W: usize = 832;
@@ -31,21 +30,6 @@ fn detect_file(path: &Path) -> sorrel_provenance::watermark::Detection {
     let clip = sorrel_media::read_video(path).unwrap();
     let (w, h) = (clip.width() as usize, clip.height() as usize);
     Detector::new(&WatermarkKey::default()).detect(clip.frames().iter().map(|f| &f.rgb[..]), w, h)
-}
-
-fn ffmpeg(input: &Path, output: &Path, args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(input)
-        .args(args)
-        .arg(output)
-        .output()
-        .expect("ffmpeg is needed by these tests: apt-get install ffmpeg (.ci/run does)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// 65 frames at 16 fps (4.06 s), so that two seconds trimmed off still leave two.
@@ -110,7 +94,7 @@ fn payload_survives_reencoding_resizing_cropping_retiming_and_trimming() {
             src.clone()
         } else {
             let p = dir.path().join(format!("case{i}.mp4"));
-            ffmpeg(&src, &p, args);
+            ffmpeg_transcode(&src, &p, args);
             p
         };
         let d = detect_file(&path);

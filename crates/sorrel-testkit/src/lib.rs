@@ -161,6 +161,23 @@ pub fn ed25519_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
     (chain, key_path, ca_cert.pem())
 }
 
+/// Runs Debian's ffmpeg from `input` to `output` with `args` between them (a re-encode, a filter, a trim);
+/// panics with ffmpeg's message if it fails, or with the install hint if it is missing.
+pub fn ffmpeg_transcode(input: &Path, output: &Path, args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-y", "-i"])
+        .arg(input)
+        .args(args)
+        .arg(output)
+        .output()
+        .expect("ffmpeg is needed by these tests: apt-get install ffmpeg (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Peak signal-to-noise ratio of 8-bit `b` against `a`, in dB.
 pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len(), "size mismatch");
