@@ -11,7 +11,10 @@ use candle_nn::VarBuilder;
 /// frames from the previous chunk, so a video can be processed chunk by chunk with the same result as in one go.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// (Cout, kt*Cin, kh, kw): `weight` permuted so tap `k` of input channel `c` sits at channel `k*Cin + c`.
+    /// (Cout, Cin, kt, kh, kw) as loaded: a variable while training, so updates to it must be seen.
+    weight: Tensor,
+    /// (Cout, kt*Cin, kh, kw): `weight` permuted so tap `k` of input channel `c` sits at channel `k*Cin + c`;
+    /// a copy made once, so used only when `weight` is not a training variable.
     weight2d: Tensor,
     bias: Tensor,
     in_channels: usize,
@@ -57,13 +60,9 @@ impl CausalConv3d {
                 bias.dims()
             );
         }
-        let weight2d = weight.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((
-            out_channels,
-            kt * in_channels,
-            kh,
-            kw,
-        ))?;
+        let weight2d = fold_taps(&weight)?;
         Ok(Self {
+            weight,
             weight2d,
             bias,
             in_channels,
@@ -72,6 +71,16 @@ impl CausalConv3d {
             padding,
             stride_t,
         })
+    }
+
+    /// The folded kernel: the load-time copy at inference, or a fresh fold of the variable while training
+    /// (the copy would go stale after the first optimiser step).
+    fn kernel2d(&self) -> Result<Tensor> {
+        if self.weight.is_variable() {
+            fold_taps(&self.weight)
+        } else {
+            Ok(self.weight2d.clone())
+        }
     }
 
     /// Temporal zero padding in front when no cache is given (`2 * pt`).
@@ -97,7 +106,24 @@ impl CausalConv3d {
         }
         let kt = self.kernel.0;
         let (_, ph, pw) = self.padding;
+        let kernel2d = self.kernel2d()?;
         let mut front = self.front_padding();
+        // One frame with only zero padding in front (an image, or a video's first frame): every tap but
+        // the last multiplies zeros, so convolve with the last tap alone (kt times less work).
+        if cache.is_none() && x.dim(2)? == 1 && front + 1 == kt && self.stride_t == 1 && kt > 1 {
+            let tap = kernel2d.narrow(1, (kt - 1) * c, c)?.contiguous()?;
+            let mut frame = x.squeeze(2)?;
+            let conv_pad = if ph == pw {
+                ph
+            } else {
+                frame = frame.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
+                0
+            };
+            let y = frame.conv2d(&tap, conv_pad, 1, 1, 1)?;
+            return y
+                .broadcast_add(&self.bias.reshape((1, self.out_channels, 1, 1))?)?
+                .unsqueeze(2);
+        }
         let mut x = x.clone();
         if let Some(cache) = cache {
             if front > 0 {
@@ -150,13 +176,22 @@ impl CausalConv3d {
             Tensor::cat(&taps, 2)?
         };
         let frames = stacked.reshape((b * t_out, kt * c, h, w))?;
-        let y = frames.conv2d(&self.weight2d, conv_pad, 1, 1, 1)?;
+        let y = frames.conv2d(&kernel2d, conv_pad, 1, 1, 1)?;
         let y = y.broadcast_add(&self.bias.reshape((1, self.out_channels, 1, 1))?)?;
         let (ho, wo) = (y.dim(2)?, y.dim(D::Minus1)?);
         y.reshape((b, t_out, self.out_channels, ho, wo))?
             .permute((0, 2, 1, 3, 4))?
             .contiguous()
     }
+}
+
+/// (Cout, Cin, kt, kh, kw) -> (Cout, kt*Cin, kh, kw), tap-major along channels.
+fn fold_taps(weight: &Tensor) -> Result<Tensor> {
+    let (cout, cin, kt, kh, kw) = weight.dims5()?;
+    weight
+        .permute((0, 2, 1, 3, 4))?
+        .contiguous()?
+        .reshape((cout, kt * cin, kh, kw))
 }
 
 #[cfg(test)]
@@ -313,5 +348,44 @@ mod tests {
     fn matches_naive_conv3d_strided_and_uneven_padding() {
         check((3, 1, 1), (0, 0, 0), 2, 5, None);
         check((3, 3, 1), (1, 1, 0), 2, 4, Some(1));
+    }
+
+    #[test]
+    fn one_frame_without_cache_takes_the_last_tap_only_and_matches() {
+        check((3, 3, 3), (1, 1, 1), 1, 1, None);
+        check((3, 3, 1), (1, 1, 0), 1, 1, None);
+    }
+
+    #[test]
+    fn a_training_variable_is_read_at_every_forward() {
+        let weight = candle_core::Var::from_tensor(&rand_tensor(&[4, 3, 3, 3, 3], 1)).unwrap();
+        let bias = rand_tensor(&[4], 2);
+        let conv =
+            CausalConv3d::from_tensors(weight.as_tensor().clone(), bias.clone(), (1, 1, 1), 1)
+                .unwrap();
+        let x = rand_tensor(&[1, 3, 2, 5, 5], 3);
+        let before = conv.forward(&x, None).unwrap();
+        weight.set(&(weight.as_tensor() * 2.0).unwrap()).unwrap();
+        let after = conv.forward(&x, None).unwrap();
+        let (_, want) = naive(&x, None, weight.as_tensor(), &bias, (1, 1, 1), 1);
+        let got: Vec<f32> = after.flatten_all().unwrap().to_vec1().unwrap();
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-5, "stale kernel after an update: {err}");
+        assert!(sorrel_core_diff(&before, &after) > 0.1);
+    }
+
+    fn sorrel_core_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 }
