@@ -87,6 +87,9 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            // Gradients carry the graph of the backward pass; kept in the moments, every step's graph
+            // would stay alive (memory grows by the activations of each step).
+            let g = &g.detach();
             let p = slot.var.as_tensor().detach();
             let p = (p * (1.0 - c.lr * c.weight_decay))?;
             // torch's lerp: m + (1 - beta1) (g - m).
