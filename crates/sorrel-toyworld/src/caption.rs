@@ -1,6 +1,8 @@
 //! The caption grammar: `{a|two|three} {small|big} {colour} {shape}(s) {verb phrase} {on|above} a {colour}
 //! floor`, e.g. "two big red balls bounce on a blue floor", "a small yellow box slides to the left on a
-//! green floor". Balls roll, boxes and triangles slide.
+//! green floor". Balls roll, boxes and triangles slide. [`caption_styled`] also writes the verb as a
+//! participle ("a red ball bouncing on a blue floor"), capitalises the first word or ends with a full stop,
+//! so that the ways people write a prompt are all seen in training.
 
 use crate::scene::{Motion, Scene, Shape, Size};
 
@@ -42,12 +44,52 @@ pub const VOCABULARY: &[&str] = &[
     "on",
     "above",
     "floor",
+    "rolling",
+    "sliding",
+    "moving",
+    "bouncing",
+    "growing",
+    "shrinking",
+    "A",
+    "Two",
+    "Three",
 ];
+
+/// How a caption is written; the default is the plain grammar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptionStyle {
+    /// "a red ball bouncing" instead of "a red ball bounces".
+    pub participle: bool,
+    /// "A red ball ...".
+    pub capital: bool,
+    /// A trailing ".".
+    pub period: bool,
+}
+
+impl CaptionStyle {
+    /// The style numbered `i` of the eight (bits: participle, capital, period).
+    pub fn nth(i: u32) -> Self {
+        Self {
+            participle: i & 1 != 0,
+            capital: i & 2 != 0,
+            period: i & 4 != 0,
+        }
+    }
+}
 
 /// The caption of `scene`.
 pub fn caption(scene: &Scene) -> String {
+    caption_styled(scene, CaptionStyle::default())
+}
+
+/// The caption of `scene` written in `style`.
+pub fn caption_styled(scene: &Scene, style: CaptionStyle) -> String {
     let plural = scene.count > 1;
-    let count = ["a", "two", "three"][scene.count - 1];
+    let count = if style.capital {
+        ["A", "Two", "Three"][scene.count - 1]
+    } else {
+        ["a", "two", "three"][scene.count - 1]
+    };
     let size = match scene.size {
         Size::Small => "small",
         Size::Big => "big",
@@ -60,25 +102,35 @@ pub fn caption(scene: &Scene) -> String {
         (Shape::Triangle, false) => "triangle",
         (Shape::Triangle, true) => "triangles",
     };
-    let verb = |one: &'static str, many: &'static str| if plural { many } else { one };
+    let participle = style.participle;
+    let verb = |one: &'static str, many: &'static str, ing: &'static str| {
+        if participle {
+            ing
+        } else if plural {
+            many
+        } else {
+            one
+        }
+    };
     let along = if scene.shape == Shape::Ball {
-        verb("rolls", "roll")
+        verb("rolls", "roll", "rolling")
     } else {
-        verb("slides", "slide")
+        verb("slides", "slide", "sliding")
     };
     let (phrase, place) = match scene.motion {
         Motion::Left => (format!("{along} to the left"), "on"),
         Motion::Right => (format!("{along} to the right"), "on"),
-        Motion::Up => (format!("{} up", verb("moves", "move")), "above"),
-        Motion::Down => (format!("{} down", verb("moves", "move")), "above"),
-        Motion::Bounce => (verb("bounces", "bounce").to_string(), "on"),
-        Motion::Grow => (verb("grows", "grow").to_string(), "above"),
-        Motion::Shrink => (verb("shrinks", "shrink").to_string(), "above"),
+        Motion::Up => (format!("{} up", verb("moves", "move", "moving")), "above"),
+        Motion::Down => (format!("{} down", verb("moves", "move", "moving")), "above"),
+        Motion::Bounce => (verb("bounces", "bounce", "bouncing").to_string(), "on"),
+        Motion::Grow => (verb("grows", "grow", "growing").to_string(), "above"),
+        Motion::Shrink => (verb("shrinks", "shrink", "shrinking").to_string(), "above"),
     };
     format!(
-        "{count} {size} {} {noun} {phrase} {place} a {} floor",
+        "{count} {size} {} {noun} {phrase} {place} a {} floor{}",
         scene.colour.word(),
-        scene.floor.word()
+        scene.floor.word(),
+        if style.period { "." } else { "" }
     )
 }
 
@@ -99,13 +151,15 @@ mod tests {
                     Split::Train
                 },
             );
-            let c = caption(&s);
-            for w in c.split(' ') {
+            let c = caption_styled(&s, CaptionStyle::nth(seed as u32 % 8));
+            for w in c.trim_end_matches('.').split(' ') {
                 assert!(VOCABULARY.contains(&w), "`{w}` in `{c}`");
                 seen.insert(w.to_string());
             }
             assert!(
-                c.contains(s.colour.word()) && c.ends_with(&format!("a {} floor", s.floor.word())),
+                c.contains(s.colour.word())
+                    && c.trim_end_matches('.')
+                        .ends_with(&format!("a {} floor", s.floor.word())),
                 "{c}"
             );
         }
@@ -122,5 +176,9 @@ mod tests {
             amount: 2.5,
         };
         assert_eq!(caption(&s), "two big red balls bounce on a blue floor");
+        assert_eq!(
+            caption_styled(&s, CaptionStyle::nth(7)),
+            "Two big red balls bouncing on a blue floor."
+        );
     }
 }

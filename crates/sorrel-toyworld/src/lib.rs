@@ -15,7 +15,7 @@ pub mod render;
 pub mod scene;
 pub mod score;
 
-pub use caption::caption;
+pub use caption::{caption, caption_styled, CaptionStyle};
 pub use palette::{Colour, COLOURS};
 pub use render::{render, Clip, WorldSize};
 pub use scene::{Motion, Scene, Shape, Size, Split};
