@@ -55,6 +55,8 @@ pub struct WanPipeline {
     pub dir: PathBuf,
     /// Its layout.
     pub layout: Layout,
+    /// Defaults and limits of generation with it.
+    pub defaults: crate::ModelDefaults,
     pub(crate) tokenizer: WanTokenizer,
     pub(crate) text_encoder: Umt5Encoder,
     pub(crate) transformer: WanTransformer3DModel,
@@ -116,6 +118,54 @@ impl WanPipeline {
                 dir.display()
             )))
         }
+    }
+
+    /// What a request needs checked against the model in `dir`, read from its config files only (no
+    /// weights): its defaults and limits, the VAE's (spatial, temporal) compression and the transformer's
+    /// patch, so a bad size fails in milliseconds instead of after a minutes-long load.
+    pub fn describe(dir: &Path) -> Result<(crate::ModelDefaults, (usize, usize), [usize; 3])> {
+        let defaults = crate::ModelDefaults::for_dir(dir)?;
+        let (vae_cfg, tr_cfg): (VaeConfig, WanTransformerConfig) = match Self::detect_layout(dir)? {
+            Layout::Diffusers => (
+                parse(
+                    read_json(&need(
+                        need(dir.join("vae"), "diffusers folder")?.join("config.json"),
+                        "diffusers folder",
+                    )?)?,
+                    "vae/config.json",
+                )?,
+                WanTransformerConfig::from_diffusers_file(&need(
+                    need(dir.join("transformer"), "diffusers folder")?.join("config.json"),
+                    "diffusers folder",
+                )?)?,
+            ),
+            Layout::Original => {
+                let sidecar = dir.join("sorrel_original_configs.json");
+                let vae_json = if sidecar.is_file() {
+                    read_json(&sidecar)?
+                        .get("vae")
+                        .cloned()
+                        .unwrap_or_else(convert::original_vae_config)
+                } else {
+                    convert::original_vae_config()
+                };
+                (
+                    parse(vae_json, "VAE config")?,
+                    WanTransformerConfig::from_original_file(&need(
+                        dir.join("config.json"),
+                        "original release folder",
+                    )?)?,
+                )
+            }
+        };
+        Ok((
+            defaults,
+            (
+                vae_cfg.spatial_compression(),
+                vae_cfg.temporal_compression(),
+            ),
+            tr_cfg.patch_size,
+        ))
     }
 
     /// Loads every component of the model in `dir`.
@@ -196,6 +246,7 @@ impl WanPipeline {
         Ok(Self {
             dir: dir.to_path_buf(),
             layout: Layout::Diffusers,
+            defaults: crate::ModelDefaults::for_dir(dir)?,
             tokenizer,
             text_encoder,
             transformer,
@@ -264,6 +315,7 @@ impl WanPipeline {
         Ok(Self {
             dir: dir.to_path_buf(),
             layout: Layout::Original,
+            defaults: crate::ModelDefaults::for_dir(dir)?,
             tokenizer,
             text_encoder,
             transformer,
@@ -280,9 +332,18 @@ impl WanPipeline {
     }
 
     /// The frame rate the model was trained at, and so the rate its motion looks right at: Wan2.1
-    /// generates 16 fps video (its diffusers pipelines export at 16 fps too).
+    /// generates 16 fps video (its diffusers pipelines export at 16 fps too); Sorrel's own models say
+    /// theirs in `sorrel_defaults.json`.
     pub fn native_fps(&self) -> u32 {
-        WAN21_FPS
+        self.defaults.fps
+    }
+
+    /// Pixels per latent pixel (spatial) and frames per latent frame after the first (temporal).
+    pub fn compression(&self) -> (usize, usize) {
+        (
+            self.vae_config.spatial_compression(),
+            self.vae_config.temporal_compression(),
+        )
     }
 
     /// The flow shift of the folder's scheduler config, or 3.0 (what Wan-AI ship for Wan2.1 T2V).

@@ -19,11 +19,11 @@ pub struct Text2VideoRequest {
     pub prompt: String,
     /// What to steer away from (empty: the unconditional embedding of "").
     pub negative_prompt: String,
-    /// Output width in pixels (multiple of 16).
+    /// Output width in pixels (for Wan2.1 a multiple of 16: the VAE's 8x times the 2x patch).
     pub width: usize,
-    /// Output height in pixels (multiple of 16).
+    /// Output height in pixels (as `width`).
     pub height: usize,
-    /// Output frames, 4k+1.
+    /// Output frames: 1 + a multiple of the VAE's temporal compression (4k+1 for Wan2.1).
     pub frames: usize,
     /// Denoising steps.
     pub steps: usize,
@@ -31,13 +31,14 @@ pub struct Text2VideoRequest {
     pub guidance: f64,
     /// Noise seed (ignored when `init_latents` is given).
     pub seed: u64,
-    /// Text tokens per prompt (padding or truncating); 512 for the released models.
-    pub max_sequence_length: usize,
+    /// Text tokens per prompt (padding or truncating); `None`: what the model was trained with (512 for
+    /// the released Wan models).
+    pub max_sequence_length: Option<usize>,
     /// `unipc` or `euler`; `None` uses the model folder's scheduler config.
     pub scheduler: Option<String>,
     /// Overrides the scheduler's flow shift.
     pub flow_shift: Option<f64>,
-    /// Starting noise (1, 16, T, H/8, W/8), instead of noise from `seed`.
+    /// Starting noise (1, z, T, h, w) (for Wan2.1: (1, 16, T, H/8, W/8)), instead of noise from `seed`.
     pub init_latents: Option<Tensor>,
 }
 
@@ -52,7 +53,7 @@ impl Default for Text2VideoRequest {
             steps: 50,
             guidance: 5.0,
             seed: 0,
-            max_sequence_length: 512,
+            max_sequence_length: None,
             scheduler: None,
             flow_shift: None,
             init_latents: None,
@@ -74,8 +75,13 @@ impl Text2VideoRequest {
     /// Checks the request against the model; every error says what to change.
     pub fn validate(&self, pipe: &WanPipeline) -> Result<()> {
         self.check()?;
+        self.check_for(
+            &pipe.defaults,
+            pipe.compression(),
+            pipe.transformer.config().patch_size,
+        )?;
         let bad = |m: String| Err(Error::invalid(m));
-        let (t, h, w) = self.latent_size();
+        let (t, h, w) = self.latent_size(pipe);
         let z = pipe.transformer.config().in_channels;
         if let Some(l) = &self.init_latents {
             let want = [1, z, t, h, w];
@@ -102,25 +108,14 @@ impl Text2VideoRequest {
         if self.prompt.trim().is_empty() {
             return bad("the prompt is empty: say what the video should show".into());
         }
-        if self.width == 0
-            || self.height == 0
-            || !self.width.is_multiple_of(16)
-            || !self.height.is_multiple_of(16)
-        {
+        if self.width == 0 || self.height == 0 {
             return bad(format!(
-                "size {}x{} is not supported: width and height must be positive multiples of 16 \
-                 (the VAE downsamples 8x and the transformer patches 2x2), e.g. 832x480",
+                "size {}x{} is not supported: width and height must be positive",
                 self.width, self.height
             ));
         }
-        if self.frames == 0 || !(self.frames - 1).is_multiple_of(4) {
-            return bad(format!(
-                "{} frames is not supported: the VAE compresses time 4x, so frames must be 4k+1 (e.g. 17, 33, 81); \
-                 nearest: {} or {}",
-                self.frames,
-                (self.frames.saturating_sub(1)) / 4 * 4 + 1,
-                (self.frames.saturating_sub(1)) / 4 * 4 + 5
-            ));
+        if self.frames == 0 {
+            return bad("0 frames is not supported: ask for at least one frame".into());
         }
         if self.steps == 0 || self.steps > 1000 {
             return bad(format!(
@@ -134,11 +129,12 @@ impl Text2VideoRequest {
                 self.guidance
             ));
         }
-        if self.max_sequence_length == 0 || self.max_sequence_length > 4096 {
-            return bad(format!(
-                "max_sequence_length {} must be between 1 and 4096",
-                self.max_sequence_length
-            ));
+        if let Some(n) = self.max_sequence_length {
+            if n == 0 || n > 4096 {
+                return bad(format!(
+                    "max_sequence_length {n} must be between 1 and 4096"
+                ));
+            }
         }
         if let Some(name) = &self.scheduler {
             if !schedulers::NAMES.contains(&name.as_str()) {
@@ -156,9 +152,63 @@ impl Text2VideoRequest {
         Ok(())
     }
 
-    /// (T, H/8, W/8) of the latent video.
-    pub fn latent_size(&self) -> (usize, usize, usize) {
-        ((self.frames - 1) / 4 + 1, self.height / 8, self.width / 8)
+    /// The checks that need the model's defaults, VAE compression (spatial, temporal) and transformer
+    /// patch, which are known before its weights load: sizes the VAE and patch grid divide, frame counts the
+    /// VAE's time compression and the patch divide, and the model's limits.
+    pub fn check_for(
+        &self,
+        defaults: &crate::ModelDefaults,
+        (s, tc): (usize, usize),
+        [pt, ph, pw]: [usize; 3],
+    ) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(m));
+        let name = defaults.name.as_deref().unwrap_or("this model");
+        let (mw, mh) = (s * pw, s * ph);
+        if !self.width.is_multiple_of(mw) || !self.height.is_multiple_of(mh) {
+            return bad(format!(
+                "size {}x{} is not supported: for {name} width must be a multiple of {mw} and height of {mh}                  (the VAE downsamples {s}x and the transformer patches {pw}x{ph}), e.g. {}x{}",
+                self.width, self.height, defaults.width, defaults.height
+            ));
+        }
+        if self.width > defaults.max_width || self.height > defaults.max_height {
+            return bad(format!(
+                "size {}x{} is too large for {name}: it was made for {}x{} and allows at most {}x{}",
+                self.width,
+                self.height,
+                defaults.width,
+                defaults.height,
+                defaults.max_width,
+                defaults.max_height
+            ));
+        }
+        if !(self.frames - 1).is_multiple_of(tc) {
+            let lo = (self.frames - 1) / tc * tc + 1;
+            return bad(format!(
+                "{} frames is not supported: the VAE compresses time {tc}x, so frames must be {tc}k+1                  (e.g. 17, 33, 81); nearest: {lo} or {}",
+                self.frames,
+                lo + tc
+            ));
+        }
+        let latent_frames = (self.frames - 1) / tc + 1;
+        if !latent_frames.is_multiple_of(pt) {
+            return bad(format!(
+                "{} frames is not supported by {name}: its transformer patches {pt} frames, so the frame count                  must be a multiple of {pt} (e.g. {})",
+                self.frames, defaults.frames
+            ));
+        }
+        if self.frames > defaults.max_frames {
+            return bad(format!(
+                "{} frames is too many for {name}: it was made for {} and allows at most {}",
+                self.frames, defaults.frames, defaults.max_frames
+            ));
+        }
+        Ok(())
+    }
+
+    /// (T, H/s, W/s) of the latent video, for the model's VAE compression.
+    pub fn latent_size(&self, pipe: &WanPipeline) -> (usize, usize, usize) {
+        let (s, tc) = pipe.compression();
+        ((self.frames - 1) / tc + 1, self.height / s, self.width / s)
     }
 }
 
@@ -178,7 +228,8 @@ impl WanPipeline {
     fn encode_prompts(&self, req: &Text2VideoRequest) -> Result<(Tensor, Vec<String>)> {
         let tokens = self.tokenizer.encode(
             &[&req.prompt, &req.negative_prompt],
-            req.max_sequence_length,
+            req.max_sequence_length
+                .unwrap_or(self.defaults.max_sequence_length),
         )?;
         let (ids, mask) = tokens.to_tensors(&self.device)?;
         let emb = self.text_encoder.prompt_embeds(&ids, &mask)?;
@@ -209,7 +260,7 @@ impl WanPipeline {
         let uncond = self.transformer.embed_text(&emb.narrow(0, 1, 1)?)?;
         lap("text encoder".into(), &mut timings);
 
-        let (t, h, w) = req.latent_size();
+        let (t, h, w) = req.latent_size(self);
         let z = self.transformer.config().in_channels;
         let mut latents = match &req.init_latents {
             Some(l) => l.to_device(&self.device)?.to_dtype(DType::F32)?,

@@ -22,7 +22,7 @@ fn request(meta: &HashMap<String, String>, init: &Tensor) -> Text2VideoRequest {
         steps: num("steps"),
         guidance: meta["guidance_scale"].parse().unwrap(),
         seed: 0,
-        max_sequence_length: num("max_sequence_length"),
+        max_sequence_length: Some(num("max_sequence_length")),
         scheduler: None,
         flow_shift: None,
         init_latents: Some(init.clone()),

@@ -48,28 +48,18 @@ impl Default for Limits {
     }
 }
 
-/// What a request gets for fields it leaves out.
-#[derive(Debug, Clone)]
+/// What a request gets for fields it leaves out; `None` takes the model's own default (its
+/// `sorrel_defaults.json`, or Wan2.1's 832x480, 50 steps, guidance 5, and its clip length).
+#[derive(Debug, Clone, Default)]
 pub struct Defaults {
     /// (width, height).
-    pub size: (usize, usize),
+    pub size: Option<(usize, usize)>,
     /// Whole seconds.
-    pub seconds: u32,
+    pub seconds: Option<u32>,
     /// Denoising steps.
-    pub steps: usize,
+    pub steps: Option<usize>,
     /// Guidance scale.
-    pub guidance: f64,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Self {
-            size: (832, 480),
-            seconds: 4,
-            steps: 50,
-            guidance: 5.0,
-        }
-    }
+    pub guidance: Option<f64>,
 }
 
 /// Where to announce finished and failed videos.

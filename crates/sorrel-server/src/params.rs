@@ -233,9 +233,16 @@ pub fn parse_create(
             " (this server's --max-seconds)",
         )?
         .map(|s| s as u32)
-        .unwrap_or(defaults.seconds);
+        .unwrap_or_else(|| {
+            let d = &model.pipe.defaults;
+            defaults
+                .seconds
+                .unwrap_or(((d.frames as f64 / d.fps as f64).round() as u32).max(1))
+        });
     let (width, height) = match f.string("size")? {
-        None => defaults.size,
+        None => defaults
+            .size
+            .unwrap_or((model.pipe.defaults.width, model.pipe.defaults.height)),
         Some(s) => parse_size(&s, limits)?,
     };
     let steps = f
@@ -246,9 +253,9 @@ pub fn parse_create(
             " (this server's --max-steps)",
         )?
         .map(|s| s as usize)
-        .unwrap_or(defaults.steps);
+        .unwrap_or(defaults.steps.unwrap_or(model.pipe.defaults.steps));
     let guidance = match f.number("guidance")? {
-        None => defaults.guidance,
+        None => defaults.guidance.unwrap_or(model.pipe.defaults.guidance),
         Some((g, _)) if (0.0..=100.0).contains(&g) => g,
         Some((_, text)) => {
             return Err(ApiError::invalid(
@@ -271,7 +278,12 @@ pub fn parse_create(
         width,
         height,
         seconds,
-        frames: frames_for(seconds, fps),
+        frames: frames_for(
+            seconds,
+            fps,
+            model.pipe.compression().1,
+            model.pipe.transformer_config().patch_size[0],
+        ),
         fps,
         steps,
         guidance,
@@ -361,10 +373,19 @@ pub fn parse_size(s: &str, limits: &Limits) -> Result<(usize, usize), ApiError> 
     Ok((w, h))
 }
 
-/// Frames covering `seconds` at `fps`, rounded to the 4k+1 the VAE needs: 4 s at 16 fps is 65 frames.
-pub fn frames_for(seconds: u32, fps: u32) -> usize {
+/// Frames covering `seconds` at `fps` that the model can make: for a VAE compressing time `tc`x (Wan2.1: 4)
+/// the nearest `tc`k+1 (4 s at 16 fps is 65 frames); for one that does not (`tc` 1) exactly `seconds * fps`;
+/// then latent frames rounded up to a multiple of the transformer's temporal patch `pt`.
+pub fn frames_for(seconds: u32, fps: u32, tc: usize, pt: usize) -> usize {
     let want = seconds as usize * fps as usize;
-    (want + 2) / 4 * 4 + 1
+    let latent = if tc <= 1 {
+        want.max(1)
+    } else {
+        (want + tc / 2) / tc + 1
+    };
+    let pt = pt.max(1);
+    let latent = latent.div_ceil(pt) * pt;
+    (latent - 1) * tc.max(1) + 1
 }
 
 /// The pipeline request for stored settings.
@@ -483,16 +504,20 @@ mod tests {
 
     #[test]
     fn seconds_map_to_4k_plus_1_frames() {
-        assert_eq!(frames_for(4, 16), 65);
-        assert_eq!(frames_for(1, 16), 17);
-        assert_eq!(frames_for(5, 16), 81);
-        assert_eq!(frames_for(1, 24), 25);
-        assert_eq!(frames_for(1, 30), 33);
+        assert_eq!(frames_for(4, 16, 4, 1), 65);
+        assert_eq!(frames_for(1, 16, 4, 1), 17);
+        assert_eq!(frames_for(5, 16, 4, 1), 81);
+        assert_eq!(frames_for(1, 24, 4, 1), 25);
+        assert_eq!(frames_for(1, 30, 4, 1), 33);
         for s in 1..30 {
             for fps in [8, 16, 24, 25, 30] {
-                assert_eq!((frames_for(s, fps) - 1) % 4, 0);
+                assert_eq!((frames_for(s, fps, 4, 1) - 1) % 4, 0);
+                // The embedded model: no time compression, 2-frame patches.
+                let f = frames_for(s, fps, 1, 2);
+                assert!(f % 2 == 0 && f >= (s * fps) as usize && f <= (s * fps) as usize + 1);
             }
         }
+        assert_eq!(frames_for(1, 8, 1, 2), 8);
     }
 
     #[test]

@@ -23,10 +23,10 @@ pub fn config(data_dir: PathBuf) -> ServerConfig {
             dir: tiny_model(),
         }],
         defaults: Defaults {
-            size: (32, 32),
-            seconds: 1,
-            steps: 4,
-            guidance: 5.0,
+            size: Some((32, 32)),
+            seconds: Some(1),
+            steps: Some(4),
+            guidance: Some(5.0),
         },
         limits: Limits {
             max_body_bytes: 64 << 10,
