@@ -13,8 +13,14 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use sorrel_models::wan::config::WanTransformerConfig;
 use sorrel_models::wan::transformer::WanTransformer3DModel;
 
-const BATCH: usize = 64;
-const LATENT: (usize, usize, usize, usize) = (8, 5, 8, 8);
+/// Batch and latent frames of the toy-world recipe; `BENCH_BATCH` and `BENCH_LATENT_FRAMES` override them
+/// to size other recipes.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 const TEXT_LEN: usize = 16;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -23,8 +29,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Multiply-adds of one forward, counted over the matrix products (everything else is a few percent).
-fn forward_flops(cfg: &WanTransformerConfig, tokens: usize) -> f64 {
-    let (b, s, l) = (BATCH as f64, tokens as f64, TEXT_LEN as f64);
+fn forward_flops(cfg: &WanTransformerConfig, batch: usize, tokens: usize) -> f64 {
+    let (b, s, l) = (batch as f64, tokens as f64, TEXT_LEN as f64);
     let d = cfg.inner_dim() as f64;
     let f = cfg.ffn_dim as f64;
     let per_block = 4.0 * s * d * d      // self-attention q, k, v, out
@@ -37,9 +43,11 @@ fn forward_flops(cfg: &WanTransformerConfig, tokens: usize) -> f64 {
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
+    let batch = env_or("BENCH_BATCH", 64);
+    let latent = (8, env_or("BENCH_LATENT_FRAMES", 5), 8, 8);
     let cfg: WanTransformerConfig = serde_json::from_value(serde_json::json!({
-        "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": LATENT.0,
-        "out_channels": LATENT.0, "text_dim": 128, "ffn_dim": 512, "num_layers": 6,
+        "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": latent.0,
+        "out_channels": latent.0, "text_dim": 128, "ffn_dim": 512, "num_layers": 6,
         "rope_max_seq_len": 32
     }))
     .expect("config");
@@ -58,16 +66,16 @@ fn main() -> candle_core::Result<()> {
             ..Default::default()
         },
     )?;
-    let (c, f, h, w) = LATENT;
+    let (c, f, h, w) = latent;
     let tokens = f * (h / 2) * (w / 2);
     let (mut fw, mut bw, mut up) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..7 {
-        let x0 = Tensor::randn(0f32, 1.0, (BATCH, c, f, h, w), &dev)?;
+        let x0 = Tensor::randn(0f32, 1.0, (batch, c, f, h, w), &dev)?;
         let noise = x0.randn_like(0.0, 1.0)?;
-        let sigma = Tensor::rand(0f32, 1.0, BATCH, &dev)?;
-        let s = sigma.reshape((BATCH, 1, 1, 1, 1))?;
+        let sigma = Tensor::rand(0f32, 1.0, batch, &dev)?;
+        let s = sigma.reshape((batch, 1, 1, 1, 1))?;
         let xt = (x0.broadcast_mul(&(1.0 - &s)?)? + noise.broadcast_mul(&s)?)?;
-        let text = Tensor::randn(0f32, 1.0, (BATCH, TEXT_LEN, 128), &dev)?;
+        let text = Tensor::randn(0f32, 1.0, (batch, TEXT_LEN, 128), &dev)?;
         let t0 = Instant::now();
         let pred = model.forward(&xt, &(sigma * 1000.0)?, &text)?;
         let loss = (pred - (noise - x0)?)?.sqr()?.mean_all()?;
@@ -85,14 +93,14 @@ fn main() -> candle_core::Result<()> {
     }
     let (fw, bw, up) = (median(fw), median(bw), median(up));
     let total = fw + bw + up;
-    let flops = forward_flops(&cfg, tokens);
+    let flops = forward_flops(&cfg, batch, tokens);
     println!(
-        "Wan transformer, {params} parameters, batch {BATCH} x {tokens} tokens, text {TEXT_LEN}, f32"
+        "Wan transformer, {params} parameters, batch {batch} x {tokens} tokens, text {TEXT_LEN}, f32"
     );
     println!(
         "forward {fw:.3} s ({:.1} GFLOP/s), backward {bw:.3} s, AdamW {up:.3} s; step {total:.3} s = {:.0} clips/s ({:.1} GFLOP/s counting backward as 2x forward)",
         flops / fw / 1e9,
-        BATCH as f64 / total,
+        batch as f64 / total,
         3.0 * flops / (fw + bw) / 1e9
     );
     Ok(())
