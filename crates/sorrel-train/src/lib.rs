@@ -7,6 +7,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod ema;
+pub mod toyworld;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
@@ -26,6 +27,17 @@ pub enum TrainError {
         /// What was wrong, and what to do.
         why: String,
     },
+    /// A file of the run could not be read or written.
+    #[error("{path}: {why}")]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// A setting or input is unusable; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Result with [`TrainError`].

@@ -1,0 +1,244 @@
+//! The embedded model's recipe: the configs of its four parts and the training settings, chosen from
+//! measurements on the 2-core CPU this project is built on (see `docs/models/toyworld.md`).
+//!
+//! The VAE compresses space 4x and leaves time alone: with its earlier temporal taps kept at zero it is a
+//! per-frame image autoencoder, so it trains on single frames (about 10x cheaper per clip than a temporal
+//! VAE in candle) and still loads and runs as an ordinary Wan VAE. The transformer patches (2, 2, 2), so
+//! 8 frames of 8x8 latents are 64 tokens.
+
+use serde_json::{json, Value};
+
+/// Every size and setting of one training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Recipe {
+    /// Frame width and height in pixels.
+    pub size: usize,
+    /// Frames per clip.
+    pub frames: usize,
+    /// Playback rate the clips are meant for.
+    pub fps: u32,
+    /// Text tokens per prompt (the longest caption is 15 words plus `</s>`).
+    pub text_len: usize,
+    /// VAE base width (diffusers' `base_dim`).
+    pub vae_dim: usize,
+    /// Latent channels.
+    pub z_dim: usize,
+    /// Transformer attention heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Transformer feed-forward width.
+    pub ffn_dim: usize,
+    /// Text encoder width (and the transformer's `text_dim`).
+    pub text_dim: usize,
+    /// Text encoder layers.
+    pub text_layers: usize,
+    /// Seed of initial weights, data order and noise.
+    pub seed: u64,
+    /// VAE optimiser steps.
+    pub vae_steps: u64,
+    /// Frames per VAE step.
+    pub vae_batch: usize,
+    /// VAE learning rate.
+    pub vae_lr: f64,
+    /// Distinct training clips encoded once for the transformer stage.
+    pub latent_clips: usize,
+    /// Transformer optimiser steps.
+    pub dit_steps: u64,
+    /// Clips per transformer step.
+    pub dit_batch: usize,
+    /// Transformer and text encoder learning rate (constant).
+    pub dit_lr: f64,
+    /// EMA decay of the shipped transformer and text encoder weights.
+    pub ema_decay: f64,
+    /// Share of captions replaced by "" (so classifier-free guidance has an unconditional model).
+    pub caption_dropout: f64,
+    /// Sampling defaults written into the model folder.
+    pub sample_steps: usize,
+    /// Classifier-free guidance scale at sampling.
+    pub guidance: f64,
+    /// Flow shift of the sampling schedule.
+    pub flow_shift: f64,
+}
+
+impl Default for Recipe {
+    /// The shipped model's recipe.
+    fn default() -> Self {
+        Self {
+            size: 32,
+            frames: 8,
+            fps: 8,
+            text_len: 16,
+            vae_dim: 16,
+            z_dim: 8,
+            heads: 4,
+            head_dim: 32,
+            layers: 6,
+            ffn_dim: 512,
+            text_dim: 128,
+            text_layers: 2,
+            seed: 7,
+            vae_steps: 450,
+            vae_batch: 16,
+            vae_lr: 1e-3,
+            latent_clips: 4096,
+            dit_steps: 2400,
+            dit_batch: 32,
+            dit_lr: 5e-4,
+            ema_decay: 0.998,
+            caption_dropout: 0.1,
+            sample_steps: 25,
+            guidance: 4.0,
+            flow_shift: 1.0,
+        }
+    }
+}
+
+impl Recipe {
+    /// A recipe small enough to run end to end in a test (seconds): same code, tiny widths and step counts.
+    pub fn smoke() -> Self {
+        Self {
+            frames: 4,
+            vae_dim: 4,
+            z_dim: 4,
+            heads: 2,
+            head_dim: 8,
+            layers: 1,
+            ffn_dim: 32,
+            text_dim: 16,
+            text_layers: 1,
+            vae_steps: 6,
+            vae_batch: 4,
+            latent_clips: 16,
+            dit_steps: 6,
+            dit_batch: 4,
+            sample_steps: 2,
+            ..Self::default()
+        }
+    }
+
+    /// Transformer tokens per clip.
+    pub fn tokens(&self) -> usize {
+        (self.frames / 2) * (self.size / 8) * (self.size / 8)
+    }
+
+    /// Latent shape of one clip: (z, F, H/4, W/4).
+    pub fn latent_shape(&self) -> (usize, usize, usize, usize) {
+        (self.z_dim, self.frames, self.size / 4, self.size / 4)
+    }
+
+    /// Checks the sizes fit the architecture; says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.size == 0 || !self.size.is_multiple_of(8) {
+            return Err(format!(
+                "size {} must be a positive multiple of 8",
+                self.size
+            ));
+        }
+        if self.frames < 2 || !self.frames.is_multiple_of(2) {
+            return Err(format!(
+                "frames {} must be even and at least 2 (the transformer patches 2 frames)",
+                self.frames
+            ));
+        }
+        if self.vae_batch == 0 || self.dit_batch == 0 || self.latent_clips == 0 {
+            return Err("batch sizes and latent_clips must be positive".into());
+        }
+        if self.text_len < 2 {
+            return Err("text_len must be at least 2".into());
+        }
+        Ok(())
+    }
+
+    /// diffusers `AutoencoderKLWan` config, with the latents' per-channel mean and std.
+    pub fn vae_config(&self, mean: &[f64], std: &[f64]) -> Value {
+        json!({
+            "_class_name": "AutoencoderKLWan",
+            "base_dim": self.vae_dim,
+            "z_dim": self.z_dim,
+            "dim_mult": [1, 2, 4],
+            "num_res_blocks": 1,
+            "attn_scales": [],
+            "temperal_downsample": [false, false],
+            "dropout": 0.0,
+            "latents_mean": mean,
+            "latents_std": std,
+            "in_channels": 3,
+            "out_channels": 3,
+            "is_residual": false,
+            "scale_factor_spatial": 4,
+            "scale_factor_temporal": 1,
+        })
+    }
+
+    /// transformers `UMT5EncoderModel` config.
+    pub fn text_encoder_config(&self, vocab_size: usize) -> Value {
+        json!({
+            "architectures": ["UMT5EncoderModel"],
+            "model_type": "umt5",
+            "vocab_size": vocab_size,
+            "d_model": self.text_dim,
+            "d_kv": self.text_dim / 4,
+            "num_heads": 4,
+            "d_ff": 2 * self.text_dim,
+            "num_layers": self.text_layers,
+            "num_decoder_layers": 0,
+            "relative_attention_num_buckets": 16,
+            "relative_attention_max_distance": 32,
+            "feed_forward_proj": "gated-gelu",
+            "dense_act_fn": "gelu_new",
+            "layer_norm_epsilon": 1e-6,
+            "is_gated_act": true,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "tie_word_embeddings": false,
+        })
+    }
+
+    /// diffusers `WanTransformer3DModel` config.
+    pub fn transformer_config(&self) -> Value {
+        json!({
+            "_class_name": "WanTransformer3DModel",
+            "patch_size": [2, 2, 2],
+            "num_attention_heads": self.heads,
+            "attention_head_dim": self.head_dim,
+            "in_channels": self.z_dim,
+            "out_channels": self.z_dim,
+            "text_dim": self.text_dim,
+            "freq_dim": 256,
+            "ffn_dim": self.ffn_dim,
+            "num_layers": self.layers,
+            "cross_attn_norm": true,
+            "qk_norm": "rms_norm_across_heads",
+            "eps": 1e-6,
+            "image_dim": null,
+            "added_kv_proj_dim": null,
+            "rope_max_seq_len": 64,
+        })
+    }
+
+    /// diffusers `FlowMatchEulerDiscreteScheduler` config: the Euler sampler the model was trained for.
+    pub fn scheduler_config(&self) -> Value {
+        json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "shift": self.flow_shift,
+            "use_dynamic_shifting": false,
+        })
+    }
+
+    /// diffusers `model_index.json` of the folder.
+    pub fn model_index(&self) -> Value {
+        json!({
+            "_class_name": "WanPipeline",
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "UMT5EncoderModel"],
+            "tokenizer": ["transformers", "T5Tokenizer"],
+            "transformer": ["diffusers", "WanTransformer3DModel"],
+            "transformer_2": [null, null],
+            "vae": ["diffusers", "AutoencoderKLWan"],
+        })
+    }
+}

@@ -1,0 +1,380 @@
+//! The two training stages: the VAE on single frames, then the transformer and text encoder together on
+//! the VAE's latents of a fixed set of clips (encoded once), with flow matching.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::Rng;
+use sorrel_models::wan::config::WanTransformerConfig;
+use sorrel_models::wan::text_encoder::{Umt5Config, Umt5Encoder};
+use sorrel_models::wan::tokenizer::WanTokenizer;
+use sorrel_models::wan::transformer::WanTransformer3DModel;
+use sorrel_models::wan::vae::{AutoencoderKLWan, VaeConfig};
+use sorrel_toyworld::{render, Scene, WorldSize};
+
+use super::data::{self, step_rng};
+use super::init::{init_params, sorted_vars};
+use super::log::LossLog;
+use super::recipe::Recipe;
+use crate::{load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Ema, Result, TrainError};
+
+/// Steps between checkpoints (and loss-log lines).
+pub const CHECKPOINT_EVERY: u64 = 50;
+/// Steps between loss-log lines.
+pub const LOG_EVERY: u64 = 10;
+
+/// What a stage reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct StageProgress {
+    /// "vae", "latents" or "transformer".
+    pub stage: &'static str,
+    /// Steps (or clips) done.
+    pub done: u64,
+    /// Steps (or clips) in all.
+    pub total: u64,
+    /// Mean loss since the last report (0 for "latents").
+    pub loss: f64,
+}
+
+/// The progress callback.
+pub type ProgressFn<'a> = dyn FnMut(&StageProgress) + 'a;
+
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| TrainError::Invalid(format!("{what}: {e}")))
+}
+
+/// The VAE's config with neutral latent statistics (the real ones are measured after training).
+pub fn vae_config(recipe: &Recipe) -> Result<VaeConfig> {
+    let z = recipe.z_dim;
+    parse(
+        recipe.vae_config(&vec![0.0; z], &vec![1.0; z]),
+        "VAE config",
+    )
+}
+
+/// A fresh VAE in a VarMap.
+pub fn new_vae(recipe: &Recipe, dev: &Device) -> Result<(VarMap, AutoencoderKLWan)> {
+    let varmap = VarMap::new();
+    let vae = AutoencoderKLWan::new(
+        &vae_config(recipe)?,
+        VarBuilder::from_varmap(&varmap, DType::F32, dev),
+    )?;
+    Ok((varmap, vae))
+}
+
+/// Runs (or continues, from `ckpt`) the VAE stage.
+pub fn train_vae(
+    recipe: &Recipe,
+    ckpt: &Path,
+    log: &mut LossLog,
+    progress: &mut ProgressFn,
+) -> Result<VarMap> {
+    let dev = Device::Cpu;
+    let (varmap, vae) = new_vae(recipe, &dev)?;
+    let params = sorted_vars(&varmap, "");
+    init_params(&params, recipe.seed)?;
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            lr: recipe.vae_lr,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    if ckpt.exists() {
+        load_checkpoint(ckpt, &mut opt, None)?;
+    }
+    let world = WorldSize {
+        size: recipe.size,
+        frames: recipe.frames,
+    };
+    let t0 = Instant::now();
+    let mut acc = (0.0, 0u64);
+    while opt.steps() < recipe.vae_steps {
+        let step = opt.steps();
+        let mut rng = step_rng(recipe.seed, 1, step);
+        let (x, w) = data::vae_batch(&mut rng, recipe.vae_batch, world, &dev)?;
+        let (mean, logvar) = vae.encode(&x)?;
+        let eps = data::normal(&mut rng, mean.dims(), &dev)?;
+        let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
+        let y = vae.decode(&z)?;
+        let d = (y - &x)?;
+        let rec = ((d.abs()? + d.sqr()?)?.broadcast_mul(&w)?).mean_all()?;
+        let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?.mean_all()?;
+        let loss = (rec + (kl * 0.5e-4)?)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(TrainError::Invalid(format!(
+                "the VAE loss became {l} at step {step}: lower --vae-lr"
+            )));
+        }
+        opt.step(&loss.backward()?)?;
+        acc = (acc.0 + l, acc.1 + 1);
+        report(
+            "vae",
+            opt.steps(),
+            recipe.vae_steps,
+            &mut acc,
+            t0,
+            log,
+            progress,
+        )?;
+        if opt.steps() % CHECKPOINT_EVERY == 0 || opt.steps() == recipe.vae_steps {
+            save_checkpoint(ckpt, &opt, None, &serde_json::json!({"stage": "vae"}))?;
+        }
+    }
+    Ok(varmap)
+}
+
+fn report(
+    stage: &'static str,
+    done: u64,
+    total: u64,
+    acc: &mut (f64, u64),
+    t0: Instant,
+    log: &mut LossLog,
+    progress: &mut ProgressFn,
+) -> Result<()> {
+    if done % LOG_EVERY == 0 || done == total {
+        let loss = acc.0 / acc.1.max(1) as f64;
+        log.record(stage, done, loss, t0.elapsed().as_secs_f64())?;
+        progress(&StageProgress {
+            stage,
+            done,
+            total,
+            loss,
+        });
+        *acc = (0.0, 0);
+    }
+    Ok(())
+}
+
+/// The VAE weights of a finished stage-1 checkpoint.
+pub fn load_vae(recipe: &Recipe, ckpt: &Path) -> Result<(VarMap, AutoencoderKLWan)> {
+    let dev = Device::Cpu;
+    let (varmap, _) = new_vae(recipe, &dev)?;
+    let params = sorted_vars(&varmap, "");
+    let mut opt = AdamW::new(params, AdamWConfig::default())?;
+    let c = load_checkpoint(ckpt, &mut opt, None)?;
+    if c.step < recipe.vae_steps {
+        return Err(TrainError::Invalid(format!(
+            "{} holds step {} of {} VAE steps: run the VAE stage to the end first",
+            ckpt.display(),
+            c.step,
+            recipe.vae_steps
+        )));
+    }
+    // Rebuilt from plain tensors: with variables every output would hold its whole graph (all of the
+    // encoder's activations) alive, which for thousands of clips runs out of memory.
+    let plain: std::collections::HashMap<String, Tensor> = sorted_vars(&varmap, "")
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().detach()))
+        .collect();
+    let vae = AutoencoderKLWan::new(
+        &vae_config(recipe)?,
+        VarBuilder::from_tensors(plain, DType::F32, &dev),
+    )?;
+    Ok((varmap, vae))
+}
+
+/// Encodes training clips 0..latent_clips as per-frame latent means: (N, z, F, h, w), with the per-channel
+/// mean and std over all of them.
+pub fn encode_latents(
+    recipe: &Recipe,
+    vae: &AutoencoderKLWan,
+    progress: &mut ProgressFn,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let dev = Device::Cpu;
+    let world = WorldSize {
+        size: recipe.size,
+        frames: recipe.frames,
+    };
+    let (f, n) = (recipe.frames, recipe.latent_clips);
+    let per_batch = 32;
+    let mut out = Vec::new();
+    for start in (0..n).step_by(per_batch) {
+        let end = (start + per_batch).min(n);
+        let clips = (start..end)
+            .map(|i| {
+                let clip = render(&data::train_scene(i), world);
+                data::frames_to_tensor(&clip.frames, recipe.size, &dev)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // (B, 3, F, H, W) -> (B*F, 3, 1, H, W): the VAE is per-frame, and single frames take its fast path.
+        let x = Tensor::stack(&clips, 0)?;
+        let (b, c, _, h, w) = x.dims5()?;
+        let imgs = x
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((b * f, c, 1, h, w))?
+            .contiguous()?;
+        let (mean, _) = vae.encode(&imgs)?;
+        let mean = mean.detach();
+        let (_, z, _, lh, lw) = mean.dims5()?;
+        let lat = mean
+            .reshape((b, f, z, lh, lw))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        out.push(lat);
+        progress(&StageProgress {
+            stage: "latents",
+            done: end as u64,
+            total: n as u64,
+            loss: 0.0,
+        });
+    }
+    let lat = Tensor::cat(&out, 0)?;
+    let z = recipe.z_dim;
+    let per_channel = lat.transpose(0, 1)?.contiguous()?.reshape((z, ()))?;
+    let mean = per_channel.mean_keepdim(1)?;
+    let std = per_channel
+        .broadcast_sub(&mean)?
+        .sqr()?
+        .mean_keepdim(1)?
+        .sqrt()?;
+    let to_vec = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| (v as f64 * 1e4).round() / 1e4)
+            .collect())
+    };
+    Ok((lat, to_vec(&mean)?, to_vec(&std)?))
+}
+
+/// The transformer and text encoder, built in two VarMaps.
+pub struct Denoiser {
+    /// Text encoder weights (transformers names).
+    pub text_vars: VarMap,
+    /// Transformer weights (diffusers names).
+    pub transformer_vars: VarMap,
+    /// The text encoder.
+    pub text_encoder: Umt5Encoder,
+    /// The transformer.
+    pub transformer: WanTransformer3DModel,
+}
+
+impl Denoiser {
+    /// Fresh, untrained.
+    pub fn new(recipe: &Recipe, vocab_size: usize, dev: &Device) -> Result<Self> {
+        let text_cfg: Umt5Config = parse(
+            recipe.text_encoder_config(vocab_size),
+            "text encoder config",
+        )?;
+        let tr_cfg: WanTransformerConfig =
+            parse(recipe.transformer_config(), "transformer config")?;
+        let text_vars = VarMap::new();
+        let transformer_vars = VarMap::new();
+        let text_encoder = Umt5Encoder::new(
+            &text_cfg,
+            VarBuilder::from_varmap(&text_vars, DType::F32, dev),
+        )?;
+        let transformer = WanTransformer3DModel::new(
+            &tr_cfg,
+            VarBuilder::from_varmap(&transformer_vars, DType::F32, dev),
+        )?;
+        Ok(Self {
+            text_vars,
+            transformer_vars,
+            text_encoder,
+            transformer,
+        })
+    }
+
+    /// All parameters, prefixed `text_encoder/` and `transformer/`, in name order.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut p = sorted_vars(&self.text_vars, "text_encoder/");
+        p.extend(sorted_vars(&self.transformer_vars, "transformer/"));
+        p
+    }
+}
+
+/// Runs (or continues, from `ckpt`) the transformer stage on normalised `latents` (N, z, F, h, w).
+/// Returns the EMA weights by prefixed name.
+pub fn train_denoiser(
+    recipe: &Recipe,
+    latents: &Tensor,
+    tokenizer: &WanTokenizer,
+    ckpt: &Path,
+    log: &mut LossLog,
+    progress: &mut ProgressFn,
+) -> Result<Vec<(String, Tensor)>> {
+    let dev = Device::Cpu;
+    let model = Denoiser::new(recipe, super::tokenizer::vocab_size(), &dev)?;
+    let params = model.params();
+    init_params(&params, recipe.seed.wrapping_add(1))?;
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            lr: recipe.dit_lr,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut ema = Ema::new(&params, recipe.ema_decay)?;
+    if ckpt.exists() {
+        load_checkpoint(ckpt, &mut opt, Some(&mut ema))?;
+    }
+    let n = latents.dim(0)?;
+    let scenes: Vec<Scene> = (0..n).map(data::train_scene).collect();
+    let b = recipe.dit_batch;
+    let t0 = Instant::now();
+    let mut acc = (0.0, 0u64);
+    while opt.steps() < recipe.dit_steps {
+        let step = opt.steps();
+        let mut rng = step_rng(recipe.seed, 2, step);
+        let idx: Vec<u32> = (0..b).map(|_| rng.random_range(0..n) as u32).collect();
+        let x0 = latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?;
+        let noise = data::normal(&mut rng, x0.dims(), &dev)?;
+        // Logit-normal noise levels, as in SD3 and the toy-world experiments.
+        let sig: Vec<f32> = (0..b)
+            .map(|_| {
+                let u: f32 = rng.sample(rand_distr::StandardNormal);
+                1.0 / (1.0 + (-u).exp())
+            })
+            .collect();
+        let s = Tensor::from_vec(sig.clone(), (b, 1, 1, 1, 1), &dev)?;
+        let xt = (x0.broadcast_mul(&(1.0 - &s)?)? + noise.broadcast_mul(&s)?)?;
+        let t = Tensor::from_vec(sig.iter().map(|v| v * 1000.0).collect(), b, &dev)?;
+        let captions: Vec<String> = idx
+            .iter()
+            .map(|&i| data::train_caption(&mut rng, &scenes[i as usize], recipe.caption_dropout))
+            .collect();
+        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let tokens = tokenizer
+            .encode(&refs, recipe.text_len)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let (ids, mask) = tokens.to_tensors(&dev)?;
+        let emb = model.text_encoder.prompt_embeds(&ids, &mask)?;
+        let pred = model.transformer.forward(&xt, &t, &emb)?;
+        let loss = (pred - (noise - x0)?)?.sqr()?.mean_all()?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(TrainError::Invalid(format!(
+                "the transformer loss became {l} at step {step}: lower --dit-lr"
+            )));
+        }
+        opt.step(&loss.backward()?)?;
+        ema.update(&params)?;
+        acc = (acc.0 + l, acc.1 + 1);
+        report(
+            "transformer",
+            opt.steps(),
+            recipe.dit_steps,
+            &mut acc,
+            t0,
+            log,
+            progress,
+        )?;
+        if opt.steps() % CHECKPOINT_EVERY == 0 || opt.steps() == recipe.dit_steps {
+            save_checkpoint(
+                ckpt,
+                &opt,
+                Some(&ema),
+                &serde_json::json!({"stage": "transformer"}),
+            )?;
+        }
+    }
+    Ok(ema.weights().to_vec())
+}
