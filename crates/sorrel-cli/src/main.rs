@@ -1,8 +1,11 @@
 //! `sorrel`: text-to-video generation from the command line.
 
+mod embedded;
+mod eval;
 mod output;
 mod provenance;
 mod serve;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +40,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Check a file's content credentials (C2PA): who made it, with what, and whether it changed since.
     Verify(provenance::VerifyArgs),
+    /// Train the embedded toy-world model from scratch.
+    Train(train::TrainArgs),
+    /// Score a toy-world model on prompts no training clip used.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(clap::Args)]
@@ -44,29 +51,30 @@ struct GenerateArgs {
     /// What the video shows.
     prompt: String,
     /// Model folder: a Wan2.1 diffusers folder (with model_index.json) or an original Wan2.1 release folder.
-    #[arg(long, short = 'm')]
+    /// Default: the embedded toy-world model (32x32, 8 frames; see docs/models/toyworld.md).
+    #[arg(long, short = 'm', env = "SORREL_MODEL")]
     model: Option<PathBuf>,
     /// What to steer away from.
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Number of frames, 4k+1 (e.g. 17, 33, 81).
-    #[arg(long, default_value_t = 81)]
-    frames: usize,
-    /// Width in pixels (multiple of 16).
+    /// Number of frames (Wan2.1: 4k+1 such as 17, 33, 81; default: the model's, 81 for Wan2.1).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Width in pixels (Wan2.1: a multiple of 16).
     #[arg(long)]
     width: Option<usize>,
-    /// Height in pixels (multiple of 16).
+    /// Height in pixels (Wan2.1: a multiple of 16).
     #[arg(long)]
     height: Option<usize>,
-    /// Size as WIDTHxHEIGHT, e.g. 832x480 (the default).
+    /// Size as WIDTHxHEIGHT, e.g. 832x480 (default: the model's, 832x480 for Wan2.1).
     #[arg(long, conflicts_with_all = ["width", "height"])]
     size: Option<String>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale (1 or less turns guidance off).
-    #[arg(long, default_value_t = 5.0)]
-    guidance: f64,
+    /// Denoising steps (default: the model's, 50 for Wan2.1).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale, 1 or less turns guidance off (default: the model's, 5 for Wan2.1).
+    #[arg(long)]
+    guidance: Option<f64>,
     /// Noise seed; a random one is chosen and printed if omitted.
     #[arg(long)]
     seed: Option<u64>,
@@ -76,9 +84,9 @@ struct GenerateArgs {
     /// Override the sampler's flow shift (Wan2.1 T2V uses 3.0 at 480p, 5.0 at 720p).
     #[arg(long)]
     flow_shift: Option<f64>,
-    /// Text tokens per prompt.
-    #[arg(long, default_value_t = 512)]
-    max_sequence_length: usize,
+    /// Text tokens per prompt (default: what the model was trained with, 512 for Wan2.1).
+    #[arg(long)]
+    max_sequence_length: Option<usize>,
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -90,7 +98,8 @@ struct GenerateArgs {
     /// sorrel-SEED.mp4.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
-    /// Frames per second of the written video (default: the model's native rate, 16 for Wan2.1).
+    /// Frames per second of the written video (default: the model's native rate, 16 for Wan2.1, 8 for the
+    /// embedded model).
     #[arg(long)]
     fps: Option<u32>,
     /// Video codec for .mp4: h264 (plays everywhere) or av1 (royalty-free, smaller, slower).
@@ -115,7 +124,7 @@ struct GenerateArgs {
     sign: provenance::SignArgs,
 }
 
-fn parse_size(args: &GenerateArgs) -> Result<(usize, usize)> {
+fn parse_size(args: &GenerateArgs, default: (usize, usize)) -> Result<(usize, usize)> {
     if let Some(s) = &args.size {
         let (w, h) = s
             .split_once(['x', 'X'])
@@ -130,7 +139,10 @@ fn parse_size(args: &GenerateArgs) -> Result<(usize, usize)> {
             .with_context(|| format!("--size `{s}`: height `{h}` is not a number"))?;
         return Ok((w, h));
     }
-    Ok((args.width.unwrap_or(832), args.height.unwrap_or(480)))
+    Ok((
+        args.width.unwrap_or(default.0),
+        args.height.unwrap_or(default.1),
+    ))
 }
 
 pub(crate) fn parse_dtype(s: &str) -> Result<DType> {
@@ -153,7 +165,12 @@ fn load_init_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     // Check everything cheap before loading weights or spending minutes generating.
-    let (width, height) = parse_size(&args)?;
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => embedded::model_dir()?,
+    };
+    let (defaults, compression, patch) = WanPipeline::describe(&model)?;
+    let (width, height) = parse_size(&args, (defaults.width, defaults.height))?;
     let dtype = parse_dtype(&args.dtype)?;
     let seed = args.seed.unwrap_or_else(rand_seed);
     let out_path = args
@@ -181,12 +198,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     // Before the weights load: a bad certificate should fail in milliseconds, not after the generation.
     let identity = args.sign.identity()?;
-    let Some(model) = &args.model else {
-        bail!(
-            "no --model given: Sorrel has no embedded default model yet; pass --model with a Wan2.1 diffusers \
-             folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers) or an original Wan2.1 release folder"
-        );
-    };
     let init_latents = args
         .init_latents
         .as_ref()
@@ -197,9 +208,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
         negative_prompt: args.negative_prompt.clone(),
         width,
         height,
-        frames: args.frames,
-        steps: args.steps,
-        guidance: args.guidance,
+        frames: args.frames.unwrap_or(defaults.frames),
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
         seed,
         max_sequence_length: args.max_sequence_length,
         scheduler: args.scheduler.clone(),
@@ -207,10 +218,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
         init_latents,
     };
     req.check()?;
+    req.check_for(&defaults, compression, patch)?;
 
     let t0 = Instant::now();
     let pipe = WanPipeline::load(
-        model,
+        &model,
         &LoadOptions {
             dtype,
             device: Device::Cpu,
@@ -263,9 +275,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let signer = provenance::Signer {
         identity,
         generation: sorrel_provenance::Generation {
-            model: model_name(model),
+            model: match &args.model {
+                Some(m) => model_name(m),
+                None => embedded::NAME.to_string(),
+            },
             seed,
-            steps: args.steps,
+            steps: req.steps,
             prompt: args.sign.record_prompt.then(|| args.prompt.clone()),
             watermark,
         },
@@ -353,6 +368,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Train(args) => train::train(args),
+        Command::Eval(args) => eval::eval(args),
         Command::Verify(args) => match provenance::verify(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

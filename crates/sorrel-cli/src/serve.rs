@@ -12,8 +12,9 @@ use sorrel_server::{Defaults, Limits, ModelSpec, Server, ServerConfig, WebhookCo
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// A model to serve, as NAME=DIR (clients pass NAME as `model`) or DIR (named after the folder). Repeat
-    /// for several; the first is the default.
-    #[arg(long, short = 'm', required = true)]
+    /// for several; the first is the default. Without any, the embedded toy-world model is served as
+    /// `sorrel-toyworld`.
+    #[arg(long, short = 'm')]
     model: Vec<String>,
     /// Address to listen on. Without API keys only loopback addresses are allowed.
     #[arg(long, default_value = "127.0.0.1")]
@@ -51,18 +52,18 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
-    /// Size when a request gives none.
-    #[arg(long, default_value = "832x480")]
-    default_size: String,
-    /// Seconds when a request gives none.
-    #[arg(long, default_value_t = 4)]
-    default_seconds: u32,
-    /// Denoising steps when a request gives none.
-    #[arg(long, default_value_t = 50)]
-    default_steps: usize,
-    /// Guidance scale when a request gives none.
-    #[arg(long, default_value_t = 5.0)]
-    default_guidance: f64,
+    /// Size when a request gives none (default: the model's, 832x480 for Wan2.1).
+    #[arg(long)]
+    default_size: Option<String>,
+    /// Seconds when a request gives none (default: the model's clip length, 4 for Wan2.1).
+    #[arg(long)]
+    default_seconds: Option<u32>,
+    /// Denoising steps when a request gives none (default: the model's, 50 for Wan2.1).
+    #[arg(long)]
+    default_steps: Option<usize>,
+    /// Guidance scale when a request gives none (default: the model's, 5 for Wan2.1).
+    #[arg(long)]
+    default_guidance: Option<f64>,
     /// Hours a finished video (and its record) is kept before it expires and is removed.
     #[arg(long, default_value_t = 24.0)]
     retention_hours: f64,
@@ -133,20 +134,29 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         max_queued_per_key: args.max_queued_per_key,
         max_body_bytes: args.max_body_bytes,
     };
-    let size = wxh("--default-size", &args.default_size)?;
-    sorrel_server::params::parse_size(&args.default_size, &limits)
-        .map_err(|e| anyhow::anyhow!("--default-size: {}", e.message))?;
-    if args.default_seconds == 0 || args.default_seconds > limits.max_seconds {
-        bail!(
-            "--default-seconds must be from 1 to --max-seconds ({})",
-            limits.max_seconds
-        );
+    let size = match &args.default_size {
+        Some(s) => {
+            sorrel_server::params::parse_size(s, &limits)
+                .map_err(|e| anyhow::anyhow!("--default-size: {}", e.message))?;
+            Some(wxh("--default-size", s)?)
+        }
+        None => None,
+    };
+    if let Some(s) = args.default_seconds {
+        if s == 0 || s > limits.max_seconds {
+            bail!(
+                "--default-seconds must be from 1 to --max-seconds ({})",
+                limits.max_seconds
+            );
+        }
     }
-    if args.default_steps == 0 || args.default_steps > limits.max_steps {
-        bail!(
-            "--default-steps must be from 1 to --max-steps ({})",
-            limits.max_steps
-        );
+    if let Some(s) = args.default_steps {
+        if s == 0 || s > limits.max_steps {
+            bail!(
+                "--default-steps must be from 1 to --max-steps ({})",
+                limits.max_steps
+            );
+        }
     }
     if !(args.retention_hours.is_finite() && args.retention_hours > 0.0) {
         bail!("--retention-hours must be a positive number");
@@ -170,11 +180,17 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         host: args.host,
         port: args.port,
         api_keys,
-        models: args
-            .model
-            .iter()
-            .map(|m| model_spec(m))
-            .collect::<Result<_>>()?,
+        models: if args.model.is_empty() {
+            vec![ModelSpec {
+                name: crate::embedded::NAME.to_string(),
+                dir: crate::embedded::model_dir()?,
+            }]
+        } else {
+            args.model
+                .iter()
+                .map(|m| model_spec(m))
+                .collect::<Result<_>>()?
+        },
         dtype: crate::parse_dtype(&args.dtype)?,
         workers: args.workers,
         limits,

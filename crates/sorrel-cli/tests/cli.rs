@@ -364,8 +364,8 @@ fn bad_request_values() {
         a
     };
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (set(5, "40x32"), "multiples of 16"),
-        (set(5, "0x32"), "multiples of 16"),
+        (set(5, "40x32"), "width must be a multiple of 16"),
+        (set(5, "0x32"), "width and height must be positive"),
         (set(7, "10"), "frames must be 4k+1"),
         (set(9, "0"), "0 steps is not supported"),
         (with(&["--scheduler", "ddim"]), "unknown scheduler `ddim`"),

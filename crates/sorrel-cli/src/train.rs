@@ -1,0 +1,91 @@
+//! `sorrel train`: trains the embedded toy-world model from scratch (or continues a run), with a progress
+//! bar per stage and a loss log in the work folder.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use sorrel_train::toyworld::{self, Recipe, StageProgress};
+
+/// Train the embedded toy-world model from scratch (VAE, then text encoder + transformer).
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Where to write the trained model folder (replaced atomically when training ends).
+    #[arg(long, short = 'o', default_value = "sorrel-toyworld")]
+    pub out: PathBuf,
+    /// Folder for checkpoints, cached latents and the loss log.
+    #[arg(long, default_value = "sorrel-train-run")]
+    pub work: PathBuf,
+    /// Continue the run in --work from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// VAE optimiser steps (default: the recipe's).
+    #[arg(long)]
+    pub vae_steps: Option<u64>,
+    /// Transformer optimiser steps (default: the recipe's).
+    #[arg(long)]
+    pub dit_steps: Option<u64>,
+    /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
+    #[arg(long)]
+    pub smoke: bool,
+    /// No progress bars.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Runs `sorrel train`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let mut recipe = if args.smoke {
+        Recipe::smoke()
+    } else {
+        Recipe::default()
+    };
+    if let Some(s) = args.vae_steps {
+        recipe.vae_steps = s;
+    }
+    if let Some(s) = args.dit_steps {
+        recipe.dit_steps = s;
+    }
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>28} [{bar:30}] {pos}/{len}  {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let mut stage = "";
+    let mut on_progress = |p: &StageProgress| {
+        if p.stage != stage {
+            stage = p.stage;
+            bar.reset();
+            bar.set_length(p.total);
+        }
+        bar.set_position(p.done);
+        if p.stage == "latents" {
+            bar.set_message("encoding latents");
+        } else {
+            bar.set_message(format!("{} loss {:.4}", p.stage, p.loss));
+        }
+    };
+    let t0 = std::time::Instant::now();
+    toyworld::train(
+        &recipe,
+        &args.work,
+        &args.out,
+        args.resume,
+        &mut on_progress,
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "trained in {:.1} min; model written to {} (loss log: {})",
+        t0.elapsed().as_secs_f64() / 60.0,
+        args.out.display(),
+        args.work.join("loss.csv").display()
+    );
+    Ok(())
+}
