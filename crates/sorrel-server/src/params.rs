@@ -514,7 +514,9 @@ mod tests {
                 assert_eq!((frames_for(s, fps, 4, 1) - 1) % 4, 0);
                 // The embedded model: no time compression, 2-frame patches.
                 let f = frames_for(s, fps, 1, 2);
-                assert!(f % 2 == 0 && f >= (s * fps) as usize && f <= (s * fps) as usize + 1);
+                assert!(
+                    f.is_multiple_of(2) && f >= (s * fps) as usize && f <= (s * fps) as usize + 1
+                );
             }
         }
         assert_eq!(frames_for(1, 8, 1, 2), 8);

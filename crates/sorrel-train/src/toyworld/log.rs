@@ -57,14 +57,12 @@ impl LossLog {
     }
 }
 
+/// One line of a plot: its (step, loss) points and RGB colour.
+pub type Series<'a> = (&'a [(u64, f64)], [u8; 3]);
+
 /// Draws each series as a line of its colour on a log-scale loss axis, into a `w`x`h` RGB PNG at `path`.
 /// Written by hand: a plotting crate would be a large dependency for two polylines.
-pub fn plot_png(
-    path: &Path,
-    series: &[(&[(u64, f64)], [u8; 3])],
-    w: usize,
-    h: usize,
-) -> Result<()> {
+pub fn plot_png(path: &Path, series: &[Series], w: usize, h: usize) -> Result<()> {
     let mut img = vec![255u8; w * h * 3];
     let (pad_l, pad_r, pad_t, pad_b) = (40usize, 10usize, 10usize, 30usize);
     let all: Vec<(u64, f64)> = series

@@ -121,7 +121,7 @@ pub fn train_vae(
             log,
             progress,
         )?;
-        if opt.steps() % CHECKPOINT_EVERY == 0 || opt.steps() == recipe.vae_steps {
+        if opt.steps().is_multiple_of(CHECKPOINT_EVERY) || opt.steps() == recipe.vae_steps {
             save_checkpoint(ckpt, &opt, None, &serde_json::json!({"stage": "vae"}))?;
         }
     }
@@ -137,7 +137,7 @@ fn report(
     log: &mut LossLog,
     progress: &mut ProgressFn,
 ) -> Result<()> {
-    if done % LOG_EVERY == 0 || done == total {
+    if done.is_multiple_of(LOG_EVERY) || done == total {
         let loss = acc.0 / acc.1.max(1) as f64;
         log.record(stage, done, loss, t0.elapsed().as_secs_f64())?;
         progress(&StageProgress {
@@ -367,7 +367,7 @@ pub fn train_denoiser(
             log,
             progress,
         )?;
-        if opt.steps() % CHECKPOINT_EVERY == 0 || opt.steps() == recipe.dit_steps {
+        if opt.steps().is_multiple_of(CHECKPOINT_EVERY) || opt.steps() == recipe.dit_steps {
             save_checkpoint(
                 ckpt,
                 &opt,
