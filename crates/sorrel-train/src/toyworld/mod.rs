@@ -75,10 +75,14 @@ pub fn train(
     };
     std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
     let recipe_json = serde_json::to_string_pretty(recipe).expect("recipe serialises");
-    // Step counts may change on resume (to train longer, or to stop early and export).
+    // Step counts may change on resume (to train longer, or to stop early and export), and so may the
+    // sampling settings written into the folder, which training does not use.
     let comparable = |r: &Recipe| Recipe {
         vae_steps: 0,
         dit_steps: 0,
+        sample_steps: 0,
+        guidance: 0.0,
+        flow_shift: 0.0,
         ..r.clone()
     };
     if paths.recipe().exists() {

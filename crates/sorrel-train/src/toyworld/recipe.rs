@@ -91,7 +91,7 @@ impl Default for Recipe {
             caption_dropout: 0.1,
             sample_steps: 25,
             guidance: 4.0,
-            flow_shift: 1.0,
+            flow_shift: 3.0,
         }
     }
 }
