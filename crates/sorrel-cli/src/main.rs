@@ -164,7 +164,9 @@ fn load_init_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    // Check everything cheap before loading weights or spending minutes generating.
+    // Check everything cheap before loading weights or spending minutes generating; a bad certificate
+    // first, in milliseconds.
+    let identity = args.sign.identity()?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => embedded::model_dir()?,
@@ -196,8 +198,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
             );
         }
     }
-    // Before the weights load: a bad certificate should fail in milliseconds, not after the generation.
-    let identity = args.sign.identity()?;
     let init_latents = args
         .init_latents
         .as_ref()

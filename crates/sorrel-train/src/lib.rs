@@ -40,5 +40,15 @@ pub enum TrainError {
     Invalid(String),
 }
 
+impl TrainError {
+    /// A failed read or write of `path`.
+    pub fn io(path: &std::path::Path, why: impl std::fmt::Display) -> Self {
+        TrainError::Io {
+            path: path.to_path_buf(),
+            why: why.to_string(),
+        }
+    }
+}
+
 /// Result with [`TrainError`].
 pub type Result<T> = std::result::Result<T, TrainError>;

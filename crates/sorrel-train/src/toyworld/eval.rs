@@ -140,18 +140,13 @@ pub fn evaluate(
     })
 }
 
-/// (F, H, W, 3) f32 in [0, 1] to one RGB8 buffer per frame.
+/// (F, H, W, 3) f32 in [0, 1] to one RGB8 buffer per frame, converted as `sorrel generate` writes them.
 fn to_rgb8(frames: &candle_core::Tensor) -> Result<Vec<Vec<u8>>> {
     let (f, h, w, _) = frames.dims4()?;
     let v = frames.flatten_all()?.to_vec1::<f32>()?;
-    Ok(v.chunks_exact(h * w * 3)
-        .take(f)
-        .map(|fr| {
-            fr.iter()
-                .map(|&x| (x * 255.0).round().clamp(0.0, 255.0) as u8)
-                .collect()
-        })
-        .collect())
+    let clip = sorrel_media::Clip::from_f32(&v, (f, h, w), 1)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    Ok(clip.frames().iter().map(|fr| fr.rgb.clone()).collect())
 }
 
 /// The table of a report, as Markdown.

@@ -13,16 +13,9 @@ use crate::{Result, TrainError};
 /// Name of the file in the model folder that holds Sorrel's defaults and limits for the model.
 pub const DEFAULTS_FILE: &str = "sorrel_defaults.json";
 
-fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    }
-}
-
 fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| io(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|e| io(path, e))
+    let text = serde_json::to_string_pretty(v).map_err(|e| TrainError::io(path, e))?;
+    std::fs::write(path, text + "\n").map_err(|e| TrainError::io(path, e))
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
@@ -30,7 +23,8 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F16)?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&half.into_iter().collect(), path).map_err(|e| io(path, e))
+    candle_core::safetensors::save(&half.into_iter().collect(), path)
+        .map_err(|e| TrainError::io(path, e))
 }
 
 /// Everything the folder holds.
@@ -58,11 +52,11 @@ pub fn write_model(dir: &Path, parts: &ModelParts) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".sorrel-model-")
         .tempdir_in(parent)
-        .map_err(|e| io(parent, e))?;
+        .map_err(|e| TrainError::io(parent, e))?;
     let t = tmp.path();
     for sub in [
         "scheduler",
@@ -71,7 +65,7 @@ pub fn write_model(dir: &Path, parts: &ModelParts) -> Result<()> {
         "transformer",
         "vae",
     ] {
-        std::fs::create_dir(t.join(sub)).map_err(|e| io(&t.join(sub), e))?;
+        std::fs::create_dir(t.join(sub)).map_err(|e| TrainError::io(&t.join(sub), e))?;
     }
     write_json(&t.join("model_index.json"), &r.model_index())?;
     write_json(
@@ -131,7 +125,8 @@ pub fn write_model(dir: &Path, parts: &ModelParts) -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path, m: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).map_err(|e| io(p, e))
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+                .map_err(|e| TrainError::io(p, e))
         };
         mode(&kept, 0o755)?;
         for entry in walk(&kept)? {
@@ -139,16 +134,16 @@ pub fn write_model(dir: &Path, parts: &ModelParts) -> Result<()> {
         }
     }
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
+        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }
-    std::fs::rename(&kept, dir).map_err(|e| io(dir, e))
+    std::fs::rename(&kept, dir).map_err(|e| TrainError::io(dir, e))
 }
 
 /// Every file and folder under `dir`.
 fn walk(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-        let p = e.map_err(|e| io(dir, e))?.path();
+    for e in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let p = e.map_err(|e| TrainError::io(dir, e))?.path();
         if p.is_dir() {
             out.extend(walk(&p)?);
         }
@@ -163,14 +158,16 @@ pub fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(path, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainError::io(path, e))?;
     {
         let mut enc = png::Encoder::new(&mut tmp, w as u32, h as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(|e| io(path, e))?;
-        wr.write_image_data(rgb).map_err(|e| io(path, e))?;
+        let mut wr = enc.write_header().map_err(|e| TrainError::io(path, e))?;
+        wr.write_image_data(rgb)
+            .map_err(|e| TrainError::io(path, e))?;
     }
-    tmp.persist(path).map_err(|e| io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| TrainError::io(path, e.error))?;
     Ok(())
 }

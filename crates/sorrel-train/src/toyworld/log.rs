@@ -11,18 +11,12 @@ pub struct LossLog {
     path: PathBuf,
 }
 
-fn io(path: &Path, e: std::io::Error) -> TrainError {
-    TrainError::Io {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    }
-}
-
 impl LossLog {
     /// Opens (creating with a header) the log at `path`; with `fresh`, an existing log is started over.
     pub fn open(path: &Path, fresh: bool) -> Result<Self> {
         if fresh || !path.exists() {
-            std::fs::write(path, "stage,step,loss,seconds\n").map_err(|e| io(path, e))?;
+            std::fs::write(path, "stage,step,loss,seconds\n")
+                .map_err(|e| TrainError::io(path, e))?;
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -34,14 +28,16 @@ impl LossLog {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
-            .map_err(|e| io(&self.path, e))?;
-        writeln!(f, "{stage},{step},{loss:.6},{seconds:.1}").map_err(|e| io(&self.path, e))
+            .map_err(|e| TrainError::io(&self.path, e))?;
+        writeln!(f, "{stage},{step},{loss:.6},{seconds:.1}")
+            .map_err(|e| TrainError::io(&self.path, e))
     }
 
     /// The logged (step, loss) points of `stage`, keeping the last line for each step (a resumed run
     /// repeats the steps after its checkpoint).
     pub fn points(&self, stage: &str) -> Result<Vec<(u64, f64)>> {
-        let text = std::fs::read_to_string(&self.path).map_err(|e| io(&self.path, e))?;
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|e| TrainError::io(&self.path, e))?;
         let mut pts: Vec<(u64, f64)> = Vec::new();
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split(',').collect();

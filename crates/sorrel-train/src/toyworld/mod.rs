@@ -69,10 +69,7 @@ pub fn train(
     let paths = RunPaths {
         work: work.to_path_buf(),
     };
-    let io = |p: &Path, e: std::io::Error| TrainError::Io {
-        path: p.to_path_buf(),
-        why: e.to_string(),
-    };
+    let io = |p: &Path, e: std::io::Error| TrainError::io(p, e);
     std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
     let recipe_json = serde_json::to_string_pretty(recipe).expect("recipe serialises");
     // Step counts may change on resume (to train longer, or to stop early and export), and so may the
@@ -193,10 +190,7 @@ fn write_latents(path: &Path, lat: &candle_core::Tensor, mean: &[f64], std: &[f6
         .collect(),
         &tmp,
     )?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
 type Latents = (candle_core::Tensor, Vec<f64>, Vec<f64>);

@@ -119,16 +119,6 @@ impl Recipe {
         }
     }
 
-    /// Transformer tokens per clip.
-    pub fn tokens(&self) -> usize {
-        (self.frames / 2) * (self.size / 8) * (self.size / 8)
-    }
-
-    /// Latent shape of one clip: (z, F, H/4, W/4).
-    pub fn latent_shape(&self) -> (usize, usize, usize, usize) {
-        (self.z_dim, self.frames, self.size / 4, self.size / 4)
-    }
-
     /// Checks the sizes fit the architecture; says what to change.
     pub fn validate(&self) -> Result<(), String> {
         if self.size == 0 || !self.size.is_multiple_of(8) {
