@@ -84,7 +84,7 @@ impl Default for Recipe {
             vae_batch: 16,
             vae_lr: 1e-3,
             latent_clips: 4096,
-            dit_steps: 2400,
+            dit_steps: 3250,
             dit_batch: 32,
             dit_lr: 5e-4,
             ema_decay: 0.998,
