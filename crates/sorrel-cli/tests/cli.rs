@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-use sorrel_testkit::{copy_dir, ffprobe, fixture, reference};
+use sorrel_testkit::{copy_dir, ffprobe, fixture, read_npy_f32, reference};
 
 fn sorrel(args: &[&str]) -> Output {
     // Signing makes a local CA in the data folder: keep it out of the user's home.
@@ -186,18 +186,6 @@ fn max_err_against_reference(name: &str, frames: &[f32]) -> f32 {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max)
-}
-
-fn read_npy_f32(path: &Path) -> (String, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-    let n = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = String::from_utf8(bytes[10..10 + n].to_vec()).unwrap();
-    let data = bytes[10 + n..]
-        .chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (header, data)
 }
 
 #[test]

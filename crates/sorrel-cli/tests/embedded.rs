@@ -39,7 +39,7 @@ fn the_readme_command_writes_a_playable_mp4_from_the_embedded_model() {
     let p = ffprobe(&out);
     assert_eq!((p.width, p.height), (32, 32));
     assert_eq!(p.frames, 8);
-    // A second run reuses the cached model folder.
+    // A second run reuses the cached model folder: one folder, no partial copies.
     let o = sorrel(
         &[
             "generate",
@@ -53,6 +53,14 @@ fn the_readme_command_writes_a_playable_mp4_from_the_embedded_model() {
         tmp.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    let cached: Vec<_> = std::fs::read_dir(tmp.path().join("cache/models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        cached.len() == 1 && cached[0].starts_with("sorrel-toyworld-"),
+        "{cached:?}"
+    );
 }
 
 #[test]
@@ -104,16 +112,6 @@ fn unknown_words_are_warned_about_and_bad_requests_refused() {
     }
 }
 
-/// Reads a little-endian f32 `.npy` written by `sorrel generate -o x.npy`.
-fn read_npy_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[10 + n..]
-        .chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 #[test]
 fn the_embedded_model_matches_diffusers_on_its_own_weights() {
     // tools/reference/run_toyworld_model.py ran diffusers' WanPipeline on models/sorrel-toyworld from
@@ -144,14 +142,10 @@ fn the_embedded_model_matches_diffusers_on_its_own_weights() {
         tmp.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let got = read_npy_f32(&out);
-    let want = r["frames"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(got.len(), want.len());
-    let err = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let (_, got) = sorrel_testkit::read_npy_f32(&out);
+    let want = &r["frames"];
+    let got = candle_core::Tensor::from_vec(got, want.dims(), &candle_core::Device::Cpu).unwrap();
+    let err = sorrel_testkit::max_abs_diff(&got, want);
     // f32 on both sides; only the order of sums differs, amplified over 25 steps with guidance 4: the same
     // 2e-3 bound (half a level of 8-bit colour) as the random-weight fixtures' parity tests.
     assert!(err <= 2e-3, "frames differ from diffusers by {err}");

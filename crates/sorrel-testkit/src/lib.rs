@@ -56,6 +56,19 @@ pub fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The header and data of a little-endian f32 `.npy` file (version 1.0, as `sorrel generate -o x.npy` writes).
+pub fn read_npy_f32(path: &Path) -> (String, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let n = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8(bytes[10..10 + n].to_vec()).unwrap();
+    let data = bytes[10 + n..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (header, data)
+}
+
 /// Copies a folder tree (to make a fixture that a test then damages or converts).
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
