@@ -114,7 +114,7 @@ pub fn train(
     let (latents, mean, std) = if paths.latents().exists() {
         read_latents(&paths.latents())?
     } else {
-        let (_, vae) = stages::load_vae(recipe, &paths.vae_ckpt())?;
+        let vae = stages::frozen_vae(recipe, &varmap)?;
         let (lat, mean, std) = stages::encode_latents(recipe, &vae, progress)?;
         write_latents(&paths.latents(), &lat, &mean, &std)?;
         (lat, mean, std)

@@ -151,32 +151,18 @@ fn report(
     Ok(())
 }
 
-/// The VAE weights of a finished stage-1 checkpoint.
-pub fn load_vae(recipe: &Recipe, ckpt: &Path) -> Result<(VarMap, AutoencoderKLWan)> {
-    let dev = Device::Cpu;
-    let (varmap, _) = new_vae(recipe, &dev)?;
-    let params = sorted_vars(&varmap, "");
-    let mut opt = AdamW::new(params, AdamWConfig::default())?;
-    let c = load_checkpoint(ckpt, &mut opt, None)?;
-    if c.step < recipe.vae_steps {
-        return Err(TrainError::Invalid(format!(
-            "{} holds step {} of {} VAE steps: run the VAE stage to the end first",
-            ckpt.display(),
-            c.step,
-            recipe.vae_steps
-        )));
-    }
-    // Rebuilt from plain tensors: with variables every output would hold its whole graph (all of the
-    // encoder's activations) alive, which for thousands of clips runs out of memory.
-    let plain: std::collections::HashMap<String, Tensor> = sorted_vars(&varmap, "")
+/// The trained VAE rebuilt from plain tensors of `varmap`, for encoding: built on the variables, every
+/// output would hold its whole graph (all of the encoder's activations) alive, which for thousands of clips
+/// runs out of memory.
+pub fn frozen_vae(recipe: &Recipe, varmap: &VarMap) -> Result<AutoencoderKLWan> {
+    let plain: std::collections::HashMap<String, Tensor> = sorted_vars(varmap, "")
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().detach()))
         .collect();
-    let vae = AutoencoderKLWan::new(
+    Ok(AutoencoderKLWan::new(
         &vae_config(recipe)?,
-        VarBuilder::from_tensors(plain, DType::F32, &dev),
-    )?;
-    Ok((varmap, vae))
+        VarBuilder::from_tensors(plain, DType::F32, &Device::Cpu),
+    )?)
 }
 
 /// Encodes training clips 0..latent_clips as per-frame latent means: (N, z, F, h, w), with the per-channel
