@@ -25,6 +25,10 @@ pub struct TrainArgs {
     /// Transformer optimiser steps (default: the recipe's).
     #[arg(long)]
     pub dit_steps: Option<u64>,
+    /// Final transformer steps over which the learning rate falls to zero (default: the recipe's; 0 keeps
+    /// it constant).
+    #[arg(long)]
+    pub dit_lr_decay_steps: Option<u64>,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -45,6 +49,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.dit_steps {
         recipe.dit_steps = s;
+    }
+    if let Some(s) = args.dit_lr_decay_steps {
+        recipe.dit_lr_decay_steps = s;
     }
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -68,7 +68,9 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
     let (work, out) = (dir.path().join("run"), dir.path().join("model"));
     let mut recipe = Recipe::smoke();
+    // Stopped early at a constant rate, as a long run is before its decay tail.
     recipe.dit_steps = 3;
+    recipe.dit_lr_decay_steps = 0;
     toyworld::train(&recipe, &work, &out, false, &mut |_| {}).unwrap();
     // The same folder without --resume is refused; with another recipe too.
     let err = toyworld::train(&recipe, &work, &out, false, &mut |_| {}).unwrap_err();
@@ -78,8 +80,9 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
     let err = toyworld::train(&other, &work, &out, true, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("different recipe"), "{err}");
 
-    // Resuming to 6 steps gives the same weights as 6 steps straight.
+    // Resuming to 6 steps, now with the decay tail, gives the same weights as 6 steps straight.
     recipe.dit_steps = 6;
+    recipe.dit_lr_decay_steps = Recipe::smoke().dit_lr_decay_steps;
     toyworld::train(&recipe, &work, &out, true, &mut |_| {}).unwrap();
     let straight = dir.path().join("straight");
     toyworld::train(

@@ -77,6 +77,7 @@ pub fn train(
     let comparable = |r: &Recipe| Recipe {
         vae_steps: 0,
         dit_steps: 0,
+        dit_lr_decay_steps: 0,
         sample_steps: 0,
         guidance: 0.0,
         flow_shift: 0.0,

@@ -49,8 +49,12 @@ pub struct Recipe {
     pub dit_steps: u64,
     /// Clips per transformer step.
     pub dit_batch: usize,
-    /// Transformer and text encoder learning rate (constant).
+    /// Transformer and text encoder learning rate (held until the decay tail).
     pub dit_lr: f64,
+    /// Final transformer steps over which the learning rate falls linearly to zero (0: constant). A step
+    /// count like `dit_steps`, so a resumed run may change it; runs recorded before it existed read 0.
+    #[serde(default)]
+    pub dit_lr_decay_steps: u64,
     /// EMA decay of the shipped transformer and text encoder weights.
     pub ema_decay: f64,
     /// Share of captions replaced by "" (so classifier-free guidance has an unconditional model).
@@ -87,6 +91,7 @@ impl Default for Recipe {
             dit_steps: 3250,
             dit_batch: 32,
             dit_lr: 5e-4,
+            dit_lr_decay_steps: 1500,
             ema_decay: 0.998,
             caption_dropout: 0.1,
             sample_steps: 25,
@@ -113,9 +118,22 @@ impl Recipe {
             vae_batch: 4,
             latent_clips: 16,
             dit_steps: 6,
+            dit_lr_decay_steps: 2,
             dit_batch: 4,
             sample_steps: 2,
             ..Self::default()
+        }
+    }
+
+    /// The transformer learning rate for optimiser step `step` (0-based): `dit_lr`, then a linear fall over
+    /// the last `dit_lr_decay_steps` steps that reaches zero just after the final step.
+    pub fn dit_lr_at(&self, step: u64) -> f64 {
+        let decay = self.dit_lr_decay_steps.min(self.dit_steps);
+        let left = self.dit_steps.saturating_sub(step);
+        if decay == 0 || left > decay {
+            self.dit_lr
+        } else {
+            self.dit_lr * left as f64 / decay as f64
         }
     }
 
@@ -230,5 +248,34 @@ impl Recipe {
             "transformer_2": [null, null],
             "vae": ["diffusers", "AutoencoderKLWan"],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recipe;
+
+    #[test]
+    fn learning_rate_holds_then_falls_to_zero_over_the_tail() {
+        let r = Recipe {
+            dit_steps: 10,
+            dit_lr: 1.0,
+            dit_lr_decay_steps: 4,
+            ..Recipe::default()
+        };
+        let lrs: Vec<f64> = (0..10).map(|s| r.dit_lr_at(s)).collect();
+        assert_eq!(lrs, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]);
+        let constant = Recipe {
+            dit_lr_decay_steps: 0,
+            ..r.clone()
+        };
+        assert!((0..10).all(|s| constant.dit_lr_at(s) == 1.0));
+        // A tail longer than the run decays from the first step.
+        let long = Recipe {
+            dit_lr_decay_steps: 40,
+            ..r
+        };
+        assert_eq!(long.dit_lr_at(0), 1.0);
+        assert_eq!(long.dit_lr_at(5), 0.5);
     }
 }

@@ -309,6 +309,7 @@ pub fn train_denoiser(
     let mut acc = (0.0, 0u64);
     while opt.steps() < recipe.dit_steps {
         let step = opt.steps();
+        opt.config.lr = recipe.dit_lr_at(step);
         let mut rng = step_rng(recipe.seed, 2, step);
         let idx: Vec<u32> = (0..b).map(|_| rng.random_range(0..n) as u32).collect();
         let x0 = latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?;
