@@ -88,7 +88,7 @@ impl Default for Recipe {
             vae_batch: 16,
             vae_lr: 1e-3,
             latent_clips: 4096,
-            dit_steps: 3250,
+            dit_steps: 7000,
             dit_batch: 32,
             dit_lr: 5e-4,
             dit_lr_decay_steps: 1500,
