@@ -73,8 +73,9 @@ pub fn init_params(params: &[(String, Var)], seed: u64) -> Result<()> {
 /// the queries. With plain 1/fan-in queries the logits start with a standard deviation of about
 /// sqrt(d_kv), every head's softmax saturates onto one token chosen by word identity alone, the gradient
 /// through it vanishes and stays so: the 10,000-step model of December 2026 had exactly that, a text
-/// encoder whose outputs ignored word order, so "a red ball on a blue floor" and "a blue ball on a red
-/// floor" reached the transformer as the same set of vectors and object and floor colours were a coin flip.
+/// encoder whose outputs ignored word order in most captions, so "two small blue balls ... a red floor"
+/// and its colour-swapped twin reached the transformer as the same set of vectors and object and floor
+/// colours were a coin flip.
 fn t5_query_std(dims: &[usize], heads: usize) -> f32 {
     let d_model = dims.get(1).copied().unwrap_or(1).max(1);
     let d_kv = (dims.first().copied().unwrap_or(1) / heads.max(1)).max(1);
