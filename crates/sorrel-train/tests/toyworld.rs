@@ -72,7 +72,9 @@ fn a_fresh_text_encoder_attends_softly_and_tells_which_noun_a_colour_belongs_to(
         .unwrap();
     let rms = x.sqr().unwrap().mean_keepdim(1).unwrap().sqrt().unwrap();
     let x = x.broadcast_div(&rms).unwrap();
-    let heads = 4;
+    let heads = var("block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        .dim(1)
+        .unwrap();
     let split = |w: &Tensor| {
         let y = x.matmul(&w.t().unwrap()).unwrap(); // (n, heads * d_kv)
         y.reshape((n, heads, ()))
@@ -85,9 +87,9 @@ fn a_fresh_text_encoder_attends_softly_and_tells_which_noun_a_colour_belongs_to(
     let q = split(&var("block.0.layer.0.SelfAttention.q.weight"));
     let k = split(&var("block.0.layer.0.SelfAttention.k.weight"));
     let logits = q.matmul(&k.transpose(1, 2).unwrap()).unwrap();
-    let std = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mean = std.iter().sum::<f32>() / std.len() as f32;
-    let std = (std.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / std.len() as f32).sqrt();
+    let values = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mean = values.iter().sum::<f32>() / values.len() as f32;
+    let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / values.len() as f32).sqrt();
     let top = candle_nn::ops::softmax_last_dim(&logits)
         .unwrap()
         .max(2)
@@ -108,24 +110,12 @@ fn a_fresh_text_encoder_attends_softly_and_tells_which_noun_a_colour_belongs_to(
     );
 
     let emb = model.text_encoder.prompt_embeds(&ids, &mask).unwrap();
-    let row = |i: usize, pos: usize| emb.get(i).unwrap().get(pos).unwrap();
-    let cos = |x: &Tensor, y: &Tensor| {
-        let dot = (x * y)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let n = |v: &Tensor| {
-            v.sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .sqrt()
-        };
-        dot / (n(x) * n(y))
+    let row = |i: usize, pos: usize| -> Vec<f32> {
+        emb.get(i).unwrap().get(pos).unwrap().to_vec1().unwrap()
+    };
+    let cos = |x: &[f32], y: &[f32]| {
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
+        dot(x, y) / (dot(x, x) * dot(y, y)).sqrt()
     };
     // Word positions: "red" is word 1 of `a` and word 8 of `b`; "blue" the other way round. A
     // context-free encoder gives 1.000; 0.95 asks only that the noun is a visible part of the vector.
