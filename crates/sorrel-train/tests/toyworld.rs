@@ -46,7 +46,8 @@ fn a_fresh_text_encoder_attends_softly_and_tells_which_noun_a_colour_belongs_to(
     // The transformer's cross-attention sees the prompt as a set of vectors, so "red" must reach it
     // differently in "a red ball ... a blue floor" than in "a blue ball ... a red floor". T5 attention
     // has no 1/sqrt(d) on its logits; started with unscaled queries, every head saturated onto one word
-    // picked by identity alone, its gradient vanished, and a 10,000-step model never learnt word order.
+    // picked by identity alone, its gradient vanished, and a 10,000-step model never learnt word order
+    // in most caption styles.
     let dir = tempfile::tempdir().unwrap();
     let tok = toy_tokenizer(dir.path());
     let recipe = Recipe::default();
