@@ -10,6 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
+use sorrel_core::ops::{broadcast_add, broadcast_mul, Dense};
 
 fn default_vocab_size() -> usize {
     250112
@@ -99,7 +100,7 @@ impl Activation {
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Gelu => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
+            Activation::GeluTanh => sorrel_core::ops::gelu_tanh(x),
             Activation::Relu => x.relu(),
             Activation::Silu => x.silu(),
         }
@@ -293,17 +294,17 @@ impl RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_mul(&(variance + self.eps)?.sqrt()?.recip()?)?;
-        x.to_dtype(self.weight.dtype())?.broadcast_mul(&self.weight)
+        let x = broadcast_mul(&x, &(variance + self.eps)?.sqrt()?.recip()?)?;
+        broadcast_mul(&x.to_dtype(self.weight.dtype())?, &self.weight)
     }
 }
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    o: Dense,
     relative_attention_bias: Embedding,
     num_heads: usize,
     d_kv: usize,
@@ -314,7 +315,7 @@ impl SelfAttention {
         let inner = cfg.num_heads * cfg.d_kv;
         let linear = |i, o, name: &str| {
             vb.get((o, i), &format!("{name}.weight"))
-                .map(|w| Linear::new(w, None))
+                .map(|w| Dense::from(Linear::new(w, None)))
         };
         let table = vb.get(
             (cfg.relative_attention_num_buckets, cfg.num_heads),
@@ -349,10 +350,7 @@ impl SelfAttention {
             .permute((2, 0, 1))?
             .unsqueeze(0)?;
         // Unscaled scores: T5 folds 1/sqrt(d_kv) into the initialisation of q.
-        let scores = q
-            .matmul(&k.t()?)?
-            .broadcast_add(&bias)?
-            .broadcast_add(mask)?;
+        let scores = broadcast_add(&broadcast_add(&q.matmul(&k.t()?)?, &bias)?, mask)?;
         let probs = sorrel_core::ops::softmax_last_dim(&scores)?;
         let out = probs
             .matmul(&v)?
@@ -365,10 +363,10 @@ impl SelfAttention {
 #[derive(Debug, Clone)]
 struct FeedForward {
     /// `wi_0` (gated) or `wi` (plain).
-    wi_0: Linear,
+    wi_0: Dense,
     /// `wi_1`, the linear branch of a gated layer.
-    wi_1: Option<Linear>,
-    wo: Linear,
+    wi_1: Option<Dense>,
+    wo: Dense,
     act: Activation,
 }
 
@@ -377,7 +375,7 @@ impl FeedForward {
         let (gated, act) = cfg.feed_forward().map_err(candle_core::Error::Msg)?;
         let w = |vb: &VarBuilder, o, i, name: &str| {
             vb.get((o, i), &format!("{name}.weight"))
-                .map(|w| Linear::new(w, None))
+                .map(|w| Dense::from(Linear::new(w, None)))
         };
         // transformers keeps `wo` in fp32 when a model is loaded in fp16 (`_keep_in_fp32_modules`).
         let wo_vb = if vb.dtype() == DType::F16 {

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use sorrel_core::ops::{dense, gelu_tanh, Dense};
+use sorrel_core::ops::{broadcast_add, broadcast_mul, dense, gelu_tanh, Dense};
 
 use super::config::WanTransformerConfig;
 
@@ -50,9 +50,10 @@ impl AffineLayerNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm_f32(x, self.eps)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        broadcast_add(
+            &broadcast_mul(&layer_norm_f32(x, self.eps)?, &self.weight)?,
+            &self.bias,
+        )
     }
 }
 
@@ -181,16 +182,14 @@ impl Block {
         rope: &(Tensor, Tensor),
     ) -> Result<Tensor> {
         let dt = x.dtype();
-        let m = self.scale_shift_table.broadcast_add(temb6)?; // (B, 6, D)
+        let m = broadcast_add(&self.scale_shift_table, temb6)?; // (B, 6, D)
         let chunk = |i: usize| m.narrow(1, i, 1); // (B, 1, D)
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (c_shift, c_scale, c_gate) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let n = layer_norm_f32(x, self.eps)?
-            .broadcast_mul(&(scale_msa + 1.0)?)?
-            .broadcast_add(&shift_msa)?;
+        let n = modulate(&layer_norm_f32(x, self.eps)?, &scale_msa, &shift_msa)?;
         let a = self.attn1.forward(&n.to_dtype(dt)?, None, Some(rope))?;
-        let x = (x.to_dtype(DType::F32)? + a.to_dtype(DType::F32)?.broadcast_mul(&gate_msa)?)?
+        let x = (x.to_dtype(DType::F32)? + broadcast_mul(&a.to_dtype(DType::F32)?, &gate_msa)?)?
             .to_dtype(dt)?;
 
         let n = match &self.norm2 {
@@ -199,12 +198,15 @@ impl Block {
         };
         let x = (&x + self.attn2.forward(&n, Some(context), None)?)?;
 
-        let n = layer_norm_f32(&x, self.eps)?
-            .broadcast_mul(&(c_scale + 1.0)?)?
-            .broadcast_add(&c_shift)?;
+        let n = modulate(&layer_norm_f32(&x, self.eps)?, &c_scale, &c_shift)?;
         let f = self.ffn.forward(&n.to_dtype(dt)?)?;
-        (x.to_dtype(DType::F32)? + f.to_dtype(DType::F32)?.broadcast_mul(&c_gate)?)?.to_dtype(dt)
+        (x.to_dtype(DType::F32)? + broadcast_mul(&f.to_dtype(DType::F32)?, &c_gate)?)?.to_dtype(dt)
     }
+}
+
+/// x * (1 + scale) + shift, scale and shift broadcast over the tokens.
+fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    broadcast_add(&broadcast_mul(x, &(scale + 1.0)?)?, shift)
 }
 
 /// Sinusoidal timestep features as diffusers' `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`.
@@ -385,9 +387,16 @@ impl WanTransformer3DModel {
             .reshape(&[b, c, gf, pt, gh, ph, gw, pw][..])?
             .permute([0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((b, gf * gh * gw, c * pt * ph * pw))?;
-        let mut hs = patches
-            .broadcast_matmul(&self.patch_weight.t()?)?
-            .broadcast_add(&self.patch_bias)?;
+        // One (B*N, K) x (K, D) product: a weight broadcast over the batch would, in training, sum B copies
+        // of its gradient.
+        let k = c * pt * ph * pw;
+        let mut hs = broadcast_add(
+            &patches
+                .reshape((b * gf * gh * gw, k))?
+                .matmul(&self.patch_weight.t()?)?,
+            &self.patch_bias,
+        )?
+        .reshape((b, gf * gh * gw, ()))?;
 
         // Timestep conditioning (f32).
         let tf = timestep_features(t, self.cfg.freq_dim)?;
@@ -404,11 +413,9 @@ impl WanTransformer3DModel {
             hs = block.forward(&hs, &text, &tproj, &rope)?;
         }
 
-        let m = self.scale_shift_table.broadcast_add(&temb.unsqueeze(1)?)?; // (B, 2, D)
+        let m = broadcast_add(&self.scale_shift_table, &temb.unsqueeze(1)?)?; // (B, 2, D)
         let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
-        let hs = layer_norm_f32(&hs, self.cfg.eps)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(&shift)?;
+        let hs = modulate(&layer_norm_f32(&hs, self.cfg.eps)?, &scale, &shift)?;
         let out = self.proj_out.forward(&hs.to_dtype(dt)?)?; // (B, N, pt*ph*pw*Cout)
         let co = self.cfg.out_channels;
         // Un-patchify: (B, gf, gh, gw, pt, ph, pw, Co) -> (B, Co, gf, pt, gh, ph, gw, pw)
