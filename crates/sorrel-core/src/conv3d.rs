@@ -119,10 +119,12 @@ impl CausalConv3d {
                 frame = frame.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
                 0
             };
-            let y = frame.conv2d(&tap, conv_pad, 1, 1, 1)?;
-            return y
-                .broadcast_add(&self.bias.reshape((1, self.out_channels, 1, 1))?)?
-                .unsqueeze(2);
+            let y = crate::conv2d::conv2d(&frame, &tap, conv_pad, 1)?;
+            return crate::ops::broadcast_add(
+                &y,
+                &self.bias.reshape((1, self.out_channels, 1, 1))?,
+            )?
+            .unsqueeze(2);
         }
         let mut x = x.clone();
         if let Some(cache) = cache {
@@ -176,8 +178,8 @@ impl CausalConv3d {
             Tensor::cat(&taps, 2)?
         };
         let frames = stacked.reshape((b * t_out, kt * c, h, w))?;
-        let y = frames.conv2d(&kernel2d, conv_pad, 1, 1, 1)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, self.out_channels, 1, 1))?)?;
+        let y = crate::conv2d::conv2d(&frames, &kernel2d, conv_pad, 1)?;
+        let y = crate::ops::broadcast_add(&y, &self.bias.reshape((1, self.out_channels, 1, 1))?)?;
         let (ho, wo) = (y.dim(2)?, y.dim(D::Minus1)?);
         y.reshape((b, t_out, self.out_channels, ho, wo))?
             .permute((0, 2, 1, 3, 4))?

@@ -8,8 +8,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::Deserialize;
+use sorrel_core::conv2d::Conv2d;
 use sorrel_core::conv3d::CausalConv3d;
 
 /// Frames of a causal conv's input kept for the next chunk (diffusers' `CACHE_T`).
@@ -399,8 +400,8 @@ impl AttentionBlock {
         let cfg = Conv2dConfig::default();
         Ok(Self {
             norm: RmsNorm::new(dim, true, vb.pp("norm"))?,
-            to_qkv: candle_nn::conv2d(dim, dim * 3, 1, cfg, vb.pp("to_qkv"))?,
-            proj: candle_nn::conv2d(dim, dim, 1, cfg, vb.pp("proj"))?,
+            to_qkv: candle_nn::conv2d(dim, dim * 3, 1, cfg, vb.pp("to_qkv"))?.into(),
+            proj: candle_nn::conv2d(dim, dim, 1, cfg, vb.pp("proj"))?.into(),
             dim,
         })
     }
@@ -477,7 +478,7 @@ impl Resample {
                     padding: 1,
                     ..Default::default()
                 };
-                let conv = candle_nn::conv2d(dim, dim / 2, 3, cfg, vb.pp("resample.1"))?;
+                let conv = candle_nn::conv2d(dim, dim / 2, 3, cfg, vb.pp("resample.1"))?.into();
                 let tc = if mode == ResampleMode::Upsample3d {
                     Some(CausalConv3d::new(
                         dim,
@@ -497,7 +498,7 @@ impl Resample {
                     stride: 2,
                     ..Default::default()
                 };
-                let conv = candle_nn::conv2d(dim, dim, 3, cfg, vb.pp("resample.1"))?;
+                let conv = candle_nn::conv2d(dim, dim, 3, cfg, vb.pp("resample.1"))?.into();
                 let tc = if mode == ResampleMode::Downsample3d {
                     Some(CausalConv3d::new(
                         dim,
