@@ -151,6 +151,16 @@ fn the_embedded_model_matches_diffusers_on_its_own_weights() {
     assert!(err <= 2e-3, "frames differ from diffusers by {err}");
 }
 
+/// What the shipped VAE's round trip of these 16 prompts' rendered scenes scores (`autoencoded` in the
+/// eval report): its reconstructions lose box corners and sometimes merge or drop small objects.
+const AUTOENCODED: [(&str, f64); 5] = [
+    ("colour", 100.0),
+    ("shape", 50.0),
+    ("count", 81.25),
+    ("direction", 100.0),
+    ("permanence", 81.25),
+];
+
 #[test]
 fn eval_of_a_fixed_subset_keeps_the_shipped_scores() {
     let tmp = tempfile::tempdir().unwrap();
@@ -187,6 +197,14 @@ fn eval_of_a_fixed_subset_keeps_the_shipped_scores() {
         assert_eq!(
             truth, 100.0,
             "the scorer fails the ground truth on {measure}"
+        );
+    }
+    // The ground truth through the shipped VAE, which bounds what generation can reach; same margin.
+    for (measure, reached) in AUTOENCODED {
+        let got = r["autoencoded"][measure].as_f64().unwrap();
+        assert!(
+            got >= reached - 6.25,
+            "{measure} through the VAE: {got} % (the shipped VAE: {reached} %)"
         );
     }
     assert_eq!(r["clips"].as_array().unwrap().len(), 16);

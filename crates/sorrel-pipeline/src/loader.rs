@@ -98,6 +98,11 @@ fn in_component(what: &str, dir: &Path) -> impl Fn(candle_core::Error) -> Error 
 }
 
 impl WanPipeline {
+    /// The video VAE, for work outside text-to-video (such as measuring what its reconstructions keep).
+    pub fn vae(&self) -> &AutoencoderKLWan {
+        &self.vae
+    }
+
     /// Detects the folder's layout.
     pub fn detect_layout(dir: &Path) -> Result<Layout> {
         if !dir.is_dir() {

@@ -51,6 +51,9 @@ pub struct EvalReport {
     pub held_out: Option<Summary>,
     /// The rendered ground truth of the seen prompts, scored the same way.
     pub ground_truth: Summary,
+    /// The same ground truth after a round trip through the model's VAE (each frame encoded alone, as
+    /// training encodes them, and the posterior mean decoded): what the latents can hold at best.
+    pub autoencoded: Summary,
     /// Mean generation time per clip, seconds.
     pub seconds_per_clip: f64,
     /// Every clip.
@@ -90,7 +93,8 @@ pub fn evaluate(
     };
     let mut clips = Vec::with_capacity(total);
     let mut truth = Vec::new();
-    let t0 = Instant::now();
+    let mut autoencoded = Vec::new();
+    let mut generating = std::time::Duration::ZERO;
     for (split, name) in &splits {
         for i in 0..opts.clips as u64 {
             let scene = eval_scene(opts.offset + i, *split);
@@ -105,13 +109,18 @@ pub fn evaluate(
                 seed: opts.offset + i,
                 ..Text2VideoRequest::default()
             };
+            let t0 = Instant::now();
             let video = pipe
                 .text_to_video(&req, &mut |_| true)
                 .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            generating += t0.elapsed();
             let frames = to_rgb8(&video.frames)?;
             let score = score_clip(&frames, d.width, &scene);
             if *split == Split::Train {
-                truth.push(score_clip(&render(&scene, world).frames, d.width, &scene));
+                let rendered = render(&scene, world).frames;
+                truth.push(score_clip(&rendered, d.width, &scene));
+                let round_trip = to_rgb8(&autoencode(pipe, &rendered, d.width)?)?;
+                autoencoded.push(score_clip(&round_trip, d.width, &scene));
             }
             clips.push(EvalClip {
                 split: name,
@@ -135,9 +144,35 @@ pub fn evaluate(
         seen: of("seen"),
         held_out: opts.held_out.then(|| of("held-out")),
         ground_truth: Summary::of(&truth),
-        seconds_per_clip: t0.elapsed().as_secs_f64() / total.max(1) as f64,
+        autoencoded: Summary::of(&autoencoded),
+        seconds_per_clip: generating.as_secs_f64() / total.max(1) as f64,
         clips,
     })
+}
+
+/// RGB8 frames through the VAE and back: (F, H, W, 3) in [0, 1], as a generated video comes out.
+fn autoencode(pipe: &WanPipeline, frames: &[Vec<u8>], size: usize) -> Result<candle_core::Tensor> {
+    let x = super::data::frames_to_tensor(frames, size, &candle_core::Device::Cpu)?; // (3, F, H, W)
+    let (c, f, h, w) = x.dims4()?;
+    // (F, 3, 1, H, W): one frame per batch item, so the per-frame VAE sees what training fed it.
+    let imgs = x
+        .permute((1, 0, 2, 3))?
+        .reshape((f, c, 1, h, w))?
+        .contiguous()?;
+    let vae = pipe.vae();
+    let (mean, _) = vae.encode(&imgs)?;
+    let (_, z, _, lh, lw) = mean.dims5()?;
+    let lat = mean
+        .reshape((f, z, lh, lw))?
+        .permute((1, 0, 2, 3))?
+        .unsqueeze(0)?; // (1, z, F, h, w)
+    let video = vae.decode(&lat.contiguous()?)?; // (1, 3, F, H, W) in [-1, 1]
+                                                 // As text-to-video converts its decoded video.
+    Ok(((video / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .squeeze(0)?
+        .permute([1, 2, 3, 0])?
+        .contiguous()?)
 }
 
 /// (F, H, W, 3) f32 in [0, 1] to one RGB8 buffer per frame, converted as `sorrel generate` writes them.
@@ -177,6 +212,7 @@ pub fn markdown_table(r: &EvalReport) -> String {
         t += &row("held-out combinations", h);
     }
     t += &row("ground truth (seen)", &r.ground_truth);
+    t += &row("ground truth through the VAE (seen)", &r.autoencoded);
     t
 }
 
