@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ops::contiguous_f32;
+
 /// `x` (B, Cin, H, W) convolved with `w` (Cout, Cin, kh, kw): symmetric zero `padding`, `stride`.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let tracked = x.track_op() || w.track_op();
@@ -117,13 +119,6 @@ impl Geometry {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((from, to))) => Ok(&v[from..to]),
-        _ => candle_core::bail!("{op}: needs a contiguous f32 input"),
-    }
-}
-
 /// (B, C, H, W) -> (B*Ho*Wo, C*kh*kw), zeros where a tap falls in the padding.
 struct Im2Col(Geometry);
 
@@ -132,7 +127,7 @@ impl CustomOp1 for Im2Col {
         "sorrel-im2col"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = contiguous_f32(s, l, self.name())?;
         let g = self.0;
         let b = l.dims()[0];
         let (ho, wo) = g.out();
@@ -172,7 +167,7 @@ impl CustomOp1 for Col2Im {
         "sorrel-col2im"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols = f32_slice(s, l, self.name())?;
+        let cols = contiguous_f32(s, l, self.name())?;
         let g = self.geom;
         let (ho, wo) = g.out();
         let k = g.k();
