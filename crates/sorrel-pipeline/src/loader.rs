@@ -103,6 +103,11 @@ impl WanPipeline {
         &self.vae
     }
 
+    /// The device the models run on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Detects the folder's layout.
     pub fn detect_layout(dir: &Path) -> Result<Layout> {
         if !dir.is_dir() {

@@ -152,7 +152,7 @@ pub fn evaluate(
 
 /// RGB8 frames through the VAE and back: (F, H, W, 3) in [0, 1], as a generated video comes out.
 fn autoencode(pipe: &WanPipeline, frames: &[Vec<u8>], size: usize) -> Result<candle_core::Tensor> {
-    let x = super::data::frames_to_tensor(frames, size, &candle_core::Device::Cpu)?; // (3, F, H, W)
+    let x = super::data::frames_to_tensor(frames, size, pipe.device())?; // (3, F, H, W)
     let (c, f, h, w) = x.dims4()?;
     // (F, 3, 1, H, W): one frame per batch item, so the per-frame VAE sees what training fed it.
     let imgs = x
@@ -166,8 +166,8 @@ fn autoencode(pipe: &WanPipeline, frames: &[Vec<u8>], size: usize) -> Result<can
         .reshape((f, z, lh, lw))?
         .permute((1, 0, 2, 3))?
         .unsqueeze(0)?; // (1, z, F, h, w)
-    let video = vae.decode(&lat.contiguous()?)?; // (1, 3, F, H, W) in [-1, 1]
-                                                 // As text-to-video converts its decoded video.
+                        // (1, 3, F, H, W) in [-1, 1], then converted as text-to-video converts its decoded video.
+    let video = vae.decode(&lat.contiguous()?)?;
     Ok(((video / 2.0)? + 0.5)?
         .clamp(0f32, 1f32)?
         .squeeze(0)?
