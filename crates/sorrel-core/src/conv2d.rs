@@ -9,13 +9,12 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::contiguous_f32;
+use crate::ops::{contiguous_f32, is_cpu_f32};
 
 /// `x` (B, Cin, H, W) convolved with `w` (Cout, Cin, kh, kw): symmetric zero `padding`, `stride`.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let tracked = x.track_op() || w.track_op();
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !tracked || !f32_cpu(x) || !f32_cpu(w) {
+    if !tracked || !is_cpu_f32(x) || !is_cpu_f32(w) {
         return x.conv2d(w, padding, stride, 1, 1);
     }
     let (b, cin, h, wd) = x.dims4()?;

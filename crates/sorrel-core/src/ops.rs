@@ -28,7 +28,8 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn is_cpu_f32(x: &Tensor) -> bool {
+/// Whether `x` is an f32 tensor on the CPU, where the hand-written kernels apply.
+pub(crate) fn is_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
