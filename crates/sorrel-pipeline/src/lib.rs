@@ -10,4 +10,4 @@ pub mod t2v;
 pub use defaults::ModelDefaults;
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
 pub use progress::Event;
-pub use t2v::{Text2VideoRequest, Video};
+pub use t2v::{decoded_to_frames, Text2VideoRequest, Video};

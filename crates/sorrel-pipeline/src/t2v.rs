@@ -312,12 +312,7 @@ impl WanPipeline {
         // diffusers computes latents / (1/std) + mean; z*std + mean differs by an ulp.
         let inv_std = std.recip()?;
         let z = latents.broadcast_div(&inv_std)?.broadcast_add(&mean)?;
-        let video = self.vae.decode(&z)?; // (1, 3, F, H, W) in [-1, 1]
-        let frames = ((video / 2.0)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute([1, 2, 3, 0])?
-            .contiguous()?;
+        let frames = decoded_to_frames(&self.vae.decode(&z)?)?;
         lap("vae decode".into(), &mut timings);
         Ok(Video {
             frames,
@@ -325,4 +320,14 @@ impl WanPipeline {
             unknown_words,
         })
     }
+}
+
+/// A VAE's decoded video, (1, 3, F, H, W) in [-1, 1], as frames (F, H, W, 3) in [0, 1]: the conversion
+/// every caller that writes or scores decoded frames must share, so they round alike.
+pub fn decoded_to_frames(video: &Tensor) -> candle_core::Result<Tensor> {
+    ((video / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .squeeze(0)?
+        .permute([1, 2, 3, 0])?
+        .contiguous()
 }

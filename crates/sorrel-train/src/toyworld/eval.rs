@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use sorrel_pipeline::{Text2VideoRequest, WanPipeline};
+use sorrel_pipeline::{decoded_to_frames, Text2VideoRequest, WanPipeline};
 use sorrel_toyworld::{caption, render, score_clip, ClipScore, Scene, Split, Summary, WorldSize};
 
 use super::data::EVAL_SEEDS;
@@ -166,13 +166,7 @@ fn autoencode(pipe: &WanPipeline, frames: &[Vec<u8>], size: usize) -> Result<can
         .reshape((f, z, lh, lw))?
         .permute((1, 0, 2, 3))?
         .unsqueeze(0)?; // (1, z, F, h, w)
-                        // (1, 3, F, H, W) in [-1, 1], then converted as text-to-video converts its decoded video.
-    let video = vae.decode(&lat.contiguous()?)?;
-    Ok(((video / 2.0)? + 0.5)?
-        .clamp(0f32, 1f32)?
-        .squeeze(0)?
-        .permute([1, 2, 3, 0])?
-        .contiguous()?)
+    Ok(decoded_to_frames(&vae.decode(&lat.contiguous()?)?)?)
 }
 
 /// (F, H, W, 3) f32 in [0, 1] to one RGB8 buffer per frame, converted as `sorrel generate` writes them.
