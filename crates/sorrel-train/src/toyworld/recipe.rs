@@ -88,14 +88,14 @@ impl Default for Recipe {
             vae_batch: 16,
             vae_lr: 1e-3,
             latent_clips: 8192,
-            dit_steps: 6000,
+            dit_steps: 12000,
             dit_batch: 32,
             dit_lr: 5e-4,
-            dit_lr_decay_steps: 1500,
+            dit_lr_decay_steps: 3000,
             ema_decay: 0.998,
             caption_dropout: 0.1,
             sample_steps: 25,
-            guidance: 4.0,
+            guidance: 1.5,
             flow_shift: 3.0,
         }
     }
