@@ -95,6 +95,8 @@ impl Default for Recipe {
             ema_decay: 0.998,
             caption_dropout: 0.1,
             sample_steps: 25,
+            // Measured, not assumed: at 4 objects popped in and out between frames and bounces lost their
+            // arc (permanence 79 %, bounce 67 % against 89 % and 100 %; docs/models/toyworld.md).
             guidance: 1.5,
             flow_shift: 3.0,
         }
