@@ -7,7 +7,8 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_train::toyworld::{self, Recipe, StageProgress};
 
-/// Train the embedded toy-world model from scratch (VAE, then text encoder + transformer).
+/// Train the embedded toy-world model from scratch (VAE, then text encoder + transformer, then the VAE's
+/// decoder alone).
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// Where to write the trained model folder (replaced atomically when training ends).
@@ -29,6 +30,13 @@ pub struct TrainArgs {
     /// it constant).
     #[arg(long)]
     pub dit_lr_decay_steps: Option<u64>,
+    /// Decoder-stage optimiser steps (default: the recipe's; 0 skips the stage).
+    #[arg(long)]
+    pub decoder_steps: Option<u64>,
+    /// Run only the decoder stage, on this model folder (one `sorrel train` wrote without it), and write
+    /// the result to --out: the same model a run from scratch gives, without retraining the transformer.
+    #[arg(long, value_name = "MODEL_DIR")]
+    pub refine: Option<PathBuf>,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -52,6 +60,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.dit_lr_decay_steps {
         recipe.dit_lr_decay_steps = s;
+    }
+    if let Some(s) = args.decoder_steps {
+        recipe.decoder_steps = s;
     }
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -80,13 +91,23 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let t0 = std::time::Instant::now();
-    toyworld::train(
-        &recipe,
-        &args.work,
-        &args.out,
-        args.resume,
-        &mut on_progress,
-    )?;
+    match &args.refine {
+        Some(model) => toyworld::refine(
+            &recipe,
+            model,
+            &args.work,
+            &args.out,
+            args.resume,
+            &mut on_progress,
+        )?,
+        None => toyworld::train(
+            &recipe,
+            &args.work,
+            &args.out,
+            args.resume,
+            &mut on_progress,
+        )?,
+    }
     bar.finish_and_clear();
     eprintln!(
         "trained in {:.1} min; model written to {} (loss log: {})",

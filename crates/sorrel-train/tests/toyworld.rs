@@ -199,7 +199,7 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
     }
     let log = std::fs::read_to_string(work.join("loss.csv")).unwrap();
     assert!(
-        log.contains("vae,6,") && log.contains("transformer,6,"),
+        log.contains("vae,6,") && log.contains("transformer,6,") && log.contains("decoder,4,"),
         "{log}"
     );
     assert!(work.join("loss.png").is_file());
@@ -254,4 +254,89 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
         report.ground_truth.all, 100.0,
         "the scorer passes the ground truth"
     );
+}
+
+fn load(dir: &std::path::Path, rel: &str) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join(rel), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn refining_an_exported_model_gives_the_run_from_scratch_and_leaves_the_encoder_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let recipe = Recipe::smoke();
+    let without = Recipe {
+        decoder_steps: 0,
+        ..recipe.clone()
+    };
+    toyworld::train(&without, &p("run-a"), &p("plain"), false, &mut |_| {}).unwrap();
+    toyworld::refine(
+        &recipe,
+        &p("plain"),
+        &p("refine"),
+        &p("refined"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    toyworld::train(&recipe, &p("run-b"), &p("scratch"), false, &mut |_| {}).unwrap();
+
+    let vae = "vae/diffusion_pytorch_model.safetensors";
+    let (plain, refined, scratch) = (
+        load(&p("plain"), vae),
+        load(&p("refined"), vae),
+        load(&p("scratch"), vae),
+    );
+    let mut decoder_changed = 0;
+    for (name, t) in &plain {
+        assert_eq!(
+            sorrel_testkit::max_abs_diff(&refined[name], &scratch[name]),
+            0.0,
+            "{name}: refining the exported folder differs from the run from scratch"
+        );
+        let moved = sorrel_testkit::max_abs_diff(t, &refined[name]);
+        if toyworld::decoder::is_decoder_weight(name) {
+            decoder_changed += usize::from(moved > 0.0);
+        } else {
+            assert_eq!(moved, 0.0, "{name} is not the decoder's but changed");
+        }
+    }
+    assert!(
+        decoder_changed > 10,
+        "only {decoder_changed} decoder weights moved"
+    );
+    for rel in [
+        "transformer/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        let (a, b) = (load(&p("plain"), rel), load(&p("refined"), rel));
+        for (name, t) in &a {
+            assert_eq!(
+                sorrel_testkit::max_abs_diff(t, &b[name]),
+                0.0,
+                "{rel} {name}"
+            );
+        }
+    }
+    let config = |d: &str| std::fs::read_to_string(p(d).join("vae/config.json")).unwrap();
+    assert_eq!(config("refined"), config("scratch"));
+    let log = std::fs::read_to_string(p("refine").join("loss.csv")).unwrap();
+    assert!(log.contains("decoder,4,"), "{log}");
+    WanPipeline::load(&p("refined"), &LoadOptions::default()).unwrap();
+
+    // A refined folder, an occupied work folder and a foreign recipe are refused, saying why.
+    let again = |model: &str, work: &str, r: &Recipe| {
+        toyworld::refine(r, &p(model), &p(work), &p("x"), false, &mut |_| {})
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(again("refined", "w1", &recipe).contains("already refined"));
+    assert!(again("plain", "refine", &recipe).contains("pass --resume"));
+    let wider = Recipe {
+        vae_dim: 8,
+        ..recipe.clone()
+    };
+    assert!(again("plain", "w2", &wider).contains("another recipe"));
+    assert!(again("missing", "w3", &recipe).contains("not a model folder"));
+    assert!(!p("x").exists());
 }

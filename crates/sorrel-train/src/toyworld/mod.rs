@@ -3,6 +3,7 @@
 //! released Wan models.
 
 pub mod data;
+pub mod decoder;
 pub mod eval;
 pub mod export;
 pub mod init;
@@ -46,6 +47,10 @@ impl RunPaths {
     pub fn dit_ckpt(&self) -> PathBuf {
         self.file("transformer.ckpt.safetensors")
     }
+    /// Decoder-stage checkpoint.
+    pub fn decoder_ckpt(&self) -> PathBuf {
+        self.file("decoder.ckpt.safetensors")
+    }
     /// Loss log.
     pub fn loss_log(&self) -> PathBuf {
         self.file("loss.csv")
@@ -78,6 +83,7 @@ pub fn train(
         vae_steps: 0,
         dit_steps: 0,
         dit_lr_decay_steps: 0,
+        decoder_steps: 0,
         sample_steps: 0,
         guidance: 0.0,
         flow_shift: 0.0,
@@ -139,6 +145,13 @@ pub fn train(
     let tok = sorrel_models::wan::tokenizer::WanTokenizer::from_file(&tok_path)
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
     let ema = stages::train_denoiser(recipe, &normed, &tok, &paths.dit_ckpt(), &mut log, progress)?;
+    let vae_weights = decoder::refine_decoder(
+        recipe,
+        &decoder::as_stored(&vae_weights)?,
+        &paths.decoder_ckpt(),
+        &mut log,
+        progress,
+    )?;
 
     let split = |prefix: &str| -> Vec<(String, candle_core::Tensor)> {
         ema.iter()
@@ -147,12 +160,8 @@ pub fn train(
     };
     let vae_pts = log.points("vae")?;
     let dit_pts = log.points("transformer")?;
-    log::plot_png(
-        &paths.loss_png(),
-        &[(&vae_pts, [200, 60, 40]), (&dit_pts, [40, 90, 200])],
-        640,
-        320,
-    )?;
+    let dec_pts = log.points("decoder")?;
+    plot_losses(&paths, &vae_pts, &dit_pts, &dec_pts)?;
     let last = |p: &[(u64, f64)]| p.last().map_or(f64::NAN, |x| x.1);
     export::write_model(
         out,
@@ -167,8 +176,165 @@ pub fn train(
                 "trained_by": "sorrel train",
                 "final_vae_loss": last(&vae_pts),
                 "final_transformer_loss": last(&dit_pts),
+                "final_decoder_loss": last(&dec_pts),
                 "seconds_this_session": started.elapsed().as_secs(),
             }),
+        },
+    )
+}
+
+fn plot_losses(
+    paths: &RunPaths,
+    vae: &[(u64, f64)],
+    transformer: &[(u64, f64)],
+    decoder: &[(u64, f64)],
+) -> Result<()> {
+    log::plot_png(
+        &paths.loss_png(),
+        &[
+            (vae, [200, 60, 40]),
+            (transformer, [40, 90, 200]),
+            (decoder, [40, 150, 60]),
+        ],
+        640,
+        320,
+    )
+}
+
+/// Runs the decoder stage of `recipe` on the model folder `model` (written by [`train`] with a recipe that
+/// differs at most in step counts and sampling settings) and writes the result to `out`. Its text encoder,
+/// transformer and VAE encoder are copied unchanged; its VAE decoder is trained as [`train`] would have
+/// trained it, from the same f16 weights, so the result is the one a run from scratch gives. `work` holds
+/// the stage's checkpoint and loss log; with `resume` an interrupted refinement continues where it stopped.
+pub fn refine(
+    recipe: &Recipe,
+    model: &Path,
+    work: &Path,
+    out: &Path,
+    resume: bool,
+    progress: &mut stages::ProgressFn,
+) -> Result<()> {
+    recipe.validate().map_err(TrainError::Invalid)?;
+    if recipe.decoder_steps == 0 {
+        return Err(TrainError::Invalid(
+            "refining a model needs decoder steps: pass --decoder-steps N (N > 0)".into(),
+        ));
+    }
+    let io = |p: &Path, e: std::io::Error| TrainError::io(p, e);
+    let not_ours = |why: String| {
+        TrainError::Invalid(format!(
+            "{} is not a model folder written by `sorrel train` ({why})",
+            model.display()
+        ))
+    };
+    let read_json = |rel: &str| -> Result<serde_json::Value> {
+        let p = model.join(rel);
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| not_ours(format!("{}: {e}", p.display())))?;
+        serde_json::from_str(&text).map_err(|e| not_ours(format!("{}: {e}", p.display())))
+    };
+    let defaults = read_json(export::DEFAULTS_FILE)?;
+    let trained: Recipe = serde_json::from_value(defaults["recipe"].clone())
+        .map_err(|e| not_ours(format!("its recipe: {e}")))?;
+    let comparable = |r: &Recipe| Recipe {
+        dit_steps: 0,
+        dit_lr_decay_steps: 0,
+        vae_steps: 0,
+        decoder_steps: 0,
+        decoder_lr: 0.0,
+        sample_steps: 0,
+        guidance: 0.0,
+        flow_shift: 0.0,
+        ..r.clone()
+    };
+    if comparable(&trained) != comparable(recipe) {
+        return Err(TrainError::Invalid(format!(
+            "{} was trained with another recipe (sizes or settings differ from this one): refine it with \
+             the recipe it was trained with",
+            model.display()
+        )));
+    }
+    if trained.decoder_steps > 0 {
+        return Err(TrainError::Invalid(format!(
+            "{}'s decoder was already refined ({} steps): refine the folder its run wrote before that, or \
+             train from scratch",
+            model.display(),
+            trained.decoder_steps
+        )));
+    }
+    let vae_cfg = read_json("vae/config.json")?;
+    let stats = |key: &str| -> Result<Vec<f64>> {
+        serde_json::from_value(vae_cfg[key].clone())
+            .map_err(|e| not_ours(format!("vae {key}: {e}")))
+    };
+    let (mean, std) = (stats("latents_mean")?, stats("latents_std")?);
+    let load = |rel: &str| -> Result<Vec<(String, candle_core::Tensor)>> {
+        let p = model.join(rel);
+        if !p.exists() {
+            return Err(not_ours(format!("{} is missing", p.display())));
+        }
+        let mut v = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)?
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(candle_core::DType::F32)?)))
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    };
+    let vae = load("vae/diffusion_pytorch_model.safetensors")?;
+    let text_encoder = load("text_encoder/model.safetensors")?;
+    let transformer = load("transformer/diffusion_pytorch_model.safetensors")?;
+
+    let paths = RunPaths {
+        work: work.to_path_buf(),
+    };
+    std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
+    if !resume && (paths.decoder_ckpt().exists() || paths.recipe().exists()) {
+        return Err(TrainError::Invalid(format!(
+            "{} already holds a run: pass --resume to continue its refinement, or choose another --work \
+             folder",
+            work.display()
+        )));
+    }
+    let out_recipe = Recipe {
+        decoder_steps: recipe.decoder_steps,
+        decoder_lr: recipe.decoder_lr,
+        sample_steps: recipe.sample_steps,
+        guidance: recipe.guidance,
+        flow_shift: recipe.flow_shift,
+        ..trained
+    };
+    let mut log = log::LossLog::open(&paths.loss_log(), !resume)?;
+    let started = Instant::now();
+    let vae =
+        decoder::refine_decoder(&out_recipe, &vae, &paths.decoder_ckpt(), &mut log, progress)?;
+    let dec_pts = log.points("decoder")?;
+    plot_losses(&paths, &[], &[], &dec_pts)?;
+    let mut provenance = defaults["provenance"].clone();
+    if let Some(p) = provenance.as_object_mut() {
+        p.insert(
+            "final_decoder_loss".into(),
+            dec_pts.last().map_or(f64::NAN, |x| x.1).into(),
+        );
+        p.insert(
+            "decoder_refined_by".into(),
+            "sorrel train --refine (the decoder stage run on this folder's first two stages)"
+                .into(),
+        );
+        p.insert(
+            "decoder_seconds_this_session".into(),
+            started.elapsed().as_secs().into(),
+        );
+    }
+    export::write_model(
+        out,
+        &export::ModelParts {
+            recipe: &out_recipe,
+            latents_mean: &mean,
+            latents_std: &std,
+            vae,
+            text_encoder,
+            transformer,
+            provenance,
         },
     )
 }

@@ -57,6 +57,13 @@ pub struct Recipe {
     pub dit_lr_decay_steps: u64,
     /// EMA decay of the shipped transformer and text encoder weights.
     pub ema_decay: f64,
+    /// Optimiser steps of the decoder stage (the decoder trained alone on the frozen encoder's latents;
+    /// 0 skips it). A step count, so a resumed run may change it; runs recorded before it existed read 0.
+    #[serde(default)]
+    pub decoder_steps: u64,
+    /// Starting learning rate of the decoder stage, which falls linearly to zero over its steps.
+    #[serde(default)]
+    pub decoder_lr: f64,
     /// Share of captions replaced by "" (so classifier-free guidance has an unconditional model).
     pub caption_dropout: f64,
     /// Sampling defaults written into the model folder.
@@ -93,6 +100,8 @@ impl Default for Recipe {
             dit_lr: 5e-4,
             dit_lr_decay_steps: 3000,
             ema_decay: 0.998,
+            decoder_steps: 2000,
+            decoder_lr: 5e-4,
             caption_dropout: 0.1,
             sample_steps: 25,
             // Measured, not assumed: at 4 objects popped in and out between frames and bounces lost their
@@ -122,6 +131,7 @@ impl Recipe {
             dit_steps: 6,
             dit_lr_decay_steps: 2,
             dit_batch: 4,
+            decoder_steps: 4,
             sample_steps: 2,
             ..Self::default()
         }
@@ -137,6 +147,14 @@ impl Recipe {
         } else {
             self.dit_lr * left as f64 / decay as f64
         }
+    }
+
+    /// The decoder stage's learning rate for optimiser step `step` (0-based): from `decoder_lr` linearly
+    /// to zero just after the final step. The stage fine-tunes a decoder that already works, so it
+    /// starts at half the VAE stage's rate and anneals.
+    pub fn decoder_lr_at(&self, step: u64) -> f64 {
+        let left = self.decoder_steps.saturating_sub(step);
+        self.decoder_lr * left as f64 / self.decoder_steps.max(1) as f64
     }
 
     /// Checks the sizes fit the architecture; says what to change.
@@ -155,6 +173,12 @@ impl Recipe {
         }
         if self.vae_batch == 0 || self.dit_batch == 0 || self.latent_clips == 0 {
             return Err("batch sizes and latent_clips must be positive".into());
+        }
+        if self.decoder_steps > 0 && !(self.decoder_lr > 0.0 && self.decoder_lr.is_finite()) {
+            return Err(format!(
+                "decoder_lr {} must be positive when decoder_steps is {}",
+                self.decoder_lr, self.decoder_steps
+            ));
         }
         if self.text_len < 2 {
             return Err("text_len must be at least 2".into());
@@ -279,5 +303,21 @@ mod tests {
         };
         assert_eq!(long.dit_lr_at(0), 1.0);
         assert_eq!(long.dit_lr_at(5), 0.5);
+    }
+
+    #[test]
+    fn decoder_learning_rate_falls_from_the_first_step_to_zero() {
+        let r = Recipe {
+            decoder_steps: 4,
+            decoder_lr: 1.0,
+            ..Recipe::default()
+        };
+        let lrs: Vec<f64> = (0..4).map(|s| r.decoder_lr_at(s)).collect();
+        assert_eq!(lrs, [1.0, 0.75, 0.5, 0.25]);
+        let bad = Recipe {
+            decoder_lr: 0.0,
+            ..r
+        };
+        assert!(bad.validate().unwrap_err().contains("decoder_lr"));
     }
 }

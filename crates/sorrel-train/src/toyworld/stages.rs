@@ -1,5 +1,6 @@
-//! The two training stages: the VAE on single frames, then the transformer and text encoder together on
-//! the VAE's latents of a fixed set of clips (encoded once), with flow matching.
+//! The first two training stages: the VAE on single frames, then the transformer and text encoder together
+//! on the VAE's latents of a fixed set of clips (encoded once), with flow matching. The third, the decoder
+//! alone, is in [`super::decoder`].
 
 use std::path::Path;
 use std::time::Instant;
@@ -28,7 +29,7 @@ pub const LOG_EVERY: u64 = 10;
 /// What a stage reports as it goes.
 #[derive(Debug, Clone, Copy)]
 pub struct StageProgress {
-    /// "vae", "latents" or "transformer".
+    /// "vae", "latents", "transformer" or "decoder".
     pub stage: &'static str,
     /// Steps (or clips) done.
     pub done: u64,
@@ -128,7 +129,7 @@ pub fn train_vae(
     Ok(varmap)
 }
 
-fn report(
+pub(super) fn report(
     stage: &'static str,
     done: u64,
     total: u64,
