@@ -152,10 +152,10 @@ fn the_embedded_model_matches_diffusers_on_its_own_weights() {
 }
 
 /// What the shipped VAE's round trip of these 16 prompts' rendered scenes scores (`autoencoded` in the
-/// eval report): it keeps colours, counts and motion, and loses some box corners.
+/// eval report): it keeps colours, counts, motion and constant objects, and loses some box corners.
 const AUTOENCODED: [(&str, f64); 5] = [
     ("colour", 100.0),
-    ("shape", 87.5),
+    ("shape", 81.25),
     ("count", 100.0),
     ("direction", 100.0),
     ("permanence", 100.0),
@@ -183,10 +183,10 @@ fn eval_of_a_fixed_subset_keeps_the_shipped_scores() {
     // so a drop beyond that is a regression in the engine or a worse model.
     for (measure, reached) in [
         ("colour", 100.0),
-        ("shape", 75.0),
+        ("shape", 81.25),
         ("count", 100.0),
         ("direction", 100.0),
-        ("permanence", 93.75),
+        ("permanence", 100.0),
     ] {
         let got = r["seen"][measure].as_f64().unwrap();
         assert!(
@@ -208,4 +208,52 @@ fn eval_of_a_fixed_subset_keeps_the_shipped_scores() {
         );
     }
     assert_eq!(r["clips"].as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn train_runs_every_stage_and_refines_a_folder_written_without_the_decoder_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--smoke", "-q"];
+        args.extend_from_slice(extra);
+        sorrel(&args, tmp.path())
+    };
+    let o = train(&[
+        "--decoder-steps",
+        "0",
+        "--out",
+        &p("plain"),
+        "--work",
+        &p("w1"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train(&[
+        "--refine",
+        &p("plain"),
+        "--out",
+        &p("refined"),
+        "--work",
+        &p("w2"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(tmp.path().join("w2/loss.csv")).unwrap();
+    assert!(log.contains("decoder,4,"), "{log}");
+    let defaults: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("refined/sorrel_defaults.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(defaults["recipe"]["decoder_steps"], 4);
+    // A folder already refined is refused with the reason, and nothing is written.
+    let o = train(&[
+        "--refine",
+        &p("refined"),
+        "--out",
+        &p("again"),
+        "--work",
+        &p("w3"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already refined"), "{}", stderr(&o));
+    assert!(!tmp.path().join("again").exists());
 }
