@@ -9,19 +9,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use sorrel_models::wan::vae::AutoencoderKLWan;
-use sorrel_toyworld::WorldSize;
 
-use super::data::{self, step_rng};
+use super::data;
 use super::init::sorted_vars;
 use super::log::LossLog;
 use super::recipe::Recipe;
-use super::stages::{self, report, ProgressFn, CHECKPOINT_EVERY};
-use crate::{load_checkpoint, save_checkpoint, AdamW, AdamWConfig, Result, TrainError};
+use super::stages::{self, run_stage, ProgressFn, Stage};
+use crate::{Result, TrainError};
 
 /// Stage number in the data seeds (1 is the VAE, 2 the transformer).
 const STAGE_SEED: u64 = 3;
@@ -79,55 +77,27 @@ pub fn refine_decoder(
         .into_iter()
         .filter(|(n, _)| is_decoder_weight(n))
         .collect();
-    let mut opt = AdamW::new(
-        params.clone(),
-        AdamWConfig {
-            lr: recipe.decoder_lr,
-            weight_decay: 0.0,
-            ..AdamWConfig::default()
-        },
-    )?;
-    if ckpt.exists() {
-        load_checkpoint(ckpt, &mut opt, None)?;
-    }
-    let world = WorldSize {
-        size: recipe.size,
-        frames: recipe.frames,
+    let mut opt = stages::adamw(params.clone(), recipe.decoder_lr)?;
+    let world = stages::world_size(recipe);
+    let stage = Stage {
+        name: "decoder",
+        label: "decoder",
+        fix: "the decoder learning rate",
+        steps: recipe.decoder_steps,
+        seed: recipe.seed,
+        rng_stage: STAGE_SEED,
+        ckpt,
     };
-    let t0 = Instant::now();
-    let mut acc = (0.0, 0u64);
-    while opt.steps() < recipe.decoder_steps {
-        let step = opt.steps();
-        opt.config.lr = recipe.decoder_lr_at(step);
-        let mut rng = step_rng(recipe.seed, STAGE_SEED, step);
-        let (x, w) = data::vae_batch(&mut rng, recipe.vae_batch, world, &dev)?;
+    let lr_at = |step| recipe.decoder_lr_at(step);
+    run_stage(&stage, &mut opt, None, lr_at, log, progress, |rng| {
+        let (x, w) = data::vae_batch(rng, recipe.vae_batch, world, &dev)?;
         // The posterior mean, as the training latents are: the decoder learns to draw what the
         // transformer is taught to produce.
         let (mean, _) = encoder.encode(&x)?;
         let y = model.decode(&mean.detach())?;
         let d = (y - &x)?;
-        let loss = ((d.abs()? + d.sqr()?)?.broadcast_mul(&w)?).mean_all()?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            return Err(TrainError::Invalid(format!(
-                "the decoder loss became {l} at step {step}: lower the decoder learning rate"
-            )));
-        }
-        opt.step(&loss.backward()?)?;
-        acc = (acc.0 + l, acc.1 + 1);
-        report(
-            "decoder",
-            opt.steps(),
-            recipe.decoder_steps,
-            &mut acc,
-            t0,
-            log,
-            progress,
-        )?;
-        if opt.steps().is_multiple_of(CHECKPOINT_EVERY) || opt.steps() == recipe.decoder_steps {
-            save_checkpoint(ckpt, &opt, None, &serde_json::json!({"stage": "decoder"}))?;
-        }
-    }
+        Ok(((d.abs()? + d.sqr()?)?.broadcast_mul(&w)?).mean_all()?)
+    })?;
     let trained: HashMap<String, Tensor> = params
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().detach()))

@@ -79,16 +79,7 @@ pub fn train(
     let recipe_json = serde_json::to_string_pretty(recipe).expect("recipe serialises");
     // Step counts may change on resume (to train longer, or to stop early and export), and so may the
     // sampling settings written into the folder, which training does not use.
-    let comparable = |r: &Recipe| Recipe {
-        vae_steps: 0,
-        dit_steps: 0,
-        dit_lr_decay_steps: 0,
-        decoder_steps: 0,
-        sample_steps: 0,
-        guidance: 0.0,
-        flow_shift: 0.0,
-        ..r.clone()
-    };
+    let comparable = Recipe::without_step_counts;
     if paths.recipe().exists() {
         let old = std::fs::read_to_string(paths.recipe()).map_err(|e| io(&paths.recipe(), e))?;
         if !resume {
@@ -236,16 +227,10 @@ pub fn refine(
     let defaults = read_json(export::DEFAULTS_FILE)?;
     let trained: Recipe = serde_json::from_value(defaults["recipe"].clone())
         .map_err(|e| not_ours(format!("its recipe: {e}")))?;
+    // The folder's decoder stage is the one about to run, so its rate may differ too.
     let comparable = |r: &Recipe| Recipe {
-        dit_steps: 0,
-        dit_lr_decay_steps: 0,
-        vae_steps: 0,
-        decoder_steps: 0,
         decoder_lr: 0.0,
-        sample_steps: 0,
-        guidance: 0.0,
-        flow_shift: 0.0,
-        ..r.clone()
+        ..r.without_step_counts()
     };
     if comparable(&trained) != comparable(recipe) {
         return Err(TrainError::Invalid(format!(

@@ -157,6 +157,21 @@ impl Recipe {
         self.decoder_lr * left as f64 / self.decoder_steps.max(1) as f64
     }
 
+    /// This recipe with its step counts and sampling settings zeroed: what two runs must share to be the
+    /// same training (a run may be resumed with more steps, or exported with other sampling defaults).
+    pub fn without_step_counts(&self) -> Self {
+        Self {
+            vae_steps: 0,
+            dit_steps: 0,
+            dit_lr_decay_steps: 0,
+            decoder_steps: 0,
+            sample_steps: 0,
+            guidance: 0.0,
+            flow_shift: 0.0,
+            ..self.clone()
+        }
+    }
+
     /// Checks the sizes fit the architecture; says what to change.
     pub fn validate(&self) -> Result<(), String> {
         if self.size == 0 || !self.size.is_multiple_of(8) {

@@ -76,60 +76,134 @@ pub fn train_vae(
     let (varmap, vae) = new_vae(recipe, &dev)?;
     let params = sorted_vars(&varmap, "");
     init_params(&params, recipe.seed)?;
-    let mut opt = AdamW::new(
-        params.clone(),
+    let mut opt = adamw(params, recipe.vae_lr)?;
+    let world = world_size(recipe);
+    let stage = Stage {
+        name: "vae",
+        label: "VAE",
+        fix: "--vae-lr",
+        steps: recipe.vae_steps,
+        seed: recipe.seed,
+        rng_stage: 1,
+        ckpt,
+    };
+    run_stage(
+        &stage,
+        &mut opt,
+        None,
+        |_| recipe.vae_lr,
+        log,
+        progress,
+        |rng| {
+            let (x, w) = data::vae_batch(rng, recipe.vae_batch, world, &dev)?;
+            let (mean, logvar) = vae.encode(&x)?;
+            let eps = data::normal(rng, mean.dims(), &dev)?;
+            let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
+            let y = vae.decode(&z)?;
+            let d = (y - &x)?;
+            let rec = ((d.abs()? + d.sqr()?)?.broadcast_mul(&w)?).mean_all()?;
+            let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?.mean_all()?;
+            Ok((rec + (kl * 0.5e-4)?)?)
+        },
+    )?;
+    Ok(varmap)
+}
+
+/// AdamW without weight decay (none of the stages uses it), starting at `lr`.
+pub(super) fn adamw(params: Vec<(String, Var)>, lr: f64) -> Result<AdamW> {
+    AdamW::new(
+        params,
         AdamWConfig {
-            lr: recipe.vae_lr,
+            lr,
             weight_decay: 0.0,
             ..AdamWConfig::default()
         },
-    )?;
-    if ckpt.exists() {
-        load_checkpoint(ckpt, &mut opt, None)?;
-    }
-    let world = WorldSize {
+    )
+}
+
+/// The clip size of `recipe`'s world.
+pub(super) fn world_size(recipe: &Recipe) -> WorldSize {
+    WorldSize {
         size: recipe.size,
         frames: recipe.frames,
-    };
+    }
+}
+
+/// What tells one optimiser stage from another; [`run_stage`] does the rest.
+pub(super) struct Stage<'a> {
+    /// Its name in the loss log, the progress reports and the checkpoint's notes.
+    pub name: &'static str,
+    /// Its name in the error a diverged loss gives.
+    pub label: &'static str,
+    /// The setting that error tells the user to lower.
+    pub fix: &'static str,
+    /// Optimiser steps in all.
+    pub steps: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The stage number in [`step_rng`], so each stage draws its own data.
+    pub rng_stage: u64,
+    /// Its checkpoint, continued from when it exists.
+    pub ckpt: &'a Path,
+}
+
+/// Runs (or continues, from the stage's checkpoint) `stage`: each step draws its data from its own
+/// seeded generator, sets the learning rate from `lr_at`, takes one AdamW step on `loss_of`'s loss and
+/// updates `ema` (with the parameters it follows); the loss is logged every [`LOG_EVERY`] steps and the
+/// stage checkpointed every [`CHECKPOINT_EVERY`] and at its end.
+pub(super) fn run_stage(
+    stage: &Stage,
+    opt: &mut AdamW,
+    mut ema: Option<(&mut Ema, &[(String, Var)])>,
+    lr_at: impl Fn(u64) -> f64,
+    log: &mut LossLog,
+    progress: &mut ProgressFn,
+    mut loss_of: impl FnMut(&mut rand::rngs::StdRng) -> Result<Tensor>,
+) -> Result<()> {
+    if stage.ckpt.exists() {
+        load_checkpoint(stage.ckpt, opt, ema.as_mut().map(|e| &mut *e.0))?;
+    }
     let t0 = Instant::now();
     let mut acc = (0.0, 0u64);
-    while opt.steps() < recipe.vae_steps {
+    while opt.steps() < stage.steps {
         let step = opt.steps();
-        let mut rng = step_rng(recipe.seed, 1, step);
-        let (x, w) = data::vae_batch(&mut rng, recipe.vae_batch, world, &dev)?;
-        let (mean, logvar) = vae.encode(&x)?;
-        let eps = data::normal(&mut rng, mean.dims(), &dev)?;
-        let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
-        let y = vae.decode(&z)?;
-        let d = (y - &x)?;
-        let rec = ((d.abs()? + d.sqr()?)?.broadcast_mul(&w)?).mean_all()?;
-        let kl = (((mean.sqr()? + logvar.exp()?)? - 1.0)? - &logvar)?.mean_all()?;
-        let loss = (rec + (kl * 0.5e-4)?)?;
+        opt.config.lr = lr_at(step);
+        let mut rng = step_rng(stage.seed, stage.rng_stage, step);
+        let loss = loss_of(&mut rng)?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
             return Err(TrainError::Invalid(format!(
-                "the VAE loss became {l} at step {step}: lower --vae-lr"
+                "the {} loss became {l} at step {step}: lower {}",
+                stage.label, stage.fix
             )));
         }
         opt.step(&loss.backward()?)?;
+        if let Some((ema, params)) = ema.as_mut() {
+            ema.update(params)?;
+        }
         acc = (acc.0 + l, acc.1 + 1);
         report(
-            "vae",
+            stage.name,
             opt.steps(),
-            recipe.vae_steps,
+            stage.steps,
             &mut acc,
             t0,
             log,
             progress,
         )?;
-        if opt.steps().is_multiple_of(CHECKPOINT_EVERY) || opt.steps() == recipe.vae_steps {
-            save_checkpoint(ckpt, &opt, None, &serde_json::json!({"stage": "vae"}))?;
+        if opt.steps().is_multiple_of(CHECKPOINT_EVERY) || opt.steps() == stage.steps {
+            save_checkpoint(
+                stage.ckpt,
+                opt,
+                ema.as_ref().map(|e| &*e.0),
+                &serde_json::json!({"stage": stage.name}),
+            )?;
         }
     }
-    Ok(varmap)
+    Ok(())
 }
 
-pub(super) fn report(
+fn report(
     stage: &'static str,
     done: u64,
     total: u64,
@@ -291,78 +365,55 @@ pub fn train_denoiser(
     let model = Denoiser::new(recipe, super::tokenizer::vocab_size(), &dev)?;
     let params = model.params();
     init_params(&params, recipe.seed.wrapping_add(1))?;
-    let mut opt = AdamW::new(
-        params.clone(),
-        AdamWConfig {
-            lr: recipe.dit_lr,
-            weight_decay: 0.0,
-            ..AdamWConfig::default()
-        },
-    )?;
+    let mut opt = adamw(params.clone(), recipe.dit_lr)?;
     let mut ema = Ema::new(&params, recipe.ema_decay)?;
-    if ckpt.exists() {
-        load_checkpoint(ckpt, &mut opt, Some(&mut ema))?;
-    }
     let n = latents.dim(0)?;
     let scenes: Vec<Scene> = (0..n).map(data::train_scene).collect();
     let b = recipe.dit_batch;
-    let t0 = Instant::now();
-    let mut acc = (0.0, 0u64);
-    while opt.steps() < recipe.dit_steps {
-        let step = opt.steps();
-        opt.config.lr = recipe.dit_lr_at(step);
-        let mut rng = step_rng(recipe.seed, 2, step);
-        let idx: Vec<u32> = (0..b).map(|_| rng.random_range(0..n) as u32).collect();
-        let x0 = latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?;
-        let noise = data::normal(&mut rng, x0.dims(), &dev)?;
-        // Logit-normal noise levels, as in SD3 and the toy-world experiments.
-        let sig: Vec<f32> = (0..b)
-            .map(|_| {
-                let u: f32 = rng.sample(rand_distr::StandardNormal);
-                1.0 / (1.0 + (-u).exp())
-            })
-            .collect();
-        let s = Tensor::from_vec(sig.clone(), (b, 1, 1, 1, 1), &dev)?;
-        let xt = (x0.broadcast_mul(&(1.0 - &s)?)? + noise.broadcast_mul(&s)?)?;
-        let t = Tensor::from_vec(sig.iter().map(|v| v * 1000.0).collect(), b, &dev)?;
-        let captions: Vec<String> = idx
-            .iter()
-            .map(|&i| data::train_caption(&mut rng, &scenes[i as usize], recipe.caption_dropout))
-            .collect();
-        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let tokens = tokenizer
-            .encode(&refs, recipe.text_len)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let (ids, mask) = tokens.to_tensors(&dev)?;
-        let emb = model.text_encoder.prompt_embeds(&ids, &mask)?;
-        let pred = model.transformer.forward(&xt, &t, &emb)?;
-        let loss = (pred - (noise - x0)?)?.sqr()?.mean_all()?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            return Err(TrainError::Invalid(format!(
-                "the transformer loss became {l} at step {step}: lower --dit-lr"
-            )));
-        }
-        opt.step(&loss.backward()?)?;
-        ema.update(&params)?;
-        acc = (acc.0 + l, acc.1 + 1);
-        report(
-            "transformer",
-            opt.steps(),
-            recipe.dit_steps,
-            &mut acc,
-            t0,
-            log,
-            progress,
-        )?;
-        if opt.steps().is_multiple_of(CHECKPOINT_EVERY) || opt.steps() == recipe.dit_steps {
-            save_checkpoint(
-                ckpt,
-                &opt,
-                Some(&ema),
-                &serde_json::json!({"stage": "transformer"}),
-            )?;
-        }
-    }
+    let stage = Stage {
+        name: "transformer",
+        label: "transformer",
+        fix: "--dit-lr",
+        steps: recipe.dit_steps,
+        seed: recipe.seed,
+        rng_stage: 2,
+        ckpt,
+    };
+    let lr_at = |step| recipe.dit_lr_at(step);
+    run_stage(
+        &stage,
+        &mut opt,
+        Some((&mut ema, &params)),
+        lr_at,
+        log,
+        progress,
+        |rng| {
+            let idx: Vec<u32> = (0..b).map(|_| rng.random_range(0..n) as u32).collect();
+            let x0 = latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?;
+            let noise = data::normal(rng, x0.dims(), &dev)?;
+            // Logit-normal noise levels, as in SD3 and the toy-world experiments.
+            let sig: Vec<f32> = (0..b)
+                .map(|_| {
+                    let u: f32 = rng.sample(rand_distr::StandardNormal);
+                    1.0 / (1.0 + (-u).exp())
+                })
+                .collect();
+            let s = Tensor::from_vec(sig.clone(), (b, 1, 1, 1, 1), &dev)?;
+            let xt = (x0.broadcast_mul(&(1.0 - &s)?)? + noise.broadcast_mul(&s)?)?;
+            let t = Tensor::from_vec(sig.iter().map(|v| v * 1000.0).collect(), b, &dev)?;
+            let captions: Vec<String> = idx
+                .iter()
+                .map(|&i| data::train_caption(rng, &scenes[i as usize], recipe.caption_dropout))
+                .collect();
+            let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+            let tokens = tokenizer
+                .encode(&refs, recipe.text_len)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            let (ids, mask) = tokens.to_tensors(&dev)?;
+            let emb = model.text_encoder.prompt_embeds(&ids, &mask)?;
+            let pred = model.transformer.forward(&xt, &t, &emb)?;
+            Ok((pred - (noise - x0)?)?.sqr()?.mean_all()?)
+        },
+    )?;
     Ok(ema.weights().to_vec())
 }
