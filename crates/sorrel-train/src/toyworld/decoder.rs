@@ -1,4 +1,4 @@
-//! The third stage: more training of the VAE's decoder alone, on the latents its frozen encoder gives.
+//! The last stage: more training of the VAE's decoder alone, on the latents its frozen encoder gives.
 //!
 //! The transformer learns the encoder's latent space, so once the latents are encoded the encoder must not
 //! change; the decoder can. Measured on the fourth model, the VAE's round trip (not the transformer) set the

@@ -1,5 +1,5 @@
 //! The first two training stages: the VAE on single frames, then the transformer and text encoder together
-//! on the VAE's latents of a fixed set of clips (encoded once), with flow matching. The third, the decoder
+//! on the VAE's latents of a fixed set of clips (encoded once), with flow matching. The last, the decoder
 //! alone, is in [`super::decoder`].
 
 use std::path::Path;
