@@ -88,7 +88,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.contact_sheet {
-        let size = pipe.defaults.width;
+        let size = pipe.info.defaults.width;
         let (img, w, h) = eval::contact_sheet(&report.clips, size, args.rows, 4);
         sorrel_train::toyworld::export::write_png(path, &img, w, h)?;
     }

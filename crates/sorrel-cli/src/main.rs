@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sorrel_pipeline::{Event, LoadOptions, Text2VideoRequest, WanPipeline};
+use sorrel_pipeline::{Conditioning, Event, GenerateRequest, LoadOptions, Picture, WanPipeline};
 
 use output::OutputTarget;
 use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
@@ -90,9 +90,25 @@ struct GenerateArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8).
+    /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
+    /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
     init_latents: Option<PathBuf>,
+    /// Image to video: this picture (PNG, JPEG, WebP, GIF) is the first frame. A picture of another size is
+    /// scaled to cover the video size and cropped at the centre. Needs an image-to-video model.
+    #[arg(long, value_name = "FILE", conflicts_with = "video")]
+    image: Option<PathBuf>,
+    /// First/last frame: this picture is the last frame (with --image). Needs a first/last-frame model.
+    #[arg(long, value_name = "FILE", requires = "image")]
+    last_image: Option<PathBuf>,
+    /// Video to video: restyle this clip (MP4, WebM, GIF, APNG, WebP; others through ffmpeg). Frames default
+    /// to the clip's length (rounded down to what the model takes); each frame is fitted to the size as
+    /// --image is.
+    #[arg(long, value_name = "FILE")]
+    video: Option<PathBuf>,
+    /// With --video: how much to change it, in (0, 1]: 0.3 keeps it close, 1 ignores it.
+    #[arg(long, requires = "video", default_value_t = 0.7)]
+    strength: f64,
     /// Output file: .mp4 (H.264, default), .webm (AV1), .gif, .png (animated), .webp, a folder or
     /// `name_%04d.png` (PNG sequence), or .npy (float32 frames F,H,W,3 in [0,1]). Default:
     /// sorrel-SEED.mp4.
@@ -163,6 +179,42 @@ fn load_init_latents(path: &PathBuf) -> Result<candle_core::Tensor> {
         .context("init latents are not a float tensor")
 }
 
+fn picture(frame: sorrel_media::Frame) -> Picture {
+    Picture {
+        width: frame.width as usize,
+        height: frame.height as usize,
+        rgb: frame.rgb,
+    }
+}
+
+/// The pictures or clip the flags name, read before any weights load.
+fn read_conditioning(args: &GenerateArgs) -> Result<Conditioning> {
+    let image = |flag: &str, path: &PathBuf| -> Result<Picture> {
+        Ok(picture(sorrel_media::read_image(path).with_context(
+            || format!("{flag} {}: not a picture Sorrel can read", path.display()),
+        )?))
+    };
+    if let Some(path) = &args.image {
+        return Ok(Conditioning::Image {
+            first: image("--image", path)?,
+            last: args
+                .last_image
+                .as_ref()
+                .map(|p| image("--last-image", p))
+                .transpose()?,
+        });
+    }
+    if let Some(path) = &args.video {
+        let clip = sorrel_media::read_video(path)
+            .with_context(|| format!("--video {}: not a video Sorrel can read", path.display()))?;
+        return Ok(Conditioning::Video {
+            frames: clip.frames().iter().cloned().map(picture).collect(),
+            strength: args.strength,
+        });
+    }
+    Ok(Conditioning::None)
+}
+
 fn generate(args: GenerateArgs) -> Result<()> {
     // Check everything cheap before loading weights or spending minutes generating; a bad certificate
     // first, in milliseconds.
@@ -171,7 +223,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         Some(m) => m.clone(),
         None => embedded::model_dir()?,
     };
-    let (defaults, compression, patch) = WanPipeline::describe(&model)?;
+    let info = WanPipeline::describe(&model)?;
+    let defaults = &info.defaults;
     let (width, height) = parse_size(&args, (defaults.width, defaults.height))?;
     let dtype = parse_dtype(&args.dtype)?;
     let seed = args.seed.unwrap_or_else(rand_seed);
@@ -203,12 +256,22 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .as_ref()
         .map(load_init_latents)
         .transpose()?;
-    let req = Text2VideoRequest {
+    let conditioning = read_conditioning(&args)?;
+    let frames = match (&conditioning, args.frames) {
+        (_, Some(n)) => n,
+        // Video to video keeps the clip's length, down to the nearest count the VAE takes.
+        (Conditioning::Video { frames, .. }, None) => {
+            let tc = info.compression.1;
+            ((frames.len().min(defaults.max_frames) - 1) / tc * tc + 1).max(1)
+        }
+        (_, None) => defaults.frames,
+    };
+    let req = GenerateRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         width,
         height,
-        frames: args.frames.unwrap_or(defaults.frames),
+        frames,
         steps: args.steps.unwrap_or(defaults.steps),
         guidance: args.guidance.unwrap_or(defaults.guidance),
         seed,
@@ -216,9 +279,10 @@ fn generate(args: GenerateArgs) -> Result<()> {
         scheduler: args.scheduler.clone(),
         flow_shift: args.flow_shift,
         init_latents,
+        conditioning,
     };
     req.check()?;
-    req.check_for(&defaults, compression, patch)?;
+    req.check_for(&info)?;
 
     let t0 = Instant::now();
     let pipe = WanPipeline::load(
@@ -246,11 +310,15 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let mut on_event = |ev: &Event| {
         match ev {
             Event::Stage(s) => bar.set_message(*s),
-            Event::Step { index, .. } => bar.set_position(*index as u64),
+            Event::Step { index, total, .. } => {
+                // Video to video runs only the last part of the schedule.
+                bar.set_length(*total as u64);
+                bar.set_position(*index as u64)
+            }
         }
         true
     };
-    let video = pipe.text_to_video(&req, &mut on_event)?;
+    let video = pipe.generate(&req, &mut on_event)?;
     bar.finish_and_clear();
     if !video.unknown_words.is_empty() {
         eprintln!(

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use sorrel_pipeline::{LoadOptions, Text2VideoRequest, WanPipeline};
+use sorrel_pipeline::{GenerateRequest, LoadOptions, WanPipeline};
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MB.
 fn peak_rss_mb() -> f64 {
@@ -38,8 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let pipe = WanPipeline::load(std::path::Path::new(dir), &LoadOptions::default())?;
     let load = t0.elapsed().as_secs_f64();
-    let d = pipe.defaults.clone();
-    let req = Text2VideoRequest {
+    let d = pipe.info.defaults.clone();
+    let req = GenerateRequest {
         prompt: "two small red balls bounce on a blue floor".into(),
         width: d.width,
         height: d.height,
@@ -47,13 +47,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps: d.steps,
         guidance: d.guidance,
         init_latents,
-        ..Text2VideoRequest::default()
+        ..GenerateRequest::default()
     };
-    pipe.text_to_video(&req, &mut |_| true)?;
+    pipe.generate(&req, &mut |_| true)?;
     let mut times = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        pipe.text_to_video(&req, &mut |_| true)?;
+        pipe.generate(&req, &mut |_| true)?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

@@ -1,13 +1,17 @@
-//! Generation modes on top of the models: load a model folder's components, run the denoising loop, report
-//! progress. Knows nothing of HTTP or the command line.
+//! Generation modes on top of the models: load a model folder's components, run the one denoising loop,
+//! report progress. Knows nothing of HTTP or the command line.
 
 pub mod defaults;
+pub mod denoise;
 pub mod loader;
+pub mod modes;
 pub mod noise;
 pub mod progress;
-pub mod t2v;
+pub mod request;
 
 pub use defaults::ModelDefaults;
+pub use denoise::{decoded_to_frames, fit};
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
+pub use modes::{Mode, ModelInfo, Video};
 pub use progress::Event;
-pub use t2v::{decoded_to_frames, Text2VideoRequest, Video};
+pub use request::{Conditioning, GenerateRequest, Picture};

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use serde_json::Value;
 use sorrel_core::{Error, Result, TensorSource};
+
+use crate::modes::{Mode, ModelInfo};
+use sorrel_models::clip::{ClipImageProcessorConfig, ClipVisionConfig, ClipVisionModel};
 use sorrel_models::wan::config::WanTransformerConfig;
 use sorrel_models::wan::convert;
 use sorrel_models::wan::text_encoder::{umt5_key_to_original, Umt5Config, Umt5Encoder};
@@ -55,17 +58,32 @@ pub struct WanPipeline {
     pub dir: PathBuf,
     /// Its layout.
     pub layout: Layout,
-    /// Defaults and limits of generation with it.
-    pub defaults: crate::ModelDefaults,
+    /// What it is and can do: defaults, limits, compression, modes.
+    pub info: ModelInfo,
     pub(crate) tokenizer: WanTokenizer,
     pub(crate) text_encoder: Umt5Encoder,
     pub(crate) transformer: WanTransformer3DModel,
     pub(crate) vae: AutoencoderKLWan,
     pub(crate) vae_config: VaeConfig,
+    /// CLIP's vision tower and its processor, for image-to-video models.
+    pub(crate) image_encoder: Option<ImageEncoder>,
     /// The folder's `scheduler_config.json`, if it has one.
     pub(crate) scheduler_config: Option<PathBuf>,
     pub(crate) device: Device,
 }
+
+/// The image encoder of image-to-video models and the processor that prepares its input.
+pub(crate) struct ImageEncoder {
+    pub(crate) model: ClipVisionModel,
+    pub(crate) processor: ClipImageProcessorConfig,
+}
+
+/// diffusers pipeline classes whose folders Sorrel loads.
+const PIPELINE_CLASSES: [&str; 3] = [
+    "WanPipeline",
+    "WanImageToVideoPipeline",
+    "WanVideoToVideoPipeline",
+];
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -130,52 +148,61 @@ impl WanPipeline {
         }
     }
 
-    /// What a request needs checked against the model in `dir`, read from its config files only (no
-    /// weights): its defaults and limits, the VAE's (spatial, temporal) compression and the transformer's
-    /// patch, so a bad size fails in milliseconds instead of after a minutes-long load.
-    pub fn describe(dir: &Path) -> Result<(crate::ModelDefaults, (usize, usize), [usize; 3])> {
+    /// What the model in `dir` is and can do, read from its config files only (no weights): defaults and
+    /// limits, the VAE's compression, the transformer's patch and the modes, so a bad request fails in
+    /// milliseconds instead of after a minutes-long load.
+    pub fn describe(dir: &Path) -> Result<ModelInfo> {
         let defaults = crate::ModelDefaults::for_dir(dir)?;
-        let (vae_cfg, tr_cfg): (VaeConfig, WanTransformerConfig) = match Self::detect_layout(dir)? {
-            Layout::Diffusers => (
-                parse(
-                    read_json(&need(
-                        need(dir.join("vae"), "diffusers folder")?.join("config.json"),
-                        "diffusers folder",
-                    )?)?,
-                    "vae/config.json",
-                )?,
-                WanTransformerConfig::from_diffusers_file(&need(
-                    need(dir.join("transformer"), "diffusers folder")?.join("config.json"),
-                    "diffusers folder",
-                )?)?,
-            ),
-            Layout::Original => {
-                let sidecar = dir.join("sorrel_original_configs.json");
-                let vae_json = if sidecar.is_file() {
-                    read_json(&sidecar)?
-                        .get("vae")
-                        .cloned()
-                        .unwrap_or_else(convert::original_vae_config)
-                } else {
-                    convert::original_vae_config()
-                };
-                (
-                    parse(vae_json, "VAE config")?,
-                    WanTransformerConfig::from_original_file(&need(
-                        dir.join("config.json"),
-                        "original release folder",
-                    )?)?,
-                )
-            }
-        };
-        Ok((
+        let (vae_cfg, tr_cfg, class): (VaeConfig, WanTransformerConfig, String) =
+            match Self::detect_layout(dir)? {
+                Layout::Diffusers => {
+                    let class = pipeline_class(dir)?;
+                    (
+                        parse(
+                            read_json(&need(
+                                need(dir.join("vae"), "diffusers folder")?.join("config.json"),
+                                "diffusers folder",
+                            )?)?,
+                            "vae/config.json",
+                        )?,
+                        WanTransformerConfig::from_diffusers_file(&need(
+                            need(dir.join("transformer"), "diffusers folder")?.join("config.json"),
+                            "diffusers folder",
+                        )?)?,
+                        class,
+                    )
+                }
+                Layout::Original => {
+                    let sidecar = dir.join("sorrel_original_configs.json");
+                    let vae_json = if sidecar.is_file() {
+                        read_json(&sidecar)?
+                            .get("vae")
+                            .cloned()
+                            .unwrap_or_else(convert::original_vae_config)
+                    } else {
+                        convert::original_vae_config()
+                    };
+                    (
+                        parse(vae_json, "VAE config")?,
+                        WanTransformerConfig::from_original_file(&need(
+                            dir.join("config.json"),
+                            "original release folder",
+                        )?)?,
+                        "WanPipeline".into(),
+                    )
+                }
+            };
+        let compression = (
+            vae_cfg.spatial_compression(),
+            vae_cfg.temporal_compression(),
+        );
+        Ok(ModelInfo {
             defaults,
-            (
-                vae_cfg.spatial_compression(),
-                vae_cfg.temporal_compression(),
-            ),
-            tr_cfg.patch_size,
-        ))
+            compression,
+            patch: tr_cfg.patch_size,
+            modes: modes_of(dir, &tr_cfg, vae_cfg.z_dim, compression.1)?,
+            pipeline_class: class,
+        })
     }
 
     /// Loads every component of the model in `dir`.
@@ -187,34 +214,7 @@ impl WanPipeline {
     }
 
     fn load_diffusers(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let index = read_json(&dir.join("model_index.json"))?;
-        let class = |k: &str| {
-            index
-                .get(k)
-                .and_then(|v| v.get(1))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        match class("transformer").as_deref() {
-            Some("WanTransformer3DModel") => {}
-            other => {
-                return Err(Error::model(format!(
-                    "{}: transformer class {other:?} is not supported; Sorrel loads Wan2.1 text-to-video \
-                     (WanTransformer3DModel)",
-                    dir.join("model_index.json").display()
-                )))
-            }
-        }
-        if index
-            .get("transformer_2")
-            .and_then(|v| v.get(1))
-            .is_some_and(|v| !v.is_null())
-        {
-            return Err(Error::model(format!(
-                "{}: two-transformer (Wan2.2 A14B) models are not supported yet",
-                dir.display()
-            )));
-        }
+        let info = Self::describe(dir)?;
         let (dev, dt) = (&opts.device, opts.dtype);
 
         let tok_dir = need(dir.join("tokenizer"), "diffusers folder")?;
@@ -252,11 +252,17 @@ impl WanPipeline {
         let vae =
             AutoencoderKLWan::new(&vae_config, vae_vb).map_err(in_component("VAE", &vae_dir))?;
 
+        let image_encoder = if tr_cfg.image_dim.is_some() {
+            Some(load_image_encoder(dir, dev)?)
+        } else {
+            None
+        };
         let sched = dir.join("scheduler").join("scheduler_config.json");
         Ok(Self {
             dir: dir.to_path_buf(),
             layout: Layout::Diffusers,
-            defaults: crate::ModelDefaults::for_dir(dir)?,
+            info,
+            image_encoder,
             tokenizer,
             text_encoder,
             transformer,
@@ -325,7 +331,8 @@ impl WanPipeline {
         Ok(Self {
             dir: dir.to_path_buf(),
             layout: Layout::Original,
-            defaults: crate::ModelDefaults::for_dir(dir)?,
+            info: Self::describe(dir)?,
+            image_encoder: None,
             tokenizer,
             text_encoder,
             transformer,
@@ -334,6 +341,11 @@ impl WanPipeline {
             scheduler_config: None,
             device: dev.clone(),
         })
+    }
+
+    /// The diffusion transformer.
+    pub fn transformer(&self) -> &WanTransformer3DModel {
+        &self.transformer
     }
 
     /// The transformer's configuration.
@@ -345,15 +357,12 @@ impl WanPipeline {
     /// generates 16 fps video (its diffusers pipelines export at 16 fps too); Sorrel's own models say
     /// theirs in `sorrel_defaults.json`.
     pub fn native_fps(&self) -> u32 {
-        self.defaults.fps
+        self.info.defaults.fps
     }
 
     /// Pixels per latent pixel (spatial) and frames per latent frame after the first (temporal).
     pub fn compression(&self) -> (usize, usize) {
-        (
-            self.vae_config.spatial_compression(),
-            self.vae_config.temporal_compression(),
-        )
+        self.info.compression
     }
 
     /// The flow shift of the folder's scheduler config, or 3.0 (what Wan-AI ship for Wan2.1 T2V).
@@ -368,4 +377,105 @@ impl WanPipeline {
             })
             .unwrap_or(3.0)
     }
+}
+
+/// `_class_name` of a diffusers folder's `model_index.json`, refused with the reason when Sorrel cannot run it.
+fn pipeline_class(dir: &Path) -> Result<String> {
+    let path = dir.join("model_index.json");
+    let index = read_json(&path)?;
+    let component = |k: &str| {
+        index
+            .get(k)
+            .and_then(|v| v.get(1))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if component("transformer_2").is_some() {
+        return Err(Error::model(format!(
+            "{}: two-transformer (Wan2.2 A14B) models are not supported yet",
+            path.display()
+        )));
+    }
+    if index.get("expand_timesteps").and_then(Value::as_bool) == Some(true) {
+        return Err(Error::model(format!(
+            "{}: per-token timestep models (Wan2.2 TI2V) are not supported yet",
+            path.display()
+        )));
+    }
+    match component("transformer").as_deref() {
+        Some("WanTransformer3DModel") => {}
+        other => {
+            return Err(Error::model(format!(
+                "{}: transformer class {other:?} is not supported; Sorrel loads Wan2.1 models with \
+                 WanTransformer3DModel (text-to-video, image-to-video, first/last-frame)",
+                path.display()
+            )))
+        }
+    }
+    let class = index
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("WanPipeline")
+        .to_string();
+    if !PIPELINE_CLASSES.contains(&class.as_str()) {
+        return Err(Error::model(format!(
+            "{}: pipeline class `{class}` is not supported yet; Sorrel loads {}",
+            path.display(),
+            PIPELINE_CLASSES.join(", ")
+        )));
+    }
+    Ok(class)
+}
+
+/// The modes a transformer runs, from its config: a text-to-video transformer (latent channels in) also
+/// restyles videos; an image-conditioned one (latents, mask and encoded condition in) starts from a first
+/// frame, or from a first and a last frame when it has the two-image position table.
+fn modes_of(dir: &Path, cfg: &WanTransformerConfig, z: usize, tc: usize) -> Result<Vec<Mode>> {
+    let want_i2v = 2 * z + tc;
+    match cfg.image_dim {
+        None if cfg.in_channels == z => Ok(vec![Mode::TextToVideo, Mode::VideoToVideo]),
+        Some(_) if cfg.in_channels == want_i2v => Ok(if cfg.pos_embed_seq_len.is_some() {
+            vec![Mode::FirstLastFrame]
+        } else {
+            vec![Mode::ImageToVideo]
+        }),
+        image => Err(Error::model(format!(
+            "{}: the transformer takes {} input channels, but with this VAE ({z} latent channels) a \
+             text-to-video model takes {z} and an image-to-video model {want_i2v}{}",
+            dir.display(),
+            cfg.in_channels,
+            if image.is_some() {
+                " (this one has image_dim, so it should be image-to-video)"
+            } else {
+                ""
+            }
+        ))),
+    }
+}
+
+/// Loads `image_encoder/` (CLIP's vision tower, f32) and `image_processor/`.
+fn load_image_encoder(dir: &Path, dev: &Device) -> Result<ImageEncoder> {
+    let enc_dir = need(dir.join("image_encoder"), "image-to-video diffusers folder")?;
+    let cfg = ClipVisionConfig::from_file(&need(
+        enc_dir.join("config.json"),
+        "image-to-video diffusers folder",
+    )?)?;
+    // The vision tower runs in f32, as Wan-AI's own example loads it: it runs once per generation.
+    let vb = TensorSource::open_dir(&enc_dir, "model")?.into_var_builder(DType::F32, dev);
+    let model = ClipVisionModel::new(&cfg, vb).map_err(in_component("image encoder", &enc_dir))?;
+    let proc_path = need(
+        dir.join("image_processor").join("preprocessor_config.json"),
+        "image-to-video diffusers folder",
+    )?;
+    let processor = ClipImageProcessorConfig::from_file(&proc_path)?;
+    if processor.crop() != Some((cfg.image_size, cfg.image_size)) {
+        return Err(Error::model(format!(
+            "{}: crop_size {:?} does not match the image encoder's {}x{} input",
+            proc_path.display(),
+            processor.crop(),
+            cfg.image_size,
+            cfg.image_size
+        )));
+    }
+    Ok(ImageEncoder { model, processor })
 }

@@ -4,16 +4,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use sorrel_pipeline::{Layout, LoadOptions, Text2VideoRequest, WanPipeline};
+use sorrel_pipeline::{GenerateRequest, Layout, LoadOptions, WanPipeline};
 use sorrel_testkit::{copy_dir, fixture, max_abs_diff, reference_metadata};
 
 fn reference(name: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
     (sorrel_testkit::reference(name), reference_metadata(name))
 }
 
-fn request(meta: &HashMap<String, String>, init: &Tensor) -> Text2VideoRequest {
+fn request(meta: &HashMap<String, String>, init: &Tensor) -> GenerateRequest {
     let num = |k: &str| meta[k].parse::<usize>().unwrap();
-    Text2VideoRequest {
+    GenerateRequest {
         prompt: meta["prompt"].clone(),
         negative_prompt: meta["negative_prompt"].clone(),
         width: num("width"),
@@ -26,6 +26,7 @@ fn request(meta: &HashMap<String, String>, init: &Tensor) -> Text2VideoRequest {
         scheduler: None,
         flow_shift: None,
         init_latents: Some(init.clone()),
+        conditioning: Default::default(),
     }
 }
 
@@ -39,7 +40,7 @@ fn run(dir: PathBuf, name: &str) -> Tensor {
     }
     let mut events = vec![];
     let video = pipe
-        .text_to_video(&req, &mut |e| {
+        .generate(&req, &mut |e| {
             events.push(e.clone());
             true
         })
@@ -101,7 +102,7 @@ fn cancelling_stops_between_steps() {
     let (r, meta) = reference(name);
     let pipe = WanPipeline::load(&fixture(name).join("pipeline"), &LoadOptions::default()).unwrap();
     let mut steps_seen = 0;
-    let res = pipe.text_to_video(&request(&meta, &r["latents_init"]), &mut |e| {
+    let res = pipe.generate(&request(&meta, &r["latents_init"]), &mut |e| {
         if matches!(e, sorrel_pipeline::Event::Step { .. }) {
             steps_seen += 1;
         }
@@ -121,11 +122,11 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
     req.init_latents = None;
     req.seed = 42;
     let pipe = WanPipeline::load(&dir, &LoadOptions::default()).unwrap();
-    let a = pipe.text_to_video(&req, &mut |_| true).unwrap().frames;
-    let b = pipe.text_to_video(&req, &mut |_| true).unwrap().frames;
+    let a = pipe.generate(&req, &mut |_| true).unwrap().frames;
+    let b = pipe.generate(&req, &mut |_| true).unwrap().frames;
     assert_eq!(max_abs_diff(&a, &b), 0.0);
     req.seed = 43;
-    let c = pipe.text_to_video(&req, &mut |_| true).unwrap().frames;
+    let c = pipe.generate(&req, &mut |_| true).unwrap().frames;
     assert!(
         max_abs_diff(&a, &c) > 1e-3,
         "another seed must give another video"
@@ -140,7 +141,7 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
     )
     .unwrap();
     req.seed = 42;
-    let d = pipe16.text_to_video(&req, &mut |_| true).unwrap().frames;
+    let d = pipe16.generate(&req, &mut |_| true).unwrap().frames;
     let err = max_abs_diff(&a, &d);
     println!("bf16 vs f32 frames max abs err {err}");
     assert!(err < 0.1, "bf16 frames far from f32: {err}");

@@ -114,4 +114,10 @@ impl Scheduler for FlowMatchEulerScheduler {
     fn name(&self) -> &'static str {
         "euler"
     }
+
+    fn begin_at(&mut self, index: usize) -> Result<()> {
+        crate::check_begin(index, self.timesteps.len())?;
+        self.step_index = index;
+        Ok(())
+    }
 }

@@ -26,6 +26,31 @@ pub trait Scheduler: Send {
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor>;
     /// A short name, as accepted by [`from_name`].
     fn name(&self) -> &'static str;
+    /// Starts the next [`Scheduler::step`] at step `index` instead of 0, for generations that begin part-way
+    /// down the noise schedule (video-to-video). Call after [`Scheduler::set_timesteps`].
+    fn begin_at(&mut self, index: usize) -> Result<()>;
+
+    /// `original` noised to the level of step `index`: `(1 - sigma) * original + sigma * noise`, the
+    /// flow-matching forward process (diffusers' `add_noise` for UniPC, `scale_noise` for Euler).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
+        let sigma = *self.sigmas().get(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "step {index} is past the {} prepared steps",
+                self.timesteps().len()
+            ))
+        })?;
+        Ok(((original * (1.0 - sigma) as f64)? + (noise * sigma as f64)?)?)
+    }
+}
+
+/// Rejects a begin index past the prepared steps (shared by the samplers' [`Scheduler::begin_at`]).
+pub(crate) fn check_begin(index: usize, steps: usize) -> Result<()> {
+    if index >= steps {
+        return Err(Error::invalid(format!(
+            "cannot begin at step {index}: only {steps} steps are prepared"
+        )));
+    }
+    Ok(())
 }
 
 /// Scheduler names accepted by `--scheduler`.

@@ -258,4 +258,12 @@ impl Scheduler for UniPcScheduler {
     fn name(&self) -> &'static str {
         "unipc"
     }
+
+    fn begin_at(&mut self, index: usize) -> Result<()> {
+        crate::check_begin(index, self.timesteps.len())?;
+        // As diffusers' step index found from the first timestep: the solver history stays empty, so the
+        // first step taken is first order and has no corrector.
+        self.step_index = index;
+        Ok(())
+    }
 }

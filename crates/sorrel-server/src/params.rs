@@ -5,7 +5,7 @@
 //! the same messages.
 
 use serde_json::Value;
-use sorrel_pipeline::Text2VideoRequest;
+use sorrel_pipeline::GenerateRequest;
 
 use crate::config::{Defaults, Limits};
 use crate::error::ApiError;
@@ -234,15 +234,16 @@ pub fn parse_create(
         )?
         .map(|s| s as u32)
         .unwrap_or_else(|| {
-            let d = &model.pipe.defaults;
+            let d = &model.pipe.info.defaults;
             defaults
                 .seconds
                 .unwrap_or(((d.frames as f64 / d.fps as f64).round() as u32).max(1))
         });
     let (width, height) = match f.string("size")? {
-        None => defaults
-            .size
-            .unwrap_or((model.pipe.defaults.width, model.pipe.defaults.height)),
+        None => defaults.size.unwrap_or((
+            model.pipe.info.defaults.width,
+            model.pipe.info.defaults.height,
+        )),
         Some(s) => parse_size(&s, limits)?,
     };
     let steps = f
@@ -253,9 +254,11 @@ pub fn parse_create(
             " (this server's --max-steps)",
         )?
         .map(|s| s as usize)
-        .unwrap_or(defaults.steps.unwrap_or(model.pipe.defaults.steps));
+        .unwrap_or(defaults.steps.unwrap_or(model.pipe.info.defaults.steps));
     let guidance = match f.number("guidance")? {
-        None => defaults.guidance.unwrap_or(model.pipe.defaults.guidance),
+        None => defaults
+            .guidance
+            .unwrap_or(model.pipe.info.defaults.guidance),
         Some((g, _)) if (0.0..=100.0).contains(&g) => g,
         Some((_, text)) => {
             return Err(ApiError::invalid(
@@ -389,8 +392,8 @@ pub fn frames_for(seconds: u32, fps: u32, tc: usize, pt: usize) -> usize {
 }
 
 /// The pipeline request for stored settings.
-pub fn to_request(p: &GenParams) -> Text2VideoRequest {
-    Text2VideoRequest {
+pub fn to_request(p: &GenParams) -> GenerateRequest {
+    GenerateRequest {
         prompt: p.prompt.clone(),
         negative_prompt: p.negative_prompt.clone(),
         width: p.width,
@@ -399,7 +402,7 @@ pub fn to_request(p: &GenParams) -> Text2VideoRequest {
         steps: p.steps,
         guidance: p.guidance,
         seed: p.seed,
-        ..Text2VideoRequest::default()
+        ..GenerateRequest::default()
     }
 }
 

@@ -279,13 +279,11 @@ fn generate(
         let _ = progress.send(percent(ev));
         !cancel.load(Ordering::Relaxed)
     };
-    let video = pipe
-        .text_to_video(&req, &mut on_event)
-        .map_err(|e| match e {
-            sorrel_core::Error::Cancelled => Failure::Cancelled,
-            sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
-            other => failed("generation_failed", other.to_string()),
-        })?;
+    let video = pipe.generate(&req, &mut on_event).map_err(|e| match e {
+        sorrel_core::Error::Cancelled => Failure::Cancelled,
+        sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
+        other => failed("generation_failed", other.to_string()),
+    })?;
     if !video.unknown_words.is_empty() {
         let _ = progress.send((
             90,

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use sorrel_models::wan::tokenizer::WanTokenizer;
-use sorrel_pipeline::{LoadOptions, Text2VideoRequest, WanPipeline};
+use sorrel_pipeline::{GenerateRequest, LoadOptions, WanPipeline};
 use sorrel_toyworld::{caption_styled, CaptionStyle, Scene, Split};
 use sorrel_train::toyworld::eval::{evaluate, EvalOptions};
 use sorrel_train::toyworld::{self, init, stages, tokenizer, Recipe};
@@ -205,17 +205,17 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
     assert!(work.join("loss.png").is_file());
 
     let pipe = WanPipeline::load(&out, &LoadOptions::default()).unwrap();
-    assert_eq!(pipe.defaults.frames, recipe.frames);
+    assert_eq!(pipe.info.defaults.frames, recipe.frames);
     assert_eq!(pipe.native_fps(), recipe.fps);
-    let req = Text2VideoRequest {
+    let req = GenerateRequest {
         prompt: "a red ball bounces on a blue floor".into(),
         width: 32,
         height: 32,
         frames: recipe.frames,
         steps: 2,
-        ..Text2VideoRequest::default()
+        ..GenerateRequest::default()
     };
-    let v = pipe.text_to_video(&req, &mut |_| true).unwrap();
+    let v = pipe.generate(&req, &mut |_| true).unwrap();
     assert_eq!(v.frames.dims(), [recipe.frames, 32, 32, 3]);
     // Sizes and lengths this model cannot make are refused, naming the limit.
     for (w, f, needle) in [
@@ -224,13 +224,13 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
         (32, 5, "multiple of 2"),
         (32, 400, "too many"),
     ] {
-        let bad = Text2VideoRequest {
+        let bad = GenerateRequest {
             width: w,
             height: w,
             frames: f,
             ..req.clone()
         };
-        let e = match pipe.text_to_video(&bad, &mut |_| true) {
+        let e = match pipe.generate(&bad, &mut |_| true) {
             Ok(_) => panic!("{w}x{w} {f} frames was accepted"),
             Err(e) => e.to_string(),
         };

@@ -40,12 +40,18 @@ pub struct WanTransformerConfig {
     /// Epsilon of every norm.
     #[serde(default = "default_eps")]
     pub eps: f64,
-    /// Image-conditioning width (I2V models); not supported yet.
+    /// Width of the CLIP image features an image-to-video model takes (1280 for ViT-H/14); `None` for
+    /// text-only models.
     #[serde(default)]
     pub image_dim: Option<usize>,
-    /// Extra key/value projections for image conditioning (I2V models); not supported yet.
+    /// Input width of the image cross-attention's key/value projections (`add_k_proj`, `add_v_proj`):
+    /// the model width, since they read the embedded image tokens.
     #[serde(default)]
     pub added_kv_proj_dim: Option<usize>,
+    /// Length of the learned position table added to the image tokens of first/last-frame models (two
+    /// images of 257 CLIP tokens: 514); `None` for one-image models.
+    #[serde(default)]
+    pub pos_embed_seq_len: Option<usize>,
     /// Longest RoPE table per axis, in patches.
     #[serde(default = "default_rope_len")]
     pub rope_max_seq_len: usize,
@@ -123,7 +129,9 @@ impl WanTransformerConfig {
         if let Some(t) = &o.model_type {
             if t != "t2v" {
                 return Err(Error::model(format!(
-                    "{}: model_type `{t}` is not supported yet; Sorrel runs text-to-video (t2v) Wan2.1 models",
+                    "{}: model_type `{t}` in the original release layout is not supported: Sorrel reads original \
+                     folders of text-to-video (t2v) models only; for image-to-video, first/last-frame and VACE use \
+                     the diffusers folder (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)",
                     path.display()
                 )));
             }
@@ -151,6 +159,7 @@ impl WanTransformerConfig {
             eps: o.eps,
             image_dim: None,
             added_kv_proj_dim: None,
+            pos_embed_seq_len: None,
             rope_max_seq_len: default_rope_len(),
         };
         cfg.validate(path)?;
@@ -164,8 +173,33 @@ impl WanTransformerConfig {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::model(format!("{}: {m}", path.display())));
-        if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() {
-            return bad("image-conditioned (I2V) transformers are not supported yet".into());
+        match (self.image_dim, self.added_kv_proj_dim) {
+            (None, None) => {
+                if self.pos_embed_seq_len.is_some() {
+                    return bad("pos_embed_seq_len needs image_dim (it positions image tokens)".into());
+                }
+            }
+            (Some(_), Some(kv)) if kv == self.inner_dim() => {}
+            (Some(_), Some(kv)) => {
+                return bad(format!(
+                    "added_kv_proj_dim {kv} must equal the model width {} (heads x head dim): the image \
+                     key/value projections read the embedded image tokens",
+                    self.inner_dim()
+                ))
+            }
+            (img, kv) => {
+                return bad(format!(
+                    "image_dim {img:?} and added_kv_proj_dim {kv:?} must be given together (an \
+                     image-to-video model has both)"
+                ))
+            }
+        }
+        if let Some(n) = self.pos_embed_seq_len {
+            if n == 0 || n % 2 == 1 {
+                return bad(format!(
+                    "pos_embed_seq_len {n} must be a positive even number (two images' tokens)"
+                ));
+            }
         }
         match self.qk_norm.as_deref() {
             Some("rms_norm_across_heads") => {}

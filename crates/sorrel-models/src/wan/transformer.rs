@@ -57,7 +57,66 @@ impl AffineLayerNorm {
     }
 }
 
-/// Multi-head attention with RMS norm across heads on q and k; RoPE on self-attention only.
+/// `WanImageEmbedding`: CLIP image features -> model width, as LayerNorm, Linear, exact GELU, Linear,
+/// LayerNorm (both norms affine, eps 1e-5, in f32). First/last-frame models first add a learned position
+/// table over the two images' tokens.
+struct ImageEmbedding {
+    norm1: AffineLayerNorm,
+    proj: Dense,
+    out: Dense,
+    norm2: AffineLayerNorm,
+    /// (1, 2 * tokens per image, image_dim) f32
+    pos_embed: Option<Tensor>,
+}
+
+impl ImageEmbedding {
+    fn new(cfg: &WanTransformerConfig, image_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.inner_dim();
+        Ok(Self {
+            norm1: AffineLayerNorm::new(image_dim, 1e-5, vb.pp("norm1"))?,
+            proj: dense(image_dim, image_dim, vb.pp("ff.net.0.proj"))?,
+            out: dense(image_dim, d, vb.pp("ff.net.2"))?,
+            norm2: AffineLayerNorm::new(d, 1e-5, vb.pp("norm2"))?,
+            pos_embed: cfg
+                .pos_embed_seq_len
+                .map(|n| vb.get((1, n, image_dim), "pos_embed")?.to_dtype(DType::F32))
+                .transpose()?,
+        })
+    }
+
+    /// x: (N, L, image_dim), one row per image -> (N, L, D) in `dt`; with a position table, the images
+    /// pair up: (N, L, image_dim) -> (N/2, 2L, D).
+    fn forward(&self, x: &Tensor, dt: DType) -> Result<Tensor> {
+        let (n, l, c) = x.dims3()?;
+        let x = x.to_dtype(DType::F32)?;
+        let x = match &self.pos_embed {
+            Some(pos) => {
+                if n % 2 == 1 || pos.dim(1)? != 2 * l {
+                    candle_core::bail!(
+                        "this first/last-frame model takes two images of {} tokens each, got {n} of {l}",
+                        pos.dim(1)? / 2
+                    );
+                }
+                broadcast_add(&x.reshape((n / 2, 2 * l, c))?, pos)?
+            }
+            None => x,
+        };
+        let h = self.norm1.forward(&x)?.to_dtype(dt)?;
+        let h = self.out.forward(&self.proj.forward(&h)?.gelu_erf()?)?;
+        self.norm2.forward(&h)?.to_dtype(dt)
+    }
+}
+
+/// The image-to-video models' second set of keys and values in cross-attention, read from the image tokens.
+struct ImageKeyValues {
+    add_k: Dense,
+    add_v: Dense,
+    norm_added_k: RmsNorm,
+}
+
+/// Multi-head attention with RMS norm across heads on q and k; RoPE on self-attention only. In the
+/// cross-attention of image-to-video models the queries also attend to the image tokens, with their own
+/// keys and values, and the two results are summed (diffusers' `WanAttnProcessor`).
 struct Attention {
     to_q: Dense,
     to_k: Dense,
@@ -65,11 +124,36 @@ struct Attention {
     to_out: Dense,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
+    image_kv: Option<ImageKeyValues>,
     heads: usize,
 }
 
+/// (B, L, H*hd) -> (B, H, L, hd), contiguous.
+fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    x.reshape((b, l, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// softmax(q k^T / sqrt(hd)) v; q: (B, H, S, hd), k and v: (B, H, L, hd) -> (B, H, S, hd).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    sorrel_core::ops::softmax_last_dim(&scores)?.matmul(v)
+}
+
 impl Attention {
-    fn new(dim: usize, heads: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, heads: usize, eps: f64, image_kv: bool, vb: VarBuilder) -> Result<Self> {
+        let image_kv = if image_kv {
+            Some(ImageKeyValues {
+                add_k: dense(dim, dim, vb.pp("add_k_proj"))?,
+                add_v: dense(dim, dim, vb.pp("add_v_proj"))?,
+                norm_added_k: RmsNorm::new(dim, eps, vb.pp("norm_added_k"))?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             to_q: dense(dim, dim, vb.pp("to_q"))?,
             to_k: dense(dim, dim, vb.pp("to_k"))?,
@@ -77,37 +161,27 @@ impl Attention {
             to_out: dense(dim, dim, vb.pp("to_out.0"))?,
             norm_q: RmsNorm::new(dim, eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, eps, vb.pp("norm_k"))?,
+            image_kv,
             heads,
         })
     }
 
-    /// x: (B, S, D); context: (B, L, D) for cross-attention; rope: (cos, sin) each (S, head_dim/2).
+    /// x: (B, S, D); context: (B, L, D) for cross-attention (with the image tokens (B, Li, D) for
+    /// image-to-video models); rope: (cos, sin) each (S, head_dim/2) for self-attention.
     fn forward(
         &self,
         x: &Tensor,
-        context: Option<&Tensor>,
+        context: Option<&Context>,
         rope: Option<&(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
-        let kv_in = context.unwrap_or(x);
-        let l = kv_in.dim(1)?;
-        let hd = d / self.heads;
-        let q = self.norm_q.forward(&self.to_q.forward(x)?)?;
-        let k = self.norm_k.forward(&self.to_k.forward(kv_in)?)?;
-        let v = self.to_v.forward(kv_in)?;
-        // (B, S, H, hd) -> (B, H, S, hd)
-        let q = q
-            .reshape((b, s, self.heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = k
-            .reshape((b, l, self.heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = v
-            .reshape((b, l, self.heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let kv_in = context.map(|c| &c.text).unwrap_or(x);
+        let q = split_heads(&self.norm_q.forward(&self.to_q.forward(x)?)?, self.heads)?;
+        let k = split_heads(
+            &self.norm_k.forward(&self.to_k.forward(kv_in)?)?,
+            self.heads,
+        )?;
+        let v = split_heads(&self.to_v.forward(kv_in)?, self.heads)?;
         let (q, k) = match rope {
             Some((cos, sin)) => (
                 sorrel_core::ops::rope_i(&q, cos, sin)?,
@@ -115,13 +189,40 @@ impl Attention {
             ),
             None => (q, k),
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let probs = sorrel_core::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?; // (B, H, S, hd)
+        let mut out = attend(&q, &k, &v)?; // (B, H, S, hd)
+        match (&self.image_kv, context.and_then(|c| c.image.as_ref())) {
+            (Some(ikv), Some(img)) => {
+                let ki = split_heads(
+                    &ikv.norm_added_k.forward(&ikv.add_k.forward(img)?)?,
+                    self.heads,
+                )?;
+                let vi = split_heads(&ikv.add_v.forward(img)?, self.heads)?;
+                out = (attend(&q, &ki, &vi)? + out)?;
+            }
+            (Some(_), None) => {
+                candle_core::bail!(
+                    "this image-to-video transformer needs image tokens in its context"
+                )
+            }
+            (None, Some(_)) => {
+                candle_core::bail!(
+                    "this transformer takes no image tokens (it is not an image-to-video model)"
+                )
+            }
+            (None, None) => {}
+        }
         let out = out.transpose(1, 2)?.reshape((b, s, d))?;
         self.to_out.forward(&out)
     }
+}
+
+/// What the cross-attention reads, embedded by [`WanTransformer3DModel::embed_context`] once per generation.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Embedded text tokens, (B, L, D).
+    pub text: Tensor,
+    /// Embedded image tokens, (B, Li, D), for image-to-video models.
+    pub image: Option<Tensor>,
 }
 
 /// Linear -> GELU (tanh approximation) -> Linear.
@@ -158,8 +259,14 @@ impl Block {
         let dim = cfg.inner_dim();
         let h = cfg.num_attention_heads;
         Ok(Self {
-            attn1: Attention::new(dim, h, cfg.eps, vb.pp("attn1"))?,
-            attn2: Attention::new(dim, h, cfg.eps, vb.pp("attn2"))?,
+            attn1: Attention::new(dim, h, cfg.eps, false, vb.pp("attn1"))?,
+            attn2: Attention::new(
+                dim,
+                h,
+                cfg.eps,
+                cfg.added_kv_proj_dim.is_some(),
+                vb.pp("attn2"),
+            )?,
             norm2: if cfg.cross_attn_norm {
                 Some(AffineLayerNorm::new(dim, cfg.eps, vb.pp("norm2"))?)
             } else {
@@ -173,11 +280,11 @@ impl Block {
         })
     }
 
-    /// x: (B, S, D); context: (B, L, D); temb6: (B, 6, D) f32.
+    /// x: (B, S, D); context: text (B, L, D) and image tokens; temb6: (B, 6, D) f32.
     fn forward(
         &self,
         x: &Tensor,
-        context: &Tensor,
+        context: &Context,
         temb6: &Tensor,
         rope: &(Tensor, Tensor),
     ) -> Result<Tensor> {
@@ -280,6 +387,7 @@ pub struct WanTransformer3DModel {
     time_proj: Dense,
     text_1: Dense,
     text_2: Dense,
+    image_embedder: Option<ImageEmbedding>,
     blocks: Vec<Block>,
     proj_out: Dense,
     /// (1, 2, D) f32
@@ -311,6 +419,10 @@ impl WanTransformer3DModel {
             time_proj: dense(d, 6 * d, ce.pp("time_proj"))?,
             text_1: dense(cfg.text_dim, d, ce.pp("text_embedder.linear_1"))?,
             text_2: dense(d, d, ce.pp("text_embedder.linear_2"))?,
+            image_embedder: cfg
+                .image_dim
+                .map(|c| ImageEmbedding::new(cfg, c, ce.pp("image_embedder")))
+                .transpose()?,
             blocks,
             proj_out: dense(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
             scale_shift_table: vb
@@ -355,6 +467,11 @@ impl WanTransformer3DModel {
         Ok(())
     }
 
+    /// Whether the model takes image tokens (an image-to-video or first/last-frame model).
+    pub fn takes_image(&self) -> bool {
+        self.image_embedder.is_some()
+    }
+
     /// Patch-embedded text context for cross-attention, reusable across steps.
     /// context: (B, L, text_dim) -> (B, L, D)
     pub fn embed_text(&self, context: &Tensor) -> Result<Tensor> {
@@ -362,16 +479,42 @@ impl WanTransformer3DModel {
         self.text_2.forward(&x)
     }
 
+    /// The cross-attention context, reusable across steps: text (B, L, text_dim) and, for image-to-video
+    /// models, CLIP image features (N, Li, image_dim) with one row per image (two rows, first and last
+    /// frame, for first/last-frame models).
+    pub fn embed_context(&self, text: &Tensor, image: Option<&Tensor>) -> Result<Context> {
+        let image = match (&self.image_embedder, image) {
+            (Some(e), Some(img)) => Some(e.forward(img, self.dtype)?),
+            (None, None) => None,
+            (Some(_), None) => {
+                candle_core::bail!("this image-to-video transformer needs CLIP image features")
+            }
+            (None, Some(_)) => {
+                candle_core::bail!(
+                    "this transformer takes no image (it is not an image-to-video model)"
+                )
+            }
+        };
+        Ok(Context {
+            text: self.embed_text(text)?,
+            image,
+        })
+    }
+
     /// One denoising prediction.
     /// x: (B, C, F, H, W) latents; t: (B,) timesteps; context: (B, L, text_dim) text embeddings.
     /// Returns (B, C_out, F, H, W).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let text = self.embed_text(context)?;
-        self.forward_with_text(x, t, &text)
+        self.forward_with_context(x, t, &self.embed_context(context, None)?)
     }
 
-    /// As [`Self::forward`], with the text context already passed through [`Self::embed_text`].
-    pub fn forward_with_text(&self, x: &Tensor, t: &Tensor, text: &Tensor) -> Result<Tensor> {
+    /// As [`Self::forward`], with the context already passed through [`Self::embed_context`].
+    pub fn forward_with_context(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Context,
+    ) -> Result<Tensor> {
         let (b, c, f, h, w) = x.dims5()?;
         let [pt, ph, pw] = self.cfg.patch_size;
         if let Err(m) = self.check_latent_size(f, h, w) {
@@ -408,9 +551,8 @@ impl WanTransformer3DModel {
             .reshape((b, 6, d))?;
 
         let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), dt, x.device())?;
-        let text = text.to_dtype(dt)?;
         for block in &self.blocks {
-            hs = block.forward(&hs, &text, &tproj, &rope)?;
+            hs = block.forward(&hs, context, &tproj, &rope)?;
         }
 
         let m = broadcast_add(&self.scale_shift_table, &temb.unsqueeze(1)?)?; // (B, 2, D)

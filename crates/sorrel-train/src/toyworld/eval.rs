@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use sorrel_pipeline::{decoded_to_frames, Text2VideoRequest, WanPipeline};
+use sorrel_pipeline::{decoded_to_frames, GenerateRequest, WanPipeline};
 use sorrel_toyworld::{caption, render, score_clip, ClipScore, Scene, Split, Summary, WorldSize};
 
 use super::data::EVAL_SEEDS;
@@ -71,7 +71,7 @@ pub fn evaluate(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
-    let d = &pipe.defaults;
+    let d = &pipe.info.defaults;
     if d.width != d.height {
         return Err(TrainError::Invalid(format!(
             "{} is not a toy-world model (its default size {}x{} is not square): sorrel eval scores models \
@@ -99,7 +99,7 @@ pub fn evaluate(
         for i in 0..opts.clips as u64 {
             let scene = eval_scene(opts.offset + i, *split);
             let prompt = caption(&scene);
-            let req = Text2VideoRequest {
+            let req = GenerateRequest {
                 prompt: prompt.clone(),
                 width: d.width,
                 height: d.height,
@@ -107,11 +107,11 @@ pub fn evaluate(
                 steps: opts.steps.unwrap_or(d.steps),
                 guidance: opts.guidance.unwrap_or(d.guidance),
                 seed: opts.offset + i,
-                ..Text2VideoRequest::default()
+                ..GenerateRequest::default()
             };
             let t0 = Instant::now();
             let video = pipe
-                .text_to_video(&req, &mut |_| true)
+                .generate(&req, &mut |_| true)
                 .map_err(|e| TrainError::Invalid(e.to_string()))?;
             generating += t0.elapsed();
             let frames = to_rgb8(&video.frames)?;

@@ -1,0 +1,238 @@
+//! The one denoising loop every mode runs, and the steps around it that modes share: prompt encoding, the
+//! sampler, pixels to normalised latents (VAE encode) and back (VAE decode).
+//!
+//! The loop is written out as diffusers' Wan pipelines write theirs, so the two can be read side by side.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+use sorrel_core::{Error, Result};
+use sorrel_models::wan::transformer::Context;
+use sorrel_schedulers::{self as schedulers, Scheduler};
+
+use crate::loader::WanPipeline;
+use crate::progress::{Event, ProgressFn};
+use crate::request::{GenerateRequest, Picture};
+
+/// Where time went, in order: ("text encoder", ..), ("step 1", ..), .., ("vae decode", ..).
+pub type Timings = Vec<(String, Duration)>;
+
+/// Records laps into a [`Timings`].
+pub(crate) struct Stopwatch {
+    tick: Instant,
+    /// The laps so far.
+    pub timings: Timings,
+}
+
+impl Stopwatch {
+    pub(crate) fn new() -> Self {
+        Self {
+            tick: Instant::now(),
+            timings: Vec::new(),
+        }
+    }
+
+    /// Ends the current lap under `name`.
+    pub(crate) fn lap(&mut self, name: impl Into<String>) {
+        self.timings.push((name.into(), self.tick.elapsed()));
+        self.tick = Instant::now();
+    }
+}
+
+/// Tells `progress` about a stage; `Err(Cancelled)` if it asks to stop.
+pub(crate) fn stage(progress: &mut ProgressFn, name: &'static str) -> Result<()> {
+    if progress(&Event::Stage(name)) {
+        Ok(())
+    } else {
+        Err(Error::Cancelled)
+    }
+}
+
+/// One run of the loop: what the modes prepare and [`WanPipeline::denoise`] consumes.
+pub(crate) struct Denoise<'a> {
+    /// (1, z, T, h, w) f32 at the noise level of `first_step`.
+    pub latents: Tensor,
+    /// (1, c, T, h, w) appended to the latents' channels in every model input (image-to-video: the mask and
+    /// the encoded conditioning video).
+    pub condition: Option<Tensor>,
+    /// The prompt's context, and the negative prompt's (used when `guidance > 1`).
+    pub cond: &'a Context,
+    pub uncond: &'a Context,
+    pub guidance: f64,
+    /// Prepared with `set_timesteps`.
+    pub scheduler: Box<dyn Scheduler>,
+    /// The first step to run (video-to-video starts part-way down the schedule).
+    pub first_step: usize,
+}
+
+impl WanPipeline {
+    /// The sampler a request asks for: the folder's config unless the request names one or a shift.
+    pub(crate) fn scheduler_for(&self, req: &GenerateRequest) -> Result<Box<dyn Scheduler>> {
+        match (&req.scheduler, &self.scheduler_config, req.flow_shift) {
+            (None, Some(path), None) => schedulers::from_config_file(path),
+            (name, _, shift) => {
+                let name = name.clone().unwrap_or_else(|| "unipc".into());
+                schedulers::from_name(&name, shift.unwrap_or_else(|| self.default_flow_shift()))
+            }
+        }
+    }
+
+    /// Prompt embeddings for `[prompt, negative]`, zeroed past each prompt's length (as diffusers does).
+    /// Returns (2, L, text_dim) and the words the tokenizer did not know.
+    pub(crate) fn encode_prompts(&self, req: &GenerateRequest) -> Result<(Tensor, Vec<String>)> {
+        let tokens = self.tokenizer.encode(
+            &[&req.prompt, &req.negative_prompt],
+            req.max_sequence_length
+                .unwrap_or(self.info.defaults.max_sequence_length),
+        )?;
+        let (ids, mask) = tokens.to_tensors(&self.device)?;
+        let emb = self.text_encoder.prompt_embeds(&ids, &mask)?;
+        let mut unknown: Vec<String> = tokens.unknown.iter().flatten().cloned().collect();
+        unknown.dedup();
+        Ok((emb, unknown))
+    }
+
+    /// Starting noise (1, z, T, h, w): the request's `init_latents`, or Gaussian noise from its seed.
+    pub(crate) fn noise(&self, req: &GenerateRequest) -> Result<Tensor> {
+        let (t, h, w) = req.latent_size(self.info.compression);
+        Ok(match &req.init_latents {
+            Some(l) => l.to_device(&self.device)?.to_dtype(DType::F32)?,
+            None => crate::noise::gaussian(
+                req.seed,
+                &[1, self.vae_config.z_dim, t, h, w],
+                &self.device,
+            )?,
+        })
+    }
+
+    /// The loop: for each step from `first_step`, the model's prediction for the prompt (and, with guidance,
+    /// for the negative prompt, combined as uncond + g * (cond - uncond)), then the sampler's step. Returns
+    /// the final latents, normalised as the model sees them.
+    pub(crate) fn denoise(
+        &self,
+        job: Denoise,
+        clock: &mut Stopwatch,
+        progress: &mut ProgressFn,
+    ) -> Result<Tensor> {
+        let Denoise {
+            mut latents,
+            condition,
+            cond,
+            uncond,
+            guidance,
+            mut scheduler,
+            first_step,
+        } = job;
+        if first_step > 0 {
+            scheduler.begin_at(first_step)?;
+        }
+        let timesteps = scheduler.timesteps()[first_step..].to_vec();
+        stage(progress, "denoising")?;
+        let dt = self.transformer.dtype();
+        let condition = condition.map(|c| c.to_dtype(dt)).transpose()?;
+        for (i, &ts) in timesteps.iter().enumerate() {
+            let x = latents.to_dtype(dt)?;
+            let x = match &condition {
+                Some(c) => Tensor::cat(&[&x, c], 1)?,
+                None => x,
+            };
+            let tt = Tensor::new(&[ts], &self.device)?;
+            let predict = |ctx: &Context| -> Result<Tensor> {
+                Ok(self
+                    .transformer
+                    .forward_with_context(&x, &tt, ctx)?
+                    .to_dtype(DType::F32)?)
+            };
+            let cond_pred = predict(cond)?;
+            let pred = if guidance > 1.0 {
+                let uncond_pred = predict(uncond)?;
+                (&uncond_pred + ((cond_pred - &uncond_pred)? * guidance)?)?
+            } else {
+                cond_pred
+            };
+            latents = scheduler.step(&pred, &latents)?;
+            clock.lap(format!("step {}", i + 1));
+            if !progress(&Event::Step {
+                index: i + 1,
+                total: timesteps.len(),
+                timestep: ts,
+            }) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(latents)
+    }
+
+    /// Normalised latents (1, z, T, h, w) -> frames (F, H, W, 3) in [0, 1].
+    pub(crate) fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
+        // diffusers computes latents / (1/std) + mean; z*std + mean differs by an ulp.
+        let z = latents.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
+        Ok(decoded_to_frames(&self.vae.decode(&z)?)?)
+    }
+
+    /// A video (1, 3, F, H, W) in [-1, 1] -> normalised latents (1, z, T, h, w): the posterior mean, as the
+    /// diffusers pipelines take it (`sample_mode="argmax"`), then (x - mean) / std.
+    pub(crate) fn encode_video(&self, video: &Tensor) -> Result<Tensor> {
+        let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
+        let (z, _) = self.vae.encode(video)?;
+        // diffusers multiplies by 1/std; dividing by std differs by an ulp.
+        Ok(z.broadcast_sub(&mean)?.broadcast_mul(&std.recip()?)?)
+    }
+
+    /// Pictures -> (1, 3, F, height, width) in [-1, 1] on the model's device, each resized to the size if it
+    /// has another (see [`fit`]).
+    pub(crate) fn pictures_to_video(
+        &self,
+        pictures: &[&Picture],
+        (width, height): (usize, usize),
+    ) -> Result<Tensor> {
+        let mut planes = vec![0f32; 3 * pictures.len() * height * width];
+        let (f, hw) = (pictures.len(), height * width);
+        for (fi, p) in pictures.iter().enumerate() {
+            let rgb = fit(p, width, height);
+            for (i, px) in rgb.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    // VaeImageProcessor: u8 / 255, then 2x - 1, in f32.
+                    planes[(c * f + fi) * hw + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(
+            planes,
+            (1, 3, f, height, width),
+            &self.device,
+        )?)
+    }
+}
+
+/// A picture's pixels at `width` x `height`: as is when it has that size; otherwise scaled to cover the size
+/// and cropped at the centre (Lanczos3), so the picture keeps its proportions. diffusers' default stretches
+/// instead; a stretched face is never what a user wants, and cropping is diffusers' `resize_mode="crop"`.
+pub fn fit(p: &Picture, width: usize, height: usize) -> Vec<u8> {
+    if (p.width, p.height) == (width, height) {
+        return p.rgb.clone();
+    }
+    let img = image::RgbImage::from_raw(p.width as u32, p.height as u32, p.rgb.clone())
+        .expect("picture checked by GenerateRequest::check");
+    let scale = (width as f64 / p.width as f64).max(height as f64 / p.height as f64);
+    let (sw, sh) = (
+        ((p.width as f64 * scale).round() as u32).max(width as u32),
+        ((p.height as f64 * scale).round() as u32).max(height as u32),
+    );
+    let scaled = image::imageops::resize(&img, sw, sh, image::imageops::FilterType::Lanczos3);
+    let (left, top) = ((sw - width as u32) / 2, (sh - height as u32) / 2);
+    image::imageops::crop_imm(&scaled, left, top, width as u32, height as u32)
+        .to_image()
+        .into_raw()
+}
+
+/// A VAE's decoded video, (1, 3, F, H, W) in [-1, 1], as frames (F, H, W, 3) in [0, 1]: the conversion
+/// every caller that writes or scores decoded frames must share, so they round alike.
+pub fn decoded_to_frames(video: &Tensor) -> candle_core::Result<Tensor> {
+    ((video / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .squeeze(0)?
+        .permute([1, 2, 3, 0])?
+        .contiguous()
+}

@@ -1,0 +1,240 @@
+//! The model-family seam: what a loaded (or only described) model can do, and `generate`, which turns a
+//! request into the inputs of the one denoising loop for its mode.
+
+use candle_core::Tensor;
+use sorrel_core::{Error, Result};
+
+use crate::defaults::ModelDefaults;
+use crate::denoise::{stage, Denoise, Stopwatch, Timings};
+use crate::loader::WanPipeline;
+use crate::progress::ProgressFn;
+use crate::request::{Conditioning, GenerateRequest, Picture};
+
+/// A way to start a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A prompt alone.
+    TextToVideo,
+    /// A prompt and a first frame.
+    ImageToVideo,
+    /// A prompt, a first and a last frame.
+    FirstLastFrame,
+    /// A prompt and a clip to restyle (noised to a strength, then denoised).
+    VideoToVideo,
+}
+
+impl Mode {
+    /// What users call it, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::TextToVideo => "text-to-video",
+            Mode::ImageToVideo => "image-to-video (--image)",
+            Mode::FirstLastFrame => "first/last-frame (--image with --last-image)",
+            Mode::VideoToVideo => "video-to-video (--video)",
+        }
+    }
+
+    /// The model kinds that can run this mode, for the error when the loaded one cannot.
+    fn models_that_can(self) -> &'static str {
+        match self {
+            Mode::TextToVideo | Mode::VideoToVideo => {
+                "a text-to-video model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers or the embedded model"
+            }
+            Mode::ImageToVideo => {
+                "an image-to-video model such as Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (or a first/last-frame model)"
+            }
+            Mode::FirstLastFrame => "a first/last-frame model such as Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
+        }
+    }
+}
+
+/// What a model folder holds, read from its config files alone (no weights), so a request can be checked in
+/// milliseconds before a minutes-long load.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Defaults and limits of generation.
+    pub defaults: ModelDefaults,
+    /// The VAE's (spatial, temporal) compression.
+    pub compression: (usize, usize),
+    /// The transformer's (t, h, w) patch.
+    pub patch: [usize; 3],
+    /// The modes it runs.
+    pub modes: Vec<Mode>,
+    /// The diffusers pipeline class it was published for (`WanPipeline`, `WanImageToVideoPipeline`, ...).
+    pub pipeline_class: String,
+}
+
+impl ModelInfo {
+    /// Whether the model runs `mode`.
+    pub fn can(&self, mode: Mode) -> bool {
+        self.modes.contains(&mode)
+    }
+
+    /// An error naming the model kinds that can run `mode`, if this one cannot.
+    pub fn check_mode(&self, mode: Mode) -> Result<()> {
+        if self.can(mode) {
+            return Ok(());
+        }
+        let name = self.defaults.name.as_deref().unwrap_or("this model");
+        let has: Vec<&str> = self.modes.iter().map(|m| m.describe()).collect();
+        Err(Error::invalid(format!(
+            "{name} ({}) cannot do {}: it does {}. Use {}",
+            self.pipeline_class,
+            mode.describe(),
+            has.join(", "),
+            mode.models_that_can()
+        )))
+    }
+}
+
+/// A generated clip.
+pub struct Video {
+    /// (F, H, W, 3) f32 in [0, 1].
+    pub frames: Tensor,
+    /// Where time went, in order: ("text encoder", ..), ("step 1", ..), .., ("vae decode", ..).
+    pub timings: Timings,
+    /// Words the tokenizer did not know (mapped to its unknown token).
+    pub unknown_words: Vec<String>,
+}
+
+impl WanPipeline {
+    /// Runs the request's mode. `progress` sees each stage and step; returning `false` from it cancels.
+    pub fn generate(&self, req: &GenerateRequest, progress: &mut ProgressFn) -> Result<Video> {
+        req.validate(self)?;
+        let mut clock = Stopwatch::new();
+        stage(progress, "text encoder")?;
+        let (emb, unknown_words) = self.encode_prompts(req)?;
+        let image_features = match &req.conditioning {
+            Conditioning::Image { first, last } => {
+                let pics: Vec<&Picture> = std::iter::once(first).chain(last.as_ref()).collect();
+                Some(self.image_features(&pics)?)
+            }
+            _ => None,
+        };
+        let context = |i: usize| {
+            self.transformer
+                .embed_context(&emb.narrow(0, i, 1)?, image_features.as_ref())
+        };
+        let (cond, uncond) = (context(0)?, context(1)?);
+        clock.lap("text encoder");
+
+        let mut scheduler = self.scheduler_for(req)?;
+        scheduler.set_timesteps(req.steps)?;
+        let noise = self.noise(req)?;
+        let size = (req.width, req.height);
+        let (latents, condition, first_step) = match &req.conditioning {
+            Conditioning::None => (noise, None, 0),
+            Conditioning::Image { first, last } => {
+                stage(progress, "vae encode")?;
+                let condition = self.image_condition(first, last.as_ref(), req)?;
+                clock.lap("vae encode");
+                (noise, Some(condition), 0)
+            }
+            Conditioning::Video { frames, strength } => {
+                stage(progress, "vae encode")?;
+                let pics: Vec<&Picture> = frames.iter().take(req.frames).collect();
+                let video = self.encode_pictures(&pics, size)?;
+                clock.lap("vae encode");
+                // diffusers' get_timesteps: int(steps * strength) steps run, from the end of the schedule.
+                let run = ((req.steps as f64 * strength) as usize).min(req.steps);
+                let first = req.steps - run;
+                (scheduler.add_noise(&video, &noise, first)?, None, first)
+            }
+        };
+        let latents = self.denoise(
+            Denoise {
+                latents,
+                condition,
+                cond: &cond,
+                uncond: &uncond,
+                guidance: req.guidance,
+                scheduler,
+                first_step,
+            },
+            &mut clock,
+            progress,
+        )?;
+
+        stage(progress, "vae decode")?;
+        let frames = self.decode_latents(&latents)?;
+        clock.lap("vae decode");
+        Ok(Video {
+            frames,
+            timings: clock.timings,
+            unknown_words,
+        })
+    }
+
+    /// Pictures as normalised latents (1, z, T, h, w), each fitted to `(width, height)` first.
+    pub fn encode_pictures(&self, pictures: &[&Picture], size: (usize, usize)) -> Result<Tensor> {
+        self.encode_video(&self.pictures_to_video(pictures, size)?)
+    }
+
+    /// CLIP features of the conditioning pictures, (N, tokens, image_dim): the penultimate layer of the
+    /// image encoder, each picture prepared by the folder's image processor.
+    pub fn image_features(&self, pictures: &[&Picture]) -> Result<Tensor> {
+        let enc = self.image_encoder.as_ref().ok_or_else(|| {
+            Error::model(format!(
+                "{}: this image-to-video model has no image_encoder/ folder",
+                self.dir.display()
+            ))
+        })?;
+        let pixels = pictures
+            .iter()
+            .map(|p| {
+                sorrel_models::clip::preprocess(
+                    &enc.processor,
+                    &p.rgb,
+                    p.width,
+                    p.height,
+                    &self.device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(enc
+            .model
+            .penultimate_hidden_states(&Tensor::cat(&pixels, 0)?)?)
+    }
+
+    /// The image-to-video condition (1, 4 + z, T, h, w): a mask that is 1 on the given frames, repeated 4x on
+    /// the first latent frame as Wan packs it, then the encoded video that holds the first picture (and the
+    /// last) with black between (diffusers' `WanImageToVideoPipeline.prepare_latents`).
+    pub fn image_condition(
+        &self,
+        first: &Picture,
+        last: Option<&Picture>,
+        req: &GenerateRequest,
+    ) -> Result<Tensor> {
+        let size = (req.width, req.height);
+        let f = req.frames;
+        let mut parts = vec![self.pictures_to_video(&[first], size)?];
+        let gap = f - 1 - usize::from(last.is_some());
+        if gap > 0 {
+            parts.push(Tensor::zeros(
+                (1, 3, gap, req.height, req.width),
+                candle_core::DType::F32,
+                &self.device,
+            )?);
+        }
+        if let Some(l) = last {
+            parts.push(self.pictures_to_video(&[l], size)?);
+        }
+        let encoded = self.encode_video(&Tensor::cat(&parts, 2)?)?;
+        let (t, h, w) = req.latent_size(self.info.compression);
+        let (_, tc) = self.info.compression;
+        // Pixel frame i is known (1) or to generate (0); latent frame 0 stands for frame 0 repeated tc times,
+        // latent frame j > 0 for frames 1 + tc(j-1) .. tc j, one per mask channel.
+        let known = |i: usize| i == 0 || (last.is_some() && i == f - 1);
+        let mut mask = vec![0f32; tc * t * h * w];
+        for j in 0..t {
+            for k in 0..tc {
+                let frame = if j == 0 { 0 } else { 1 + tc * (j - 1) + k };
+                if known(frame) {
+                    mask[(k * t + j) * h * w..(k * t + j + 1) * h * w].fill(1.0);
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (1, tc, t, h, w), &self.device)?;
+        Ok(Tensor::cat(&[&mask, &encoded], 1)?)
+    }
+}
