@@ -131,7 +131,8 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
         max_abs_diff(&a, &c) > 1e-3,
         "another seed must give another video"
     );
-    // bf16 compute loads f32 weights and runs; its frames stay close to f32's.
+    // bf16 compute loads f32 weights and runs. One transformer forward in bf16 is as far from diffusers' f32
+    // output as diffusers' own bf16 forward is (0.018916, measured with torch 2.15 on this fixture).
     let pipe16 = WanPipeline::load(
         &dir,
         &LoadOptions {
@@ -140,11 +141,29 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
         },
     )
     .unwrap();
-    req.seed = 42;
+    let r = sorrel_testkit::reference(name);
+    let out = pipe16
+        .transformer()
+        .forward(
+            &r["unit.transformer.in"],
+            &r["unit.transformer.t"],
+            &r["prompt_embeds"],
+        )
+        .unwrap();
+    let err = max_abs_diff(&out, &r["unit.transformer.out"]);
+    println!("bf16 transformer forward max abs err {err} (diffusers bf16: 0.018916)");
+    assert!(
+        err <= 0.0190,
+        "bf16 forward further from f32 than diffusers' bf16: {err}"
+    );
+    // Whole generations in bf16 drift through the steps of this tiny random model: diffusers' own bf16 run
+    // of the fixture's noise lands 0.156 from its f32 frames (Sorrel's 0.163), so frames only catch gross
+    // errors here.
+    req.init_latents = Some(r["latents_init"].clone());
     let d = pipe16.generate(&req, &mut |_| true).unwrap().frames;
-    let err = max_abs_diff(&a, &d);
+    let err = max_abs_diff(&d, &r["frames"].squeeze(0).unwrap());
     println!("bf16 vs f32 frames max abs err {err}");
-    assert!(err < 0.1, "bf16 frames far from f32: {err}");
+    assert!(err < 0.2, "bf16 frames far from f32: {err}");
 }
 
 /// A copy of a fixture's pipeline whose weight files are rounded to `round_to` and stored as `store_as`.

@@ -1,0 +1,266 @@
+//! `sorrel generate --image / --last-image / --video` end to end: the written frames against diffusers' (the
+//! fixtures of `tools/reference/make_mode_fixtures.py`), and bad input (clear message, non-zero exit, no file).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use sorrel_testkit::{fixture, reference, reference_metadata};
+
+fn sorrel(args: &[&str]) -> Output {
+    let data = std::env::temp_dir().join(format!("sorrel-cli-modes-{}", std::process::id()));
+    Command::new(env!("CARGO_BIN_EXE_sorrel"))
+        .args(args)
+        .env("SORREL_DATA_DIR", data)
+        .output()
+        .expect("run sorrel")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Writes an (H, W, 3) u8 tensor as a PNG.
+fn write_png(t: &Tensor, path: &Path) {
+    let (h, w, _) = t.dims3().unwrap();
+    let rgb = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    image::RgbImage::from_raw(w as u32, h as u32, rgb)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+/// Writes (F, H, W, 3) u8 frames as a lossless animated PNG.
+fn write_apng(t: &Tensor, path: &Path) {
+    let (f, h, w, _) = t.dims4().unwrap();
+    let frames = (0..f)
+        .map(|i| {
+            let rgb = t
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u8>()
+                .unwrap();
+            sorrel_media::Frame::new(w as u32, h as u32, rgb).unwrap()
+        })
+        .collect();
+    let clip = sorrel_media::Clip::new(frames, 16).unwrap();
+    sorrel_media::write_video(path, &clip, &Default::default()).unwrap();
+}
+
+fn write_latents(t: &Tensor, path: &Path) {
+    let map = std::collections::HashMap::from([("latents".to_string(), t.clone())]);
+    candle_core::safetensors::save(&map, path).unwrap();
+}
+
+/// The worst channel difference, in 1/255 steps, between written PNG frames and diffusers' frames rounded as
+/// diffusers rounds them to 8 bits.
+fn worst_png_difference(dir: &Path, want: &Tensor) -> i32 {
+    let (f, h, w, _) = want.dims4().unwrap();
+    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut worst = 0;
+    for i in 0..f {
+        let img = image::open(dir.join(format!("frame_{i:04}.png")))
+            .unwrap()
+            .into_rgb8();
+        assert_eq!((img.width() as usize, img.height() as usize), (w, h));
+        for (j, &v) in img.as_raw().iter().enumerate() {
+            let r = (want[i * h * w * 3 + j] * 255.0).round() as i32;
+            worst = worst.max((v as i32 - r).abs());
+        }
+    }
+    assert!(
+        !dir.join(format!("frame_{f:04}.png")).exists(),
+        "no extra frames"
+    );
+    worst
+}
+
+/// The common arguments of a fixture's run (prompt, size, steps, guidance, text length, noise), no watermark:
+/// parity is about the model's numbers.
+fn run_args(name: &str, model: &Path, init: &Path, out: &Path) -> Vec<String> {
+    let m = reference_metadata(name);
+    [
+        "generate",
+        &m["prompt"],
+        "--model",
+        &model.to_string_lossy(),
+        "--negative-prompt",
+        &m["negative_prompt"],
+        "--size",
+        &format!("{}x{}", m["width"], m["height"]),
+        "--frames",
+        &m["num_frames"],
+        "--steps",
+        &m["steps"],
+        "--guidance",
+        &m["guidance_scale"],
+        "--max-sequence-length",
+        &m["max_sequence_length"],
+        "--init-latents",
+        &init.to_string_lossy(),
+        "-q",
+        "--no-watermark",
+        "-o",
+        &out.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn check_cli(name: &str, model: &Path, noise_key: &str, extra: &[String]) {
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let init = tmp.path().join("noise.safetensors");
+    write_latents(&r[noise_key], &init);
+    let out = tmp.path().join("frames");
+    let mut args = run_args(name, model, &init, &out);
+    args.extend(extra.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = sorrel(&refs);
+    assert!(o.status.success(), "{name}: {}", stderr(&o));
+    let worst = worst_png_difference(&out, &r["frames"].squeeze(0).unwrap());
+    println!("{name}: worst PNG channel difference {worst}/255");
+    // The bound: within 1/255 per channel (a value on a rounding boundary may round either way).
+    assert!(
+        worst <= 1,
+        "{name}: frames differ from diffusers by {worst}/255"
+    );
+}
+
+#[test]
+fn cli_image_to_video_matches_diffusers() {
+    let name = "wan-tiny-i2v";
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("first.png");
+    write_png(&reference(name)["image"], &image);
+    let model = fixture(name).join("pipeline");
+    check_cli(
+        name,
+        &model,
+        "latents_init",
+        &["--image".into(), image.to_string_lossy().into()],
+    );
+}
+
+#[test]
+fn cli_first_last_frame_matches_diffusers() {
+    let name = "wan-tiny-flf2v";
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, last) = (tmp.path().join("first.png"), tmp.path().join("last.png"));
+    write_png(&r["image"], &first);
+    write_png(&r["last_image"], &last);
+    let model = fixture(name).join("pipeline");
+    let extra = [
+        "--image".into(),
+        first.to_string_lossy().into(),
+        "--last-image".into(),
+        last.to_string_lossy().into(),
+    ];
+    check_cli(name, &model, "latents_init", &extra);
+}
+
+#[test]
+fn cli_video_to_video_matches_diffusers() {
+    let name = "wan-tiny-v2v";
+    let tmp = tempfile::tempdir().unwrap();
+    let video = tmp.path().join("input.apng");
+    write_apng(&reference(name)["video"], &video);
+    let model = fixture("wan-tiny-alt").join("pipeline");
+    let extra = [
+        "--video".into(),
+        video.to_string_lossy().into(),
+        "--strength".into(),
+        reference_metadata(name)["strength"].clone(),
+    ];
+    check_cli(name, &model, "noise", &extra);
+}
+
+/// Runs a failing command and checks: non-zero exit, the message names the problem, nothing written.
+fn assert_fails(args: &[&str], needle: &str, out: &Path) {
+    let o = sorrel(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    assert!(
+        err.contains(needle),
+        "message for {args:?} should contain `{needle}`, got: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    assert!(
+        !out.exists(),
+        "output {} was created despite the error",
+        out.display()
+    );
+}
+
+#[test]
+fn bad_mode_input_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.mp4");
+    let o = out.to_string_lossy().to_string();
+    let t2v = fixture("wan-tiny-alt")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let i2v = fixture("wan-tiny-i2v")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let pic = tmp.path().join("pic.png");
+    write_png(
+        &Tensor::zeros((32, 48, 3), candle_core::DType::U8, &Device::Cpu).unwrap(),
+        &pic,
+    );
+    let p = pic.to_string_lossy().to_string();
+    let text = tmp.path().join("notes.png");
+    std::fs::write(&text, "not a picture").unwrap();
+    let t = text.to_string_lossy().to_string();
+    let clip = tmp.path().join("short.apng");
+    write_apng(
+        &reference("wan-tiny-v2v")["video"].narrow(0, 0, 5).unwrap(),
+        &clip,
+    );
+    let c = clip.to_string_lossy().to_string();
+    let base = |model: &str| -> Vec<String> {
+        [
+            "generate", "a cat", "--model", model, "--size", "48x32", "--frames", "13", "--steps",
+            "2", "-q", "-o", &o,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let case = |model: &str, extra: &[&str], needle: &str| {
+        let mut a = base(model);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        assert_fails(&refs, needle, &out);
+    };
+    // An image that is not an image.
+    case(&i2v, &["--image", &t], "--image");
+    case(&i2v, &["--image", &t], "not a picture Sorrel can read");
+    // A last frame without a first.
+    case(&i2v, &["--last-image", &p], "--image");
+    // A mode the model cannot do names the models that can.
+    case(&t2v, &["--image", &p], "cannot do image-to-video");
+    case(&i2v, &["--image", &p, "--last-image", &p], "FLF2V");
+    case(&i2v, &["--video", &c], "cannot do video-to-video");
+    // Strength outside (0, 1].
+    case(
+        &t2v,
+        &["--video", &c, "--frames", "5", "--strength", "1.5"],
+        "outside (0, 1]",
+    );
+    case(
+        &t2v,
+        &["--video", &c, "--frames", "5", "--strength", "0"],
+        "outside (0, 1]",
+    );
+    // A video shorter than the frames asked for.
+    case(&t2v, &["--video", &c], "has 5 frames but 13");
+    // Both an image and a video.
+    case(&i2v, &["--image", &p, "--video", &c], "cannot be used with");
+}
