@@ -281,6 +281,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         init_latents,
         conditioning,
     };
+    // The mode first: a model that cannot do it makes every other detail moot.
+    info.check_mode(req.mode())?;
     req.check()?;
     req.check_for(&info)?;
 

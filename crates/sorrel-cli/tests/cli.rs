@@ -2,24 +2,13 @@
 //! every kind of bad input (clear message, non-zero exit, no output file).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 use candle_core::{Device, Tensor};
+use common::{assert_fails, sorrel, stderr};
 use sorrel_testkit::{copy_dir, ffprobe, fixture, read_npy_f32, reference};
-
-fn sorrel(args: &[&str]) -> Output {
-    // Signing makes a local CA in the data folder: keep it out of the user's home.
-    let data = std::env::temp_dir().join(format!("sorrel-cli-tests-{}", std::process::id()));
-    Command::new(env!("CARGO_BIN_EXE_sorrel"))
-        .args(args)
-        .env("SORREL_DATA_DIR", data)
-        .output()
-        .expect("run sorrel")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 /// The arguments that reproduce a fixture's diffusers run. Without the watermark: parity is about the
 /// model's numbers, and the watermark deliberately moves pixels by a few levels (its own tests bound that).
@@ -209,30 +198,6 @@ fn cli_npy_matches_diffusers_frames() {
 }
 
 // ------------------------------------------------------------------------------------------ bad input
-
-/// Runs a failing command and checks: non-zero exit, the message names the problem, nothing written.
-fn assert_fails(args: &[&str], needle: &str, out: &Path) {
-    let o = sorrel(args);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "expected failure for {args:?}");
-    assert!(
-        err.contains(needle),
-        "message for {args:?} should contain `{needle}`, got: {err}"
-    );
-    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
-    assert!(
-        !out.exists(),
-        "output {} was created despite the error",
-        out.display()
-    );
-    let parent = out.parent().unwrap();
-    if parent.exists() {
-        for e in std::fs::read_dir(parent).unwrap() {
-            let n = e.unwrap().file_name().to_string_lossy().to_string();
-            assert!(!n.starts_with(".sorrel"), "temporary file {n} left behind");
-        }
-    }
-}
 
 fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![

@@ -2,23 +2,12 @@
 //! fixtures of `tools/reference/make_mode_fixtures.py`), and bad input (clear message, non-zero exit, no file).
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod common;
 
 use candle_core::{Device, Tensor};
+use common::{assert_fails, sorrel, stderr};
 use sorrel_testkit::{fixture, reference, reference_metadata};
-
-fn sorrel(args: &[&str]) -> Output {
-    let data = std::env::temp_dir().join(format!("sorrel-cli-modes-{}", std::process::id()));
-    Command::new(env!("CARGO_BIN_EXE_sorrel"))
-        .args(args)
-        .env("SORREL_DATA_DIR", data)
-        .output()
-        .expect("run sorrel")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 /// Writes an (H, W, 3) u8 tensor as a PNG.
 fn write_png(t: &Tensor, path: &Path) {
@@ -179,23 +168,6 @@ fn cli_video_to_video_matches_diffusers() {
     check_cli(name, &model, "noise", &extra);
 }
 
-/// Runs a failing command and checks: non-zero exit, the message names the problem, nothing written.
-fn assert_fails(args: &[&str], needle: &str, out: &Path) {
-    let o = sorrel(args);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "expected failure for {args:?}");
-    assert!(
-        err.contains(needle),
-        "message for {args:?} should contain `{needle}`, got: {err}"
-    );
-    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
-    assert!(
-        !out.exists(),
-        "output {} was created despite the error",
-        out.display()
-    );
-}
-
 #[test]
 fn bad_mode_input_is_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
@@ -251,14 +223,10 @@ fn bad_mode_input_is_refused_before_any_work() {
     // Strength outside (0, 1].
     case(
         &t2v,
-        &["--video", &c, "--frames", "5", "--strength", "1.5"],
+        &["--video", &c, "--strength", "1.5"],
         "outside (0, 1]",
     );
-    case(
-        &t2v,
-        &["--video", &c, "--frames", "5", "--strength", "0"],
-        "outside (0, 1]",
-    );
+    case(&t2v, &["--video", &c, "--strength", "0"], "outside (0, 1]");
     // A video shorter than the frames asked for.
     case(&t2v, &["--video", &c], "has 5 frames but 13");
     // Both an image and a video.

@@ -2,11 +2,13 @@
 //!
 //! Lower layer of the workspace: nothing here knows about pipelines, schedulers or the CLI.
 
+pub mod config;
 pub mod conv2d;
 pub mod conv3d;
 pub mod error;
 pub mod ops;
 pub mod weights;
 
+pub use config::read_config;
 pub use error::{Error, Result};
 pub use weights::TensorSource;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use sorrel_core::{Error, Result};
+use sorrel_core::{read_config, Error, Result};
 
 /// The vision tower's hyper-parameters.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -43,20 +43,11 @@ fn eps() -> f64 {
     1e-5
 }
 
-fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::model(format!("{} is not a valid config: {e}", path.display())))
-}
-
 impl ClipVisionConfig {
     /// Reads `image_encoder/config.json` (a `CLIPVisionConfig`, or a whole `CLIPConfig` with a
     /// `vision_config` inside).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let v: serde_json::Value = read(path)?;
+        let v: serde_json::Value = read_config(path)?;
         let v = v.get("vision_config").cloned().unwrap_or(v);
         let cfg: Self = serde_json::from_value(v)
             .map_err(|e| Error::model(format!("{}: {e}", path.display())))?;
@@ -143,7 +134,7 @@ fn clip_std() -> [f32; 3] {
 impl ClipImageProcessorConfig {
     /// Reads `image_processor/preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        read(path)
+        read_config(path)
     }
 
     /// The shorter side after resizing (`None`: no resize).

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use sorrel_core::{Error, Result};
+use sorrel_core::{read_config, Error, Result};
 
 /// The transformer's hyper-parameters, with diffusers' field names so a downloaded folder loads as is.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -106,26 +106,17 @@ fn default_text_dim() -> usize {
     4096
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::model(format!("{} is not a valid config: {e}", path.display())))
-}
-
 impl WanTransformerConfig {
     /// Reads a diffusers `transformer/config.json`.
     pub fn from_diffusers_file(path: &Path) -> Result<Self> {
-        let cfg: Self = read_json(path)?;
+        let cfg: Self = read_config(path)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Reads the original Wan2.1 release's `config.json` and maps it to diffusers' fields.
     pub fn from_original_file(path: &Path) -> Result<Self> {
-        let o: OriginalConfig = read_json(path)?;
+        let o: OriginalConfig = read_config(path)?;
         if let Some(t) = &o.model_type {
             if t != "t2v" {
                 return Err(Error::model(format!(

@@ -1,0 +1,43 @@
+//! Helpers shared by the CLI test files: run the binary, read its errors, check a refusal.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `sorrel` with `args`. Signing makes a local CA in the data folder: keep it out of the user's home.
+pub fn sorrel(args: &[&str]) -> Output {
+    let data = std::env::temp_dir().join(format!("sorrel-cli-tests-{}", std::process::id()));
+    Command::new(env!("CARGO_BIN_EXE_sorrel"))
+        .args(args)
+        .env("SORREL_DATA_DIR", data)
+        .output()
+        .expect("run sorrel")
+}
+
+/// The command's standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Runs a failing command and checks: non-zero exit, the message names the problem, nothing written.
+pub fn assert_fails(args: &[&str], needle: &str, out: &Path) {
+    let o = sorrel(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    assert!(
+        err.contains(needle),
+        "message for {args:?} should contain `{needle}`, got: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    assert!(
+        !out.exists(),
+        "output {} was created despite the error",
+        out.display()
+    );
+    let parent = out.parent().unwrap();
+    if parent.exists() {
+        for e in std::fs::read_dir(parent).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!n.starts_with(".sorrel"), "temporary file {n} left behind");
+        }
+    }
+}
