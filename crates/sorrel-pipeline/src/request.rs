@@ -187,6 +187,12 @@ impl GenerateRequest {
                 first.check("the first-frame image")?;
                 if let Some(l) = last {
                     l.check("the last-frame image")?;
+                    if self.frames < 2 {
+                        return bad(format!(
+                            "{} frame cannot hold both a first and a last frame: ask for more frames",
+                            self.frames
+                        ));
+                    }
                 }
             }
             Conditioning::Video { frames, strength } => {

@@ -229,6 +229,20 @@ fn bad_input_is_refused_with_what_to_change() {
         &i2v,
     );
     assert!(e.contains("first/last-frame") && e.contains("FLF2V"), "{e}");
+    // One frame cannot hold a first and a last frame.
+    let flf = WanPipeline::describe(&fixture("wan-tiny-flf2v/pipeline")).unwrap();
+    let e = err(
+        &GenerateRequest {
+            frames: 1,
+            conditioning: Conditioning::Image {
+                first: pic.clone(),
+                last: Some(pic.clone()),
+            },
+            ..base.clone()
+        },
+        &flf,
+    );
+    assert!(e.contains("cannot hold both"), "{e}");
     // Video to video on an image-to-video model.
     let video = |n: usize, strength: f64| GenerateRequest {
         conditioning: Conditioning::Video {
