@@ -225,6 +225,13 @@ pub fn parse_create(
             )
         })?,
     };
+    // The API's requests are text alone until input_reference is served: a model that needs a picture
+    // refuses them here, not after the job is queued.
+    model
+        .pipe
+        .info
+        .check_mode(sorrel_pipeline::Mode::TextToVideo)
+        .map_err(|e| ApiError::invalid("model", e.to_string()))?;
     let seconds = f
         .whole(
             "seconds",

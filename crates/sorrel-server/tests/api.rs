@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{json_of, openai_error, TestServer};
+use common::{json_of, openai_error, tiny_model, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -880,5 +880,28 @@ async fn a_video_that_keeps_killing_the_server_is_failed() {
     let v = s.wait(&id, Duration::from_secs(60)).await;
     assert_eq!(v["status"], "failed");
     assert_eq!(v["error"]["code"], "too_many_attempts");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_request_to_an_image_to_video_model_is_refused_at_create_time() {
+    let i2v = tiny_model().join("../../wan-tiny-i2v/pipeline");
+    let s = TestServer::fresh(|c| {
+        c.models.push(sorrel_server::ModelSpec {
+            name: "i2v".into(),
+            dir: i2v,
+        })
+    })
+    .await;
+    let (status, e) = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "a cat", "model": "i2v", "size": "48x32"}),
+        )
+        .await;
+    let err = openai_error(status, 400, &e);
+    assert_eq!(err["param"], "model");
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains("cannot do text-to-video"), "{msg}");
     s.stop().await;
 }
