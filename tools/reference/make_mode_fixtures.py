@@ -14,6 +14,9 @@ per block):
   wan-tiny-i2v/     WanImageToVideoPipeline: a 36-channel transformer with image cross-attention and a tiny CLIP
                     ViT (hidden_states[-2]), 13 frames, 4 steps
   wan-tiny-flf2v/   the same with `last_image` and the image embedding's learned position table (FLF2V)
+  wan-tiny-vace/    WanVACEPipeline, VACE layers [0, 2] of 3, 4 steps, two runs: `extend` (5 known frames then 8 to
+                    generate, a 24x24 reference picture fitted on the white canvas) and `inpaint` (the moving clip
+                    with a white rectangle to regenerate in every frame)
 Each holds reference.safetensors (inputs as uint8 pictures, the raw noise, every stage's output) and the I2V
 ones a `pipeline/` folder as Wan-AI ship theirs (image_encoder/, image_processor/ added).
 """
@@ -30,12 +33,13 @@ from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 import diffusers.pipelines.wan.pipeline_wan_i2v as i2v_module
+import diffusers.pipelines.wan.pipeline_wan_vace as vace_module
 import diffusers.pipelines.wan.pipeline_wan_video2video as v2v_module
 from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel,
-                       WanVideoToVideoPipeline)
+                       WanVACEPipeline, WanVACETransformer3DModel, WanVideoToVideoPipeline)
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-for m in (i2v_module, v2v_module):
+for m in (i2v_module, v2v_module, vace_module):
     m.ftfy = types.SimpleNamespace(fix_text=lambda s: s)
 
 H, W, F = 32, 48, 13
@@ -204,6 +208,72 @@ def i2v(root, name, last):
     print(f"{name}: timesteps {pipe.scheduler.timesteps.tolist()}")
 
 
+GRAY = 128  # diffusers' example fills frames to generate with (128, 128, 128)
+
+
+def vace(root):
+    tok, te, vae, alt = load_alt(root)
+    cfg = {k: v for k, v in dict(alt.config).items() if not k.startswith("_")}
+    cfg.update(vace_layers=[0, 2], vace_in_channels=96)
+    torch.manual_seed(0)
+    tr = WanVACETransformer3DModel(**cfg).eval()
+    perturb(tr, seed=9)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                    num_train_timesteps=1000, flow_shift=3.0)
+    pipe = WanVACEPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched, transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+    prompt, negative, steps, msl = "a cat and a dog baking a cake", "blurred static", 4, 24
+    clip = moving_video(31)
+    gray = np.full((H, W, 3), GRAY, np.uint8)
+    black, white = np.zeros((H, W), np.uint8), np.full((H, W), 255, np.uint8)
+    hole = black.copy()
+    hole[8:24, 12:36] = 255
+    runs = {
+        # 5 known frames, 8 to generate after them, and a reference picture of another size (fitted)
+        "extend": ([clip[i] for i in range(5)] + [gray] * (F - 5), [black] * 5 + [white] * (F - 5),
+                   [picture(33, 24, 24)]),
+        # the clip with a rectangle to regenerate in every frame
+        "inpaint": (list(clip), [hole] * F, None),
+    }
+    refs = {}
+    for run, (video, mask, references) in runs.items():
+        nref = len(references or [])
+        refs[f"{run}.video"] = torch.from_numpy(np.stack(video))
+        refs[f"{run}.mask"] = torch.from_numpy(np.stack(mask))
+        if references:
+            refs[f"{run}.reference0"] = torch.from_numpy(references[0])
+        shape = (1, 16, (F - 1) // 4 + 1 + nref, H // 8, W // 8)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(17), dtype=torch.float32)
+        refs[f"{run}.latents_init"] = noise.clone()
+        pv = [Image.fromarray(f) for f in video]
+        pm = [Image.fromarray(m) for m in mask]
+        pr = [Image.fromarray(r) for r in references] if references else None
+        with torch.no_grad():
+            v, m, r = pipe.preprocess_conditions(pv, pm, pr, 1, H, W, F, torch.float32, "cpu")
+            lat = pipe.prepare_video_latents(v, m, r, None, "cpu")
+            msk = pipe.prepare_masks(m, r, None)
+        refs[f"{run}.control"] = torch.cat([lat, msk], dim=1)
+        res = pipe(video=pv, mask=pm, reference_images=pr, prompt=prompt, negative_prompt=negative, height=H,
+                   width=W, num_frames=F, num_inference_steps=steps, guidance_scale=5.0, max_sequence_length=msl,
+                   latents=noise.clone(), output_type="np")
+        refs[f"{run}.frames"] = torch.from_numpy(np.ascontiguousarray(res.frames))
+    with torch.no_grad():
+        pe, _ = pipe.encode_prompt(prompt, negative, True, 1, max_sequence_length=msl, device="cpu")
+        x = torch.randn(1, 16, 3, H // 8, W // 8, generator=torch.Generator().manual_seed(1))
+        c = refs["inpaint.control"][:, :, :3]
+        refs["unit.transformer.in"], refs["unit.transformer.control"] = x, c
+        refs["unit.transformer.text"] = pe
+        refs["unit.transformer.out"] = tr(x, torch.tensor([750]), pe, control_hidden_states=c,
+                                          control_hidden_states_scale=torch.tensor([1.0, 0.5]),
+                                          return_dict=False)[0]
+    out = os.path.join(root, "wan-tiny-vace")
+    shutil.rmtree(out, ignore_errors=True)
+    save(out, refs, dict(prompt=prompt, negative_prompt=negative, height=H, width=W, num_frames=F, steps=steps,
+                         guidance_scale=5.0, max_sequence_length=msl, gray=GRAY, unit_scale="1.0,0.5"))
+    pipe.save_pretrained(os.path.join(out, "pipeline"), safe_serialization=True)
+    print(f"wan-tiny-vace: timesteps {pipe.scheduler.timesteps.tolist()}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -214,7 +284,7 @@ def main():
     if not os.path.isdir(os.path.join(root, "wan-tiny-alt", "pipeline")):
         sys.exit(f"{root}/wan-tiny-alt/pipeline is missing: run make_fixtures.py first")
     jobs = {"wan-tiny-v2v": lambda: v2v(root), "wan-tiny-i2v": lambda: i2v(root, "wan-tiny-i2v", False),
-            "wan-tiny-flf2v": lambda: i2v(root, "wan-tiny-flf2v", True)}
+            "wan-tiny-flf2v": lambda: i2v(root, "wan-tiny-flf2v", True), "wan-tiny-vace": lambda: vace(root)}
     for name, job in jobs.items():
         if args.only is None or name in args.only:
             job()

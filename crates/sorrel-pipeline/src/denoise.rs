@@ -95,6 +95,7 @@ impl WanPipeline {
     /// Starting noise (1, z, T, h, w): the request's `init_latents`, or Gaussian noise from its seed.
     pub(crate) fn noise(&self, req: &GenerateRequest) -> Result<Tensor> {
         let (t, h, w) = req.latent_size(self.info.compression);
+        let t = t + req.reference_count();
         Ok(match &req.init_latents {
             Some(l) => l.to_device(&self.device)?.to_dtype(DType::F32)?,
             None => crate::noise::gaussian(

@@ -8,6 +8,7 @@ pub mod modes;
 pub mod noise;
 pub mod progress;
 pub mod request;
+pub mod vace;
 
 pub use defaults::ModelDefaults;
 pub use denoise::{decoded_to_frames, fit};

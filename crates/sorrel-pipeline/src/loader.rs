@@ -79,10 +79,11 @@ pub(crate) struct ImageEncoder {
 }
 
 /// diffusers pipeline classes whose folders Sorrel loads.
-const PIPELINE_CLASSES: [&str; 3] = [
+const PIPELINE_CLASSES: [&str; 4] = [
     "WanPipeline",
     "WanImageToVideoPipeline",
     "WanVideoToVideoPipeline",
+    "WanVACEPipeline",
 ];
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -403,11 +404,12 @@ fn pipeline_class(dir: &Path) -> Result<String> {
         )));
     }
     match component("transformer").as_deref() {
-        Some("WanTransformer3DModel") => {}
+        Some("WanTransformer3DModel" | "WanVACETransformer3DModel") => {}
         other => {
             return Err(Error::model(format!(
                 "{}: transformer class {other:?} is not supported; Sorrel loads Wan2.1 models with \
-                 WanTransformer3DModel (text-to-video, image-to-video, first/last-frame)",
+                 WanTransformer3DModel (text-to-video, image-to-video, first/last-frame) or \
+                 WanVACETransformer3DModel (VACE)",
                 path.display()
             )))
         }
@@ -427,12 +429,20 @@ fn pipeline_class(dir: &Path) -> Result<String> {
     Ok(class)
 }
 
-/// The modes a transformer runs, from its config: a text-to-video transformer (latent channels in) also
-/// restyles videos; an image-conditioned one (latents, mask and encoded condition in) starts from a first
+/// The modes a transformer runs, from its config: a VACE transformer composes (references, masks, extension)
+/// and starts from given frames through its control input; a text-to-video transformer (latent channels in)
+/// also restyles videos; an image-conditioned one (latents, mask and encoded condition in) starts from a first
 /// frame, or from a first and a last frame when it has the two-image position table.
 fn modes_of(dir: &Path, cfg: &WanTransformerConfig, z: usize, tc: usize) -> Result<Vec<Mode>> {
     let want_i2v = 2 * z + tc;
     match cfg.image_dim {
+        // VACE takes every composition through its control input; restyling by noise strength is not one.
+        None if cfg.in_channels == z && cfg.vace_layers.is_some() => Ok(vec![
+            Mode::TextToVideo,
+            Mode::ImageToVideo,
+            Mode::FirstLastFrame,
+            Mode::Compose,
+        ]),
         None if cfg.in_channels == z => Ok(vec![Mode::TextToVideo, Mode::VideoToVideo]),
         Some(_) if cfg.in_channels == want_i2v => Ok(if cfg.pos_embed_seq_len.is_some() {
             vec![Mode::FirstLastFrame]

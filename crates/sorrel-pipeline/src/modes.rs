@@ -9,6 +9,7 @@ use crate::denoise::{stage, Denoise, Stopwatch, Timings};
 use crate::loader::WanPipeline;
 use crate::progress::ProgressFn;
 use crate::request::{Conditioning, GenerateRequest, Picture};
+use sorrel_models::wan::transformer::Control;
 
 /// A way to start a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +22,9 @@ pub enum Mode {
     FirstLastFrame,
     /// A prompt and a clip to restyle (noised to a strength, then denoised).
     VideoToVideo,
+    /// A VACE composition: reference pictures, a video with a mask of what to generate (inpainting,
+    /// outpainting), extending a clip forward or backward, connecting two clips.
+    Compose,
 }
 
 impl Mode {
@@ -31,6 +35,9 @@ impl Mode {
             Mode::ImageToVideo => "image-to-video (--image)",
             Mode::FirstLastFrame => "first/last-frame (--image with --last-image)",
             Mode::VideoToVideo => "video-to-video (--video)",
+            Mode::Compose => {
+                "references, masks, extension and connecting clips (--reference, --mask, --extend, connect)"
+            }
         }
     }
 
@@ -41,9 +48,12 @@ impl Mode {
                 "a text-to-video model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers or the embedded model"
             }
             Mode::ImageToVideo => {
-                "an image-to-video model such as Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (or a first/last-frame model)"
+                "an image-to-video model such as Wan-AI/Wan2.1-I2V-14B-480P-Diffusers or a VACE model"
             }
-            Mode::FirstLastFrame => "a first/last-frame model such as Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
+            Mode::FirstLastFrame => {
+                "a first/last-frame model such as Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers or a VACE model"
+            }
+            Mode::Compose => "a VACE model such as Wan-AI/Wan2.1-VACE-1.3B-diffusers",
         }
     }
 }
@@ -104,8 +114,9 @@ impl WanPipeline {
         let mut clock = Stopwatch::new();
         stage(progress, "text encoder")?;
         let (emb, unknown_words) = self.encode_prompts(req)?;
+        let vace = self.transformer.vace_layer_count();
         let image_features = match &req.conditioning {
-            Conditioning::Image { first, last } => {
+            Conditioning::Image { first, last } if vace.is_none() => {
                 let pics: Vec<&Picture> = std::iter::once(first).chain(last.as_ref()).collect();
                 Some(self.image_features(&pics)?)
             }
@@ -115,15 +126,27 @@ impl WanPipeline {
             self.transformer
                 .embed_context(&emb.narrow(0, i, 1)?, image_features.as_ref())
         };
-        let (cond, uncond) = (context(0)?, context(1)?);
+        let (mut cond, mut uncond) = (context(0)?, context(1)?);
         clock.lap("text encoder");
+        if let Some(layers) = vace {
+            stage(progress, "vae encode")?;
+            let control = Control {
+                latents: self.vace_control(req)?,
+                scales: vec![1.0; layers],
+            };
+            clock.lap("vae encode");
+            cond.control = Some(control.clone());
+            uncond.control = Some(control);
+        }
 
         let mut scheduler = self.scheduler_for(req)?;
         scheduler.set_timesteps(req.steps)?;
         let noise = self.noise(req)?;
         let size = (req.width, req.height);
         let (latents, condition, first_step) = match &req.conditioning {
-            Conditioning::None => (noise, None, 0),
+            // VACE models take every composition through their control input.
+            _ if vace.is_some() => (noise, None, 0),
+            Conditioning::None | Conditioning::Compose { .. } => (noise, None, 0),
             Conditioning::Image { first, last } => {
                 stage(progress, "vae encode")?;
                 let condition = self.image_condition(first, last.as_ref(), req)?;
@@ -155,6 +178,9 @@ impl WanPipeline {
             progress,
         )?;
 
+        // Reference pictures' latent frames come first; they are not part of the video.
+        let refs = req.reference_count();
+        let latents = latents.narrow(2, refs, latents.dim(2)? - refs)?;
         stage(progress, "vae decode")?;
         let frames = self.decode_latents(&latents)?;
         clock.lap("vae decode");

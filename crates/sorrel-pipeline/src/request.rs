@@ -64,6 +64,17 @@ pub enum Conditioning {
         /// The last frame (first/last-frame models only).
         last: Option<Picture>,
     },
+    /// A VACE composition: a control video with a mask of what to generate, and reference pictures to keep in
+    /// view. Extension, connecting clips and inpainting are compositions (see [`crate::compose`]).
+    Compose {
+        /// The control video, at least `frames` frames (`None`: none, as zeros).
+        video: Option<Vec<Picture>>,
+        /// One picture per video frame whose red channel is the mask: 255 (white) to generate, 0 to keep
+        /// (`None`: generate everything).
+        mask: Option<Vec<Picture>>,
+        /// Pictures of what should appear (a character, an object), each fitted on a white canvas.
+        references: Vec<Picture>,
+    },
     /// Video to video: the clip is encoded, noised to `strength` and denoised under the prompt.
     Video {
         /// At least `frames` frames; the first `frames` are used.
@@ -101,7 +112,7 @@ impl GenerateRequest {
         let (t, h, w) = self.latent_size(pipe.info.compression);
         let z = pipe.vae_config.z_dim;
         if let Some(l) = &self.init_latents {
-            let want = [1, z, t, h, w];
+            let want = [1, z, t + self.reference_count(), h, w];
             if l.dims() != want {
                 return Err(Error::invalid(format!(
                     "init latents have shape {:?} but {}x{} with {} frames needs {:?}",
@@ -119,6 +130,14 @@ impl GenerateRequest {
         Ok(())
     }
 
+    /// Reference pictures, each taking one latent frame before the video's.
+    pub fn reference_count(&self) -> usize {
+        match &self.conditioning {
+            Conditioning::Compose { references, .. } => references.len(),
+            _ => 0,
+        }
+    }
+
     /// The mode this request asks for.
     pub fn mode(&self) -> Mode {
         match &self.conditioning {
@@ -126,6 +145,7 @@ impl GenerateRequest {
             Conditioning::Image { last: None, .. } => Mode::ImageToVideo,
             Conditioning::Image { last: Some(_), .. } => Mode::FirstLastFrame,
             Conditioning::Video { .. } => Mode::VideoToVideo,
+            Conditioning::Compose { .. } => Mode::Compose,
         }
     }
 
@@ -193,6 +213,46 @@ impl GenerateRequest {
                             self.frames
                         ));
                     }
+                }
+            }
+            Conditioning::Compose {
+                video,
+                mask,
+                references,
+            } => {
+                for (what, frames) in [("video", video), ("mask", mask)] {
+                    if let Some(frames) = frames {
+                        if frames.len() < self.frames {
+                            return bad(format!(
+                                "the {what} has {} frames but {} are asked for: give at least {} or ask for fewer",
+                                frames.len(),
+                                self.frames,
+                                self.frames
+                            ));
+                        }
+                        for f in frames {
+                            f.check(&format!("a frame of the {what}"))?;
+                        }
+                    }
+                }
+                if let (Some(v), Some(m)) = (video, mask) {
+                    if let Some((i, (a, b))) = v
+                        .iter()
+                        .zip(m)
+                        .enumerate()
+                        .find(|(_, (a, b))| (a.width, a.height) != (b.width, b.height))
+                    {
+                        return bad(format!(
+                            "mask frame {i} is {}x{} but video frame {i} is {}x{}: the mask must match the video",
+                            b.width, b.height, a.width, a.height
+                        ));
+                    }
+                }
+                if mask.is_some() && video.is_none() {
+                    return bad("a mask needs a video to apply to (--mask with --video)".into());
+                }
+                for r in references {
+                    r.check("a reference picture")?;
                 }
             }
             Conditioning::Video { frames, strength } => {

@@ -52,6 +52,14 @@ pub struct WanTransformerConfig {
     /// images of 257 CLIP tokens: 514); `None` for one-image models.
     #[serde(default)]
     pub pos_embed_seq_len: Option<usize>,
+    /// VACE models (`WanVACETransformer3DModel`): the main blocks after which a control hint is added, one
+    /// VACE block each; must include 0.
+    #[serde(default)]
+    pub vace_layers: Option<Vec<usize>>,
+    /// VACE models: channels of the control input (encoded inactive and reactive video, 2 x 16, and the
+    /// 8x8-unshuffled mask, 64).
+    #[serde(default)]
+    pub vace_in_channels: Option<usize>,
     /// Longest RoPE table per axis, in patches.
     #[serde(default = "default_rope_len")]
     pub rope_max_seq_len: usize,
@@ -151,6 +159,8 @@ impl WanTransformerConfig {
             image_dim: None,
             added_kv_proj_dim: None,
             pos_embed_seq_len: None,
+            vace_layers: None,
+            vace_in_channels: None,
             rope_max_seq_len: default_rope_len(),
         };
         cfg.validate(path)?;
@@ -183,6 +193,25 @@ impl WanTransformerConfig {
                     "image_dim {img:?} and added_kv_proj_dim {kv:?} must be given together (an \
                      image-to-video model has both)"
                 ))
+            }
+        }
+        if let Some(layers) = &self.vace_layers {
+            if !layers.contains(&0) {
+                return bad(format!("vace_layers {layers:?} must include layer 0"));
+            }
+            if let Some(&l) = layers.iter().find(|&&l| l >= self.num_layers) {
+                return bad(format!(
+                    "vace_layers has layer {l}, but the model has {} layers",
+                    self.num_layers
+                ));
+            }
+            if !layers.windows(2).all(|w| w[0] < w[1]) {
+                return bad(format!(
+                    "vace_layers {layers:?} must be increasing without repeats"
+                ));
+            }
+            if self.vace_in_channels == Some(0) {
+                return bad("vace_in_channels must be positive".into());
             }
         }
         if let Some(n) = self.pos_embed_seq_len {

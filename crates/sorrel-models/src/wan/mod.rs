@@ -6,4 +6,5 @@ pub mod convert;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod transformer;
+pub mod vace;
 pub mod vae;

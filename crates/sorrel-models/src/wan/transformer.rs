@@ -216,13 +216,25 @@ impl Attention {
     }
 }
 
-/// What the cross-attention reads, embedded by [`WanTransformer3DModel::embed_context`] once per generation.
+/// What the model is conditioned on besides the latents and the timestep, prepared once per generation:
+/// the cross-attention's tokens from [`WanTransformer3DModel::embed_context`], and VACE's control input.
 #[derive(Debug, Clone)]
 pub struct Context {
     /// Embedded text tokens, (B, L, D).
     pub text: Tensor,
     /// Embedded image tokens, (B, Li, D), for image-to-video models.
     pub image: Option<Tensor>,
+    /// VACE models: the control latents and the scale of each control hint.
+    pub control: Option<Control>,
+}
+
+/// VACE's control input.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// (B, vace_in_channels, T, h, w): encoded inactive and reactive video and the unshuffled mask.
+    pub latents: Tensor,
+    /// One scale per VACE layer (diffusers' `conditioning_scale`, 1.0 by default).
+    pub scales: Vec<f64>,
 }
 
 /// Linear -> GELU (tanh approximation) -> Linear.
@@ -244,7 +256,9 @@ impl FeedForward {
     }
 }
 
-struct Block {
+/// One Wan transformer block (self-attention with RoPE, cross-attention, feed-forward, AdaLN from the
+/// timestep); VACE's control blocks are the same block between two projections.
+pub(crate) struct Block {
     attn1: Attention,
     attn2: Attention,
     norm2: Option<AffineLayerNorm>,
@@ -255,7 +269,7 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.inner_dim();
         let h = cfg.num_attention_heads;
         Ok(Self {
@@ -281,7 +295,7 @@ impl Block {
     }
 
     /// x: (B, S, D); context: text (B, L, D) and image tokens; temb6: (B, 6, D) f32.
-    fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         context: &Context,
@@ -309,6 +323,26 @@ impl Block {
         let f = self.ffn.forward(&n.to_dtype(dt)?)?;
         (x.to_dtype(DType::F32)? + broadcast_mul(&f.to_dtype(DType::F32)?, &c_gate)?)?.to_dtype(dt)
     }
+}
+
+/// The patch embedding (a conv whose stride is its kernel) as one matrix product.
+/// x: (B, C, F, H, W) in the compute dtype; weight: (D, C*pt*ph*pw) -> (B, N, D), N = F/pt * H/ph * W/pw.
+pub(crate) fn patchify(
+    x: Tensor,
+    [pt, ph, pw]: [usize; 3],
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let (b, c, f, h, w) = x.dims5()?;
+    let (gf, gh, gw) = (f / pt, h / ph, w / pw);
+    // (B, C, gf, pt, gh, ph, gw, pw) -> (B, gf, gh, gw, C, pt, ph, pw) -> (B*N, C*pt*ph*pw)
+    let patches = x
+        .reshape(&[b, c, gf, pt, gh, ph, gw, pw][..])?
+        .permute([0, 2, 4, 6, 1, 3, 5, 7])?
+        .reshape((b * gf * gh * gw, c * pt * ph * pw))?;
+    // One (B*N, K) x (K, D) product: a weight broadcast over the batch would, in training, sum B copies of its
+    // gradient.
+    broadcast_add(&patches.matmul(&weight.t()?)?, bias)?.reshape((b, gf * gh * gw, ()))
 }
 
 /// x * (1 + scale) + shift, scale and shift broadcast over the tokens.
@@ -388,6 +422,7 @@ pub struct WanTransformer3DModel {
     text_1: Dense,
     text_2: Dense,
     image_embedder: Option<ImageEmbedding>,
+    vace: Option<super::vace::VaceBranch>,
     blocks: Vec<Block>,
     proj_out: Dense,
     /// (1, 2, D) f32
@@ -422,6 +457,11 @@ impl WanTransformer3DModel {
             image_embedder: cfg
                 .image_dim
                 .map(|c| ImageEmbedding::new(cfg, c, ce.pp("image_embedder")))
+                .transpose()?,
+            vace: cfg
+                .vace_layers
+                .as_ref()
+                .map(|layers| super::vace::VaceBranch::new(cfg, layers, &vb))
                 .transpose()?,
             blocks,
             proj_out: dense(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
@@ -467,6 +507,11 @@ impl WanTransformer3DModel {
         Ok(())
     }
 
+    /// VACE models: the number of VACE layers, each taking one control scale.
+    pub fn vace_layer_count(&self) -> Option<usize> {
+        self.vace.as_ref().map(|v| v.layer_count())
+    }
+
     /// Whether the model takes image tokens (an image-to-video or first/last-frame model).
     pub fn takes_image(&self) -> bool {
         self.image_embedder.is_some()
@@ -498,6 +543,7 @@ impl WanTransformer3DModel {
         Ok(Context {
             text: self.embed_text(text)?,
             image,
+            control: None,
         })
     }
 
@@ -515,7 +561,7 @@ impl WanTransformer3DModel {
         t: &Tensor,
         context: &Context,
     ) -> Result<Tensor> {
-        let (b, c, f, h, w) = x.dims5()?;
+        let (b, _, f, h, w) = x.dims5()?;
         let [pt, ph, pw] = self.cfg.patch_size;
         if let Err(m) = self.check_latent_size(f, h, w) {
             candle_core::bail!("{m}");
@@ -524,22 +570,13 @@ impl WanTransformer3DModel {
         let d = self.cfg.inner_dim();
         let dt = self.dtype;
 
-        // Patchify: (B, C, gf, pt, gh, ph, gw, pw) -> (B, gf, gh, gw, C, pt, ph, pw) -> (B, N, C*pt*ph*pw)
-        let patches = x
-            .to_dtype(dt)?
-            .reshape(&[b, c, gf, pt, gh, ph, gw, pw][..])?
-            .permute([0, 2, 4, 6, 1, 3, 5, 7])?
-            .reshape((b, gf * gh * gw, c * pt * ph * pw))?;
-        // One (B*N, K) x (K, D) product: a weight broadcast over the batch would, in training, sum B copies
-        // of its gradient.
-        let k = c * pt * ph * pw;
-        let mut hs = broadcast_add(
-            &patches
-                .reshape((b * gf * gh * gw, k))?
-                .matmul(&self.patch_weight.t()?)?,
+        let hs0 = patchify(
+            x.to_dtype(dt)?,
+            self.cfg.patch_size,
+            &self.patch_weight,
             &self.patch_bias,
-        )?
-        .reshape((b, gf * gh * gw, ()))?;
+        )?;
+        let mut hs = hs0.clone();
 
         // Timestep conditioning (f32).
         let tf = timestep_features(t, self.cfg.freq_dim)?;
@@ -551,8 +588,23 @@ impl WanTransformer3DModel {
             .reshape((b, 6, d))?;
 
         let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), dt, x.device())?;
-        for block in &self.blocks {
+        let hints = match (&self.vace, &context.control) {
+            (Some(v), Some(c)) => Some(v.hints(&hs0, c, context, &tproj, &rope)?),
+            (None, None) => None,
+            (Some(_), None) => candle_core::bail!("this VACE transformer needs control latents"),
+            (None, Some(_)) => {
+                candle_core::bail!(
+                    "this transformer takes no control latents (it is not a VACE model)"
+                )
+            }
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
             hs = block.forward(&hs, context, &tproj, &rope)?;
+            if let (Some(v), Some(hints)) = (&self.vace, &hints) {
+                if let Some(hint) = v.hint_after(i, hints) {
+                    hs = (hs + hint)?;
+                }
+            }
         }
 
         let m = broadcast_add(&self.scale_shift_table, &temb.unsqueeze(1)?)?; // (B, 2, D)
