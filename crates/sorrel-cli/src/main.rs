@@ -7,7 +7,7 @@ mod provenance;
 mod serve;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -15,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sorrel_pipeline::{Conditioning, Event, GenerateRequest, LoadOptions, Picture, WanPipeline};
+use sorrel_pipeline::{
+    Conditioning, Event, GenerateRequest, LoadOptions, Picture, Splice, WanPipeline,
+};
 
 use output::OutputTarget;
 use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
@@ -36,6 +38,8 @@ struct Cli {
 enum Command {
     /// Generate a video from a prompt.
     Generate(GenerateArgs),
+    /// Join two clips with generated frames between them (needs a VACE model); writes the whole joined clip.
+    Connect(ConnectArgs),
     /// Serve the OpenAI-compatible /v1/videos API with a durable job queue.
     Serve(serve::ServeArgs),
     /// Check a file's content credentials (C2PA): who made it, with what, and whether it changed since.
@@ -50,6 +54,26 @@ enum Command {
 struct GenerateArgs {
     /// What the video shows.
     prompt: String,
+    #[command(flatten)]
+    opts: GenerateOptions,
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The clip that comes first.
+    first: PathBuf,
+    /// The clip that comes after.
+    second: PathBuf,
+    /// What the joining frames show.
+    #[arg(long, default_value = "the scene continues smoothly in one shot")]
+    prompt: String,
+    #[command(flatten)]
+    opts: GenerateOptions,
+}
+
+/// `generate`'s options apart from the prompt, shared with `connect`.
+#[derive(clap::Args)]
+struct GenerateOptions {
     /// Model folder: a Wan2.1 diffusers folder (with model_index.json) or an original Wan2.1 release folder.
     /// Default: the embedded toy-world model (32x32, 8 frames; see docs/models/toyworld.md).
     #[arg(long, short = 'm', env = "SORREL_MODEL")]
@@ -109,6 +133,19 @@ struct GenerateArgs {
     /// With --video: how much to change it, in (0, 1]: 0.3 keeps it close, 1 ignores it.
     #[arg(long, requires = "video", default_value_t = 0.7)]
     strength: f64,
+    /// A picture of what should appear (a character, an object); repeatable. Needs a VACE model.
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
+    reference: Vec<PathBuf>,
+    /// With --video: what to regenerate, white where new content goes and black where the video stays
+    /// (a picture for every frame, or a video of masks). Needs a VACE model.
+    #[arg(long, value_name = "FILE", requires = "video")]
+    mask: Option<PathBuf>,
+    /// Continue this clip by --frames new frames; the output is the whole clip. Needs a VACE model.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "video", "extend_backward"])]
+    extend: Option<PathBuf>,
+    /// Add --frames new frames before this clip; the output is the whole clip. Needs a VACE model.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "video"])]
+    extend_backward: Option<PathBuf>,
     /// Output file: .mp4 (H.264, default), .webm (AV1), .gif, .png (animated), .webp, a folder or
     /// `name_%04d.png` (PNG sequence), or .npy (float32 frames F,H,W,3 in [0,1]). Default:
     /// sorrel-SEED.mp4.
@@ -140,7 +177,7 @@ struct GenerateArgs {
     sign: provenance::SignArgs,
 }
 
-fn parse_size(args: &GenerateArgs, default: (usize, usize)) -> Result<(usize, usize)> {
+fn parse_size(args: &GenerateOptions, default: (usize, usize)) -> Result<(usize, usize)> {
     if let Some(s) = &args.size {
         let (w, h) = s
             .split_once(['x', 'X'])
@@ -187,35 +224,112 @@ fn picture(frame: sorrel_media::Frame) -> Picture {
     }
 }
 
-/// The pictures or clip the flags name, read before any weights load.
-fn read_conditioning(args: &GenerateArgs) -> Result<Conditioning> {
-    let image = |flag: &str, path: &PathBuf| -> Result<Picture> {
-        Ok(picture(sorrel_media::read_image(path).with_context(
-            || format!("{flag} {}: not a picture Sorrel can read", path.display()),
-        )?))
-    };
-    if let Some(path) = &args.image {
-        return Ok(Conditioning::Image {
-            first: image("--image", path)?,
-            last: args
-                .last_image
-                .as_ref()
-                .map(|p| image("--last-image", p))
-                .transpose()?,
-        });
-    }
-    if let Some(path) = &args.video {
-        let clip = sorrel_media::read_video(path)
-            .with_context(|| format!("--video {}: not a video Sorrel can read", path.display()))?;
-        return Ok(Conditioning::Video {
-            frames: clip.frames().iter().cloned().map(picture).collect(),
-            strength: args.strength,
-        });
-    }
-    Ok(Conditioning::None)
+fn read_clip(flag: &str, path: &Path) -> Result<Vec<Picture>> {
+    let clip = sorrel_media::read_video(path)
+        .with_context(|| format!("{flag} {}: not a video Sorrel can read", path.display()))?;
+    Ok(clip.frames().iter().cloned().map(picture).collect())
 }
 
-fn generate(args: GenerateArgs) -> Result<()> {
+fn read_picture(flag: &str, path: &Path) -> Result<Picture> {
+    Ok(picture(sorrel_media::read_image(path).with_context(
+        || format!("{flag} {}: not a picture Sorrel can read", path.display()),
+    )?))
+}
+
+/// What the flags give besides the prompt, read before any weights load.
+enum Inputs {
+    /// A conditioning used as is.
+    Plain(Conditioning),
+    /// A clip to extend (`backward`: before it).
+    Extend { clip: Vec<Picture>, backward: bool },
+    /// Two clips to join.
+    Connect(Vec<Picture>, Vec<Picture>),
+}
+
+impl Inputs {
+    fn read(args: &GenerateOptions, connect: Option<&(PathBuf, PathBuf)>) -> Result<Self> {
+        if let Some((a, b)) = connect {
+            return Ok(Inputs::Connect(
+                read_clip("first clip", a)?,
+                read_clip("second clip", b)?,
+            ));
+        }
+        if let Some(p) = &args.extend {
+            return Ok(Inputs::Extend {
+                clip: read_clip("--extend", p)?,
+                backward: false,
+            });
+        }
+        if let Some(p) = &args.extend_backward {
+            return Ok(Inputs::Extend {
+                clip: read_clip("--extend-backward", p)?,
+                backward: true,
+            });
+        }
+        if let Some(path) = &args.image {
+            return Ok(Inputs::Plain(Conditioning::Image {
+                first: read_picture("--image", path)?,
+                last: args
+                    .last_image
+                    .as_ref()
+                    .map(|p| read_picture("--last-image", p))
+                    .transpose()?,
+            }));
+        }
+        let video = args
+            .video
+            .as_ref()
+            .map(|p| read_clip("--video", p))
+            .transpose()?;
+        if args.mask.is_some() || !args.reference.is_empty() {
+            let mask = match (&args.mask, &video) {
+                (Some(p), Some(v)) => {
+                    let m = read_clip("--mask", p)?;
+                    // One picture masks every frame.
+                    Some(if m.len() == 1 {
+                        vec![m[0].clone(); v.len()]
+                    } else {
+                        m
+                    })
+                }
+                _ => None,
+            };
+            let references = args
+                .reference
+                .iter()
+                .map(|p| read_picture("--reference", p))
+                .collect::<Result<_>>()?;
+            return Ok(Inputs::Plain(Conditioning::Compose {
+                video,
+                mask,
+                references,
+            }));
+        }
+        Ok(Inputs::Plain(match video {
+            Some(frames) => Conditioning::Video {
+                frames,
+                strength: args.strength,
+            },
+            None => Conditioning::None,
+        }))
+    }
+
+    /// The size of the given clips, which extension and connection keep.
+    fn clip_size(&self) -> Option<(usize, usize)> {
+        match self {
+            Inputs::Extend { clip, .. } | Inputs::Connect(clip, _) => {
+                clip.first().map(|p| (p.width, p.height))
+            }
+            Inputs::Plain(_) => None,
+        }
+    }
+}
+
+fn generate(
+    prompt: &str,
+    args: &GenerateOptions,
+    connect: Option<(PathBuf, PathBuf)>,
+) -> Result<()> {
     // Check everything cheap before loading weights or spending minutes generating; a bad certificate
     // first, in milliseconds.
     let identity = args.sign.identity()?;
@@ -225,7 +339,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let info = WanPipeline::describe(&model)?;
     let defaults = &info.defaults;
-    let (width, height) = parse_size(&args, (defaults.width, defaults.height))?;
+    let inputs = Inputs::read(args, connect.as_ref())?;
+    let (width, height) = parse_size(
+        args,
+        inputs
+            .clip_size()
+            .unwrap_or((defaults.width, defaults.height)),
+    )?;
     let dtype = parse_dtype(&args.dtype)?;
     let seed = args.seed.unwrap_or_else(rand_seed);
     let out_path = args
@@ -256,18 +376,43 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .as_ref()
         .map(load_init_latents)
         .transpose()?;
-    let conditioning = read_conditioning(&args)?;
-    let frames = match (&conditioning, args.frames) {
-        (_, Some(n)) => n,
-        // Video to video keeps the clip's length, down to the nearest count the VAE takes.
-        (Conditioning::Video { frames, .. }, None) => {
-            let tc = info.compression.1;
-            ((frames.len().min(defaults.max_frames) - 1) / tc * tc + 1).max(1)
+    let tc = info.compression.1;
+    // Extension and connection generate one window and splice it between the clips; --frames counts the new
+    // frames there.
+    let new_frames = args.frames.unwrap_or(
+        defaults
+            .frames
+            .saturating_sub(sorrel_pipeline::compose::context_frames(tc))
+            .max(1),
+    );
+    let (conditioning, splice) = match inputs {
+        Inputs::Plain(c) => (c, None),
+        Inputs::Extend { clip, backward } => {
+            let s = Splice::extend(&clip, new_frames, backward, tc, (width, height))?;
+            (s.conditioning.clone(), Some(s))
         }
-        (_, None) => defaults.frames,
+        Inputs::Connect(a, b) => {
+            let s = Splice::connect(&a, &b, new_frames, tc, (width, height))?;
+            (s.conditioning.clone(), Some(s))
+        }
+    };
+    let frames = match (&conditioning, &splice, args.frames) {
+        (_, Some(s), _) => s.frames,
+        (_, None, Some(n)) => n,
+        // A given video sets the length, down to the nearest count the VAE takes.
+        (
+            Conditioning::Video { frames, .. }
+            | Conditioning::Compose {
+                video: Some(frames),
+                ..
+            },
+            None,
+            None,
+        ) => ((frames.len().min(defaults.max_frames) - 1) / tc * tc + 1).max(1),
+        (_, None, None) => defaults.frames,
     };
     let req = GenerateRequest {
-        prompt: args.prompt.clone(),
+        prompt: prompt.to_string(),
         negative_prompt: args.negative_prompt.clone(),
         width,
         height,
@@ -329,8 +474,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
         );
     }
 
-    let (f, h, w, _) = video.frames.dims4()?;
-    let data = video.frames.flatten_all()?.to_vec1::<f32>()?;
+    // Extension and connection write the whole clip: the given frames around the new ones.
+    let frames = match &splice {
+        Some(s) => s.assemble(&video.frames)?,
+        None => video.frames.clone(),
+    };
+    let (f, h, w, _) = frames.dims4()?;
+    let data = frames.flatten_all()?.to_vec1::<f32>()?;
     let fps = args.fps.unwrap_or_else(|| pipe.native_fps());
     if !args.quiet {
         eprintln!("encoding {f} frames at {fps} fps...");
@@ -351,13 +501,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
             },
             seed,
             steps: req.steps,
-            prompt: args.sign.record_prompt.then(|| args.prompt.clone()),
+            prompt: args.sign.record_prompt.then(|| prompt.to_string()),
             watermark,
         },
     };
     let (written, signed) = target.write(&data, &clip, &encode, &signer)?;
     // Stills are PNG, JPEG or WebP, which always carry credentials.
-    write_stills(&args, &clip, &signer)?;
+    write_stills(args, &clip, &signer)?;
     let encode_time = t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
@@ -408,7 +558,7 @@ fn model_name(dir: &std::path::Path) -> String {
 }
 
 /// The `--thumbnail` and `--spritesheet` images, if asked for, signed.
-fn write_stills(args: &GenerateArgs, clip: &Clip, signer: &provenance::Signer) -> Result<()> {
+fn write_stills(args: &GenerateOptions, clip: &Clip, signer: &provenance::Signer) -> Result<()> {
     let still = |path: &std::path::Path, frame: &sorrel_media::Frame| -> Result<()> {
         let bytes = sorrel_media::encode_still(frame, StillFormat::from_path(path)?)?;
         signer.write(path, &bytes)?;
@@ -461,7 +611,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     pin_thread_count(&cli.command);
     let result = match cli.command {
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => generate(&args.prompt, &args.opts, None),
+        Command::Connect(args) => generate(
+            &args.prompt,
+            &args.opts,
+            Some((args.first.clone(), args.second.clone())),
+        ),
         Command::Serve(args) => serve::serve(args),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => eval::eval(args),

@@ -232,3 +232,209 @@ fn bad_mode_input_is_refused_before_any_work() {
     // Both an image and a video.
     case(&i2v, &["--image", &p, "--video", &c], "cannot be used with");
 }
+
+/// (F, H, W) u8 masks as an animated PNG of grey frames.
+fn write_mask_apng(t: &Tensor, path: &Path) {
+    let rgb = t.unsqueeze(3).unwrap().repeat((1, 1, 1, 3)).unwrap();
+    write_apng(&rgb, path);
+}
+
+#[test]
+fn cli_vace_composition_with_a_reference_matches_diffusers() {
+    let name = "wan-tiny-vace";
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let (video, mask, refp) = (
+        tmp.path().join("video.apng"),
+        tmp.path().join("mask.apng"),
+        tmp.path().join("ref.png"),
+    );
+    write_apng(&r["extend.video"], &video);
+    write_mask_apng(&r["extend.mask"], &mask);
+    write_png(&r["extend.reference0"], &refp);
+    let extra: Vec<String> = [
+        "--video",
+        &video.to_string_lossy(),
+        "--mask",
+        &mask.to_string_lossy(),
+        "--reference",
+        &refp.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let noise = r["extend.latents_init"].clone();
+    let want = r["extend.frames"].clone();
+    let model = fixture(name).join("pipeline");
+    let tmp2 = tempfile::tempdir().unwrap();
+    let init = tmp2.path().join("noise.safetensors");
+    write_latents(&noise, &init);
+    let out = tmp2.path().join("frames");
+    let mut args = run_args(name, &model, &init, &out);
+    args.extend(extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = sorrel(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let worst = worst_png_difference(&out, &want.squeeze(0).unwrap());
+    println!("{name} extend: worst PNG channel difference {worst}/255");
+    assert!(
+        worst <= 1,
+        "VACE frames differ from diffusers by {worst}/255"
+    );
+}
+
+/// The frames of a PNG sequence folder, RGB8.
+fn read_frames(dir: &Path) -> Vec<Vec<u8>> {
+    (0..)
+        .map(|i| dir.join(format!("frame_{i:04}.png")))
+        .take_while(|p| p.exists())
+        .map(|p| image::open(p).unwrap().into_rgb8().into_raw())
+        .collect()
+}
+
+fn u8_frames(t: &Tensor) -> Vec<Vec<u8>> {
+    (0..t.dim(0).unwrap())
+        .map(|i| {
+            t.get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u8>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn extend_and_connect_write_the_whole_clip_with_the_inputs_untouched() {
+    let r = reference("wan-tiny-vace");
+    let clip = r["inpaint.video"].clone(); // 13 frames of 48x32
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a.apng"), tmp.path().join("b.apng"));
+    write_apng(&clip.narrow(0, 0, 6).unwrap(), &a);
+    write_apng(&clip.narrow(0, 6, 7).unwrap(), &b);
+    let model = fixture("wan-tiny-vace")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let given = u8_frames(&clip);
+    let run = |args: &[&str], out: &Path| {
+        let o = sorrel(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        read_frames(out)
+    };
+    let common = ["--steps", "2", "-q", "--no-watermark", "--model", &model];
+
+    // Forward: the 6 frames of a, then 5 new ones.
+    let out = tmp.path().join("fwd");
+    let mut args = vec![
+        "generate",
+        "a cat",
+        "--extend",
+        a.to_str().unwrap(),
+        "--frames",
+        "5",
+    ];
+    args.extend(common);
+    args.extend(["-o", out.to_str().unwrap()]);
+    let f = run(&args, &out);
+    assert_eq!(f.len(), 11);
+    assert_eq!(
+        &f[..6],
+        &given[..6],
+        "the given frames come through as they were"
+    );
+
+    // Backward: 3 new frames, then the 7 of b.
+    let out = tmp.path().join("back");
+    let mut args = vec![
+        "generate",
+        "a cat",
+        "--extend-backward",
+        b.to_str().unwrap(),
+        "--frames",
+        "3",
+    ];
+    args.extend(common);
+    args.extend(["-o", out.to_str().unwrap()]);
+    let f = run(&args, &out);
+    assert_eq!(f.len(), 10);
+    assert_eq!(&f[3..], &given[6..]);
+
+    // Connect: a, 4 new frames, b.
+    let out = tmp.path().join("joined");
+    let mut args = vec![
+        "connect",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--frames",
+        "4",
+    ];
+    args.extend(common);
+    args.extend(["-o", out.to_str().unwrap()]);
+    let f = run(&args, &out);
+    assert_eq!(f.len(), 6 + 4 + 7);
+    assert_eq!(&f[..6], &given[..6]);
+    assert_eq!(&f[10..], &given[6..]);
+}
+
+#[test]
+fn bad_composition_input_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.mp4");
+    let o = out.to_string_lossy().to_string();
+    let t2v = fixture("wan-tiny-alt")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let vace = fixture("wan-tiny-vace")
+        .join("pipeline")
+        .to_string_lossy()
+        .to_string();
+    let r = reference("wan-tiny-vace");
+    let clip = tmp.path().join("clip.apng");
+    write_apng(&r["inpaint.video"], &clip);
+    let small_mask = tmp.path().join("small.png");
+    write_png(
+        &Tensor::zeros((16, 16, 3), candle_core::DType::U8, &Device::Cpu).unwrap(),
+        &small_mask,
+    );
+    let short_mask = tmp.path().join("short.apng");
+    write_mask_apng(&r["inpaint.mask"].narrow(0, 0, 4).unwrap(), &short_mask);
+    let (c, sm, shm) = (
+        clip.to_string_lossy().to_string(),
+        small_mask.to_string_lossy().to_string(),
+        short_mask.to_string_lossy().to_string(),
+    );
+    let case = |model: &str, extra: &[&str], needle: &str| {
+        let mut a: Vec<&str> = vec![
+            "generate", "a cat", "--model", model, "--steps", "2", "-q", "-o", &o,
+        ];
+        a.extend(extra);
+        assert_fails(&a, needle, &out);
+    };
+    // A mask without a video.
+    case(&vace, &["--mask", &sm], "--video");
+    // A mask of another size than the video, and one shorter than it.
+    case(
+        &vace,
+        &["--video", &c, "--mask", &sm, "--size", "48x32"],
+        "mask frame 0 is 16x16",
+    );
+    case(
+        &vace,
+        &[
+            "--video", &c, "--mask", &shm, "--size", "48x32", "--frames", "13",
+        ],
+        "the mask has 4 frames",
+    );
+    // Compositions on a model without VACE name the models that can.
+    case(&t2v, &["--extend", &c, "--frames", "4"], "Wan2.1-VACE");
+    case(&t2v, &["--reference", &sm], "cannot do references");
+    // Nothing to add.
+    case(
+        &vace,
+        &["--extend", &c, "--frames", "0"],
+        "at least 1 frame",
+    );
+}

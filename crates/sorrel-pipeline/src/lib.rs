@@ -1,6 +1,7 @@
 //! Generation modes on top of the models: load a model folder's components, run the one denoising loop,
 //! report progress. Knows nothing of HTTP or the command line.
 
+pub mod compose;
 pub mod defaults;
 pub mod denoise;
 pub mod loader;
@@ -10,6 +11,7 @@ pub mod progress;
 pub mod request;
 pub mod vace;
 
+pub use compose::Splice;
 pub use defaults::ModelDefaults;
 pub use denoise::{decoded_to_frames, fit};
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
