@@ -118,7 +118,18 @@ fn the_official_openai_sdk_drives_the_server() {
     let Some(python) = sdk_python() else { return };
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let serve = Serve::start(data.path(), &["--api-key", "sk-test"]);
+    let i2v = format!(
+        "i2v={}",
+        repo()
+            .join("tests/fixtures/wan-tiny-i2v/pipeline")
+            .display()
+    );
+    let serve = Serve::start(data.path(), &["--api-key", "sk-test", "--model", &i2v]);
+    // The picture the script uploads as input_reference.
+    let first = image::RgbImage::from_fn(48, 32, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 7) as u8, 90])
+    });
+    first.save(out.path().join("first.png")).unwrap();
     let status = Command::new(python)
         .arg(repo().join("crates/sorrel-cli/tests/serve/openai_sdk.py"))
         .arg(format!("{}/v1", serve.url))
@@ -131,6 +142,8 @@ fn the_official_openai_sdk_drives_the_server() {
     assert_eq!(p.codec, "h264");
     assert_eq!(p.frames, 17);
     assert_eq!(p.r_frame_rate, "16/1");
+    let p = sorrel_testkit::ffprobe(&out.path().join("i2v.mp4"));
+    assert_eq!((p.frames, p.width, p.height), (17, 48, 32));
 }
 
 /// SIGKILL while a job denoises, with more queued behind it: after a restart every job completes, each MP4

@@ -65,3 +65,43 @@ fn full_size_wan21_t2v_1_3b_forward() {
         assert!(rel <= 1e-3, "relative error {rel} vs PyTorch");
     }
 }
+
+/// The full-size Wan2.1-VACE-1.3B transformer (random weights stored in bf16, computed in fp32) loads and runs
+/// one forward with a control input. Weights and inputs from `tools/reference/bench_vace.py`:
+/// `bench_vace.py make DIR`, `bench_vace.py run DIR IN.safetensors`, then
+/// `SORREL_VACE_DIR=DIR SORREL_VACE_INPUTS=IN.safetensors cargo test --release -p sorrel-models --test
+/// wan_full_size -- --ignored --nocapture full_size_wan21_vace`.
+#[test]
+#[ignore = "needs the 4.2 GB random Wan2.1-VACE-1.3B transformer written by bench_vace.py make"]
+fn full_size_wan21_vace_1_3b_forward() {
+    let dir = PathBuf::from(std::env::var("SORREL_VACE_DIR").expect("SORREL_VACE_DIR"))
+        .join("transformer");
+    let t0 = Instant::now();
+    let cfg = WanTransformerConfig::from_diffusers_file(&dir.join("config.json")).unwrap();
+    assert_eq!(cfg.vace_layers.as_ref().map(Vec::len), Some(15));
+    let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")
+        .unwrap()
+        .into_var_builder(DType::F32, &Device::Cpu);
+    let model = WanTransformer3DModel::new(&cfg, vb).unwrap();
+    println!("load {:.2}s", t0.elapsed().as_secs_f64());
+    let s = candle_core::safetensors::load(
+        std::env::var("SORREL_VACE_INPUTS").expect("SORREL_VACE_INPUTS"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut ctx = model.embed_context(&s["context"], None).unwrap();
+    ctx.control = Some(sorrel_models::wan::transformer::Control {
+        latents: s["control"].clone(),
+        scales: vec![1.0; 15],
+    });
+    let t1 = Instant::now();
+    let y = model.forward_with_context(&s["x"], &s["t"], &ctx).unwrap();
+    println!(
+        "VACE forward (1,16,5,32,32) + control (1,96,5,32,32), 1280 tokens: {:.2}s",
+        t1.elapsed().as_secs_f64()
+    );
+    let want = &s["out_fp32"];
+    let rel = sorrel_testkit::max_abs_diff(&y, want) / sorrel_testkit::max_abs(want);
+    println!("max abs error / max abs value vs PyTorch fp32: {rel:e}");
+    assert!(rel <= 1e-3, "relative error {rel} vs PyTorch");
+}

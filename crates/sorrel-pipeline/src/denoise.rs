@@ -176,7 +176,23 @@ impl WanPipeline {
     /// diffusers pipelines take it (`sample_mode="argmax"`), then (x - mean) / std.
     pub(crate) fn encode_video(&self, video: &Tensor) -> Result<Tensor> {
         let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
-        let (z, _) = self.vae.encode(video)?;
+        let z = if self.info.compression.1 == 1 {
+            // A VAE that keeps every frame (Sorrel's own) encodes each frame alone, as it was trained;
+            // diffusers' chunks of 1 + 4k frames would drop the frames past the last whole chunk.
+            let (_, c, f, h, w) = video.dims5()?;
+            let frames = video
+                .permute((0, 2, 1, 3, 4))?
+                .reshape((f, c, 1, h, w))?
+                .contiguous()?;
+            let (m, _) = self.vae.encode(&frames)?;
+            let (_, zc, _, lh, lw) = m.dims5()?;
+            m.reshape((f, zc, lh, lw))?
+                .permute((1, 0, 2, 3))?
+                .unsqueeze(0)?
+                .contiguous()?
+        } else {
+            self.vae.encode(video)?.0
+        };
         // diffusers multiplies by 1/std; dividing by std differs by an ulp.
         Ok(z.broadcast_sub(&mean)?.broadcast_mul(&std.recip()?)?)
     }

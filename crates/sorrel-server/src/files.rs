@@ -50,6 +50,26 @@ impl DataDir {
         self.root.join("videos").join(id)
     }
 
+    /// Where a job's uploaded inputs live: apart from its output folder, which each attempt empties.
+    pub fn input_dir(&self, id: &str) -> PathBuf {
+        assert!(
+            is_valid_id(id),
+            "job ids are validated before they reach the file system"
+        );
+        self.root.join("inputs").join(id)
+    }
+
+    /// Removes everything a job has on disk: its outputs and its inputs.
+    pub fn remove_job(&self, id: &str) -> Result<(), StoreError> {
+        self.remove_job_dir(id)?;
+        let dir = self.input_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path: dir, source }),
+        }
+    }
+
     /// Empties and recreates a job's folder, so a retried job never serves a file from an earlier attempt.
     pub fn fresh_job_dir(&self, id: &str) -> Result<PathBuf, StoreError> {
         let dir = self.job_dir(id);

@@ -68,6 +68,27 @@ pub struct GenParams {
     pub guidance: f64,
     /// Noise seed.
     pub seed: u64,
+    /// What the video starts from besides the prompt (absent: text alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<JobInput>,
+}
+
+/// A job's input, a file in its input folder ([`crate::files::DataDir::input_dir`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobInput {
+    /// Image to video from this picture (the API's `input_reference`).
+    Image {
+        /// File name in the input folder.
+        file: String,
+    },
+    /// Video to video from this clip (a remix on a model that restyles video).
+    Video {
+        /// File name in the input folder.
+        file: String,
+        /// How much to change it, in (0, 1].
+        strength: f64,
+    },
 }
 
 /// Why a job failed, in OpenAI's `error` shape.

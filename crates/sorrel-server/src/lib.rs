@@ -250,7 +250,7 @@ async fn clean_expired<S: JobStore>(app: Arc<App<S>>) {
         match app.store.expired(job::now()).await {
             Ok(ids) => {
                 for id in ids {
-                    if let Err(e) = app.data.remove_job_dir(&id) {
+                    if let Err(e) = app.data.remove_job(&id) {
                         tracing::warn!("cannot remove expired {id}: {e}");
                         continue;
                     }

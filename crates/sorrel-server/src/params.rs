@@ -5,12 +5,13 @@
 //! the same messages.
 
 use serde_json::Value;
-use sorrel_pipeline::GenerateRequest;
+use sorrel_pipeline::{Conditioning, GenerateRequest, Picture};
 
 use crate::config::{Defaults, Limits};
 use crate::error::ApiError;
-use crate::job::GenParams;
+use crate::job::{GenParams, JobInput};
 use crate::models::Models;
+use sorrel_pipeline::Mode;
 
 /// A field's value as it arrived.
 #[derive(Debug, Clone)]
@@ -23,8 +24,8 @@ pub enum Field {
     File {
         /// The client's file name.
         filename: Option<String>,
-        /// Its size in bytes.
-        len: usize,
+        /// Its contents.
+        bytes: axum::body::Bytes,
     },
 }
 
@@ -177,6 +178,54 @@ pub struct CreateRequest {
     pub model: String,
     /// The settings.
     pub params: GenParams,
+    /// An uploaded picture to start from, stored under the name `params.input` gives.
+    pub upload: Option<axum::body::Bytes>,
+}
+
+/// Largest side of an uploaded picture, checked from its header before it is decoded.
+pub const MAX_UPLOAD_SIDE: u32 = 8192;
+
+/// Checks an `input_reference` upload from its header, then decodes it; returns the file extension of its
+/// format and the picture.
+fn check_image_upload(
+    bytes: &[u8],
+    filename: Option<&str>,
+) -> Result<(&'static str, Picture), ApiError> {
+    let bad = |m: String| ApiError::invalid("input_reference", m);
+    let name = filename.unwrap_or("the upload");
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(format!("Cannot read '{name}': {e}.")))?;
+    let ext = match reader.format() {
+        Some(image::ImageFormat::Png) => "png",
+        Some(image::ImageFormat::Jpeg) => "jpg",
+        Some(image::ImageFormat::WebP) => "webp",
+        Some(image::ImageFormat::Gif) => "gif",
+        _ => {
+            return Err(bad(format!(
+                "'{name}' is not a PNG, JPEG, WebP or GIF picture: send one of those as 'input_reference'."
+            )))
+        }
+    };
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| bad(format!("'{name}' is not a readable picture: {e}.")))?;
+    if w > MAX_UPLOAD_SIDE || h > MAX_UPLOAD_SIDE {
+        return Err(bad(format!(
+            "'{name}' is {w}x{h}; pictures up to {MAX_UPLOAD_SIDE}x{MAX_UPLOAD_SIDE} are accepted: send a smaller one."
+        )));
+    }
+    let rgb = image::load_from_memory(bytes)
+        .map_err(|e| bad(format!("'{name}' is not a readable picture: {e}.")))?
+        .into_rgb8();
+    Ok((
+        ext,
+        Picture {
+            width: w as usize,
+            height: h as usize,
+            rgb: rgb.into_raw(),
+        },
+    ))
 }
 
 /// Reads `POST /v1/videos`.
@@ -187,25 +236,20 @@ pub fn parse_create(
     defaults: &Defaults,
 ) -> Result<CreateRequest, ApiError> {
     let mut f = Fields::new(fields)?;
-    if let Some(field) = f.take("input_reference") {
-        let what = match field {
-            Field::File { filename, len } => format!(
-                "an image upload ({}, {len} bytes)",
-                filename.as_deref().unwrap_or("unnamed")
-            ),
-            _ => "a reference".to_string(),
-        };
-        return Err(ApiError {
-            code: Some("unsupported_parameter"),
-            ..ApiError::invalid(
+    let upload = match f.take("input_reference") {
+        None => None,
+        Some(Field::File { filename, bytes }) => {
+            let (ext, picture) = check_image_upload(&bytes, filename.as_deref())?;
+            Some((ext, picture, bytes))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
                 "input_reference",
-                format!(
-                    "'input_reference' ({what}) is not supported yet: the loaded models generate from text \
-                     only (image-to-video is planned). Send the request without it."
-                ),
-            )
-        });
-    }
+                "'input_reference' must be a picture sent as a file in a multipart/form-data body (the OpenAI \
+                 SDKs do this for a file object).",
+            ))
+        }
+    };
     let prompt = f
         .string("prompt")?
         .ok_or_else(|| ApiError::invalid("prompt", "Missing required parameter: 'prompt'."))?;
@@ -225,13 +269,16 @@ pub fn parse_create(
             )
         })?,
     };
-    // The API's requests are text alone until input_reference is served: a model that needs a picture
-    // refuses them here, not after the job is queued.
+    // A request the model cannot run is refused here, not after the job is queued.
+    let (mode, param) = match upload {
+        Some(_) => (Mode::ImageToVideo, "input_reference"),
+        None => (Mode::TextToVideo, "model"),
+    };
     model
         .pipe
         .info
-        .check_mode(sorrel_pipeline::Mode::TextToVideo)
-        .map_err(|e| ApiError::invalid("model", e.to_string()))?;
+        .check_mode(mode)
+        .map_err(|e| ApiError::invalid(param, e.to_string()))?;
     let seconds = f
         .whole(
             "seconds",
@@ -298,25 +345,38 @@ pub fn parse_create(
         steps,
         guidance,
         seed,
+        input: upload.as_ref().map(|(ext, _, _)| JobInput::Image {
+            file: format!("input.{ext}"),
+        }),
+    };
+    let (conditioning, upload) = match upload {
+        Some((_, first, bytes)) => (Conditioning::Image { first, last: None }, Some(bytes)),
+        None => (Conditioning::None, None),
     };
     // What the model itself cannot do (its patch grid, positional range) is a 400 now, not a failed job later.
-    to_request(&params).validate(&model.pipe).map_err(|e| {
-        ApiError::invalid(
-            "size",
-            format!("Invalid request for model '{}': {e}", model.name),
-        )
-    })?;
+    to_request(&params, conditioning)
+        .validate(&model.pipe)
+        .map_err(|e| {
+            ApiError::invalid(
+                "size",
+                format!("Invalid request for model '{}': {e}", model.name),
+            )
+        })?;
     Ok(CreateRequest {
         model: model.name.clone(),
         params,
+        upload,
     })
 }
 
-/// Reads `POST /v1/videos/{id}/remix`: a new prompt, and optionally a new seed.
+/// Reads `POST /v1/videos/{id}/remix`: a new prompt, and optionally a new seed and (a Sorrel extra) the
+/// strength of a video-to-video remix. `restyles`: whether the model restyles the source video; on one that
+/// does not, the remix generates again from the source's inputs with the new prompt.
 pub fn parse_remix(
     fields: Vec<(String, Field)>,
     source: &GenParams,
     limits: &Limits,
+    restyles: bool,
 ) -> Result<GenParams, ApiError> {
     let mut f = Fields::new(fields)?;
     let prompt = f
@@ -324,13 +384,59 @@ pub fn parse_remix(
         .ok_or_else(|| ApiError::invalid("prompt", "Missing required parameter: 'prompt'."))?;
     check_prompt("prompt", &prompt, limits, true)?;
     let seed = f.whole("seed", 0, u64::MAX, "")?.unwrap_or(source.seed);
+    let strength = match f.number("strength")? {
+        None => REMIX_STRENGTH,
+        Some((s, _)) if restyles && s > 0.0 && s <= 1.0 => s,
+        Some((_, text)) if restyles => {
+            return Err(ApiError::invalid(
+                "strength",
+                format!(
+                    "Invalid 'strength': '{text}'. Expected a number in (0, 1]: 0.3 stays close to the \
+                     source video, 1 ignores it."
+                ),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "strength",
+                "'strength' needs a model that restyles video (a text-to-video model); this one remixes by \
+                 generating again with the new prompt.",
+            ))
+        }
+    };
     f.finish()?;
+    let run = (source.steps as f64 * strength) as usize;
+    if restyles && run == 0 {
+        return Err(ApiError::invalid(
+            "strength",
+            format!(
+                "'strength' {strength} with the source's {} steps runs no denoising step: raise it to at \
+                 least {:.2}.",
+                source.steps,
+                1.0 / source.steps as f64
+            ),
+        ));
+    }
     Ok(GenParams {
         prompt,
         seed,
+        input: if restyles {
+            Some(JobInput::Video {
+                file: REMIX_SOURCE.into(),
+                strength,
+            })
+        } else {
+            source.input.clone()
+        },
         ..source.clone()
     })
 }
+
+/// How much a remix changes its source video when the request does not say.
+pub const REMIX_STRENGTH: f64 = 0.7;
+
+/// The file name of a remix's source video in its input folder.
+pub const REMIX_SOURCE: &str = "source.mp4";
 
 fn check_prompt(name: &str, text: &str, limits: &Limits, required: bool) -> Result<(), ApiError> {
     if required && text.trim().is_empty() {
@@ -398,8 +504,8 @@ pub fn frames_for(seconds: u32, fps: u32, tc: usize, pt: usize) -> usize {
     (latent - 1) * tc.max(1) + 1
 }
 
-/// The pipeline request for stored settings.
-pub fn to_request(p: &GenParams) -> GenerateRequest {
+/// The pipeline request for stored settings and the inputs read for them.
+pub fn to_request(p: &GenParams, conditioning: Conditioning) -> GenerateRequest {
     GenerateRequest {
         prompt: p.prompt.clone(),
         negative_prompt: p.negative_prompt.clone(),
@@ -409,6 +515,7 @@ pub fn to_request(p: &GenParams) -> GenerateRequest {
         steps: p.steps,
         guidance: p.guidance,
         seed: p.seed,
+        conditioning,
         ..GenerateRequest::default()
     }
 }

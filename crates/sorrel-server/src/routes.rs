@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::auth::{require_key, Owner};
 use crate::error::ApiError;
-use crate::job::{is_valid_id, new_id, now, Job, JobStatus};
-use crate::params::{self, Field};
+use crate::job::{is_valid_id, new_id, now, Job, JobInput, JobStatus};
+use crate::params::{self, Field, Variant};
 use crate::store::{Inserted, JobStore};
 use crate::App;
 
@@ -124,10 +124,7 @@ async fn body_fields(req: Request, limit: usize) -> Result<Vec<(String, Field)>,
                 .await
                 .map_err(|e| multipart_error(e, &format!("field '{name}'")))?;
             let value = if is_file {
-                Field::File {
-                    filename,
-                    len: bytes.len(),
-                }
+                Field::File { filename, bytes }
             } else {
                 Field::Text(String::from_utf8(bytes.to_vec()).map_err(|_| {
                     ApiError::invalid(name.as_str(), format!("Field '{name}' is not UTF-8 text."))
@@ -210,8 +207,12 @@ async fn create<S: JobStore>(
         &app.config.limits,
         &app.config.defaults,
     )?;
+    let id = new_id();
+    if let (Some(bytes), Some(JobInput::Image { file })) = (&parsed.upload, &parsed.params.input) {
+        store_input(&app, &id, file, bytes)?;
+    }
     let job = Job {
-        id: new_id(),
+        id,
         owner: owner.0,
         model: parsed.model,
         params: parsed.params,
@@ -224,7 +225,7 @@ async fn create<S: JobStore>(
         remixed_from: None,
         attempts: 0,
     };
-    enqueue(&app, job).await
+    enqueue_or_clean(&app, job).await
 }
 
 async fn enqueue<S: JobStore>(app: &Arc<App<S>>, job: Job) -> Result<Response, ApiError> {
@@ -294,7 +295,7 @@ async fn delete<S: JobStore>(
     }
     app.store.delete(&id).await?;
     // A running job's worker also removes the folder when it stops; removing it now frees the space at once.
-    app.data.remove_job_dir(&id)?;
+    app.data.remove_job(&id)?;
     app.changed(&id);
     tracing::info!("deleted {id} (was {})", job.status.as_str());
     Ok(Json(json!({"id": id, "object": "video.deleted", "deleted": true})).into_response())
@@ -343,8 +344,7 @@ async fn remix<S: JobStore>(
         )));
     }
     let fields = body_fields(req, app.config.limits.max_body_bytes).await?;
-    let params = params::parse_remix(fields, &source.params, &app.config.limits)?;
-    if app.models.get(&source.model).is_none() {
+    let Some(model) = app.models.get(&source.model) else {
         return Err(ApiError::invalid(
             "video_id",
             format!(
@@ -352,9 +352,26 @@ async fn remix<S: JobStore>(
                 source.model
             ),
         ));
+    };
+    let restyles = model.pipe.info.can(sorrel_pipeline::Mode::VideoToVideo);
+    let params = params::parse_remix(fields, &source.params, &app.config.limits, restyles)?;
+    let new = new_id();
+    // The remix keeps its own copy of what it starts from, so deleting the source cannot break it.
+    match &params.input {
+        Some(JobInput::Video { file, .. }) => {
+            let from = app
+                .data
+                .job_dir(&source.id)
+                .join(Variant::Video.file_name());
+            copy_input(&app, &new, file, &from)?;
+        }
+        Some(JobInput::Image { file }) => {
+            copy_input(&app, &new, file, &app.data.input_dir(&source.id).join(file))?;
+        }
+        None => {}
     }
     let job = Job {
-        id: new_id(),
+        id: new,
         owner: owner.0,
         model: source.model.clone(),
         params,
@@ -367,7 +384,46 @@ async fn remix<S: JobStore>(
         remixed_from: Some(source.id.clone()),
         attempts: 0,
     };
-    enqueue(&app, job).await
+    enqueue_or_clean(&app, job).await
+}
+
+/// Queues the job; if it is refused, its stored inputs go too.
+async fn enqueue_or_clean<S: JobStore>(app: &Arc<App<S>>, job: Job) -> Result<Response, ApiError> {
+    let id = job.id.clone();
+    let res = enqueue(app, job).await;
+    if res.is_err() {
+        if let Err(e) = app.data.remove_job(&id) {
+            tracing::warn!("cannot remove the inputs of refused {id}: {e}");
+        }
+    }
+    res
+}
+
+/// Writes an uploaded input into the job's input folder, atomically.
+fn store_input<S: JobStore>(
+    app: &App<S>,
+    id: &str,
+    file: &str,
+    bytes: &[u8],
+) -> Result<(), ApiError> {
+    let dir = app.data.input_dir(id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    sorrel_media::write_file(&dir.join(file), bytes)
+        .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))
+}
+
+/// Copies another job's file into this job's input folder.
+fn copy_input<S: JobStore>(
+    app: &App<S>,
+    id: &str,
+    file: &str,
+    from: &std::path::Path,
+) -> Result<(), ApiError> {
+    let bytes = std::fs::read(from).map_err(|e| {
+        ApiError::internal(format!("cannot read the source {}: {e}", from.display()))
+    })?;
+    store_input(app, id, file, &bytes)
 }
 
 async fn events<S: JobStore>(

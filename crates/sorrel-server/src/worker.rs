@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
-use sorrel_pipeline::{Event, WanPipeline};
+use sorrel_pipeline::{Conditioning, Event, Picture, WanPipeline};
 use sorrel_provenance::watermark;
 use tokio::sync::mpsc;
 
-use crate::job::{now, GenParams, Job, JobError};
+use crate::job::{now, GenParams, Job, JobError, JobInput};
 use crate::params::{to_request, Variant};
 use crate::store::JobStore;
 use crate::App;
@@ -100,7 +100,7 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                     announce(app, &id).await;
                 } else {
                     // Deleted while it ran: its files must not outlive the record.
-                    app.data.remove_job_dir(&id)?;
+                    app.data.remove_job(&id)?;
                 }
             }
             Err(Failure::Cancelled) if shutting_down => {
@@ -108,7 +108,7 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                 tracing::info!("worker {worker}: {id} interrupted by shutdown, back in the queue");
             }
             Err(Failure::Cancelled) => {
-                app.data.remove_job_dir(&id)?;
+                app.data.remove_job(&id)?;
                 tracing::info!("worker {worker}: {id} cancelled");
             }
             Err(Failure::Failed(err)) => {
@@ -118,7 +118,7 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                 if app.store.fail(&id, &err, t, expires).await? {
                     announce(app, &id).await;
                 } else {
-                    app.data.remove_job_dir(&id)?;
+                    app.data.remove_job(&id)?;
                 }
             }
         }
@@ -186,6 +186,7 @@ async fn generate_job<S: JobStore>(
     let params = job.params.clone();
     let flag = cancel.clone();
     let out_dir = dir.clone();
+    let in_dir = app.data.input_dir(&job.id);
     // The payload is the job id's hash, so a watermark found in a stripped copy names the job.
     let watermark = app.config.watermark.as_ref().map(|key| {
         let payload = watermark::payload_for(&job.id);
@@ -206,7 +207,7 @@ async fn generate_job<S: JobStore>(
         mark: watermark.map(|w| w.1),
     };
     let task = tokio::task::spawn_blocking(move || {
-        generate(&pipe, &params, &out_dir, &flag, &tx, &signing)
+        generate(&pipe, &params, (&in_dir, &out_dir), &flag, &tx, &signing)
     });
 
     let mut shutdown = app.shutdown.subscribe();
@@ -265,16 +266,48 @@ impl Signing {
     }
 }
 
+/// The job's input files as the pipeline takes them.
+fn read_input(params: &GenParams, in_dir: &Path) -> Result<Conditioning, Failure> {
+    let missing = |file: &str, e: &dyn std::fmt::Display| {
+        failed(
+            "input_missing",
+            format!("cannot read the job's input {file}: {e}"),
+        )
+    };
+    let picture = |f: sorrel_media::Frame| Picture {
+        width: f.width as usize,
+        height: f.height as usize,
+        rgb: f.rgb,
+    };
+    Ok(match &params.input {
+        None => Conditioning::None,
+        Some(JobInput::Image { file }) => Conditioning::Image {
+            first: picture(
+                sorrel_media::read_image(&in_dir.join(file)).map_err(|e| missing(file, &e))?,
+            ),
+            last: None,
+        },
+        Some(JobInput::Video { file, strength }) => {
+            let clip =
+                sorrel_media::read_video(&in_dir.join(file)).map_err(|e| missing(file, &e))?;
+            Conditioning::Video {
+                frames: clip.frames().iter().cloned().map(picture).collect(),
+                strength: *strength,
+            }
+        }
+    })
+}
+
 /// The blocking part: denoise, decode, encode, sign, write.
 fn generate(
     pipe: &WanPipeline,
     params: &GenParams,
-    dir: &Path,
+    (in_dir, dir): (&Path, &Path),
     cancel: &AtomicBool,
     progress: &mpsc::UnboundedSender<(u8, String)>,
     signing: &Signing,
 ) -> Result<(), Failure> {
-    let req = to_request(params);
+    let req = to_request(params, read_input(params, in_dir)?);
     let mut on_event = |ev: &Event| {
         let _ = progress.send(percent(ev));
         !cancel.load(Ordering::Relaxed)

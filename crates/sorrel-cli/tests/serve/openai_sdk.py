@@ -56,6 +56,20 @@ check(remix.status == "completed" and remix.size == video.size, str(remix))
 ids = sorted(v.id for v in client.videos.list())
 check(ids == sorted([video.id, remix.id]), f"list after remix: {ids}")
 
+# Image to video: the SDK sends input_reference as a multipart file upload.
+with open(f"{out}/first.png", "rb") as f:
+    i2v = client.videos.create_and_poll(prompt="the picture comes to life", model="i2v", seconds="1",
+                                        size="48x32", input_reference=f, extra_body={"seed": 1, "steps": 3})
+check(i2v.status == "completed" and i2v.size == "48x32", f"image to video: {i2v}")
+client.videos.download_content(i2v.id).write_to_file(f"{out}/i2v.mp4")
+try:
+    with open(f"{out}/first.png", "rb") as f:
+        client.videos.create(prompt="x", model="tiny", size="48x32", input_reference=f)
+    check(False, "a picture for a text-only model accepted")
+except openai.BadRequestError as e:
+    check(e.body.get("param") == "input_reference" and "I2V" in e.body.get("message", ""), f"{e.body}")
+client.videos.delete(i2v.id)
+
 try:
     client.videos.create(prompt="x", model="tiny", seconds="-1")
     check(False, "negative seconds accepted")
@@ -83,4 +97,5 @@ except openai.NotFoundError:
     pass
 
 json.dump({"id": video.id, "remix": remix.id, "sdk": openai.__version__}, open(f"{out}/result.json", "w"))
-print(f"openai {openai.__version__}: create_and_poll, retrieve, list, download_content x3, remix, errors, delete: ok")
+print(f"openai {openai.__version__}: create_and_poll, retrieve, list, download_content x3, remix, input_reference, "
+      "errors, delete: ok")
