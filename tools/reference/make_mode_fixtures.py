@@ -128,6 +128,14 @@ def v2v(root):
     refs["scheduler.timesteps"] = pipe.scheduler.timesteps.float().clone()
     refs["scheduler.sigmas"] = pipe.scheduler.sigmas.float().clone()
     refs["frames"] = torch.from_numpy(np.ascontiguousarray(res.frames))
+    with torch.no_grad():
+        # One timestep per token (Wan2.2 TI2V's and diffusion forcing's form): the first latent frame's tokens
+        # at 0, the rest at 750, on wan-tiny-alt's transformer (3 x 2 x 3 = 18 tokens).
+        x = torch.randn(1, 16, 3, H // 8, W // 8, generator=torch.Generator().manual_seed(4))
+        t = torch.tensor([[0.0] * 6 + [750.0] * 12])
+        pe, _ = pipe.encode_prompt(prompt, negative, True, 1, max_sequence_length=msl, device="cpu")
+        refs["unit.per_token.in"], refs["unit.per_token.t"], refs["unit.per_token.text"] = x, t, pe
+        refs["unit.per_token.out"] = tr(x, t, pe, return_dict=False)[0]
     save(os.path.join(root, "wan-tiny-v2v"), refs, dict(
         prompt=prompt, negative_prompt=negative, height=H, width=W, num_frames=F, steps=steps, strength=strength,
         steps_run=run, guidance_scale=5.0, max_sequence_length=msl, pipeline="wan-tiny-alt/pipeline"))
@@ -253,9 +261,13 @@ def vace(root):
             lat = pipe.prepare_video_latents(v, m, r, None, "cpu")
             msk = pipe.prepare_masks(m, r, None)
         refs[f"{run}.control"] = torch.cat([lat, msk], dim=1)
+        def on_step(p, i, t, kw, run=run):
+            refs[f"{run}.step{i}.latents_after"] = kw["latents"].detach().clone()
+            return {}
         res = pipe(video=pv, mask=pm, reference_images=pr, prompt=prompt, negative_prompt=negative, height=H,
                    width=W, num_frames=F, num_inference_steps=steps, guidance_scale=5.0, max_sequence_length=msl,
-                   latents=noise.clone(), output_type="np")
+                   latents=noise.clone(), output_type="np", callback_on_step_end=on_step,
+                   callback_on_step_end_tensor_inputs=["latents"])
         refs[f"{run}.frames"] = torch.from_numpy(np.ascontiguousarray(res.frames))
     with torch.no_grad():
         pe, _ = pipe.encode_prompt(prompt, negative, True, 1, max_sequence_length=msl, device="cpu")

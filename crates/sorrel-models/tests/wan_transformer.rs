@@ -189,3 +189,46 @@ fn transformer_gradients_reach_every_weight_and_are_right() {
         "directional derivative: backward {analytic}, finite difference {numeric}"
     );
 }
+
+#[test]
+fn per_token_timesteps_match_diffusers() {
+    // One timestep per token, as Wan2.2's image-to-video and diffusion forcing give it: the first latent
+    // frame's 6 tokens at 0, the other 12 at 750 (fixture of tools/reference/make_mode_fixtures.py).
+    let m = load("wan-tiny-alt");
+    let r = reference("wan-tiny-v2v");
+    let out = m
+        .forward(
+            &r["unit.per_token.in"],
+            &r["unit.per_token.t"],
+            &r["unit.per_token.text"],
+        )
+        .unwrap();
+    let want = &r["unit.per_token.out"];
+    let err = max_abs_diff(&out, want);
+    println!(
+        "per-token timesteps: max abs err {err:e} (scale {})",
+        max_abs(want)
+    );
+    assert!(
+        err <= 1e-4 * max_abs(want).max(1.0),
+        "per-token forward differs by {err}"
+    );
+    // A per-token row of one value is the single timestep (to rounding: the time MLP then multiplies 18 rows
+    // instead of 1, which the matrix kernel may sum in another order).
+    let x = &r["unit.per_token.in"];
+    let all = Tensor::full(750f32, (1, 18), x.device()).unwrap();
+    let one = Tensor::new(&[750f32], x.device()).unwrap();
+    let text = &r["unit.per_token.text"];
+    let err = max_abs_diff(
+        &m.forward(x, &all, text).unwrap(),
+        &m.forward(x, &one, text).unwrap(),
+    );
+    assert!(
+        err <= TOL,
+        "a row of one timestep differs from the single timestep by {err}"
+    );
+    // A row of the wrong length is refused.
+    let bad = Tensor::zeros((1, 17), candle_core::DType::F32, x.device()).unwrap();
+    let e = m.forward(x, &bad, text).unwrap_err().to_string();
+    assert!(e.contains("expected (1,) or (1, 18)"), "{e}");
+}

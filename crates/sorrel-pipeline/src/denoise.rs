@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+use candle_core::Device;
 use candle_core::{DType, Tensor};
 use sorrel_core::{Error, Result};
 use sorrel_models::wan::transformer::Context;
@@ -16,6 +18,9 @@ use crate::request::{GenerateRequest, Picture};
 
 /// Where time went, in order: ("text encoder", ..), ("step 1", ..), .., ("vae decode", ..).
 pub type Timings = Vec<(String, Duration)>;
+
+/// Sees the latents after each step run (counting from 0), for checks and previews.
+pub type StepFn<'a> = dyn FnMut(usize, &Tensor) + 'a;
 
 /// Records laps into a [`Timings`].
 pub(crate) struct Stopwatch {
@@ -63,6 +68,10 @@ pub(crate) struct Denoise<'a> {
     pub scheduler: Box<dyn Scheduler>,
     /// The first step to run (video-to-video starts part-way down the schedule).
     pub first_step: usize,
+    /// Per-token timestep weights (1, N), N the size of the transformer's patch grid: each token sees
+    /// `t * weight` (Wan2.2's image-to-video holds its first latent frame at t = 0 this way); `None`: every
+    /// token sees `t`.
+    pub token_weights: Option<Tensor>,
 }
 
 impl WanPipeline {
@@ -114,6 +123,7 @@ impl WanPipeline {
         job: Denoise,
         clock: &mut Stopwatch,
         progress: &mut ProgressFn,
+        on_step: &mut StepFn,
     ) -> Result<Tensor> {
         let Denoise {
             mut latents,
@@ -123,6 +133,7 @@ impl WanPipeline {
             guidance,
             mut scheduler,
             first_step,
+            token_weights,
         } = job;
         if first_step > 0 {
             scheduler.begin_at(first_step)?;
@@ -137,7 +148,10 @@ impl WanPipeline {
                 Some(c) => Tensor::cat(&[&x, c], 1)?,
                 None => x,
             };
-            let tt = Tensor::new(&[ts], &self.device)?;
+            let tt = match &token_weights {
+                Some(w) => (w * ts as f64)?,
+                None => Tensor::new(&[ts], &self.device)?,
+            };
             let predict = |ctx: &Context| -> Result<Tensor> {
                 Ok(self
                     .transformer
@@ -152,6 +166,7 @@ impl WanPipeline {
                 cond_pred
             };
             latents = scheduler.step(&pred, &latents)?;
+            on_step(i, &latents);
             clock.lap(format!("step {}", i + 1));
             if !progress(&Event::Step {
                 index: i + 1,
@@ -252,4 +267,55 @@ pub fn decoded_to_frames(video: &Tensor) -> candle_core::Result<Tensor> {
         .squeeze(0)?
         .permute([1, 2, 3, 0])?
         .contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::LoadOptions;
+
+    /// Runs the loop on wan-tiny-alt's prompt and noise for 3 steps.
+    fn run(pipe: &WanPipeline, token_weights: Option<Tensor>) -> Tensor {
+        let r = sorrel_testkit::reference("wan-tiny-alt");
+        let ctx = |k: &str| pipe.transformer.embed_context(&r[k], None).unwrap();
+        let (cond, uncond) = (ctx("prompt_embeds"), ctx("negative_prompt_embeds"));
+        let mut scheduler = schedulers::from_name("unipc", 5.0).unwrap();
+        scheduler.set_timesteps(3).unwrap();
+        pipe.denoise(
+            Denoise {
+                latents: r["latents_init"].clone(),
+                condition: None,
+                cond: &cond,
+                uncond: &uncond,
+                guidance: 5.0,
+                scheduler,
+                first_step: 0,
+                token_weights,
+            },
+            &mut Stopwatch::new(),
+            &mut |_| true,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn token_weights_reach_the_transformer() {
+        let dir = sorrel_testkit::fixture("wan-tiny-alt").join("pipeline");
+        let pipe = WanPipeline::load(&dir, &LoadOptions::default()).unwrap();
+        // 13 frames of 48x32: 4 latent frames of 4x6, patches 2x2 -> 4 x 2 x 3 = 24 tokens.
+        let base = run(&pipe, None);
+        let ones = Tensor::ones((1, 24), DType::F32, &Device::Cpu).unwrap();
+        let same = run(&pipe, Some(ones));
+        // Equal but for the time MLP multiplying 24 rows instead of 1.
+        assert!(sorrel_testkit::max_abs_diff(&base, &same) <= 1e-4);
+        // The first latent frame's 6 tokens held at t = 0 change the result.
+        let mut w = vec![1f32; 24];
+        w[..6].fill(0.0);
+        let held = run(
+            &pipe,
+            Some(Tensor::from_vec(w, (1, 24), &Device::Cpu).unwrap()),
+        );
+        assert!(sorrel_testkit::max_abs_diff(&base, &held) > 1e-2);
+    }
 }

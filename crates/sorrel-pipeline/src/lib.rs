@@ -13,7 +13,7 @@ pub mod vace;
 
 pub use compose::Splice;
 pub use defaults::ModelDefaults;
-pub use denoise::{decoded_to_frames, fit};
+pub use denoise::{decoded_to_frames, fit, StepFn};
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
 pub use modes::{Mode, ModelInfo, Video};
 pub use progress::Event;

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use sorrel_core::{Error, Result};
 
 use crate::defaults::ModelDefaults;
-use crate::denoise::{stage, Denoise, Stopwatch, Timings};
+use crate::denoise::{stage, Denoise, StepFn, Stopwatch, Timings};
 use crate::loader::WanPipeline;
 use crate::progress::ProgressFn;
 use crate::request::{Conditioning, GenerateRequest, Picture};
@@ -110,6 +110,17 @@ pub struct Video {
 impl WanPipeline {
     /// Runs the request's mode. `progress` sees each stage and step; returning `false` from it cancels.
     pub fn generate(&self, req: &GenerateRequest, progress: &mut ProgressFn) -> Result<Video> {
+        self.generate_observed(req, progress, &mut |_, _| {})
+    }
+
+    /// As [`Self::generate`], with `on_step` seeing the latents (normalised, reference frames included)
+    /// after each step run.
+    pub fn generate_observed(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut ProgressFn,
+        on_step: &mut StepFn,
+    ) -> Result<Video> {
         req.validate(self)?;
         let mut clock = Stopwatch::new();
         stage(progress, "text encoder")?;
@@ -173,9 +184,11 @@ impl WanPipeline {
                 guidance: req.guidance,
                 scheduler,
                 first_step,
+                token_weights: None,
             },
             &mut clock,
             progress,
+            on_step,
         )?;
 
         // Reference pictures' latent frames come first; they are not part of the video.

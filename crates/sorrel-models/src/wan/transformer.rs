@@ -294,7 +294,8 @@ impl Block {
         })
     }
 
-    /// x: (B, S, D); context: text (B, L, D) and image tokens; temb6: (B, 6, D) f32.
+    /// x: (B, S, D); context: text (B, L, D) and image tokens; temb6: (B, S', 6, D) f32 with S' = 1 (one
+    /// timestep for every token) or S (a timestep per token).
     pub(crate) fn forward(
         &self,
         x: &Tensor,
@@ -303,8 +304,8 @@ impl Block {
         rope: &(Tensor, Tensor),
     ) -> Result<Tensor> {
         let dt = x.dtype();
-        let m = broadcast_add(&self.scale_shift_table, temb6)?; // (B, 6, D)
-        let chunk = |i: usize| m.narrow(1, i, 1); // (B, 1, D)
+        let m = broadcast_add(&self.scale_shift_table.unsqueeze(0)?, temb6)?; // (B, S', 6, D)
+        let chunk = |i: usize| m.narrow(2, i, 1)?.squeeze(2); // (B, S', D)
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (c_shift, c_scale, c_gate) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
@@ -548,7 +549,8 @@ impl WanTransformer3DModel {
     }
 
     /// One denoising prediction.
-    /// x: (B, C, F, H, W) latents; t: (B,) timesteps; context: (B, L, text_dim) text embeddings.
+    /// x: (B, C, F, H, W) latents; t: (B,) timesteps, or (B, N) one per token (N = the patch grid's size, in
+    /// frame, row, column order); context: (B, L, text_dim) text embeddings.
     /// Returns (B, C_out, F, H, W).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
         self.forward_with_context(x, t, &self.embed_context(context, None)?)
@@ -578,14 +580,26 @@ impl WanTransformer3DModel {
         )?;
         let mut hs = hs0.clone();
 
-        // Timestep conditioning (f32).
-        let tf = timestep_features(t, self.cfg.freq_dim)?;
-        let temb = self.time_2.forward(&self.time_1.forward(&tf)?.silu()?)?; // (B, D) f32
+        // Timestep conditioning (f32): one timestep per video (B,) or one per token (B, N), as Wan2.2's
+        // image-to-video and diffusion forcing use.
+        let n = gf * gh * gw;
+        let per = match t.dims() {
+            [tb] if *tb == b => 1,
+            [tb, tn] if *tb == b && *tn == n => n,
+            other => candle_core::bail!(
+                "timesteps of shape {other:?}: expected ({b},) or ({b}, {n}) for {b} video(s) of {n} tokens"
+            ),
+        };
+        let tf = timestep_features(&t.flatten_all()?, self.cfg.freq_dim)?;
+        let temb = self
+            .time_2
+            .forward(&self.time_1.forward(&tf)?.silu()?)?
+            .reshape((b, per, d))?; // f32
         let tproj = self
             .time_proj
             .forward(&temb.to_dtype(dt)?.silu()?)?
             .to_dtype(DType::F32)?
-            .reshape((b, 6, d))?;
+            .reshape((b, per, 6, d))?;
 
         let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), dt, x.device())?;
         let hints = match (&self.vace, &context.control) {
@@ -607,8 +621,11 @@ impl WanTransformer3DModel {
             }
         }
 
-        let m = broadcast_add(&self.scale_shift_table, &temb.unsqueeze(1)?)?; // (B, 2, D)
-        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let m = broadcast_add(&self.scale_shift_table.unsqueeze(0)?, &temb.unsqueeze(2)?)?; // (B, S', 2, D)
+        let (shift, scale) = (
+            m.narrow(2, 0, 1)?.squeeze(2)?,
+            m.narrow(2, 1, 1)?.squeeze(2)?,
+        );
         let hs = modulate(&layer_norm_f32(&hs, self.cfg.eps)?, &scale, &shift)?;
         let out = self.proj_out.forward(&hs.to_dtype(dt)?)?; // (B, N, pt*ph*pw*Cout)
         let co = self.cfg.out_channels;
