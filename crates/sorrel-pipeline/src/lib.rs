@@ -17,4 +17,4 @@ pub use denoise::{decoded_to_frames, fit, StepFn};
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
 pub use modes::{Mode, ModelInfo, Video};
 pub use progress::Event;
-pub use request::{Conditioning, GenerateRequest, Picture};
+pub use request::{strength_steps, Conditioning, GenerateRequest, Picture};

@@ -8,7 +8,7 @@ use crate::defaults::ModelDefaults;
 use crate::denoise::{stage, Denoise, StepFn, Stopwatch, Timings};
 use crate::loader::WanPipeline;
 use crate::progress::ProgressFn;
-use crate::request::{Conditioning, GenerateRequest, Picture};
+use crate::request::{strength_steps, Conditioning, GenerateRequest, Picture};
 use sorrel_models::wan::transformer::Control;
 
 /// A way to start a video.
@@ -169,9 +169,7 @@ impl WanPipeline {
                 let pics: Vec<&Picture> = frames.iter().take(req.frames).collect();
                 let video = self.encode_pictures(&pics, size)?;
                 clock.lap("vae encode");
-                // diffusers' get_timesteps: int(steps * strength) steps run, from the end of the schedule.
-                let run = ((req.steps as f64 * strength) as usize).min(req.steps);
-                let first = req.steps - run;
+                let first = req.steps - strength_steps(req.steps, *strength);
                 (scheduler.add_noise(&video, &noise, first)?, None, first)
             }
         };

@@ -274,7 +274,7 @@ impl GenerateRequest {
                 for f in frames {
                     f.check("a frame of the input video")?;
                 }
-                let run = (self.steps as f64 * strength) as usize;
+                let run = strength_steps(self.steps, *strength);
                 if run == 0 {
                     return bad(format!(
                         "strength {strength} with {} steps runs no denoising step ({} x {strength} < 1): raise \
@@ -341,6 +341,12 @@ impl GenerateRequest {
     pub fn latent_size(&self, (s, tc): (usize, usize)) -> (usize, usize, usize) {
         ((self.frames - 1) / tc + 1, self.height / s, self.width / s)
     }
+}
+
+/// How many of `steps` a video-to-video run at `strength` takes, from the end of the schedule: diffusers'
+/// `int(steps * strength)`.
+pub fn strength_steps(steps: usize, strength: f64) -> usize {
+    ((steps as f64 * strength) as usize).min(steps)
 }
 
 impl Picture {

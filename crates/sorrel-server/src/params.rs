@@ -405,7 +405,7 @@ pub fn parse_remix(
         }
     };
     f.finish()?;
-    let run = (source.steps as f64 * strength) as usize;
+    let run = sorrel_pipeline::strength_steps(source.steps, strength);
     if restyles && run == 0 {
         return Err(ApiError::invalid(
             "strength",
