@@ -2,6 +2,7 @@
 //!
 //! Lower layer of the workspace: nothing here knows about pipelines, schedulers or the CLI.
 
+pub mod attention;
 pub mod config;
 pub mod conv2d;
 pub mod conv3d;

@@ -105,3 +105,33 @@ fn full_size_wan21_vace_1_3b_forward() {
     println!("max abs error / max abs value vs PyTorch fp32: {rel:e}");
     assert!(rel <= 1e-3, "relative error {rel} vs PyTorch");
 }
+
+/// One full-width Wan2.1-1.3B block at the model's own size, 832x480 with 81 frames (32,760 tokens), in bounded
+/// memory: the whole score matrix would be 51 GB in f32. Takes the first block of the random full-size weights
+/// (`make_fixtures.py --full-size`); prints time and the process's peak RSS (run it under `/usr/bin/time -v`).
+/// `SORREL_FULL_SIZE_TRANSFORMER=DIR cargo test --release -p sorrel-models --test wan_full_size -- --ignored
+/// --nocapture one_block_at_832x480x81`.
+#[test]
+#[ignore = "needs the random Wan2.1-1.3B transformer written by make_fixtures.py --full-size; about a minute"]
+fn one_block_at_832x480x81_in_bounded_memory() {
+    let dir = PathBuf::from(
+        std::env::var("SORREL_FULL_SIZE_TRANSFORMER").expect("SORREL_FULL_SIZE_TRANSFORMER"),
+    );
+    let mut cfg = WanTransformerConfig::from_diffusers_file(&dir.join("config.json")).unwrap();
+    cfg.num_layers = 1;
+    let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")
+        .unwrap()
+        .into_var_builder(DType::F32, &Device::Cpu);
+    let model = WanTransformer3DModel::new(&cfg, vb).unwrap();
+    // 81 frames -> 21 latent frames; 480x832 -> 60x104 latents; patches 2x2: 21 x 30 x 52 = 32,760 tokens.
+    let x = Tensor::randn(0f32, 1.0, (1, 16, 21, 60, 104), &Device::Cpu).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 512, 4096), &Device::Cpu).unwrap();
+    let t = Tensor::new(&[999f32], &Device::Cpu).unwrap();
+    let t0 = Instant::now();
+    let y = model.forward(&x, &t, &ctx).unwrap();
+    println!(
+        "one block, 32,760 tokens: {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(y.dims(), &[1, 16, 21, 60, 104]);
+}

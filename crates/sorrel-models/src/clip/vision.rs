@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
-use sorrel_core::ops::{broadcast_add, dense, softmax_last_dim, Dense};
+use sorrel_core::ops::{broadcast_add, dense, Dense};
 
 use super::config::ClipVisionConfig;
 
@@ -57,9 +57,7 @@ impl Layer {
         let q = split(self.q.forward(&n)?)?;
         let k = split(self.k.forward(&n)?)?;
         let v = split(self.v.forward(&n)?)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let a = softmax_last_dim(&scores)?
-            .matmul(&v)?
+        let a = sorrel_core::attention::attention(&q, &k, &v)?
             .transpose(1, 2)?
             .reshape((b, l, d))?;
         let x = (x + self.out.forward(&a)?)?;

@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use sorrel_core::attention::attention;
 use sorrel_core::ops::{broadcast_add, broadcast_mul, dense, gelu_tanh, Dense};
 
 use super::config::WanTransformerConfig;
@@ -136,13 +137,6 @@ fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
         .contiguous()
 }
 
-/// softmax(q k^T / sqrt(hd)) v; q: (B, H, S, hd), k and v: (B, H, L, hd) -> (B, H, S, hd).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    sorrel_core::ops::softmax_last_dim(&scores)?.matmul(v)
-}
-
 impl Attention {
     fn new(dim: usize, heads: usize, eps: f64, image_kv: bool, vb: VarBuilder) -> Result<Self> {
         let image_kv = if image_kv {
@@ -189,7 +183,7 @@ impl Attention {
             ),
             None => (q, k),
         };
-        let mut out = attend(&q, &k, &v)?; // (B, H, S, hd)
+        let mut out = attention(&q, &k, &v)?; // (B, H, S, hd)
         match (&self.image_kv, context.and_then(|c| c.image.as_ref())) {
             (Some(ikv), Some(img)) => {
                 let ki = split_heads(
@@ -197,7 +191,7 @@ impl Attention {
                     self.heads,
                 )?;
                 let vi = split_heads(&ikv.add_v.forward(img)?, self.heads)?;
-                out = (attend(&q, &ki, &vi)? + out)?;
+                out = (attention(&q, &ki, &vi)? + out)?;
             }
             (Some(_), None) => {
                 candle_core::bail!(
