@@ -57,19 +57,6 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn blocks_of_queries_give_the_whole_products_rows() {
         // Sizes that the blocks do not divide, self- and cross-attention, several head sizes.
@@ -86,10 +73,10 @@ mod tests {
                 .unwrap()
                 .matmul(&v)
                 .unwrap();
-            assert!(max_diff(&whole, &plain) <= 1e-6);
+            assert!(sorrel_testkit::max_abs_diff(&whole, &plain) <= 1e-6);
             for rows in [1, 5, 13] {
                 let blocked = attention_in_blocks(&q, &k, &v, rows * b * h * l).unwrap();
-                let err = max_diff(&blocked, &whole);
+                let err = sorrel_testkit::max_abs_diff(&blocked, &whole);
                 assert!(
                     err <= 1e-6,
                     "{rows} rows a block, ({b},{h},{s},{l},{d}): {err}"
@@ -109,6 +96,6 @@ mod tests {
         let to = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
         let h = attention_in_blocks(&to(&q), &to(&k), &to(&v), 3 * 2 * 20).unwrap();
         assert_eq!(h.dtype(), DType::BF16);
-        assert!(max_diff(&h.to_dtype(DType::F32).unwrap(), &f) < 0.05);
+        assert!(sorrel_testkit::max_abs_diff(&h.to_dtype(DType::F32).unwrap(), &f) < 0.05);
     }
 }
