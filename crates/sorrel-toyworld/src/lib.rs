@@ -11,12 +11,16 @@
 
 pub mod caption;
 pub mod palette;
+pub mod paraphrase;
 pub mod render;
 pub mod scene;
 pub mod score;
+pub mod window_score;
 
 pub use caption::{caption, caption_styled, CaptionStyle};
 pub use palette::{Colour, COLOURS};
-pub use render::{render, Clip, WorldSize};
+pub use paraphrase::{held_out_paraphrase, paraphrase, HeldOutForm, HELD_OUT_FORMS};
+pub use render::{render, render_span, Clip, WorldSize};
 pub use scene::{Motion, Scene, Shape, Size, Split};
 pub use score::{score_clip, ClipScore, Summary};
+pub use window_score::{score_join, score_long, JoinScore, LongScore};

@@ -48,19 +48,20 @@ pub fn floor_row(size: usize) -> usize {
     (crate::scene::FLOOR_TOP * size as f32).ceil() as usize
 }
 
-/// Renders `scene` at `world` size.
+/// Renders `scene` at `world` size: its first clip, `world.frames` frames.
 pub fn render(scene: &Scene, world: WorldSize) -> Clip {
+    render_span(scene, world, 0, world.frames)
+}
+
+/// Renders frames `first .. first + count` of `scene`'s ongoing world, at the frame rate of `world`'s clips
+/// (frame `i` is clip time `i / (world.frames - 1)`), so any window of a minute-long scene has a ground truth.
+pub fn render_span(scene: &Scene, world: WorldSize, first: usize, count: usize) -> Clip {
     let n = world.size;
     let s = n as f32;
     let floor = floor_row(n);
-    let frames = (0..world.frames)
+    let frames = (first..first + count)
         .map(|t| {
-            let u = if world.frames > 1 {
-                t as f32 / (world.frames - 1) as f32
-            } else {
-                0.0
-            };
-            let objects = scene.objects_at(u);
+            let objects = scene.objects_at(clip_time(world, t));
             let mut rgb = Vec::with_capacity(n * n * 3);
             for y in 0..n {
                 for x in 0..n {
@@ -82,4 +83,13 @@ pub fn render(scene: &Scene, world: WorldSize) -> Clip {
         })
         .collect();
     Clip { size: n, frames }
+}
+
+/// Clip time of frame `t`: 0 at the first frame, 1 at the last frame of a `world.frames` clip.
+pub fn clip_time(world: WorldSize, t: usize) -> f32 {
+    if world.frames > 1 {
+        t as f32 / (world.frames - 1) as f32
+    } else {
+        0.0
+    }
 }

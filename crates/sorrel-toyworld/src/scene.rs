@@ -219,22 +219,57 @@ impl Scene {
         })
     }
 
-    /// Centre and half-extent of every object at clip time `u` in [0, 1] (first to last frame).
+    /// Centre and half-extent of every object at clip time `u` (0 at the first frame, 1 at the last frame
+    /// of a clip of the world's length). The world goes on past 1: movers along the floor slide back and
+    /// forth between the side walls (the group turns when its outer object touches a wall), movers up and
+    /// down turn at the top of the frame and at the floor, bouncers keep bouncing until they rest, and
+    /// growers and shrinkers hold their final size. Over [0, 1] nothing touches a wall, so the first clip is
+    /// the motion the caption names.
     pub fn objects_at(&self, u: f32) -> Vec<(f32, f32, f32)> {
         let r = self.size.radius();
+        let ground = FLOOR_TOP - r;
+        let grown = u.clamp(0.0, 1.0);
+        // The group moves as one, so it keeps its spacing: its offset folds between the walls.
+        let (xmin, xmax) = self
+            .starts
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &(x, _)| (a.min(x), b.max(x)));
+        let along = |sign: f32| fold(sign * self.amount * u, r - xmin, 1.0 - r - xmax);
         self.starts
             .iter()
             .map(|&(x, y)| match self.motion {
-                Motion::Left => (x - self.amount * u, y, r),
-                Motion::Right => (x + self.amount * u, y, r),
-                Motion::Up => (x, y - self.amount * u, r),
-                Motion::Down => (x, y + self.amount * u, r),
-                Motion::Grow => (x, y, r * (1.0 + 0.5 * u)),
-                Motion::Shrink => (x, y, r / (1.0 + 0.5 * u)),
-                Motion::Bounce => (x, bounce_y(y, FLOOR_TOP - r, self.amount, u), r),
+                Motion::Left => (x + along(-1.0), y, r),
+                Motion::Right => (x + along(1.0), y, r),
+                Motion::Up => (x, y + fold(-self.amount * u, r - y, ground - y), r),
+                Motion::Down => (x, y + fold(self.amount * u, r - y, ground - y), r),
+                Motion::Grow => (x, y, r * (1.0 + 0.5 * grown)),
+                Motion::Shrink => (x, y, r / (1.0 + 0.5 * grown)),
+                Motion::Bounce => (x, bounce_y(y, ground, self.amount, u), r),
             })
             .collect()
     }
+
+    /// The objects' velocities (d/du of their centres) at clip time `u`, by a central difference: what
+    /// continuity across a rollout's windows is checked against.
+    pub fn velocities_at(&self, u: f32) -> Vec<(f32, f32)> {
+        let h = 1e-3;
+        let (a, b) = (self.objects_at(u - h), self.objects_at(u + h));
+        a.iter()
+            .zip(&b)
+            .map(|(p, q)| ((q.0 - p.0) / (2.0 * h), (q.1 - p.1) / (2.0 * h)))
+            .collect()
+    }
+}
+
+/// `d` folded into [`lo`, `hi`] (with `lo` <= 0 <= `hi`) as a point moving at constant speed bounces
+/// between two walls: a triangle wave.
+pub fn fold(d: f32, lo: f32, hi: f32) -> f32 {
+    let span = hi - lo;
+    if span <= 1e-6 {
+        return lo.max(0.0).min(hi);
+    }
+    let p = (d - lo).rem_euclid(2.0 * span);
+    lo + if p <= span { p } else { 2.0 * span - p }
 }
 
 /// Height at time `u` of an object dropped from rest at `y0` under gravity `g` that bounces at `ground`
@@ -308,6 +343,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_world_goes_on_inside_the_frame_for_a_minute() {
+        for seed in 0..300 {
+            let s = Scene::sample(seed, Split::Train);
+            // A minute at 8 fps of an 8-frame clip length: u up to 480 / 7.
+            for i in 0..=480 {
+                let u = i as f32 / 7.0;
+                let objs = s.objects_at(u);
+                for (k, &(x, y, r)) in objs.iter().enumerate() {
+                    assert!(x - r >= -1e-3 && x + r <= 1.0 + 1e-3, "{s:?} x {x} at {u}");
+                    assert!(
+                        y - r >= -1e-3 && y + r <= FLOOR_TOP + 1e-3,
+                        "{s:?} y {y} at {u}"
+                    );
+                    for &(x2, _, r2) in &objs[k + 1..] {
+                        assert!((x - x2).abs() >= r + r2 + GAP - 1e-3, "too close: {s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn movers_turn_at_the_walls() {
+        let s = Scene {
+            count: 1,
+            colour: crate::Colour::Red,
+            shape: Shape::Ball,
+            size: Size::Small,
+            motion: Motion::Right,
+            floor: crate::Colour::Blue,
+            starts: vec![(0.2, FLOOR_TOP - 0.09)],
+            amount: 0.4,
+        };
+        // Right wall: x = 1 - r = 0.91, reached after 0.71 / 0.4 = 1.775 clips; then back left.
+        assert!((s.objects_at(1.0)[0].0 - 0.6).abs() < 1e-5);
+        assert!((s.objects_at(1.775)[0].0 - 0.91).abs() < 1e-4);
+        assert!((s.objects_at(2.0)[0].0 - 0.82).abs() < 1e-4);
+        assert!(s.velocities_at(1.0)[0].0 > 0.39 && s.velocities_at(2.0)[0].0 < -0.39);
+        assert!((fold(-0.3, -0.2, 0.5) + 0.1).abs() < 1e-6);
+        assert!((fold(0.7, -0.2, 0.5) - 0.3).abs() < 1e-6);
     }
 
     #[test]

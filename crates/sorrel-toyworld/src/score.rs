@@ -22,16 +22,16 @@ pub const MAX_COLOUR_DIST: f32 = 80.0;
 
 /// One segmented object in one frame.
 #[derive(Debug, Clone)]
-struct Blob {
-    colour: Colour,
-    pixels: Vec<(usize, usize)>,
-    cx: f32,
-    cy: f32,
+pub(crate) struct Blob {
+    pub(crate) colour: Colour,
+    pub(crate) pixels: Vec<(usize, usize)>,
+    pub(crate) cx: f32,
+    pub(crate) cy: f32,
     /// Pixels below the floor's top row (plus one row of tolerance).
-    sunk: usize,
+    pub(crate) sunk: usize,
 }
 
-fn segment(frame: &[u8], n: usize, floor: Colour) -> Vec<Blob> {
+pub(crate) fn segment(frame: &[u8], n: usize, floor: Colour) -> Vec<Blob> {
     let floor_row = floor_row(n);
     let class: Vec<Option<Colour>> = (0..n * n)
         .map(|i| {
@@ -163,7 +163,7 @@ fn classify_shape(b: &Blob) -> Shape {
 }
 
 /// How one clip scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ClipScore {
     /// The objects have the caption's colour.
     pub colour: bool,
@@ -355,7 +355,13 @@ fn direction_ok(track: &[Option<(f32, f32, f32)>], n: f32, motion: Motion) -> bo
 
 /// No object below the floor's top, and each object's height between bounces fits a parabola opening
 /// downward in the image (constant gravity), with similar accelerations throughout.
-fn bounce_ok(per_frame: &[Vec<Blob>], scene: &Scene, mode: usize, frames: usize, n: usize) -> bool {
+pub(crate) fn bounce_ok(
+    per_frame: &[Vec<Blob>],
+    scene: &Scene,
+    mode: usize,
+    frames: usize,
+    n: usize,
+) -> bool {
     if per_frame
         .iter()
         .flatten()
