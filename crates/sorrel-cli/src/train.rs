@@ -37,6 +37,13 @@ pub struct TrainArgs {
     /// the result to --out: the same model a run from scratch gives, without retraining the transformer.
     #[arg(long, value_name = "MODEL_DIR")]
     pub refine: Option<PathBuf>,
+    /// Train only the text encoder and transformer, starting from this model folder's (one `sorrel train`
+    /// wrote, same sizes), and write them with its VAE to --out: the latents and transformer stages alone.
+    #[arg(long, value_name = "MODEL_DIR", conflicts_with = "refine")]
+    pub from: Option<PathBuf>,
+    /// Transformer learning rate (default: the recipe's).
+    #[arg(long)]
+    pub dit_lr: Option<f64>,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -60,6 +67,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.dit_lr_decay_steps {
         recipe.dit_lr_decay_steps = s;
+    }
+    if let Some(lr) = args.dit_lr {
+        recipe.dit_lr = lr;
     }
     if let Some(s) = args.decoder_steps {
         recipe.decoder_steps = s;
@@ -91,8 +101,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         }
     };
     let t0 = std::time::Instant::now();
-    match &args.refine {
-        Some(model) => toyworld::refine(
+    match (&args.refine, &args.from) {
+        (_, Some(model)) => toyworld::continue_from(
             &recipe,
             model,
             &args.work,
@@ -100,7 +110,15 @@ pub fn train(args: TrainArgs) -> Result<()> {
             args.resume,
             &mut on_progress,
         )?,
-        None => toyworld::train(
+        (Some(model), None) => toyworld::refine(
+            &recipe,
+            model,
+            &args.work,
+            &args.out,
+            args.resume,
+            &mut on_progress,
+        )?,
+        (None, None) => toyworld::train(
             &recipe,
             &args.work,
             &args.out,

@@ -221,8 +221,9 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
     for (w, f, needle) in [
         (36, 4, "multiple of 8"),
         (256, 4, "too large"),
-        (32, 5, "multiple of 2"),
-        (32, 400, "too many"),
+        // One window (4 frames) or less runs as one clip, in whole time patches; longer runs roll out.
+        (32, 3, "multiple of 2"),
+        (32, 100_000, "at most 600 s"),
     ] {
         let bad = GenerateRequest {
             width: w,
@@ -245,11 +246,46 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
             steps: Some(2),
             guidance: None,
             offset: 0,
+            modes: true,
+            rollouts: 1,
+            rollout_seconds: 3,
         },
         &mut |_, _| {},
     )
     .unwrap();
     assert_eq!(report.clips.len(), 4);
+    // The smoke model was trained with given frames, so every mode's row is there.
+    assert_eq!(report.paraphrase.as_ref().unwrap().clips, 2);
+    assert_eq!(report.image.as_ref().unwrap().scores.clips, 2);
+    assert_eq!(report.join.as_ref().unwrap().joins, 2);
+    let rollout = report.rollout.as_ref().unwrap();
+    assert_eq!(
+        rollout.each[0].1.windows,
+        3 * recipe.fps as usize / recipe.frames
+    );
+    assert_eq!(report.rollout_frames[0].1.len(), 3);
+
+    // Continuing from the exported model: its VAE kept, the transformer trained on, the folder complete.
+    let cont = dir.path().join("continued");
+    toyworld::continue_from(
+        &recipe,
+        &out,
+        &dir.path().join("run3"),
+        &cont,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(cont.join("vae/diffusion_pytorch_model.safetensors")).unwrap(),
+        std::fs::read(out.join("vae/diffusion_pytorch_model.safetensors")).unwrap()
+    );
+    let pipe = WanPipeline::load(&cont, &LoadOptions::default()).unwrap();
+    assert!(pipe.info.defaults.rolls_out());
+    let v = pipe
+        .generate(&GenerateRequest { frames: 12, ..req }, &mut |_| true)
+        .unwrap();
+    assert_eq!(v.frames.dims(), [12, 32, 32, 3]);
     assert_eq!(
         report.ground_truth.all, 100.0,
         "the scorer passes the ground truth"

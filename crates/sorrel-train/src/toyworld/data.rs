@@ -69,10 +69,23 @@ pub fn train_scene(i: usize) -> Scene {
     Scene::sample(TRAIN_SEEDS + i as u64, Split::Train)
 }
 
-/// A caption of `scene` in a random style, or "" with probability `dropout`.
-pub fn train_caption(rng: &mut StdRng, scene: &Scene, dropout: f64) -> String {
+/// The first frame of training scene `i`'s encoded span: 0 for even `i` (the clip its caption describes
+/// from the start), else drawn up to `start_max` from the scene's index, so resumed runs agree.
+pub fn span_start(i: usize, start_max: usize) -> usize {
+    if i.is_multiple_of(2) || start_max == 0 {
+        0
+    } else {
+        step_rng(i as u64, 9, 0).random_range(0..=start_max)
+    }
+}
+
+/// A caption of `scene`: "" with probability `dropout`, else a paraphrase with probability `paraphrase`,
+/// else the grammar in a random style.
+pub fn train_caption(rng: &mut StdRng, scene: &Scene, dropout: f64, paraphrase: f64) -> String {
     if rng.random_bool(dropout) {
         String::new()
+    } else if paraphrase > 0.0 && rng.random_bool(paraphrase) {
+        sorrel_toyworld::paraphrase(scene, rng)
     } else {
         caption_styled(scene, CaptionStyle::nth(rng.random_range(0..8)))
     }
@@ -84,4 +97,131 @@ pub fn normal(rng: &mut StdRng, shape: &[usize], device: &Device) -> Result<Tens
     let d = rand_distr::StandardNormal;
     let v: Vec<f32> = (0..n).map(|_| rng.sample(d)).collect();
     Ok(Tensor::from_vec(v, shape, device)?)
+}
+
+/// How one transformer training clip is cut and noised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipNoise {
+    /// Whether the clip must be a scene's first clip (text-to-video and image-to-video start where the
+    /// caption starts); otherwise it may be cut anywhere in a span.
+    pub from_start: bool,
+    /// First frame of the clip within its span (drawn once the span is known: see [`ClipNoise::place`]).
+    pub offset: usize,
+    /// Noise level of each frame, in [0, 1].
+    pub frame_sigma: Vec<f32>,
+    /// Noise level each 2-frame token slice is told (the transformer patches 2 frames).
+    pub slice_sigma: Vec<f32>,
+    /// 1 for frames the loss sees (the ones to generate), 0 for given frames.
+    pub loss: Vec<f32>,
+}
+
+impl ClipNoise {
+    /// Draws the clip's offset in a span of `span` frames for a clip of `frames`.
+    pub fn place(&mut self, rng: &mut StdRng, span: usize, frames: usize) {
+        self.offset = if self.from_start {
+            0
+        } else {
+            rng.random_range(0..=span - frames)
+        };
+    }
+}
+
+/// Draws how a clip of `frames` frames is noised. With probability `1 - context_share` it is text-to-video
+/// (every frame at one logit-normal level); otherwise some frames are given (at level 0, or at a small level
+/// half the time, so a rollout's own slightly wrong frames are familiar context): the first frame
+/// (image-to-video), the first or last 1 to 3 slices (extension forward or backward, and rollouts), or the
+/// first and last slices (connecting two clips).
+pub fn clip_noise(rng: &mut StdRng, frames: usize, context_share: f64) -> ClipNoise {
+    let u: f32 = rng.sample(rand_distr::StandardNormal);
+    let s = 1.0 / (1.0 + (-u).exp());
+    let slices = frames / 2;
+    let mut frame_sigma = vec![s; frames];
+    let mut slice_sigma = vec![s; slices];
+    let mut loss = vec![1f32; frames];
+    let mut from_start = true;
+    if context_share > 0.0 && slices >= 2 && rng.random_bool(context_share) {
+        let given = if rng.random_bool(0.5) {
+            0.0
+        } else {
+            rng.random_range(0.0..0.1f32)
+        };
+        let kind = rng.random_range(0..4u32);
+        let mut give_slices = |range: std::ops::Range<usize>| {
+            for k in range {
+                slice_sigma[k] = given;
+                for f in [2 * k, 2 * k + 1] {
+                    frame_sigma[f] = given;
+                    loss[f] = 0.0;
+                }
+            }
+        };
+        match kind {
+            // Image to video: only frame 0 is given; its slice is told the level of frame 1.
+            0 => {
+                frame_sigma[0] = given;
+                loss[0] = 0.0;
+            }
+            // Extension forward (and every rollout window after the first).
+            1 => {
+                from_start = false;
+                let c = rng.random_range(1..slices);
+                give_slices(0..c);
+            }
+            // Extension backward.
+            2 => {
+                from_start = false;
+                let c = rng.random_range(1..slices);
+                give_slices(slices - c..slices);
+            }
+            // Connecting: the first and the last slice given.
+            _ => {
+                from_start = false;
+                give_slices(0..1);
+                give_slices(slices - 1..slices);
+            }
+        }
+    }
+    ClipNoise {
+        from_start,
+        offset: 0,
+        frame_sigma,
+        slice_sigma,
+        loss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_clip_is_drawn_and_given_frames_are_out_of_the_loss() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut kinds = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let c = clip_noise(&mut rng, 8, 0.5);
+            let given: Vec<usize> = (0..8).filter(|&i| c.loss[i] == 0.0).collect();
+            for &i in &given {
+                assert!(c.frame_sigma[i] < 0.1);
+            }
+            assert!(given.len() < 8, "something is always generated");
+            for k in 0..4 {
+                // A slice's told level is its second frame's.
+                assert_eq!(c.slice_sigma[k], c.frame_sigma[2 * k + 1]);
+            }
+            kinds.insert(given);
+        }
+        for want in [
+            vec![],
+            vec![0],
+            vec![0, 1],
+            vec![0, 1, 2, 3, 4, 5],
+            vec![6, 7],
+            vec![0, 1, 6, 7],
+        ] {
+            assert!(kinds.contains(&want), "{want:?} never drawn");
+        }
+        let mut none = StdRng::seed_from_u64(0);
+        assert!((0..100).all(|_| clip_noise(&mut none, 8, 0.0).loss.iter().all(|&l| l == 1.0)));
+    }
 }

@@ -3,12 +3,21 @@
 //! segmenting objects from the known palette. Seen combinations and held-out ones (yellow boxes, three
 //! shrinking objects) are reported apart, next to the scores of the rendered ground truth, which show what
 //! the scorer itself allows at the model's size and frame count.
+//!
+//! A model trained with given frames (one that rolls out) is also scored on what people ask of it:
+//! held-out paraphrases (sentence forms training never saw, [`eval_paraphrase`]), image-to-video from the
+//! scene's rendered first frame, joining two clips of the scene's ongoing world, and minute-long rollouts
+//! scored window by window ([`sorrel_toyworld::score_long`]).
 
 use std::time::Instant;
 
+use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
-use sorrel_pipeline::{decoded_to_frames, GenerateRequest, WanPipeline};
-use sorrel_toyworld::{caption, render, score_clip, ClipScore, Scene, Split, Summary, WorldSize};
+use sorrel_pipeline::{decoded_to_frames, Conditioning, GenerateRequest, Picture, WanPipeline};
+use sorrel_toyworld::{
+    caption, held_out_paraphrase, render, render_span, score_clip, score_join, score_long,
+    ClipScore, JoinScore, LongScore, Scene, Split, Summary, WorldSize, HELD_OUT_FORMS,
+};
 
 use super::data::EVAL_SEEDS;
 use crate::{Result, TrainError};
@@ -26,6 +35,13 @@ pub struct EvalOptions {
     pub guidance: Option<f64>,
     /// Offset of the prompts' scene seeds (0: the standard set).
     pub offset: u64,
+    /// For a model that rolls out: also score held-out paraphrases, image-to-video and joining clips
+    /// (`clips` prompts each).
+    pub modes: bool,
+    /// For a model that rolls out: rollouts to score (each a different scene).
+    pub rollouts: usize,
+    /// Length of each rollout, in seconds at the model's frame rate.
+    pub rollout_seconds: usize,
 }
 
 /// One evaluated clip.
@@ -58,11 +74,105 @@ pub struct EvalReport {
     pub seconds_per_clip: f64,
     /// Every clip.
     pub clips: Vec<EvalClip>,
+    /// Held-out paraphrases of seen scenes (colour, count and direction are the measures).
+    pub paraphrase: Option<Summary>,
+    /// Image to video from each scene's rendered first frame.
+    pub image: Option<ImageSummary>,
+    /// Frames joining two clips of each scene.
+    pub join: Option<JoinSummary>,
+    /// Minute-long rollouts.
+    pub rollout: Option<RolloutSummary>,
+    /// Rollouts' frames, one in every `fps` (one per second), for a contact sheet; not serialised.
+    #[serde(skip)]
+    pub rollout_frames: Vec<(String, Vec<Vec<u8>>)>,
+}
+
+/// Image-to-video scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    /// The clip scores, as for text to video.
+    pub scores: Summary,
+    /// Percent of clips that keep the given frame's objects: colour, shape and count all right.
+    pub kept: f64,
+}
+
+/// Joining-clip scores, in percent of joins.
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinSummary {
+    /// Joins scored.
+    pub joins: usize,
+    /// The joining frames match both clips' objects (every measure below).
+    pub matches: f64,
+    /// Right count.
+    pub count: f64,
+    /// Right colour.
+    pub colour: f64,
+    /// Right size (within 20 %).
+    pub size: f64,
+    /// Both seams carry on.
+    pub seams: f64,
+}
+
+/// Rollout scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutSummary {
+    /// Rollouts scored.
+    pub rollouts: usize,
+    /// Their length in seconds.
+    pub seconds: usize,
+    /// Percent of rollouts whose objects keep their count, colour and size (within 20 %) in every window.
+    pub kept: f64,
+    /// Percent of all windows with the right count, colour and size.
+    pub count_windows: f64,
+    pub colour_windows: f64,
+    pub size_windows: f64,
+    /// Percent of bounce windows physically plausible (NaN without bounce rollouts).
+    pub plausible_windows: f64,
+    /// Percent of generation-window boundaries where the objects carry on.
+    pub continuous: f64,
+    /// Seconds of generation per second of video.
+    pub seconds_per_second: f64,
+    /// Every rollout's scores.
+    pub each: Vec<(String, LongScore)>,
 }
 
 /// The scene of evaluation prompt `i` of `split`.
 pub fn eval_scene(i: u64, split: Split) -> Scene {
     Scene::sample(EVAL_SEEDS + i, split)
+}
+
+/// Held-out paraphrase prompt `i`: a seen-combination scene (its own seeds) described in one of the
+/// sentence forms training never sees, the forms taken in turn. `docs/models/toyworld-held-out-prompts.txt`
+/// lists the first 100.
+pub fn eval_paraphrase(i: u64) -> (Scene, String) {
+    let scene = Scene::sample(EVAL_SEEDS + 100_000 + i, Split::Train);
+    let mut rng = StdRng::seed_from_u64(EVAL_SEEDS + 100_000 + i);
+    let form = HELD_OUT_FORMS[i as usize % HELD_OUT_FORMS.len()];
+    let prompt = held_out_paraphrase(&scene, form, &mut rng);
+    (scene, prompt)
+}
+
+/// The scene of rollout `i`.
+pub fn rollout_scene(i: u64) -> Scene {
+    Scene::sample(EVAL_SEEDS + 200_000 + i, Split::Train)
+}
+
+/// The scene of image-to-video prompt `i`.
+fn image_scene(i: u64) -> Scene {
+    Scene::sample(EVAL_SEEDS + 300_000 + i, Split::Train)
+}
+
+/// The scene of joining prompt `i`.
+fn join_scene(i: u64) -> Scene {
+    Scene::sample(EVAL_SEEDS + 400_000 + i, Split::Train)
+}
+
+fn picture(rgb: &[u8], size: usize) -> Picture {
+    Picture {
+        width: size,
+        height: size,
+        rgb: rgb.to_vec(),
+    }
 }
 
 /// Runs the evaluation; `progress(done, total)` after each clip.
@@ -140,14 +250,152 @@ pub fn evaluate(
                 .collect::<Vec<_>>(),
         )
     };
-    Ok(EvalReport {
+    let seconds_per_clip = generating.as_secs_f64() / total.max(1) as f64;
+    let modes = opts.modes && d.rolls_out();
+    let rows = if modes { 3 * opts.clips } else { 0 } + opts.rollouts;
+    let mut done = 0;
+    let mut tick = |progress: &mut dyn FnMut(usize, usize)| {
+        done += 1;
+        progress(total + done, total + rows);
+    };
+    let mut report = EvalReport {
         seen: of("seen"),
         held_out: opts.held_out.then(|| of("held-out")),
         ground_truth: Summary::of(&truth),
         autoencoded: Summary::of(&autoencoded),
-        seconds_per_clip: generating.as_secs_f64() / total.max(1) as f64,
+        seconds_per_clip,
         clips,
-    })
+        paraphrase: None,
+        image: None,
+        join: None,
+        rollout: None,
+        rollout_frames: Vec::new(),
+    };
+    if !modes {
+        return Ok(report);
+    }
+    let run = |prompt: String, frames: usize, seed: u64, conditioning: Conditioning| {
+        let req = GenerateRequest {
+            prompt,
+            width: d.width,
+            height: d.height,
+            frames,
+            steps: opts.steps.unwrap_or(d.steps),
+            guidance: opts.guidance.unwrap_or(d.guidance),
+            seed,
+            conditioning,
+            ..GenerateRequest::default()
+        };
+        let video = pipe
+            .generate(&req, &mut |_| true)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        to_rgb8(&video.frames)
+    };
+    let n = d.width;
+    let mut para = Vec::new();
+    for i in 0..opts.clips as u64 {
+        let (scene, prompt) = eval_paraphrase(opts.offset + i);
+        let frames = run(prompt, d.frames, opts.offset + i, Conditioning::None)?;
+        para.push(score_clip(&frames, n, &scene));
+        tick(progress);
+    }
+    report.paraphrase = Some(Summary::of(&para));
+    let mut image = Vec::new();
+    for i in 0..opts.clips as u64 {
+        let scene = image_scene(opts.offset + i);
+        let first = render(&scene, world).frames.swap_remove(0);
+        let conditioning = Conditioning::Image {
+            first: picture(&first, n),
+            last: None,
+        };
+        let frames = run(caption(&scene), d.frames, opts.offset + i, conditioning)?;
+        image.push(score_clip(&frames, n, &scene));
+        tick(progress);
+    }
+    let kept = image
+        .iter()
+        .filter(|s| s.colour && s.shape && s.count)
+        .count();
+    report.image = Some(ImageSummary {
+        scores: Summary::of(&image),
+        kept: 100.0 * kept as f64 / image.len().max(1) as f64,
+    });
+    // Joins: the scene's frames 0..8 and 12..20, four new frames between (where the world's 8..12 are).
+    let (gap, w) = (d.frames / 2, d.frames);
+    let mut joins: Vec<JoinScore> = Vec::new();
+    for i in 0..opts.clips as u64 {
+        let scene = join_scene(opts.offset + i);
+        let truth = render_span(&scene, world, 0, 2 * w + gap).frames;
+        let before: Vec<Picture> = truth[..w].iter().map(|f| picture(f, n)).collect();
+        let after: Vec<Picture> = truth[w + gap..].iter().map(|f| picture(f, n)).collect();
+        let new = run(
+            caption(&scene),
+            gap,
+            opts.offset + i,
+            Conditioning::Continue { before, after },
+        )?;
+        let mut clip = truth[..w].to_vec();
+        clip.extend(new);
+        clip.extend_from_slice(&truth[w + gap..]);
+        joins.push(score_join(&clip, world, &scene, w, gap));
+        tick(progress);
+    }
+    let pct = |f: &dyn Fn(&JoinScore) -> bool| {
+        100.0 * joins.iter().filter(|j| f(j)).count() as f64 / joins.len().max(1) as f64
+    };
+    report.join = Some(JoinSummary {
+        joins: joins.len(),
+        matches: pct(&|j| j.matches()),
+        count: pct(&|j| j.count),
+        colour: pct(&|j| j.colour),
+        size: pct(&|j| j.size),
+        seams: pct(&|j| j.seams),
+    });
+    if opts.rollouts > 0 {
+        let frames = opts.rollout_seconds * d.fps as usize;
+        // The first window makes `w` frames, each next one `w / 2`.
+        let boundaries: Vec<usize> = (w..frames).step_by((w / 2).max(1)).collect();
+        let mut each = Vec::new();
+        let t0 = Instant::now();
+        for i in 0..opts.rollouts as u64 {
+            let scene = rollout_scene(opts.offset + i);
+            let prompt = caption(&scene);
+            let clip = run(prompt.clone(), frames, opts.offset + i, Conditioning::None)?;
+            each.push((
+                prompt.clone(),
+                score_long(&clip, world, &scene, &boundaries),
+            ));
+            report
+                .rollout_frames
+                .push((prompt, clip.into_iter().step_by(d.fps as usize).collect()));
+            tick(progress);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let sum = |f: &dyn Fn(&LongScore) -> (usize, usize)| {
+            let (a, b) = each
+                .iter()
+                .map(|(_, s)| f(s))
+                .fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+            if b == 0 {
+                f64::NAN
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
+        report.rollout = Some(RolloutSummary {
+            rollouts: each.len(),
+            seconds: opts.rollout_seconds,
+            kept: sum(&|s| (usize::from(s.kept()), 1)),
+            count_windows: sum(&|s| (s.count_windows, s.windows)),
+            colour_windows: sum(&|s| (s.colour_windows, s.windows)),
+            size_windows: sum(&|s| (s.size_windows, s.windows)),
+            plausible_windows: sum(&|s| s.plausible_windows.unwrap_or((0, 0))),
+            continuous: sum(&|s| s.continuous),
+            seconds_per_second: secs / (each.len() * opts.rollout_seconds).max(1) as f64,
+            each,
+        });
+    }
+    Ok(report)
 }
 
 /// RGB8 frames through the VAE and back: (F, H, W, 3) in [0, 1], as a generated video comes out.
@@ -205,8 +453,57 @@ pub fn markdown_table(r: &EvalReport) -> String {
     if let Some(h) = &r.held_out {
         t += &row("held-out combinations", h);
     }
+    if let Some(p) = &r.paraphrase {
+        t += &row("held-out paraphrases", p);
+    }
+    if let Some(i) = &r.image {
+        t += &row("image to video (rendered first frame)", &i.scores);
+    }
     t += &row("ground truth (seen)", &r.ground_truth);
     t += &row("ground truth through the VAE (seen)", &r.autoencoded);
+    let pct = |v: f64| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    if let Some(i) = &r.image {
+        t += &format!(
+            "\nImage to video keeps the given frame's objects (colour, shape and count) in {}% of clips.\n",
+            pct(i.kept)
+        );
+    }
+    if let Some(j) = &r.join {
+        t += &format!(
+            "\n| joining two clips | joins | match both clips % | count % | colour % | size % | both seams carry on % |\n\
+             |---|---|---|---|---|---|---|\n\
+             | 4 new frames | {} | {} | {} | {} | {} | {} |\n",
+            j.joins,
+            pct(j.matches),
+            pct(j.count),
+            pct(j.colour),
+            pct(j.size),
+            pct(j.seams)
+        );
+    }
+    if let Some(o) = &r.rollout {
+        t += &format!(
+            "\n| rollouts | rollouts | kept count, colour and size all along % | count windows % | colour windows % | \
+             size windows % | bounce windows plausible % | boundaries carry on % | s per s of video |\n\
+             |---|---|---|---|---|---|---|---|---|\n\
+             | {} s | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            o.seconds,
+            o.rollouts,
+            pct(o.kept),
+            pct(o.count_windows),
+            pct(o.colour_windows),
+            pct(o.size_windows),
+            pct(o.plausible_windows),
+            pct(o.continuous),
+            o.seconds_per_second
+        );
+    }
     t
 }
 

@@ -115,6 +115,12 @@ pub fn write_model(dir: &Path, parts: &ModelParts) -> Result<()> {
             "max_width": 4 * r.size,
             "max_height": 4 * r.size,
             "max_frames": 4 * r.frames,
+            // Trained with given frames at t = 0 (recipe.context_share), it continues clips window by window.
+            "modes": if r.context_share > 0.0 {
+                serde_json::json!(["text-to-video", "image-to-video", "extend", "connect"])
+            } else {
+                serde_json::json!(["text-to-video"])
+            },
             "recipe": r,
             "provenance": parts.provenance,
         }),

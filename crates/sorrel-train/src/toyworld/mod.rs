@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use recipe::Recipe;
-pub use stages::{StageProgress, CHECKPOINT_EVERY};
+pub use stages::{StageProgress, StartFrom, CHECKPOINT_EVERY};
 
 use crate::{Result, TrainError};
 
@@ -135,7 +135,15 @@ pub fn train(
         .map_err(|e| io(&tok_path, e))?;
     let tok = sorrel_models::wan::tokenizer::WanTokenizer::from_file(&tok_path)
         .map_err(|e| TrainError::Invalid(e.to_string()))?;
-    let ema = stages::train_denoiser(recipe, &normed, &tok, &paths.dit_ckpt(), &mut log, progress)?;
+    let ema = stages::train_denoiser(
+        recipe,
+        &normed,
+        &tok,
+        None,
+        &paths.dit_ckpt(),
+        &mut log,
+        progress,
+    )?;
     let vae_weights = decoder::refine_decoder(
         recipe,
         &decoder::as_stored(&vae_weights)?,
@@ -212,21 +220,16 @@ pub fn refine(
         ));
     }
     let io = |p: &Path, e: std::io::Error| TrainError::io(p, e);
-    let not_ours = |why: String| {
-        TrainError::Invalid(format!(
-            "{} is not a model folder written by `sorrel train` ({why})",
-            model.display()
-        ))
-    };
-    let read_json = |rel: &str| -> Result<serde_json::Value> {
-        let p = model.join(rel);
-        let text =
-            std::fs::read_to_string(&p).map_err(|e| not_ours(format!("{}: {e}", p.display())))?;
-        serde_json::from_str(&text).map_err(|e| not_ours(format!("{}: {e}", p.display())))
-    };
-    let defaults = read_json(export::DEFAULTS_FILE)?;
-    let trained: Recipe = serde_json::from_value(defaults["recipe"].clone())
-        .map_err(|e| not_ours(format!("its recipe: {e}")))?;
+    let Folder {
+        defaults,
+        recipe: trained,
+        mean,
+        std,
+        vae,
+        text_encoder,
+        transformer,
+        ..
+    } = Folder::read(model)?;
     // The folder's decoder stage is the one about to run, so its rate may differ too.
     let comparable = |r: &Recipe| Recipe {
         decoder_lr: 0.0,
@@ -247,28 +250,6 @@ pub fn refine(
             trained.decoder_steps
         )));
     }
-    let vae_cfg = read_json("vae/config.json")?;
-    let stats = |key: &str| -> Result<Vec<f64>> {
-        serde_json::from_value(vae_cfg[key].clone())
-            .map_err(|e| not_ours(format!("vae {key}: {e}")))
-    };
-    let (mean, std) = (stats("latents_mean")?, stats("latents_std")?);
-    let load = |rel: &str| -> Result<Vec<(String, candle_core::Tensor)>> {
-        let p = model.join(rel);
-        if !p.exists() {
-            return Err(not_ours(format!("{} is missing", p.display())));
-        }
-        let mut v = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)?
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(candle_core::DType::F32)?)))
-            .collect::<Result<Vec<_>>>()?;
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(v)
-    };
-    let vae = load("vae/diffusion_pytorch_model.safetensors")?;
-    let text_encoder = load("text_encoder/model.safetensors")?;
-    let transformer = load("transformer/diffusion_pytorch_model.safetensors")?;
-
     let paths = RunPaths {
         work: work.to_path_buf(),
     };
@@ -322,6 +303,282 @@ pub fn refine(
             provenance,
         },
     )
+}
+
+/// Words of this vocabulary a folder's older vocabulary may lack, and the word whose embedding each starts
+/// from when training continues from that folder (a synonym, or the closest word in role).
+const STARTS_AS: &[(&str, &str)] = &[
+    ("one", "a"),
+    ("One", "A"),
+    ("1", "a"),
+    ("2", "two"),
+    ("3", "three"),
+    ("little", "small"),
+    ("tiny", "small"),
+    ("large", "big"),
+    ("sphere", "ball"),
+    ("spheres", "balls"),
+    ("cube", "box"),
+    ("cubes", "boxes"),
+    ("goes", "moves"),
+    ("go", "move"),
+    ("going", "moving"),
+    ("rises", "moves"),
+    ("rise", "move"),
+    ("rising", "moving"),
+    ("floats", "moves"),
+    ("float", "move"),
+    ("floating", "moving"),
+    ("hops", "bounces"),
+    ("hop", "bounce"),
+    ("hopping", "bouncing"),
+    ("gets", "grows"),
+    ("get", "grow"),
+    ("getting", "growing"),
+    ("bigger", "grows"),
+    ("smaller", "shrinks"),
+    ("over", "above"),
+    ("ground", "floor"),
+    ("On", "on"),
+    ("The", "the"),
+    ("is", "on"),
+];
+
+/// Trains the transformer and text encoder of `recipe` starting from the folder `model` (written by
+/// `sorrel train`, same sizes) and writes the result to `out` with the folder's VAE and latent statistics
+/// unchanged: the latents stage and the transformer stage of [`train`] only. Words the folder's vocabulary
+/// lacks start from a synonym's embedding ([`STARTS_AS`]). `work` holds the run's state; `resume`
+/// continues it.
+pub fn continue_from(
+    recipe: &Recipe,
+    model: &Path,
+    work: &Path,
+    out: &Path,
+    resume: bool,
+    progress: &mut stages::ProgressFn,
+) -> Result<()> {
+    recipe.validate().map_err(TrainError::Invalid)?;
+    let io = |p: &Path, e: std::io::Error| TrainError::io(p, e);
+    let folder = Folder::read(model)?;
+    let sizes = |r: &Recipe| {
+        (
+            (r.size, r.frames, r.text_len, r.vae_dim, r.z_dim),
+            (
+                r.heads,
+                r.head_dim,
+                r.layers,
+                r.ffn_dim,
+                r.text_dim,
+                r.text_layers,
+            ),
+        )
+    };
+    if sizes(&folder.recipe) != sizes(recipe) {
+        return Err(TrainError::Invalid(format!(
+            "{} has other sizes than this recipe (frame size, clip length, widths or layers): continue \
+             from a folder of the same sizes, or train from scratch",
+            model.display()
+        )));
+    }
+    let paths = RunPaths {
+        work: work.to_path_buf(),
+    };
+    std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
+    let recipe_json = serde_json::to_string_pretty(recipe).expect("recipe serialises");
+    if paths.recipe().exists() {
+        let old = std::fs::read_to_string(paths.recipe()).map_err(|e| io(&paths.recipe(), e))?;
+        let same = serde_json::from_str::<Recipe>(&old)
+            .is_ok_and(|o| o.without_step_counts() == recipe.without_step_counts());
+        if !resume || !same {
+            return Err(TrainError::Invalid(format!(
+                "{} already holds a run{}: pass --resume with the same settings to continue it, or choose \
+                 another --work folder",
+                work.display(),
+                if same { "" } else { " with a different recipe" }
+            )));
+        }
+    }
+    std::fs::write(paths.recipe(), &recipe_json).map_err(|e| io(&paths.recipe(), e))?;
+    let mut log = log::LossLog::open(&paths.loss_log(), false)?;
+    let started = Instant::now();
+
+    let (mean, std) = (folder.mean.clone(), folder.std.clone());
+    let latents = if paths.latents().exists() {
+        read_latents(&paths.latents())?.0
+    } else {
+        let plain = folder.vae.iter().cloned().collect();
+        let vae = sorrel_models::wan::vae::AutoencoderKLWan::new(
+            &stages::vae_config(recipe)?,
+            candle_nn::VarBuilder::from_tensors(
+                plain,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            ),
+        )?;
+        // The folder's statistics stay: its VAE, and so its latent space, does not change.
+        let (lat, _, _) = stages::encode_latents(recipe, &vae, progress)?;
+        write_latents(&paths.latents(), &lat, &mean, &std)?;
+        lat
+    };
+    let z = recipe.z_dim;
+    let as_t = |v: &[f64]| {
+        candle_core::Tensor::new(
+            v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            latents.device(),
+        )?
+        .reshape((1, z, 1, 1, 1))
+    };
+    let normed = latents
+        .broadcast_sub(&as_t(&mean)?)?
+        .broadcast_div(&as_t(&std)?)?;
+
+    let tok_dir = tempfile::tempdir().map_err(|e| io(work, e))?;
+    let tok_path = tok_dir.path().join("tokenizer.json");
+    let tok_json = tokenizer::tokenizer_json();
+    std::fs::write(&tok_path, tok_json.to_string()).map_err(|e| io(&tok_path, e))?;
+    let tok = sorrel_models::wan::tokenizer::WanTokenizer::from_file(&tok_path)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let row_of = |piece: &str| folder.pieces.iter().position(|p| p == piece);
+    let embed_rows = tok_json["model"]["vocab"]
+        .as_array()
+        .expect("tokenizer_json has a vocabulary")
+        .iter()
+        .map(|e| {
+            let piece = e[0].as_str().unwrap_or("").trim_start_matches('\u{2581}');
+            row_of(piece).or_else(|| {
+                STARTS_AS
+                    .iter()
+                    .find(|(w, _)| *w == piece)
+                    .and_then(|(_, from)| row_of(from))
+            })
+        })
+        .collect();
+    let prefixed = |prefix: &str, v: &[(String, candle_core::Tensor)]| {
+        v.iter()
+            .map(|(n, t)| (format!("{prefix}{n}"), t.clone()))
+            .collect::<Vec<_>>()
+    };
+    let start = StartFrom {
+        weights: prefixed("text_encoder/", &folder.text_encoder)
+            .into_iter()
+            .chain(prefixed("transformer/", &folder.transformer))
+            .collect(),
+        embed_rows,
+    };
+    let ema = stages::train_denoiser(
+        recipe,
+        &normed,
+        &tok,
+        Some(&start),
+        &paths.dit_ckpt(),
+        &mut log,
+        progress,
+    )?;
+    let dit_pts = log.points("transformer")?;
+    plot_losses(&paths, &[], &dit_pts, &[])?;
+    let split = |prefix: &str| -> Vec<(String, candle_core::Tensor)> {
+        ema.iter()
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
+            .collect()
+    };
+    let out_recipe = Recipe {
+        vae_steps: folder.recipe.vae_steps,
+        vae_batch: folder.recipe.vae_batch,
+        vae_lr: folder.recipe.vae_lr,
+        decoder_steps: folder.recipe.decoder_steps,
+        decoder_lr: folder.recipe.decoder_lr,
+        ..recipe.clone()
+    };
+    export::write_model(
+        out,
+        &export::ModelParts {
+            recipe: &out_recipe,
+            latents_mean: &mean,
+            latents_std: &std,
+            vae: folder.vae,
+            text_encoder: split("text_encoder/"),
+            transformer: split("transformer/"),
+            provenance: serde_json::json!({
+                "trained_by": "sorrel train --from",
+                "continued_from": folder.defaults["provenance"],
+                "continued_from_recipe": folder.recipe,
+                "final_transformer_loss": dit_pts.last().map_or(f64::NAN, |x| x.1),
+                "seconds_this_session": started.elapsed().as_secs(),
+            }),
+        },
+    )
+}
+
+/// A model folder written by `sorrel train`, read back.
+struct Folder {
+    defaults: serde_json::Value,
+    recipe: Recipe,
+    mean: Vec<f64>,
+    std: Vec<f64>,
+    vae: Vec<(String, candle_core::Tensor)>,
+    text_encoder: Vec<(String, candle_core::Tensor)>,
+    transformer: Vec<(String, candle_core::Tensor)>,
+    /// The tokenizer's pieces, in id order.
+    pieces: Vec<String>,
+}
+
+impl Folder {
+    fn read(model: &Path) -> Result<Self> {
+        let not_ours = |why: String| {
+            TrainError::Invalid(format!(
+                "{} is not a model folder written by `sorrel train` ({why})",
+                model.display()
+            ))
+        };
+        let read_json = |rel: &str| -> Result<serde_json::Value> {
+            let p = model.join(rel);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| not_ours(format!("{}: {e}", p.display())))?;
+            serde_json::from_str(&text).map_err(|e| not_ours(format!("{}: {e}", p.display())))
+        };
+        let defaults = read_json(export::DEFAULTS_FILE)?;
+        let recipe: Recipe = serde_json::from_value(defaults["recipe"].clone())
+            .map_err(|e| not_ours(format!("its recipe: {e}")))?;
+        let vae_cfg = read_json("vae/config.json")?;
+        let stats = |key: &str| -> Result<Vec<f64>> {
+            serde_json::from_value(vae_cfg[key].clone())
+                .map_err(|e| not_ours(format!("vae {key}: {e}")))
+        };
+        let (mean, std) = (stats("latents_mean")?, stats("latents_std")?);
+        let load = |rel: &str| -> Result<Vec<(String, candle_core::Tensor)>> {
+            let p = model.join(rel);
+            if !p.exists() {
+                return Err(not_ours(format!("{} is missing", p.display())));
+            }
+            let mut v = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)?
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_dtype(candle_core::DType::F32)?)))
+                .collect::<Result<Vec<_>>>()?;
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(v)
+        };
+        let tok = read_json("tokenizer/tokenizer.json")?;
+        let pieces = tok["model"]["vocab"]
+            .as_array()
+            .ok_or_else(|| not_ours("its tokenizer has no vocabulary".into()))?
+            .iter()
+            .map(|e| {
+                e[0].as_str()
+                    .map(|p| p.trim_start_matches('\u{2581}').to_string())
+                    .ok_or_else(|| not_ours("a tokenizer piece is not a string".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            vae: load("vae/diffusion_pytorch_model.safetensors")?,
+            text_encoder: load("text_encoder/model.safetensors")?,
+            transformer: load("transformer/diffusion_pytorch_model.safetensors")?,
+            defaults,
+            recipe,
+            mean,
+            std,
+            pieces,
+        })
+    }
 }
 
 fn write_latents(path: &Path, lat: &candle_core::Tensor, mean: &[f64], std: &[f64]) -> Result<()> {

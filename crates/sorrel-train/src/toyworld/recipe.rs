@@ -66,6 +66,23 @@ pub struct Recipe {
     pub decoder_lr: f64,
     /// Share of captions replaced by "" (so classifier-free guidance has an unconditional model).
     pub caption_dropout: f64,
+    /// Frames encoded per training scene, from which the transformer's clips are cut (0: `frames`, the
+    /// first clip only, as runs recorded before it existed did).
+    #[serde(default)]
+    pub span_frames: usize,
+    /// Latest frame an encoded span may start at: odd-numbered training scenes start at a frame drawn up
+    /// to this, so the ongoing world (turns at walls, bounces coming to rest) is seen; even-numbered ones
+    /// start at 0.
+    #[serde(default)]
+    pub span_start_max: usize,
+    /// Share of transformer clips trained with clean frames given (a first frame, earlier frames, the
+    /// first and last frames), each given frame at t = 0 through per-token timesteps: the one set of
+    /// weights then does image-to-video, extension, connecting and rollouts. 0: text-to-video only.
+    #[serde(default)]
+    pub context_share: f64,
+    /// Share of captions written as paraphrases ([`sorrel_toyworld::paraphrase`]) instead of the grammar.
+    #[serde(default)]
+    pub paraphrase_share: f64,
     /// Sampling defaults written into the model folder.
     pub sample_steps: usize,
     /// Classifier-free guidance scale at sampling.
@@ -103,6 +120,10 @@ impl Default for Recipe {
             decoder_steps: 2000,
             decoder_lr: 5e-4,
             caption_dropout: 0.1,
+            span_frames: 16,
+            span_start_max: 56,
+            context_share: 0.5,
+            paraphrase_share: 0.5,
             sample_steps: 25,
             // Measured, not assumed: at 4 objects popped in and out between frames and bounces lost their
             // arc (permanence 79 %, bounce 67 % against 89 % and 100 %; docs/models/toyworld.md).
@@ -132,6 +153,8 @@ impl Recipe {
             dit_lr_decay_steps: 2,
             dit_batch: 4,
             decoder_steps: 4,
+            span_frames: 8,
+            span_start_max: 4,
             sample_steps: 2,
             ..Self::default()
         }
@@ -195,10 +218,30 @@ impl Recipe {
                 self.decoder_lr, self.decoder_steps
             ));
         }
+        if self.span_frames != 0 && self.span_frames < self.frames {
+            return Err(format!(
+                "span_frames {} must be at least frames {} (or 0)",
+                self.span_frames, self.frames
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.context_share)
+            || !(0.0..=1.0).contains(&self.paraphrase_share)
+        {
+            return Err("context_share and paraphrase_share must be in [0, 1]".into());
+        }
         if self.text_len < 2 {
             return Err("text_len must be at least 2".into());
         }
         Ok(())
+    }
+
+    /// Frames encoded per training scene.
+    pub fn span(&self) -> usize {
+        if self.span_frames == 0 {
+            self.frames
+        } else {
+            self.span_frames
+        }
     }
 
     /// diffusers `AutoencoderKLWan` config, with the latents' per-channel mean and std.

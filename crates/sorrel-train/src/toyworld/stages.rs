@@ -13,7 +13,7 @@ use sorrel_models::wan::text_encoder::{Umt5Config, Umt5Encoder};
 use sorrel_models::wan::tokenizer::WanTokenizer;
 use sorrel_models::wan::transformer::WanTransformer3DModel;
 use sorrel_models::wan::vae::{AutoencoderKLWan, VaeConfig};
-use sorrel_toyworld::{render, Scene, WorldSize};
+use sorrel_toyworld::{render_span, Scene, WorldSize};
 
 use super::data::{self, step_rng};
 use super::init::{init_params, sorted_vars};
@@ -240,8 +240,9 @@ pub fn frozen_vae(recipe: &Recipe, varmap: &VarMap) -> Result<AutoencoderKLWan> 
     )?)
 }
 
-/// Encodes training clips 0..latent_clips as per-frame latent means: (N, z, F, h, w), with the per-channel
-/// mean and std over all of them.
+/// Encodes the spans of training scenes 0..latent_clips (each `recipe.span()` frames from
+/// [`data::span_start`]) as per-frame latent means: (N, z, span, h, w), with the per-channel mean and std
+/// over all of them.
 pub fn encode_latents(
     recipe: &Recipe,
     vae: &AutoencoderKLWan,
@@ -252,14 +253,15 @@ pub fn encode_latents(
         size: recipe.size,
         frames: recipe.frames,
     };
-    let (f, n) = (recipe.frames, recipe.latent_clips);
+    let (f, n) = (recipe.span(), recipe.latent_clips);
     let per_batch = 32;
     let mut out = Vec::new();
     for start in (0..n).step_by(per_batch) {
         let end = (start + per_batch).min(n);
         let clips = (start..end)
             .map(|i| {
-                let clip = render(&data::train_scene(i), world);
+                let first = data::span_start(i, recipe.span_start_max);
+                let clip = render_span(&data::train_scene(i), world, first, f);
                 data::frames_to_tensor(&clip.frames, recipe.size, &dev)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -351,12 +353,58 @@ impl Denoiser {
     }
 }
 
-/// Runs (or continues, from `ckpt`) the transformer stage on normalised `latents` (N, z, F, h, w).
-/// Returns the EMA weights by prefixed name.
+/// Weights the transformer stage starts from instead of fresh ones (`sorrel train --from`).
+pub struct StartFrom {
+    /// Prefixed names (`text_encoder/...`, `transformer/...`) to tensors.
+    pub weights: std::collections::HashMap<String, Tensor>,
+    /// For each token id of this run's vocabulary, the row of the starting word embedding it takes
+    /// (`None`: a fresh row).
+    pub embed_rows: Vec<Option<usize>>,
+}
+
+impl StartFrom {
+    /// Sets `params` (freshly initialised) to the starting weights; the word embedding row by row.
+    fn apply(&self, params: &[(String, Var)]) -> Result<()> {
+        for (name, var) in params {
+            let Some(t) = self.weights.get(name) else {
+                return Err(TrainError::Invalid(format!(
+                    "the starting model has no {name}: start from a folder of the same architecture"
+                )));
+            };
+            if t.dims() == var.dims() {
+                var.set(t)?;
+            } else if name.ends_with("embed_tokens.weight") && t.dim(1)? == var.dim(1)? {
+                let fresh = var.as_tensor().detach();
+                let rows = self
+                    .embed_rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| match r {
+                        Some(o) => t.get(*o),
+                        None => fresh.get(i),
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                var.set(&Tensor::stack(&rows, 0)?)?;
+            } else {
+                return Err(TrainError::Invalid(format!(
+                    "the starting model's {name} is {:?} but this recipe makes {:?}: start from a folder \
+                     of the same sizes",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs (or continues, from `ckpt`) the transformer stage on normalised `latents` (N, z, span, h, w),
+/// from fresh weights or from `start`. Returns the EMA weights by prefixed name.
 pub fn train_denoiser(
     recipe: &Recipe,
     latents: &Tensor,
     tokenizer: &WanTokenizer,
+    start: Option<&StartFrom>,
     ckpt: &Path,
     log: &mut LossLog,
     progress: &mut ProgressFn,
@@ -365,11 +413,19 @@ pub fn train_denoiser(
     let model = Denoiser::new(recipe, super::tokenizer::vocab_size(), &dev)?;
     let params = model.params();
     init_params(&params, recipe.seed.wrapping_add(1))?;
+    if let Some(start) = start {
+        start.apply(&params)?;
+    }
     let mut opt = adamw(params.clone(), recipe.dit_lr)?;
     let mut ema = Ema::new(&params, recipe.ema_decay)?;
-    let n = latents.dim(0)?;
+    let (n, span) = (latents.dim(0)?, latents.dim(2)?);
+    let f = recipe.frames;
     let scenes: Vec<Scene> = (0..n).map(data::train_scene).collect();
     let b = recipe.dit_batch;
+    // Tokens per 2-frame slice: the latents' (h/2) x (w/2) patches.
+    let per_slice = (latents.dim(3)? / 2) * (latents.dim(4)? / 2);
+    let told_len = f / 2 * per_slice;
+    let mut per_clip: Vec<data::ClipNoise> = Vec::with_capacity(b);
     let stage = Stage {
         name: "transformer",
         label: "transformer",
@@ -388,22 +444,55 @@ pub fn train_denoiser(
         log,
         progress,
         |rng| {
-            let idx: Vec<u32> = (0..b).map(|_| rng.random_range(0..n) as u32).collect();
-            let x0 = latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?;
+            let noises: Vec<data::ClipNoise> = (0..b)
+                .map(|_| data::clip_noise(rng, f, recipe.context_share))
+                .collect();
+            // Clips that start where their caption starts come from even scenes, whose spans start at 0.
+            let mut clips = Vec::with_capacity(b);
+            let mut idx = Vec::with_capacity(b);
+            for mut c in noises {
+                let i = if c.from_start && span > f {
+                    2 * rng.random_range(0..n.div_ceil(2))
+                } else {
+                    rng.random_range(0..n)
+                };
+                c.place(rng, span, f);
+                clips.push(latents.get(i)?.narrow(1, c.offset, f)?);
+                idx.push(i);
+                per_clip.push(c);
+            }
+            let x0 = Tensor::stack(&clips, 0)?;
             let noise = data::normal(rng, x0.dims(), &dev)?;
-            // Logit-normal noise levels, as in SD3 and the toy-world experiments.
-            let sig: Vec<f32> = (0..b)
-                .map(|_| {
-                    let u: f32 = rng.sample(rand_distr::StandardNormal);
-                    1.0 / (1.0 + (-u).exp())
+            let sigma: Vec<f32> = per_clip
+                .iter()
+                .flat_map(|c| c.frame_sigma.clone())
+                .collect();
+            let s = Tensor::from_vec(sigma, (b, 1, f, 1, 1), &dev)?;
+            let xt = (x0.broadcast_mul(&(1.0 - &s)?)? + noise.broadcast_mul(&s)?)?;
+            // Each 2-frame slice's tokens are told its level: (B, slices * tokens per slice).
+            let told: Vec<f32> = per_clip
+                .iter()
+                .flat_map(|c| {
+                    c.slice_sigma
+                        .iter()
+                        .flat_map(|&v| std::iter::repeat_n(v * 1000.0, per_slice))
+                        .collect::<Vec<_>>()
                 })
                 .collect();
-            let s = Tensor::from_vec(sig.clone(), (b, 1, 1, 1, 1), &dev)?;
-            let xt = (x0.broadcast_mul(&(1.0 - &s)?)? + noise.broadcast_mul(&s)?)?;
-            let t = Tensor::from_vec(sig.iter().map(|v| v * 1000.0).collect(), b, &dev)?;
+            let t = Tensor::from_vec(told, (b, told_len), &dev)?;
+            let weights: Vec<f32> = per_clip.iter().flat_map(|c| c.loss.clone()).collect();
+            let w = Tensor::from_vec(weights, (b, 1, f, 1, 1), &dev)?;
+            per_clip.clear();
             let captions: Vec<String> = idx
                 .iter()
-                .map(|&i| data::train_caption(rng, &scenes[i as usize], recipe.caption_dropout))
+                .map(|&i| {
+                    data::train_caption(
+                        rng,
+                        &scenes[i],
+                        recipe.caption_dropout,
+                        recipe.paraphrase_share,
+                    )
+                })
                 .collect();
             let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
             let tokens = tokenizer
@@ -412,7 +501,13 @@ pub fn train_denoiser(
             let (ids, mask) = tokens.to_tensors(&dev)?;
             let emb = model.text_encoder.prompt_embeds(&ids, &mask)?;
             let pred = model.transformer.forward(&xt, &t, &emb)?;
-            Ok((pred - (noise - x0)?)?.sqr()?.mean_all()?)
+            // The mean squared error over the frames to generate only.
+            let per_frame = (x0.elem_count() / (b * f)) as f64;
+            let err = (pred - (noise - x0)?)?
+                .sqr()?
+                .broadcast_mul(&w)?
+                .sum_all()?;
+            Ok((err / (w.sum_all()?.to_scalar::<f32>()? as f64 * per_frame))?)
         },
     )?;
     Ok(ema.weights().to_vec())
