@@ -16,7 +16,7 @@ use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_pipeline::{
-    Conditioning, Event, GenerateRequest, LoadOptions, Picture, Splice, WanPipeline,
+    Conditioning, Event, GenerateRequest, LoadOptions, Mode, Picture, Splice, WanPipeline,
 };
 
 use output::OutputTarget;
@@ -38,7 +38,8 @@ struct Cli {
 enum Command {
     /// Generate a video from a prompt.
     Generate(GenerateArgs),
-    /// Join two clips with generated frames between them (needs a VACE model); writes the whole joined clip.
+    /// Join two clips with generated frames between them (needs a VACE model or the embedded model); writes
+    /// the whole joined clip.
     Connect(ConnectArgs),
     /// Serve the OpenAI-compatible /v1/videos API with a durable job queue.
     Serve(serve::ServeArgs),
@@ -81,9 +82,14 @@ struct GenerateOptions {
     /// What to steer away from.
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Number of frames (Wan2.1: 4k+1 such as 17, 33, 81; default: the model's, 81 for Wan2.1).
+    /// Number of frames (Wan2.1: 4k+1 such as 17, 33, 81; default: the model's, 81 for Wan2.1). The
+    /// embedded model makes any number, window by window (up to 600 s of video).
     #[arg(long)]
     frames: Option<usize>,
+    /// Length in seconds at the model's frame rate, instead of --frames (e.g. --seconds 60 makes 480 frames
+    /// on the embedded model, 8 fps).
+    #[arg(long, conflicts_with = "frames")]
+    seconds: Option<f64>,
     /// Width in pixels (Wan2.1: a multiple of 16).
     #[arg(long)]
     width: Option<usize>,
@@ -140,10 +146,12 @@ struct GenerateOptions {
     /// (a picture for every frame, or a video of masks). Needs a VACE model.
     #[arg(long, value_name = "FILE", requires = "video")]
     mask: Option<PathBuf>,
-    /// Continue this clip by --frames new frames; the output is the whole clip. Needs a VACE model.
+    /// Continue this clip by --frames (or --seconds) new frames; the output is the whole clip. Needs a VACE
+    /// model or the embedded model.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "video", "extend_backward"])]
     extend: Option<PathBuf>,
-    /// Add --frames new frames before this clip; the output is the whole clip. Needs a VACE model.
+    /// Add --frames (or --seconds) new frames before this clip; the output is the whole clip. Needs a VACE
+    /// model or the embedded model.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["image", "video"])]
     extend_backward: Option<PathBuf>,
     /// Output file: .mp4 (H.264, default), .webm (AV1), .gif, .png (animated), .webp, a folder or
@@ -196,6 +204,23 @@ fn parse_size(args: &GenerateOptions, default: (usize, usize)) -> Result<(usize,
         args.width.unwrap_or(default.0),
         args.height.unwrap_or(default.1),
     ))
+}
+
+/// `--seconds` as a frame count at `fps`, rounded to what a VAE compressing time `tc`x takes (1 + k tc).
+fn seconds_to_frames(seconds: f64, fps: u32, tc: usize) -> Result<usize> {
+    if !seconds.is_finite() || seconds <= 0.0 {
+        bail!("--seconds {seconds} is not supported: give a positive length such as 5 or 60");
+    }
+    // Past this, the count is absurd for any model; the model's own limit gives the precise error.
+    if seconds > 1e6 {
+        bail!("--seconds {seconds} is not supported: that is over eleven days of video");
+    }
+    let frames = (seconds * fps as f64).round().max(1.0) as usize;
+    Ok(if tc > 1 {
+        (frames.saturating_sub(1) / tc * tc + 1).max(1)
+    } else {
+        frames
+    })
 }
 
 pub(crate) fn parse_dtype(s: &str) -> Result<DType> {
@@ -377,16 +402,36 @@ fn generate(
         .map(load_init_latents)
         .transpose()?;
     let tc = info.compression.1;
-    // Extension and connection generate one window and splice it between the clips; --frames counts the new
-    // frames there.
-    let new_frames = args.frames.unwrap_or(
+    let asked = args
+        .seconds
+        .map(|s| seconds_to_frames(s, defaults.fps, tc))
+        .transpose()?
+        .or(args.frames);
+    // A model trained with given frames continues and joins clips itself, window by window; a VACE model
+    // generates one window and it is spliced between the clips.
+    let continues = info.can(Mode::Continue);
+    // --frames counts the new frames of an extension or a join: by default one window's worth.
+    let new_frames = asked.unwrap_or(if continues {
+        defaults.frames
+    } else {
         defaults
             .frames
             .saturating_sub(sorrel_pipeline::compose::context_frames(tc))
-            .max(1),
-    );
+            .max(1)
+    });
     let (conditioning, splice) = match inputs {
         Inputs::Plain(c) => (c, None),
+        Inputs::Extend { clip, backward } if continues => {
+            let (before, after) = if backward {
+                (vec![], clip)
+            } else {
+                (clip, vec![])
+            };
+            (Conditioning::Continue { before, after }, None)
+        }
+        Inputs::Connect(before, after) if continues => {
+            (Conditioning::Continue { before, after }, None)
+        }
         Inputs::Extend { clip, backward } => {
             let s = Splice::extend(&clip, new_frames, backward, tc, (width, height))?;
             (s.conditioning.clone(), Some(s))
@@ -396,8 +441,9 @@ fn generate(
             (s.conditioning.clone(), Some(s))
         }
     };
-    let frames = match (&conditioning, &splice, args.frames) {
+    let frames = match (&conditioning, &splice, asked) {
         (_, Some(s), _) => s.frames,
+        (Conditioning::Continue { .. }, None, _) => new_frames,
         (_, None, Some(n)) => n,
         // A given video sets the length, down to the nearest count the VAE takes.
         (
@@ -430,6 +476,14 @@ fn generate(
     info.check_mode(req.mode())?;
     req.check()?;
     req.check_for(&info)?;
+    if let (Conditioning::Image { first, .. }, false) = (&req.conditioning, args.quiet) {
+        if (first.width, first.height) != (width, height) {
+            eprintln!(
+                "note: --image is {}x{}; it is scaled to cover {width}x{height} and cropped at the centre",
+                first.width, first.height
+            );
+        }
+    }
 
     let t0 = Instant::now();
     let pipe = WanPipeline::load(
@@ -475,9 +529,12 @@ fn generate(
     }
 
     // Extension and connection write the whole clip: the given frames around the new ones.
-    let frames = match &splice {
-        Some(s) => s.assemble(&video.frames)?,
-        None => video.frames.clone(),
+    let frames = match (&splice, &req.conditioning) {
+        (Some(s), _) => s.assemble(&video.frames)?,
+        (None, Conditioning::Continue { before, after }) => {
+            sorrel_pipeline::join_clips(before, &video.frames, after)?
+        }
+        (None, _) => video.frames.clone(),
     };
     let (f, h, w, _) = frames.dims4()?;
     let data = frames.flatten_all()?.to_vec1::<f32>()?;

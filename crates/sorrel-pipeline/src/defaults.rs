@@ -34,8 +34,12 @@ pub struct ModelDefaults {
     pub max_width: usize,
     /// Largest height this model is meant for.
     pub max_height: usize,
-    /// Most frames this model is meant for.
+    /// Most frames this model is meant for in one window.
     pub max_frames: usize,
+    /// The modes a Sorrel-trained model was trained for (`"extend"` and `"connect"` mean it continues clips
+    /// window by window from clean given frames: see [`crate::rollout`]); `None`: read from the configs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<Vec<String>>,
 }
 
 fn wan_text_len() -> usize {
@@ -57,6 +61,7 @@ impl ModelDefaults {
             max_width: 4096,
             max_height: 4096,
             max_frames: 1001,
+            modes: None,
         }
     }
 
@@ -81,5 +86,12 @@ impl ModelDefaults {
             )));
         }
         Ok(d)
+    }
+
+    /// Whether the model was trained to continue clips from given frames (rollouts of any length).
+    pub fn rolls_out(&self) -> bool {
+        self.modes
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m == "extend"))
     }
 }

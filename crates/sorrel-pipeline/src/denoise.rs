@@ -72,6 +72,10 @@ pub(crate) struct Denoise<'a> {
     /// `t * weight` (Wan2.2's image-to-video holds its first latent frame at t = 0 this way); `None`: every
     /// token sees `t`.
     pub token_weights: Option<Tensor>,
+    /// Latent frames given clean (models trained with clean context frames, such as the embedded model):
+    /// a mask (1, 1, T, 1, 1), 1 on given frames, and the clean latents (1, z, T, h, w). The given frames
+    /// are put back after every step, so they stay exactly as given while the rest is denoised around them.
+    pub given: Option<(Tensor, Tensor)>,
 }
 
 impl WanPipeline {
@@ -134,7 +138,17 @@ impl WanPipeline {
             mut scheduler,
             first_step,
             token_weights,
+            given,
         } = job;
+        let keep_given = |x: Tensor| -> Result<Tensor> {
+            Ok(match &given {
+                Some((mask, clean)) => {
+                    (x.broadcast_mul(&(1.0 - mask)?)? + clean.broadcast_mul(mask)?)?
+                }
+                None => x,
+            })
+        };
+        latents = keep_given(latents)?;
         if first_step > 0 {
             scheduler.begin_at(first_step)?;
         }
@@ -165,7 +179,7 @@ impl WanPipeline {
             } else {
                 cond_pred
             };
-            latents = scheduler.step(&pred, &latents)?;
+            latents = keep_given(scheduler.step(&pred, &latents)?)?;
             on_step(i, &latents);
             clock.lap(format!("step {}", i + 1));
             if !progress(&Event::Step {
@@ -291,6 +305,7 @@ mod tests {
                 scheduler,
                 first_step: 0,
                 token_weights,
+                given: None,
             },
             &mut Stopwatch::new(),
             &mut |_| true,

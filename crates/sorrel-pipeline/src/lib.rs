@@ -9,6 +9,7 @@ pub mod modes;
 pub mod noise;
 pub mod progress;
 pub mod request;
+pub mod rollout;
 pub mod vace;
 
 pub use compose::Splice;
@@ -18,3 +19,4 @@ pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
 pub use modes::{Mode, ModelInfo, Video};
 pub use progress::Event;
 pub use request::{strength_steps, Conditioning, GenerateRequest, Picture};
+pub use rollout::join_clips;

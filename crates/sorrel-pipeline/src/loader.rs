@@ -197,11 +197,12 @@ impl WanPipeline {
             vae_cfg.spatial_compression(),
             vae_cfg.temporal_compression(),
         );
+        let rolls_out = defaults.rolls_out();
         Ok(ModelInfo {
             defaults,
             compression,
             patch: tr_cfg.patch_size,
-            modes: modes_of(dir, &tr_cfg, vae_cfg.z_dim, compression.1)?,
+            modes: modes_of(dir, &tr_cfg, vae_cfg.z_dim, compression.1, rolls_out)?,
             pipeline_class: class,
         })
     }
@@ -433,9 +434,24 @@ fn pipeline_class(dir: &Path) -> Result<String> {
 /// and starts from given frames through its control input; a text-to-video transformer (latent channels in)
 /// also restyles videos; an image-conditioned one (latents, mask and encoded condition in) starts from a first
 /// frame, or from a first and a last frame when it has the two-image position table.
-fn modes_of(dir: &Path, cfg: &WanTransformerConfig, z: usize, tc: usize) -> Result<Vec<Mode>> {
+///
+/// A text-to-video transformer trained with clean given frames (`rolls_out`, from `sorrel_defaults.json`)
+/// also starts from a first frame and continues and joins clips, window by window.
+fn modes_of(
+    dir: &Path,
+    cfg: &WanTransformerConfig,
+    z: usize,
+    tc: usize,
+    rolls_out: bool,
+) -> Result<Vec<Mode>> {
     let want_i2v = 2 * z + tc;
     match cfg.image_dim {
+        None if cfg.in_channels == z && cfg.vace_layers.is_none() && rolls_out => Ok(vec![
+            Mode::TextToVideo,
+            Mode::ImageToVideo,
+            Mode::VideoToVideo,
+            Mode::Continue,
+        ]),
         // VACE takes every composition through its control input; restyling by noise strength is not one.
         None if cfg.in_channels == z && cfg.vace_layers.is_some() => Ok(vec![
             Mode::TextToVideo,

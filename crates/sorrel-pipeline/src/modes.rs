@@ -25,6 +25,9 @@ pub enum Mode {
     /// A VACE composition: reference pictures, a video with a mask of what to generate (inpainting,
     /// outpainting), extending a clip forward or backward, connecting two clips.
     Compose,
+    /// Continuing a clip forward or backward, or joining two clips, from clean given frames, window by
+    /// window (models trained with given frames, such as the embedded model: see [`crate::rollout`]).
+    Continue,
 }
 
 impl Mode {
@@ -38,6 +41,7 @@ impl Mode {
             Mode::Compose => {
                 "references, masks, extension and connecting clips (--reference, --mask, --extend, connect)"
             }
+            Mode::Continue => "extension and connecting clips (--extend, --extend-backward, connect)",
         }
     }
 
@@ -54,6 +58,7 @@ impl Mode {
                 "a first/last-frame model such as Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers or a VACE model"
             }
             Mode::Compose => "a VACE model such as Wan-AI/Wan2.1-VACE-1.3B-diffusers",
+            Mode::Continue => "the embedded model (trained with given frames) or a VACE model",
         }
     }
 }
@@ -122,6 +127,9 @@ impl WanPipeline {
         on_step: &mut StepFn,
     ) -> Result<Video> {
         req.validate(self)?;
+        if crate::rollout::applies(req, &self.info) {
+            return self.rollout(req, progress);
+        }
         let mut clock = Stopwatch::new();
         stage(progress, "text encoder")?;
         let (emb, unknown_words) = self.encode_prompts(req)?;
@@ -157,7 +165,9 @@ impl WanPipeline {
         let (latents, condition, first_step) = match &req.conditioning {
             // VACE models take every composition through their control input.
             _ if vace.is_some() => (noise, None, 0),
-            Conditioning::None | Conditioning::Compose { .. } => (noise, None, 0),
+            Conditioning::None | Conditioning::Compose { .. } | Conditioning::Continue { .. } => {
+                (noise, None, 0)
+            }
             Conditioning::Image { first, last } => {
                 stage(progress, "vae encode")?;
                 let condition = self.image_condition(first, last.as_ref(), req)?;
@@ -183,6 +193,7 @@ impl WanPipeline {
                 scheduler,
                 first_step,
                 token_weights: None,
+                given: None,
             },
             &mut clock,
             progress,

@@ -82,6 +82,15 @@ pub enum Conditioning {
         /// How much of the noise schedule to run, in (0, 1]: 1 ignores the input, small values keep it.
         strength: f64,
     },
+    /// New frames that follow `before` (the clip they continue) and lead into `after` (the clip they come
+    /// before): extension forward (`after` empty), backward (`before` empty) or connecting two clips. The
+    /// video is the new frames alone; models trained with given frames run it (see [`crate::rollout`]).
+    Continue {
+        /// The clip the new frames follow (its last frames are the context).
+        before: Vec<Picture>,
+        /// The clip the new frames lead into (its first frames are the context).
+        after: Vec<Picture>,
+    },
 }
 
 impl Default for GenerateRequest {
@@ -110,6 +119,12 @@ impl GenerateRequest {
         self.check()?;
         self.check_for(&pipe.info)?;
         let (t, h, w) = self.latent_size(pipe.info.compression);
+        // A rollout runs the transformer one window at a time.
+        let t = if crate::rollout::applies(self, &pipe.info) {
+            pipe.info.defaults.frames
+        } else {
+            t
+        };
         let z = pipe.vae_config.z_dim;
         if let Some(l) = &self.init_latents {
             let want = [1, z, t + self.reference_count(), h, w];
@@ -146,6 +161,7 @@ impl GenerateRequest {
             Conditioning::Image { last: Some(_), .. } => Mode::FirstLastFrame,
             Conditioning::Video { .. } => Mode::VideoToVideo,
             Conditioning::Compose { .. } => Mode::Compose,
+            Conditioning::Continue { .. } => Mode::Continue,
         }
     }
 
@@ -283,6 +299,16 @@ impl GenerateRequest {
                     ));
                 }
             }
+            Conditioning::Continue { before, after } => {
+                if before.is_empty() && after.is_empty() {
+                    return bad(
+                        "nothing to continue: give a clip to extend or two clips to connect".into(),
+                    );
+                }
+                for f in before.iter().chain(after) {
+                    f.check("a frame of a given clip")?;
+                }
+            }
         }
         Ok(())
     }
@@ -320,6 +346,10 @@ impl GenerateRequest {
                 self.frames,
                 lo + tc
             ));
+        }
+        if crate::rollout::applies(self, info) {
+            // Any length: windows of the model's own length, one after another.
+            return crate::rollout::check(self, info);
         }
         let latent_frames = (self.frames - 1) / tc + 1;
         if !latent_frames.is_multiple_of(pt) {

@@ -45,7 +45,9 @@ fn composition(
             mask,
             references,
         } => (video.clone(), mask.clone(), references.clone()),
-        Conditioning::None | Conditioning::Video { .. } => (None, None, vec![]),
+        Conditioning::None | Conditioning::Video { .. } | Conditioning::Continue { .. } => {
+            (None, None, vec![])
+        }
     }
 }
 
