@@ -92,8 +92,16 @@ fn unknown_words_are_warned_about_and_bad_requests_refused() {
             "too large for sorrel-toyworld",
         ),
         (
-            vec!["generate", "a red ball", "--frames", "1000", "-o", o_s],
-            "too many for sorrel-toyworld",
+            vec!["generate", "a red ball", "--seconds", "100000", "-o", o_s],
+            "at most 600 s",
+        ),
+        (
+            vec!["generate", "a red ball", "--seconds", "0", "-o", o_s],
+            "positive length",
+        ),
+        (
+            vec!["generate", "a red ball", "--seconds", "1e9", "-o", o_s],
+            "eleven days",
         ),
         (
             vec!["generate", "a red ball", "--frames", "7", "-o", o_s],
@@ -110,6 +118,123 @@ fn unknown_words_are_warned_about_and_bad_requests_refused() {
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
         assert!(!out.exists(), "{args:?} left an output file");
     }
+}
+
+fn frames_of(npy: &Path) -> usize {
+    let (_, v) = sorrel_testkit::read_npy_f32(npy);
+    v.len() / (32 * 32 * 3)
+}
+
+#[test]
+fn every_mode_runs_on_the_embedded_model_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let o = sorrel(args, tmp.path());
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    let prompt = "a red ball moves to the right on a blue floor";
+    // Longer than one window: rolled out.
+    run(&[
+        "generate",
+        prompt,
+        "--seconds",
+        "3",
+        "-q",
+        "-o",
+        &p("long.npy"),
+    ]);
+    assert_eq!(frames_of(tmp.path().join("long.npy").as_path()), 24);
+    // Image to video from a rendered first frame of another size: scaled, and said so.
+    let scene = sorrel_toyworld::Scene {
+        count: 1,
+        colour: sorrel_toyworld::Colour::Red,
+        shape: sorrel_toyworld::Shape::Ball,
+        size: sorrel_toyworld::Size::Big,
+        motion: sorrel_toyworld::Motion::Right,
+        floor: sorrel_toyworld::Colour::Blue,
+        starts: vec![(0.3, 0.5)],
+        amount: 0.4,
+    };
+    let world = sorrel_toyworld::WorldSize {
+        size: 64,
+        frames: 8,
+    };
+    let first = sorrel_toyworld::render(&scene, world).frames.swap_remove(0);
+    image::RgbImage::from_raw(64, 64, first)
+        .unwrap()
+        .save(p("first.png"))
+        .unwrap();
+    let err = run(&[
+        "generate",
+        prompt,
+        "--image",
+        &p("first.png"),
+        "-o",
+        &p("i2v.mp4"),
+    ]);
+    assert!(
+        err.contains("--image is 64x64; it is scaled to cover 32x32"),
+        "{err}"
+    );
+    assert_eq!(ffprobe(&tmp.path().join("i2v.mp4")).frames, 8);
+    // Extension both ways and joining: the whole clip comes out, the given frames around the new ones.
+    run(&[
+        "generate",
+        prompt,
+        "--extend",
+        &p("i2v.mp4"),
+        "--seconds",
+        "1",
+        "-q",
+        "-o",
+        &p("fwd.npy"),
+    ]);
+    assert_eq!(frames_of(tmp.path().join("fwd.npy").as_path()), 16);
+    run(&[
+        "generate",
+        prompt,
+        "--extend-backward",
+        &p("i2v.mp4"),
+        "--frames",
+        "6",
+        "-q",
+        "-o",
+        &p("back.npy"),
+    ]);
+    assert_eq!(frames_of(tmp.path().join("back.npy").as_path()), 14);
+    run(&[
+        "connect",
+        &p("i2v.mp4"),
+        &p("i2v.mp4"),
+        "--prompt",
+        prompt,
+        "--frames",
+        "4",
+        "-q",
+        "-o",
+        &p("join.npy"),
+    ]);
+    assert_eq!(frames_of(tmp.path().join("join.npy").as_path()), 20);
+    let o = sorrel(
+        &[
+            "connect",
+            &p("i2v.mp4"),
+            &p("i2v.mp4"),
+            "--frames",
+            "3",
+            "-o",
+            &p("bad.npy"),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("pairs of 2"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!tmp.path().join("bad.npy").exists());
 }
 
 #[test]

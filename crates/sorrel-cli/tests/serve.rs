@@ -124,12 +124,18 @@ fn the_official_openai_sdk_drives_the_server() {
             .join("tests/fixtures/wan-tiny-i2v/pipeline")
             .display()
     );
-    let serve = Serve::start(data.path(), &["--api-key", "sk-test", "--model", &i2v]);
-    // The picture the script uploads as input_reference.
-    let first = image::RgbImage::from_fn(48, 32, |x, y| {
-        image::Rgb([(x * 5) as u8, (y * 7) as u8, 90])
-    });
-    first.save(out.path().join("first.png")).unwrap();
+    let toy = format!("toy={}", repo().join("models/sorrel-toyworld").display());
+    let serve = Serve::start(
+        data.path(),
+        &["--api-key", "sk-test", "--model", &i2v, "--model", &toy],
+    );
+    // The pictures the script uploads as input_reference.
+    let picture = |w: u32, h: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]))
+    };
+    picture(48, 32).save(out.path().join("first.png")).unwrap();
+    let toy_first = picture(32, 32);
+    toy_first.save(out.path().join("first_toy.png")).unwrap();
     let status = Command::new(python)
         .arg(repo().join("crates/sorrel-cli/tests/serve/openai_sdk.py"))
         .arg(format!("{}/v1", serve.url))
@@ -144,6 +150,19 @@ fn the_official_openai_sdk_drives_the_server() {
     assert_eq!(p.r_frame_rate, "16/1");
     let p = sorrel_testkit::ffprobe(&out.path().join("i2v.mp4"));
     assert_eq!((p.frames, p.width, p.height), (17, 48, 32));
+    // The embedded model's video starts on the uploaded picture: its first frame, decoded by ffmpeg from
+    // the H.264 file, matches the picture.
+    let toy_video = out.path().join("i2v_toy.mp4");
+    let p = sorrel_testkit::ffprobe(&toy_video);
+    assert_eq!((p.frames, p.width, p.height), (16, 32, 32));
+    let decoded = out.path().join("toy_first_frame.png");
+    sorrel_testkit::ffmpeg_transcode(&toy_video, &decoded, &["-frames:v", "1"]);
+    let got = image::open(&decoded).unwrap().to_rgb8();
+    let db = sorrel_testkit::psnr(got.as_raw(), toy_first.as_raw());
+    assert!(
+        db >= 30.0,
+        "the first frame matches the picture at only {db:.1} dB"
+    );
 }
 
 /// SIGKILL while a job denoises, with more queued behind it: after a restart every job completes, each MP4

@@ -340,7 +340,15 @@ impl WanPipeline {
             }
         };
         stage(progress, "vae decode")?;
-        let frames = self.decode_latents(&Tensor::cat(&out, 2)?)?;
+        let mut frames = self.decode_latents(&Tensor::cat(&out, 2)?)?;
+        // Image to video starts on the picture itself, as extension keeps a clip's own frames: its latent
+        // round trip would differ from it by the VAE's error (about 31 dB on toy-world frames).
+        if let Conditioning::Image { first, .. } = &req.conditioning {
+            let (_, h, w, _) = frames.dims4()?;
+            let picture = as_frames(std::slice::from_ref(first), (w, h), frames.device())?;
+            let rest = frames.narrow(0, 1, frames.dim(0)? - 1)?;
+            frames = Tensor::cat(&[&picture, &rest], 0)?;
+        }
         clock.lap("vae decode");
         Ok(Video {
             frames,
@@ -421,29 +429,36 @@ impl WanPipeline {
     }
 }
 
+/// Pictures as frames (N, H, W, 3) in [0, 1], each fitted to `(width, height)` as the model saw it.
+fn as_frames(
+    pics: &[Picture],
+    (width, height): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let data: Vec<f32> = pics
+        .iter()
+        .flat_map(|p| crate::denoise::fit(p, width, height))
+        .map(|v| v as f32 / 255.0)
+        .collect();
+    Ok(Tensor::from_vec(
+        data,
+        (pics.len(), height, width, 3),
+        device,
+    )?)
+}
+
 /// The whole clip a continuation makes: `before`'s frames, the `new` frames (F, H, W, 3) in [0, 1], then
 /// `after`'s, each given frame fitted to the new frames' size as the model saw it.
 pub fn join_clips(before: &[Picture], new: &Tensor, after: &[Picture]) -> Result<Tensor> {
     let (_, h, w, _) = new.dims4()?;
-    let as_frames = |pics: &[Picture]| -> Result<Option<Tensor>> {
-        if pics.is_empty() {
-            return Ok(None);
-        }
-        let data: Vec<f32> = pics
-            .iter()
-            .flat_map(|p| crate::denoise::fit(p, w, h))
-            .map(|v| v as f32 / 255.0)
-            .collect();
-        Ok(Some(Tensor::from_vec(
-            data,
-            (pics.len(), h, w, 3),
-            new.device(),
-        )?))
-    };
-    let parts: Vec<Tensor> = [as_frames(before)?, Some(new.clone()), as_frames(after)?]
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut parts = Vec::new();
+    if !before.is_empty() {
+        parts.push(as_frames(before, (w, h), new.device())?);
+    }
+    parts.push(new.clone());
+    if !after.is_empty() {
+        parts.push(as_frames(after, (w, h), new.device())?);
+    }
     Ok(Tensor::cat(&parts, 0)?)
 }
 

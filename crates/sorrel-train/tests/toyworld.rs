@@ -42,6 +42,74 @@ fn every_caption_style_tokenizes_word_by_word_and_unknown_words_are_named() {
 }
 
 #[test]
+fn every_paraphrase_tokenizes_without_unknown_words_and_fits_the_trained_length() {
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = toy_tokenizer(dir.path());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut longest = 0;
+    for seed in 0..3000u64 {
+        let scene = Scene::sample(seed, Split::Train);
+        let mut prompts = vec![sorrel_toyworld::paraphrase(&scene, &mut rng)];
+        for form in sorrel_toyworld::HELD_OUT_FORMS {
+            prompts.push(sorrel_toyworld::held_out_paraphrase(&scene, form, &mut rng));
+        }
+        for p in prompts {
+            let t = tok.encode(&[&p], 16).unwrap();
+            assert!(t.unknown[0].is_empty(), "{p}: {:?}", t.unknown[0]);
+            // Truncation would cut the floor's colour, which comes last in most forms.
+            let full = tok.encode(&[&p], 64).unwrap();
+            assert!(full.lengths[0] <= 16, "{p} is {} tokens", full.lengths[0]);
+            longest = longest.max(full.lengths[0]);
+        }
+    }
+    assert!(longest > 10, "{longest}");
+}
+
+/// `docs/models/toyworld-held-out-prompts.txt`, the held-out paraphrases `sorrel eval` scores, one per line
+/// after a comment header. `SORREL_BLESS=1` rewrites it.
+#[test]
+fn the_held_out_prompt_list_in_the_docs_is_what_eval_scores() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/models/toyworld-held-out-prompts.txt");
+    let mut want = String::from(
+        "# The held-out paraphrases `sorrel eval` scores (the first 100; crates/sorrel-train/src/toyworld/eval.rs,\n\
+         # eval_paraphrase). No training caption has these sentence forms; their scenes' seeds are never trained on.\n",
+    );
+    for i in 0..100 {
+        want += &sorrel_train::toyworld::eval::eval_paraphrase(i).1;
+        want.push('\n');
+    }
+    if std::env::var_os("SORREL_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "{} is out of date: rerun this test with SORREL_BLESS=1",
+        path.display()
+    );
+    // None of them is a training caption of its scene's form.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2);
+    let train: std::collections::HashSet<String> = (0..200)
+        .flat_map(|i| {
+            let (scene, _) = sorrel_train::toyworld::eval::eval_paraphrase(i);
+            (0..200)
+                .map(|_| {
+                    sorrel_toyworld::paraphrase(&scene, &mut rng)
+                        .to_lowercase()
+                        .trim_end_matches('.')
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for line in want.lines().skip(2) {
+        assert!(!train.contains(line), "{line} is also a training caption");
+    }
+}
+
+#[test]
 fn a_fresh_text_encoder_attends_softly_and_tells_which_noun_a_colour_belongs_to() {
     // The transformer's cross-attention sees the prompt as a set of vectors, so "red" must reach it
     // differently in "a red ball ... a blue floor" than in "a blue ball ... a red floor". T5 attention

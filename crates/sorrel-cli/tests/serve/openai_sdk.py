@@ -70,6 +70,13 @@ except openai.BadRequestError as e:
     check(e.body.get("param") == "input_reference" and "I2V" in e.body.get("message", ""), f"{e.body}")
 client.videos.delete(i2v.id)
 
+# Image to video on the embedded model, which rolls out from a given first frame: 2 s, two windows.
+with open(f"{out}/first_toy.png", "rb") as f:
+    toy = client.videos.create_and_poll(prompt="a red ball moves to the right on a blue floor", model="toy",
+                                        seconds="2", size="32x32", input_reference=f, extra_body={"seed": 1})
+check(toy.status == "completed" and toy.size == "32x32", f"embedded image to video: {toy}")
+client.videos.download_content(toy.id).write_to_file(f"{out}/i2v_toy.mp4")
+
 try:
     client.videos.create(prompt="x", model="tiny", seconds="-1")
     check(False, "negative seconds accepted")
