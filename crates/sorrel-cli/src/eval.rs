@@ -40,7 +40,7 @@ pub struct EvalArgs {
     /// Skip the held-out paraphrase, image-to-video and joining rows (text to video only).
     #[arg(long)]
     pub text_only: bool,
-    /// Write a PNG contact sheet of the rollouts here: one row per rollout, one frame per second.
+    /// Write a PNG contact sheet of the rollouts here: one row per rollout, one frame every 4 seconds.
     #[arg(long)]
     pub rollout_sheet: Option<PathBuf>,
     /// Write a PNG contact sheet of the first clips here (one row per clip).

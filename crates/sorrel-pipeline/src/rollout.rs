@@ -241,7 +241,7 @@ impl WanPipeline {
         let plan = Plan::new(shape, req.frames, before.len(), after.len());
         let total = plan.windows() * req.steps;
         let mut done = 0;
-        let mut run = |k: usize, w: Window, clock: &mut Stopwatch| -> Result<Vec<Tensor>> {
+        let mut run = |k: usize, w: Window| -> Result<Vec<Tensor>> {
             // Window 0 uses the request's seed, so a rollout starts as one window of the same seed does.
             let seed = req
                 .seed
@@ -256,16 +256,15 @@ impl WanPipeline {
                 }),
                 other => progress(other),
             };
-            let new = self.window(req, &w, seed, (&cond, &uncond), clock, &mut on_event)?;
+            let new = self.window(req, &w, seed, (&cond, &uncond), &mut clock, &mut on_event)?;
             done += req.steps;
             Ok(new)
         };
-
-        let out: Vec<Tensor> = match plan {
-            Plan::Forward { given, windows } => {
-                let mut seq = before;
-                for (k, n) in windows.into_iter().enumerate() {
-                    let front = if k == 0 { given } else { shape.context };
+        // Windows after the first are given the last `context` frames made so far.
+        let mut forward =
+            |seq: &mut Vec<Tensor>, windows: &[usize], first_front: usize| -> Result<()> {
+                for (k, &n) in windows.iter().enumerate() {
+                    let front = if k == 0 { first_front } else { shape.context };
                     let from = seq.len() - front;
                     let new = run(
                         k,
@@ -274,10 +273,16 @@ impl WanPipeline {
                             new: n,
                             back: &[],
                         },
-                        &mut clock,
                     )?;
                     seq.extend(new);
                 }
+                Ok(())
+            };
+
+        let out: Vec<Tensor> = match plan {
+            Plan::Forward { given, windows } => {
+                let mut seq = before;
+                forward(&mut seq, &windows, given)?;
                 // An image-to-video run's given frame is its first frame; a continued clip's are not part
                 // of the new video.
                 let skip = if matches!(req.conditioning, Conditioning::Image { .. }) {
@@ -299,7 +304,6 @@ impl WanPipeline {
                             new: n,
                             back: &seq[..back],
                         },
-                        &mut clock,
                     )?;
                     new.extend(seq);
                     seq = new;
@@ -310,30 +314,15 @@ impl WanPipeline {
             Plan::Join { windows, last } => {
                 let given = before.len();
                 let mut seq = before;
-                let k_last = windows.len();
-                for (k, n) in windows.into_iter().enumerate() {
-                    let front = if k == 0 { given } else { shape.context };
-                    let from = seq.len() - front;
-                    let new = run(
-                        k,
-                        Window {
-                            front: &seq[from..],
-                            new: n,
-                            back: &[],
-                        },
-                        &mut clock,
-                    )?;
-                    seq.extend(new);
-                }
+                forward(&mut seq, &windows, given)?;
                 let from = seq.len() - shape.slice;
                 let new = run(
-                    k_last,
+                    windows.len(),
                     Window {
                         front: &seq[from..],
                         new: last,
                         back: &after[..shape.slice],
                     },
-                    &mut clock,
                 )?;
                 seq.extend(new);
                 seq.into_iter().skip(given).collect()

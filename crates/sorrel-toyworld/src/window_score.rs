@@ -46,6 +46,17 @@ fn mine<'a>(blobs: &'a [Blob], scene: &Scene) -> Vec<&'a Blob> {
     blobs.iter().filter(|b| b.colour == scene.colour).collect()
 }
 
+/// At least 90 % of the object pixels over `frames` have the caption's colour (the clip scorer's rule).
+fn colour_ok(frames: &[Vec<Blob>], scene: &Scene) -> bool {
+    let all_px: usize = frames.iter().flatten().map(|b| b.pixels.len()).sum();
+    let right_px: usize = frames
+        .iter()
+        .flat_map(|bs| mine(bs, scene))
+        .map(|b| b.pixels.len())
+        .sum();
+    all_px > 0 && right_px * 10 >= all_px * 9
+}
+
 /// Mean linear size (square root of area) of the caption's objects over frames, if any has one.
 fn mean_size(frames: &[Vec<Blob>], scene: &Scene) -> Option<f32> {
     let sizes: Vec<f32> = frames
@@ -92,13 +103,7 @@ pub fn score_long(
             .max_by_key(|c| counts.iter().filter(|&&x| x == *c).count())
             .unwrap_or(0);
         score.count_windows += usize::from(mode == scene.count);
-        let all_px: usize = win.iter().flatten().map(|b| b.pixels.len()).sum();
-        let right_px: usize = win
-            .iter()
-            .flat_map(|bs| mine(bs, scene))
-            .map(|b| b.pixels.len())
-            .sum();
-        score.colour_windows += usize::from(all_px > 0 && right_px * 10 >= all_px * 9);
+        score.colour_windows += usize::from(colour_ok(win, scene));
         if let (Some(a), Some(b)) = (mean_size(win, scene), mean_size(&truth, scene)) {
             score.size_windows += usize::from((a - b).abs() <= SIZE_TOLERANCE * b);
         }
@@ -160,12 +165,6 @@ pub fn score_join(
         .count()
         * 2
         > joining.len();
-    let all_px: usize = joining.iter().flatten().map(|b| b.pixels.len()).sum();
-    let right_px: usize = joining
-        .iter()
-        .flat_map(|bs| mine(bs, scene))
-        .map(|b| b.pixels.len())
-        .sum();
     let size = match (mean_size(joining, scene), mean_size(&truth, scene)) {
         (Some(a), Some(b)) => (a - b).abs() <= SIZE_TOLERANCE * b,
         _ => false,
@@ -177,7 +176,7 @@ pub fn score_join(
         && carries_on(&per_frame[end - 2..end + 2], scene);
     JoinScore {
         count,
-        colour: all_px > 0 && right_px * 10 >= all_px * 9,
+        colour: colour_ok(joining, scene),
         size,
         seams,
     }

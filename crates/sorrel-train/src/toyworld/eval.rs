@@ -82,7 +82,7 @@ pub struct EvalReport {
     pub join: Option<JoinSummary>,
     /// Minute-long rollouts.
     pub rollout: Option<RolloutSummary>,
-    /// Rollouts' frames, one in every `fps` (one per second), for a contact sheet; not serialised.
+    /// Rollouts' frames, one every [`SHEET_SECONDS`] seconds, for a contact sheet; not serialised.
     #[serde(skip)]
     pub rollout_frames: Vec<(String, Vec<Vec<u8>>)>,
 }
@@ -135,6 +135,9 @@ pub struct RolloutSummary {
     /// Every rollout's scores.
     pub each: Vec<(String, LongScore)>,
 }
+
+/// Seconds between the frames of a rollout's row in the contact sheet (15 frames for a minute).
+pub const SHEET_SECONDS: usize = 4;
 
 /// The scene of evaluation prompt `i` of `split`.
 pub fn eval_scene(i: u64, split: Split) -> Scene {
@@ -365,9 +368,12 @@ pub fn evaluate(
                 prompt.clone(),
                 score_long(&clip, world, &scene, &boundaries),
             ));
-            report
-                .rollout_frames
-                .push((prompt, clip.into_iter().step_by(d.fps as usize).collect()));
+            report.rollout_frames.push((
+                prompt,
+                clip.into_iter()
+                    .step_by(SHEET_SECONDS * d.fps as usize)
+                    .collect(),
+            ));
             tick(progress);
         }
         let secs = t0.elapsed().as_secs_f64();

@@ -117,24 +117,9 @@ pub fn train(
         write_latents(&paths.latents(), &lat, &mean, &std)?;
         (lat, mean, std)
     };
-    let z = recipe.z_dim;
-    let as_t = |v: &[f64]| {
-        candle_core::Tensor::new(
-            v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-            latents.device(),
-        )?
-        .reshape((1, z, 1, 1, 1))
-    };
-    let normed = latents
-        .broadcast_sub(&as_t(&mean)?)?
-        .broadcast_div(&as_t(&std)?)?;
+    let normed = normalise(&latents, &mean, &std)?;
 
-    let tok_dir = tempfile::tempdir().map_err(|e| io(work, e))?;
-    let tok_path = tok_dir.path().join("tokenizer.json");
-    std::fs::write(&tok_path, tokenizer::tokenizer_json().to_string())
-        .map_err(|e| io(&tok_path, e))?;
-    let tok = sorrel_models::wan::tokenizer::WanTokenizer::from_file(&tok_path)
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let tok = toy_tokenizer(work)?;
     let ema = stages::train_denoiser(
         recipe,
         &normed,
@@ -420,24 +405,10 @@ pub fn continue_from(
         write_latents(&paths.latents(), &lat, &mean, &std)?;
         lat
     };
-    let z = recipe.z_dim;
-    let as_t = |v: &[f64]| {
-        candle_core::Tensor::new(
-            v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-            latents.device(),
-        )?
-        .reshape((1, z, 1, 1, 1))
-    };
-    let normed = latents
-        .broadcast_sub(&as_t(&mean)?)?
-        .broadcast_div(&as_t(&std)?)?;
+    let normed = normalise(&latents, &mean, &std)?;
 
-    let tok_dir = tempfile::tempdir().map_err(|e| io(work, e))?;
-    let tok_path = tok_dir.path().join("tokenizer.json");
     let tok_json = tokenizer::tokenizer_json();
-    std::fs::write(&tok_path, tok_json.to_string()).map_err(|e| io(&tok_path, e))?;
-    let tok = sorrel_models::wan::tokenizer::WanTokenizer::from_file(&tok_path)
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let tok = toy_tokenizer(work)?;
     let row_of = |piece: &str| folder.pieces.iter().position(|p| p == piece);
     let embed_rows = tok_json["model"]["vocab"]
         .as_array()
@@ -622,4 +593,32 @@ fn read_latents(path: &Path) -> Result<Latents> {
         .collect();
     let z = stats.len() / 2;
     Ok((lat, stats[..z].to_vec(), stats[z..].to_vec()))
+}
+
+/// Latents (N, z, F, h, w) normalised per channel by the statistics the folder's VAE config keeps.
+fn normalise(
+    latents: &candle_core::Tensor,
+    mean: &[f64],
+    std: &[f64],
+) -> Result<candle_core::Tensor> {
+    let as_t = |v: &[f64]| {
+        candle_core::Tensor::new(
+            v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            latents.device(),
+        )?
+        .reshape((1, v.len(), 1, 1, 1))
+    };
+    Ok(latents
+        .broadcast_sub(&as_t(mean)?)?
+        .broadcast_div(&as_t(std)?)?)
+}
+
+/// The toy world's tokenizer, loaded as the pipeline loads a folder's (through a `tokenizer.json` file).
+fn toy_tokenizer(work: &Path) -> Result<sorrel_models::wan::tokenizer::WanTokenizer> {
+    let tok_dir = tempfile::tempdir().map_err(|e| TrainError::io(work, e))?;
+    let tok_path = tok_dir.path().join("tokenizer.json");
+    std::fs::write(&tok_path, tokenizer::tokenizer_json().to_string())
+        .map_err(|e| TrainError::io(&tok_path, e))?;
+    sorrel_models::wan::tokenizer::WanTokenizer::from_file(&tok_path)
+        .map_err(|e| TrainError::Invalid(e.to_string()))
 }
