@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use sorrel_testkit::ffprobe;
 
+mod common;
+
 fn sorrel(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sorrel"))
         .args(args)
@@ -274,6 +276,112 @@ fn the_embedded_model_matches_diffusers_on_its_own_weights() {
     // f32 on both sides; only the order of sums differs, amplified over 25 steps with guidance 1.5: the same
     // 2e-3 bound (half a level of 8-bit colour) as the random-weight fixtures' parity tests.
     assert!(err <= 2e-3, "frames differ from diffusers by {err}");
+}
+
+#[test]
+fn extension_and_image_to_video_windows_match_diffusers_parts_on_the_embedded_model() {
+    // tools/reference/run_toyworld_rollout.py continued the last 4 frames of the diffusers fixture's clip by
+    // one window (4 new frames) with diffusers' transformer, scheduler and VAE, from this noise.
+    let fixture = sorrel_testkit::fixture("toyworld").join("rollout.safetensors");
+    let r = candle_core::safetensors::load(&fixture, &candle_core::Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = tmp.path().join("context.apng");
+    common::write_apng(&r["context"], &clip);
+    let noise = tmp.path().join("noise.safetensors");
+    candle_core::safetensors::save(
+        &[("latents".to_string(), r["latents"].clone())]
+            .into_iter()
+            .collect(),
+        &noise,
+    )
+    .unwrap();
+    let out = tmp.path().join("clip.npy");
+    let o = sorrel(
+        &[
+            "generate",
+            "a red ball moves to the right on a blue floor",
+            "--extend",
+            clip.to_str().unwrap(),
+            "--frames",
+            "4",
+            "--init-latents",
+            noise.to_str().unwrap(),
+            "--no-watermark",
+            "-q",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, got) = sorrel_testkit::read_npy_f32(&out);
+    // The whole clip: the 4 given frames, then the 4 new ones.
+    let px = 32 * 32 * 3;
+    assert_eq!(got.len(), 8 * px);
+    let want = &r["frames"];
+    let got = candle_core::Tensor::from_vec(
+        got[4 * px..].to_vec(),
+        want.dims(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = sorrel_testkit::max_abs_diff(&got, want);
+    // The same bound as the text-to-video parity above: f32 on both sides, 25 guided steps.
+    assert!(err <= 2e-3, "new frames differ from diffusers by {err}");
+
+    // Image to video from the clip's first frame: the picture is frame 0, the 7 after it match.
+    let picture = tmp.path().join("first.png");
+    let (_, h, w, _) = r["image"].unsqueeze(0).unwrap().dims4().unwrap();
+    image::RgbImage::from_raw(
+        w as u32,
+        h as u32,
+        r["image"].flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+    )
+    .unwrap()
+    .save(&picture)
+    .unwrap();
+    candle_core::safetensors::save(
+        &[("latents".to_string(), r["image.latents"].clone())]
+            .into_iter()
+            .collect(),
+        &noise,
+    )
+    .unwrap();
+    let o = sorrel(
+        &[
+            "generate",
+            "a red ball moves to the right on a blue floor",
+            "--image",
+            picture.to_str().unwrap(),
+            "--init-latents",
+            noise.to_str().unwrap(),
+            "--no-watermark",
+            "-q",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, got) = sorrel_testkit::read_npy_f32(&out);
+    assert_eq!(got.len(), 8 * px);
+    let first: Vec<u8> = got[..px]
+        .iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect();
+    assert_eq!(
+        first,
+        r["image"].flatten_all().unwrap().to_vec1::<u8>().unwrap()
+    );
+    let want = &r["image.frames"];
+    let got =
+        candle_core::Tensor::from_vec(got[px..].to_vec(), want.dims(), &candle_core::Device::Cpu)
+            .unwrap();
+    let err = sorrel_testkit::max_abs_diff(&got, want);
+    assert!(
+        err <= 2e-3,
+        "image-to-video frames differ from diffusers by {err}"
+    );
 }
 
 /// What the shipped VAE's round trip of these 16 prompts' rendered scenes scores (`autoencoded` in the

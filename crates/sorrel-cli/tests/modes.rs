@@ -6,7 +6,7 @@ use std::path::Path;
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{assert_fails, sorrel, stderr};
+use common::{assert_fails, sorrel, stderr, write_apng};
 use sorrel_testkit::{fixture, reference, reference_metadata};
 
 /// Writes an (H, W, 3) u8 tensor as a PNG.
@@ -17,25 +17,6 @@ fn write_png(t: &Tensor, path: &Path) {
         .unwrap()
         .save(path)
         .unwrap();
-}
-
-/// Writes (F, H, W, 3) u8 frames as a lossless animated PNG.
-fn write_apng(t: &Tensor, path: &Path) {
-    let (f, h, w, _) = t.dims4().unwrap();
-    let frames = (0..f)
-        .map(|i| {
-            let rgb = t
-                .get(i)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<u8>()
-                .unwrap();
-            sorrel_media::Frame::new(w as u32, h as u32, rgb).unwrap()
-        })
-        .collect();
-    let clip = sorrel_media::Clip::new(frames, 16).unwrap();
-    sorrel_media::write_video(path, &clip, &Default::default()).unwrap();
 }
 
 fn write_latents(t: &Tensor, path: &Path) {

@@ -120,8 +120,9 @@ impl GenerateRequest {
         self.check_for(&pipe.info)?;
         let (t, h, w) = self.latent_size(pipe.info.compression);
         // A rollout runs the transformer one window at a time.
-        let t = if crate::rollout::applies(self, &pipe.info) {
-            pipe.info.defaults.frames
+        let rolls = crate::rollout::applies(self, &pipe.info);
+        let t = if rolls {
+            crate::rollout::first_window_frames(self, &pipe.info)?
         } else {
             t
         };
@@ -130,12 +131,17 @@ impl GenerateRequest {
             let want = [1, z, t + self.reference_count(), h, w];
             if l.dims() != want {
                 return Err(Error::invalid(format!(
-                    "init latents have shape {:?} but {}x{} with {} frames needs {:?}",
+                    "init latents have shape {:?} but {}x{} with {} frames needs {:?}{}",
                     l.dims(),
                     self.width,
                     self.height,
                     self.frames,
-                    want
+                    want,
+                    if rolls {
+                        " (the noise of the first window of this rollout)"
+                    } else {
+                        ""
+                    }
                 )));
             }
         }

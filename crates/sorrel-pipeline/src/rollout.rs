@@ -82,13 +82,6 @@ pub fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
             req.frames as f64 / fps as f64
         ));
     }
-    if req.init_latents.is_some() {
-        return bad(format!(
-            "--init-latents gives one window's noise, but this request rolls out window by window (more than \
-             {} frames, a first frame or a clip to continue): drop --init-latents",
-            shape.window
-        ));
-    }
     if let Conditioning::Continue { before, after } = &req.conditioning {
         for (what, clip) in [("clip to continue", before), ("clip to lead into", after)] {
             if !clip.is_empty() && clip.len() < shape.slice {
@@ -110,6 +103,33 @@ pub fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many frames the first window is given before and after its new ones: a first frame, or the whole
+/// slices (at most `context` frames) of the clips to continue.
+fn given_counts(req: &GenerateRequest, shape: Shape) -> (usize, usize) {
+    let take = |n: usize| n.min(shape.context) / shape.slice * shape.slice;
+    match &req.conditioning {
+        Conditioning::Image { .. } => (1, 0),
+        Conditioning::Continue { before, after } => (take(before.len()), take(after.len())),
+        _ => (0, 0),
+    }
+}
+
+/// Latent frames of a rollout's first window, the shape `init_latents` must have (in time) to replace its
+/// noise: the one window a parity test can start from given noise.
+pub(crate) fn first_window_frames(req: &GenerateRequest, info: &ModelInfo) -> Result<usize> {
+    let shape = Shape::of(info)?;
+    let (before, after) = given_counts(req, shape);
+    let t = match Plan::new(shape, req.frames, before, after) {
+        Plan::Forward { given, windows } => given + windows[0],
+        Plan::Backward { windows } => windows[0] + after,
+        Plan::Join { windows, last } => match windows.first() {
+            Some(n) => before + n,
+            None => 2 * shape.slice + last,
+        },
+    };
+    Ok(t.next_multiple_of(info.patch[0]))
 }
 
 /// One window: `front` and `back` given latent frames (1, z, 1, h, w) around `new` frames to make.
@@ -215,10 +235,10 @@ impl WanPipeline {
             Conditioning::Image { first, .. } => (vec![first], vec![]),
             Conditioning::Continue { before, after } => {
                 // Whole slices only, as the model was trained to take them.
-                let take = |n: usize| n.min(shape.context) / shape.slice * shape.slice;
+                let (b, a) = given_counts(req, shape);
                 (
-                    before[before.len() - take(before.len())..].iter().collect(),
-                    after[..take(after.len())].iter().collect(),
+                    before[before.len() - b..].iter().collect(),
+                    after[..a].iter().collect(),
                 )
             }
             _ => (vec![], vec![]),
@@ -256,7 +276,21 @@ impl WanPipeline {
                 }),
                 other => progress(other),
             };
-            let new = self.window(req, &w, seed, (&cond, &uncond), &mut clock, &mut on_event)?;
+            // The request's noise, if it gives one, is the first window's.
+            let noise = match (&req.init_latents, k) {
+                (Some(l), 0) => l.to_device(&self.device)?.to_dtype(DType::F32)?,
+                _ => {
+                    let (_, h, wd) = req.latent_size(self.info.compression);
+                    let t =
+                        (w.front.len() + w.new + w.back.len()).next_multiple_of(self.info.patch[0]);
+                    crate::noise::gaussian(
+                        seed,
+                        &[1, self.vae_config.z_dim, t, h, wd],
+                        &self.device,
+                    )?
+                }
+            };
+            let new = self.window(req, &w, noise, (&cond, &uncond), &mut clock, &mut on_event)?;
             done += req.steps;
             Ok(new)
         };
@@ -351,7 +385,7 @@ impl WanPipeline {
         &self,
         req: &GenerateRequest,
         w: &Window,
-        seed: u64,
+        noise: Tensor,
         (cond, uncond): (
             &sorrel_models::wan::transformer::Context,
             &sorrel_models::wan::transformer::Context,
@@ -393,7 +427,6 @@ impl WanPipeline {
             .collect();
         let n = weights.len();
         let token_weights = Tensor::from_vec(weights, (1, n), dev)?;
-        let noise = crate::noise::gaussian(seed, &[1, z, t, h, wd], dev)?;
         let mut scheduler = self.scheduler_for(req)?;
         scheduler.set_timesteps(req.steps)?;
         let latents = self.denoise(

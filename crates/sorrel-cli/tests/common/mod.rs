@@ -1,4 +1,6 @@
-//! Helpers shared by the CLI test files: run the binary, read its errors, check a refusal.
+//! Helpers shared by the CLI test files: run the binary, read its errors, check a refusal, write a clip.
+// Each test file uses some of them.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -40,4 +42,23 @@ pub fn assert_fails(args: &[&str], needle: &str, out: &Path) {
             assert!(!n.starts_with(".sorrel"), "temporary file {n} left behind");
         }
     }
+}
+
+/// Writes (F, H, W, 3) u8 frames as a lossless animated PNG.
+pub fn write_apng(t: &candle_core::Tensor, path: &Path) {
+    let (f, h, w, _) = t.dims4().unwrap();
+    let frames = (0..f)
+        .map(|i| {
+            let rgb = t
+                .get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u8>()
+                .unwrap();
+            sorrel_media::Frame::new(w as u32, h as u32, rgb).unwrap()
+        })
+        .collect();
+    let clip = sorrel_media::Clip::new(frames, 16).unwrap();
+    sorrel_media::write_video(path, &clip, &Default::default()).unwrap();
 }
