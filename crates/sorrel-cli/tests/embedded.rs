@@ -172,8 +172,10 @@ fn prompts_people_type_draw_what_they_say() {
 }
 
 /// Of the 32 clips of `prompts_people_type_draw_what_they_say`, how many the shipped model gets right
-/// (colour, count, direction and the named floor), less one for a borderline clip on another CPU.
-const PEOPLE_PROMPTS_RIGHT: usize = 0;
+/// (colour, count, direction and the named floor), less one for a borderline clip on another CPU: 16 (the
+/// README's bounce 8 of 8; the green cube 5; the two prompts that name no floor, which no training caption
+/// leaves out, 2 and 1). The fifth version got 0.
+const PEOPLE_PROMPTS_RIGHT: usize = 15;
 
 #[test]
 fn unknown_words_are_warned_about_and_bad_requests_refused() {
@@ -385,6 +387,7 @@ fn the_embedded_model_matches_diffusers_on_its_own_weights() {
     let err = sorrel_testkit::max_abs_diff(&got, want);
     // f32 on both sides; only the order of sums differs, amplified over 25 steps with guidance 1.5: the same
     // 2e-3 bound (half a level of 8-bit colour) as the random-weight fixtures' parity tests.
+    eprintln!("text to video: {err:.2e} from diffusers");
     assert!(err <= 2e-3, "frames differ from diffusers by {err}");
 }
 
@@ -437,6 +440,7 @@ fn extension_and_image_to_video_windows_match_diffusers_parts_on_the_embedded_mo
     .unwrap();
     let err = sorrel_testkit::max_abs_diff(&got, want);
     // The same bound as the text-to-video parity above: f32 on both sides, 25 guided steps.
+    eprintln!("extension window: {err:.2e} from diffusers");
     assert!(err <= 2e-3, "new frames differ from diffusers by {err}");
 
     // Image to video from the clip's first frame: the picture is frame 0, the 7 after it match.
@@ -488,6 +492,7 @@ fn extension_and_image_to_video_windows_match_diffusers_parts_on_the_embedded_mo
         candle_core::Tensor::from_vec(got[px..].to_vec(), want.dims(), &candle_core::Device::Cpu)
             .unwrap();
     let err = sorrel_testkit::max_abs_diff(&got, want);
+    eprintln!("image-to-video window: {err:.2e} from diffusers");
     assert!(
         err <= 2e-3,
         "image-to-video frames differ from diffusers by {err}"
