@@ -65,9 +65,10 @@ struct ConnectArgs {
     first: PathBuf,
     /// The clip that comes after.
     second: PathBuf,
-    /// What the joining frames show.
-    #[arg(long, default_value = "the scene continues smoothly in one shot")]
-    prompt: String,
+    /// What the joining frames show (default: on models that roll out, such as the embedded one, no
+    /// caption, since the clips show the scene; on others "the scene continues smoothly in one shot").
+    #[arg(long)]
+    prompt: Option<String>,
     #[command(flatten)]
     opts: GenerateOptions,
 }
@@ -350,8 +351,20 @@ impl Inputs {
     }
 }
 
+/// The prompt `connect` uses when none is given. A model trained with given frames learnt an empty caption
+/// (the share of captions dropped for guidance) and reads the scene from the clips; a sentence outside its
+/// vocabulary would only reach it as unknown tokens. Other models get a neutral sentence.
+fn default_connect_prompt(info: &sorrel_pipeline::ModelInfo) -> &'static str {
+    if info.defaults.rolls_out() {
+        ""
+    } else {
+        "the scene continues smoothly in one shot"
+    }
+}
+
+/// `generate` and `connect` (which gives the two clips, and may leave the prompt out).
 fn generate(
-    prompt: &str,
+    prompt: Option<&str>,
     args: &GenerateOptions,
     connect: Option<(PathBuf, PathBuf)>,
 ) -> Result<()> {
@@ -364,6 +377,7 @@ fn generate(
     };
     let info = WanPipeline::describe(&model)?;
     let defaults = &info.defaults;
+    let prompt = prompt.unwrap_or_else(|| default_connect_prompt(&info));
     let inputs = Inputs::read(args, connect.as_ref())?;
     let (width, height) = parse_size(
         args,
@@ -568,8 +582,8 @@ fn generate(
     let encode_time = t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
-        for (name, d) in &video.timings {
-            eprintln!("{name} {:.2}s", d.as_secs_f64());
+        for line in timing_lines(&video.timings) {
+            eprintln!("{line}");
         }
         eprintln!("encode {:.2}s", encode_time.as_secs_f64());
     }
@@ -664,13 +678,40 @@ fn pin_thread_count(command: &Command) {
     }
 }
 
+/// The stage timings as lines to print, the denoising steps summed into one line where they first appear
+/// (a minute-long rollout runs thousands of steps; one line each would bury the rest).
+fn timing_lines(timings: &[(String, std::time::Duration)]) -> Vec<String> {
+    let is_step = |name: &str| name.starts_with("step ");
+    let steps: Vec<f64> = timings
+        .iter()
+        .filter(|(n, _)| is_step(n))
+        .map(|(_, d)| d.as_secs_f64())
+        .collect();
+    let mut lines = Vec::new();
+    let mut steps_said = false;
+    for (name, d) in timings {
+        if !is_step(name) {
+            lines.push(format!("{name} {:.2}s", d.as_secs_f64()));
+        } else if !steps_said {
+            steps_said = true;
+            let total: f64 = steps.iter().sum();
+            lines.push(format!(
+                "{} denoising steps {total:.2}s ({:.3}s each)",
+                steps.len(),
+                total / steps.len() as f64
+            ));
+        }
+    }
+    lines
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     pin_thread_count(&cli.command);
     let result = match cli.command {
-        Command::Generate(args) => generate(&args.prompt, &args.opts, None),
+        Command::Generate(args) => generate(Some(&args.prompt), &args.opts, None),
         Command::Connect(args) => generate(
-            &args.prompt,
+            args.prompt.as_deref(),
             &args.opts,
             Some((args.first.clone(), args.second.clone())),
         ),

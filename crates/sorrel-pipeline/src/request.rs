@@ -174,7 +174,9 @@ impl GenerateRequest {
     /// The checks that need no model (sizes, counts, names), to run before loading weights.
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
-        if self.prompt.trim().is_empty() {
+        // Continuing or joining clips may go without a caption: the clips show the scene.
+        let clips_given = matches!(self.conditioning, Conditioning::Continue { .. });
+        if self.prompt.trim().is_empty() && !clips_given {
             return bad("the prompt is empty: say what the video should show".into());
         }
         if self.width == 0 || self.height == 0 {

@@ -158,22 +158,16 @@ fn walk(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
-/// Writes an RGB8 image as PNG (temporary file, then rename).
+/// Writes an RGB8 image as PNG, atomically and as an ordinary (0644) file like every other output.
 pub fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| TrainError::io(path, e))?;
+    let mut bytes = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut tmp, w as u32, h as u32);
+        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header().map_err(|e| TrainError::io(path, e))?;
         wr.write_image_data(rgb)
             .map_err(|e| TrainError::io(path, e))?;
     }
-    tmp.persist(path)
-        .map_err(|e| TrainError::io(path, e.error))?;
-    Ok(())
+    sorrel_media::write_file(path, &bytes).map_err(|e| TrainError::io(path, e))
 }
