@@ -9,6 +9,7 @@
 //!
 //! Everything is deterministic by seed and streamed: no dataset on disk.
 
+pub mod appearance;
 pub mod caption;
 pub mod palette;
 pub mod paraphrase;
@@ -17,6 +18,7 @@ pub mod scene;
 pub mod score;
 pub mod window_score;
 
+pub use appearance::{appearance, carries_on_across, floor_of, kept, Appearance, Kept, Look};
 pub use caption::{caption, caption_styled, CaptionStyle};
 pub use palette::{Colour, COLOURS};
 pub use paraphrase::{held_out_paraphrase, paraphrase, HeldOutForm, HELD_OUT_FORMS};

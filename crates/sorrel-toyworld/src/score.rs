@@ -104,7 +104,7 @@ fn bbox_size(pixels: &[(usize, usize)]) -> (usize, usize) {
 /// The shape whose ideal outline overlaps the blob best (intersection over union), each shape's centre
 /// and size searched around the blob's bounding box: small shapes are only a few pixels, so a fit to the
 /// box alone would favour whichever shape rasterises most like a square.
-fn classify_shape(b: &Blob) -> Shape {
+pub(crate) fn classify_shape(b: &Blob) -> Shape {
     let x0 = b.pixels.iter().map(|p| p.0).min().unwrap_or(0) as f32;
     let x1 = b.pixels.iter().map(|p| p.0).max().unwrap_or(0) as f32 + 1.0;
     let y0 = b.pixels.iter().map(|p| p.1).min().unwrap_or(0) as f32;

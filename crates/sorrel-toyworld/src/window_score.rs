@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::palette::Colour;
 use crate::render::{render_span, WorldSize};
 use crate::scene::{Motion, Scene};
 use crate::score::{bounce_ok, segment, Blob};
@@ -117,7 +118,7 @@ pub fn score_long(
         .filter(|&&b| b >= 2 && b + 1 < per_frame.len())
     {
         score.continuous.1 += 1;
-        score.continuous.0 += usize::from(carries_on(&per_frame[b - 2..b + 2], scene));
+        score.continuous.0 += usize::from(carries_on(&per_frame[b - 2..b + 2], scene.colour));
     }
     score
 }
@@ -172,8 +173,8 @@ pub fn score_join(
     let end = first_new + new;
     let seams = first_new >= 2
         && end + 2 <= per_frame.len()
-        && carries_on(&per_frame[first_new - 2..first_new + 2], scene)
-        && carries_on(&per_frame[end - 2..end + 2], scene);
+        && carries_on(&per_frame[first_new - 2..first_new + 2], scene.colour)
+        && carries_on(&per_frame[end - 2..end + 2], scene.colour);
     JoinScore {
         count,
         colour: colour_ok(joining, scene),
@@ -223,8 +224,11 @@ fn plausible(win: &[Vec<Blob>], scene: &Scene, mode: usize, world: WorldSize) ->
 /// Whether the caption's objects carry on from the two frames before a boundary to the two after it: the
 /// same number, the same sizes within [`SIZE_TOLERANCE`], and no object jumping further across the
 /// boundary than twice the largest step it took on either side, plus a pixel.
-fn carries_on(four: &[Vec<Blob>], scene: &Scene) -> bool {
-    let objs: Vec<Vec<&Blob>> = four.iter().map(|bs| mine(bs, scene)).collect();
+pub(crate) fn carries_on(four: &[Vec<Blob>], colour: Colour) -> bool {
+    let objs: Vec<Vec<&Blob>> = four
+        .iter()
+        .map(|bs| bs.iter().filter(|b| b.colour == colour).collect())
+        .collect();
     let k = objs[1].len();
     if k == 0 || objs.iter().any(|o| o.len() != k) {
         return false;
