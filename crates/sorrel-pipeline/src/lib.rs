@@ -4,6 +4,7 @@
 pub mod compose;
 pub mod defaults;
 pub mod denoise;
+pub mod film;
 pub mod loader;
 pub mod modes;
 pub mod noise;
