@@ -2,9 +2,11 @@
 
 mod embedded;
 mod eval;
+mod film;
 mod output;
 mod provenance;
 mod serve;
+mod storyboard;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +49,8 @@ enum Command {
     Verify(provenance::VerifyArgs),
     /// Train the embedded toy-world model from scratch.
     Train(train::TrainArgs),
+    /// Make a film from a story: shots, recurring characters, long takes (see docs/film.md).
+    Film(film::FilmArgs),
     /// Score a toy-world model on prompts no training clip used.
     Eval(eval::EvalArgs),
 }
@@ -717,6 +721,7 @@ fn main() -> ExitCode {
         ),
         Command::Serve(args) => serve::serve(args),
         Command::Train(args) => train::train(args),
+        Command::Film(args) => film::film(args),
         Command::Eval(args) => eval::eval(args),
         Command::Verify(args) => match provenance::verify(args) {
             Ok(true) => Ok(()),
