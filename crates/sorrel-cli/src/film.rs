@@ -49,6 +49,19 @@ pub struct FilmArgs {
     /// Guidance scale (default: the model's).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Plan with a chat model at this OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) instead of
+    /// the built-in planner; the answer must be a plan under the schema it is sent.
+    #[arg(long, value_name = "URL", requires = "planner_model")]
+    pub planner_url: Option<String>,
+    /// The chat model to plan with (with --planner-url).
+    #[arg(long, value_name = "NAME", requires = "planner_url")]
+    pub planner_model: Option<String>,
+    /// API key for the planner endpoint.
+    #[arg(long, env = "SORREL_PLANNER_API_KEY", hide_env_values = true)]
+    pub planner_key: Option<String>,
+    /// When the chat planner fails, plan with the built-in planner instead (with a warning).
+    #[arg(long, requires = "planner_url")]
+    pub planner_fallback: bool,
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -64,12 +77,31 @@ fn read_plan(args: &FilmArgs) -> Result<Plan> {
     if text.trim_start().starts_with('{') {
         return Ok(Plan::from_json(&text, &origin)?);
     }
-    Ok(plan_story(
-        &text,
-        &PlannerOptions {
-            shot_seconds: args.shot_seconds,
-        },
-    )?)
+    let built_in = || -> Result<Plan> {
+        Ok(plan_story(
+            &text,
+            &PlannerOptions {
+                shot_seconds: args.shot_seconds,
+            },
+        )?)
+    };
+    let (Some(url), Some(model)) = (&args.planner_url, &args.planner_model) else {
+        return built_in();
+    };
+    if text.trim().is_empty() {
+        // The same refusal as the built-in planner's, before asking anyone.
+        return built_in();
+    }
+    match crate::planner_chat::plan_with_chat(&text, url, model, args.planner_key.as_deref()) {
+        Ok(plan) => Ok(plan),
+        Err(e) if args.planner_fallback => {
+            eprintln!("warning: {e:#}; planning with the built-in planner (--planner-fallback)");
+            built_in()
+        }
+        Err(e) => Err(e.context(
+            "the chat planner failed (pass --planner-fallback to use the built-in planner instead)",
+        )),
+    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -4,6 +4,7 @@ mod embedded;
 mod eval;
 mod film;
 mod output;
+mod planner_chat;
 mod provenance;
 mod serve;
 mod storyboard;

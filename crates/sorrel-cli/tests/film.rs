@@ -3,6 +3,7 @@
 //! an interrupted film resumes without redoing finished shots and ends identical to an uninterrupted one;
 //! an edited plan re-renders only the shot that changed; bad stories and plans get clear errors.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -388,4 +389,118 @@ fn bad_stories_and_plans_are_refused_with_what_to_change() {
         assert!(!out.exists());
         assert!(!tmp.path().join(format!("f{i}.film")).exists());
     }
+}
+
+/// A stand-in for an OpenAI-compatible chat endpoint: answers one request with `status` and a chat
+/// completion whose message is `content`, and hands back the request body it received.
+fn stand_in(status: u16, content: &str) -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let body = if status == 200 {
+        serde_json::json!({"choices": [{"message": {"role": "assistant", "content": content}}]})
+            .to_string()
+    } else {
+        content.to_string()
+    };
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut got = vec![0u8; len];
+        s.read_exact(&mut got).unwrap();
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: \
+             close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(reply.as_bytes()).unwrap();
+        String::from_utf8(got).unwrap()
+    });
+    (url, handle)
+}
+
+#[test]
+fn a_chat_model_can_plan_the_film_and_its_bad_answers_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let story = tmp.path().join("story.txt");
+    std::fs::write(
+        &story,
+        "Ruby is a small red ball. Ruby bounces on a blue floor.",
+    )
+    .unwrap();
+    let plan = "{\"sorrel_film\": 1, \"characters\": [{\"name\": \"Ruby\", \"look\": \"a small red ball\"}], \
+                \"shots\": [{\"text\": \"Ruby bounces.\", \"prompt\": \"a small red ball bounces on a blue \
+                floor\", \"seconds\": 3, \"characters\": [\"Ruby\"], \"continues\": false}]}";
+    let run = |url: &str, extra: &[&str], out: &Path| -> Output {
+        let mut args = vec![
+            "film",
+            story.to_str().unwrap(),
+            "--planner-url",
+            url,
+            "--planner-model",
+            "local-model",
+            "--plan-only",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        sorrel(&args, tmp.path())
+    };
+
+    // A plan under the schema is taken as the endpoint wrote it.
+    let (url, seen) = stand_in(200, plan);
+    let out = tmp.path().join("chat.json");
+    let o = run(&url, &[], &out);
+    assert!(o.status.success(), "{}", text(&o));
+    let request: serde_json::Value = serde_json::from_str(&seen.join().unwrap()).unwrap();
+    assert_eq!(request["model"], "local-model");
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    assert!(request["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Ruby bounces"));
+    let got = Plan::from_json(&std::fs::read_to_string(&out).unwrap(), "chat.json").unwrap();
+    assert_eq!(got, Plan::from_json(plan, "plan").unwrap());
+
+    // Answers that break the schema, are not JSON, or are errors: clear errors, nothing written.
+    let missing = plan.replace(
+        "\"prompt\": \"a small red ball bounces on a blue floor\", ",
+        "",
+    );
+    let cases = [
+        (200, missing.as_str(), "missing field `prompt`"),
+        (200, "Here is your plan!", "not valid JSON"),
+        (500, "{\"error\": \"overloaded\"}", "answered 500"),
+    ];
+    for (i, (status, content, needle)) in cases.into_iter().enumerate() {
+        let (url, seen) = stand_in(status, content);
+        let out = tmp.path().join(format!("bad{i}.json"));
+        let o = run(&url, &[], &out);
+        seen.join().unwrap();
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(needle), "{needle}: {}", text(&o));
+        assert!(text(&o).contains("--planner-fallback"), "{}", text(&o));
+        assert!(!out.exists());
+    }
+
+    // With --planner-fallback a failed answer is warned about and the built-in planner plans instead.
+    let (url, seen) = stand_in(200, "Here is your plan!");
+    let out = tmp.path().join("fallback.json");
+    let o = run(&url, &["--planner-fallback"], &out);
+    seen.join().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("built-in planner"), "{}", text(&o));
+    let got = Plan::from_json(&std::fs::read_to_string(&out).unwrap(), "fallback.json").unwrap();
+    assert_eq!(
+        got.shots[0].prompt,
+        "a small red ball bounces on a blue floor"
+    );
 }
