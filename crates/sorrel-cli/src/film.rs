@@ -494,20 +494,38 @@ pub fn film(args: FilmArgs) -> Result<()> {
             watermark: wm,
         },
     };
+    let mut shot_files: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, frames) in shots.iter().enumerate() {
         let seed = plan.shot_seed(i);
         let (data, clip, wm) = mark(frames, seed, &keys[i][..16])?;
-        let shot_target = OutputTarget::parse(
-            &work.join("shots").join(format!("{:02}.mp4", i + 1)),
-            &encode,
-        )?;
+        let name = format!("{:02}.mp4", i + 1);
+        let path = work.join("shots").join(&name);
+        let shot_target = OutputTarget::parse(&path, &encode)?;
         shot_target.write(&data, &clip, &encode, &signer_for(seed, wm))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        shot_files.push((format!("shot {name}"), bytes));
     }
+    // The film's credentials list every shot, each with its own manifest, as a component.
+    let ingredients: Vec<sorrel_provenance::Ingredient> = shot_files
+        .iter()
+        .map(|(title, bytes)| sorrel_provenance::Ingredient {
+            title: title.clone(),
+            mime: "video/mp4",
+            bytes,
+        })
+        .collect();
     let all = Tensor::cat(&shots, 0)?;
     let film_key = key(&keys.iter().map(String::as_str).collect::<Vec<_>>());
     let seed = plan.shot_seed(0);
     let (data, clip, wm) = mark(&all, seed, &film_key[..16])?;
-    let (written, _) = target.write(&data, &clip, &encode, &signer_for(seed, wm))?;
+    let (written, _) = target.write_with_ingredients(
+        &data,
+        &clip,
+        &encode,
+        &signer_for(seed, wm),
+        &ingredients,
+    )?;
     let board = storyboard::sheet(&plan, &shots, &counts, fps)?;
     sorrel_media::write_file(&board_path, &board)?;
     println!(

@@ -52,6 +52,19 @@ impl OutputTarget {
         opts: &EncodeOptions,
         signer: &Signer,
     ) -> Result<(Vec<PathBuf>, Signature)> {
+        self.write_with_ingredients(frames, clip, opts, signer, &[])
+    }
+
+    /// [`OutputTarget::write`], with `ingredients` (the signed files this one was made of) listed in the
+    /// credentials of formats that carry them inside the file.
+    pub fn write_with_ingredients(
+        &self,
+        frames: &[f32],
+        clip: &Clip,
+        opts: &EncodeOptions,
+        signer: &Signer,
+        ingredients: &[sorrel_provenance::Ingredient],
+    ) -> Result<(Vec<PathBuf>, Signature)> {
         match self {
             OutputTarget::Npy(path) => {
                 let shape = [clip.len(), clip.height() as usize, clip.width() as usize, 3];
@@ -73,7 +86,7 @@ impl OutputTarget {
             } => Ok((write_video(path, clip, opts)?, Signature::Unsigned)),
             OutputTarget::Media { path, format } => {
                 let bytes = sorrel_media::encode(format, clip, opts)?;
-                let signed = signer.write(path, &bytes)?;
+                let signed = signer.write_with_ingredients(path, &bytes, ingredients)?;
                 Ok((vec![path.clone()], signed))
             }
         }

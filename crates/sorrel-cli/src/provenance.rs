@@ -134,14 +134,30 @@ impl Signer {
     /// Writes `bytes` to `path` atomically, signed inside the file when its format can carry a manifest,
     /// else (WebM) with a sidecar manifest `path.c2pa` written after it.
     pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<Signature> {
+        self.write_with_ingredients(path, bytes, &[])
+    }
+
+    /// [`Signer::write`], listing `ingredients` (signed files the new one was made of, such as a film's
+    /// shots) in the manifest. A format that needs a sidecar gets one without them.
+    pub fn write_with_ingredients(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        ingredients: &[sorrel_provenance::Ingredient],
+    ) -> Result<Signature> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         let fail = || format!("cannot sign {}", path.display());
-        if let Some(signed) =
-            sorrel_provenance::sign_named(bytes, &name, &self.generation, &self.identity)
-                .with_context(fail)?
+        if let Some(signed) = sorrel_provenance::sign_named_with_ingredients(
+            bytes,
+            &name,
+            &self.generation,
+            &self.identity,
+            ingredients,
+        )
+        .with_context(fail)?
         {
             sorrel_media::write_file(path, &signed)?;
             return Ok(Signature::Embedded);

@@ -12,6 +12,8 @@ use sorrel_pipeline::film::Plan;
 use sorrel_testkit::{ffprobe, fixture};
 use sorrel_toyworld::{appearance, carries_on_across, floor_of, kept, Look};
 
+mod common;
+
 fn sorrel_cmd(args: &[&str], home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sorrel"));
     c.args(args)
@@ -158,6 +160,20 @@ fn a_story_becomes_a_film_whose_characters_stay_the_same() {
             "shot {} carries on from shot {i}: {}",
             i + 1,
             carries_on_across(&four, 32, floor, lead.colour)
+        );
+    }
+
+    // The film's credentials: valid and trusted under the local CA, every shot listed as an ingredient
+    // with its own manifest (read by the C2PA project's own Python reader).
+    if let Some(python) = common::c2pa_python() {
+        let v = common::c2pa_read(&python, &out, Some(&tmp.path().join("data/c2pa/ca.pem")));
+        assert_eq!(v["state"], "Trusted", "{v}");
+        let titles: Vec<String> = (1..=6).map(|i| format!("shot {i:02}.mp4")).collect();
+        assert_eq!(v["ingredients"], serde_json::json!(titles), "{v}");
+        assert_eq!(
+            v["ingredient_manifests"],
+            serde_json::json!(vec![true; 6]),
+            "{v}"
         );
     }
 

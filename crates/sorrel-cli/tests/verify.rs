@@ -2,14 +2,13 @@
 //! (Trusted with this machine's local CA, Invalid after tampering, absent when unsigned), and the C2PA
 //! project's own reader (c2pa-python) agrees.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{c2pa_python, c2pa_read, repo};
 
 fn sorrel(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sorrel"))
@@ -287,44 +286,6 @@ fn a_user_certificate_signs_and_bad_ones_are_refused_before_work() {
         &["generate", "x", "--sign-cert", cert.to_str().unwrap()],
     );
     assert!(!o.status.success(), "--sign-cert needs --sign-key");
-}
-
-/// The Python with `c2pa` (c2pa-python): $SORREL_TEST_PYTHON, else `.ci/venv`.
-fn c2pa_python() -> Option<PathBuf> {
-    let found = [
-        std::env::var_os("SORREL_TEST_PYTHON").map(PathBuf::from),
-        Some(repo().join(".ci/venv/bin/python")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| {
-        Command::new(p)
-            .args(["-c", "import c2pa"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must provide c2pa-python (.ci/run installs it into .ci/venv)"
-        );
-        eprintln!(
-            "skipping: no Python with the `c2pa` package (run .ci/run or set SORREL_TEST_PYTHON)"
-        );
-    }
-    found
-}
-
-fn c2pa_read(python: &Path, file: &Path, anchor: Option<&Path>) -> Value {
-    let mut cmd = Command::new(python);
-    cmd.arg(repo().join("crates/sorrel-cli/tests/verify/c2pa_read.py"))
-        .arg(file);
-    if let Some(a) = anchor {
-        cmd.arg(a);
-    }
-    let o = cmd.output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 #[test]

@@ -169,6 +169,17 @@ fn prepare(
     Ok((signer, builder))
 }
 
+/// A signed file the new one was made from (a film's shots): listed in its manifest as an ingredient, with
+/// the ingredient's own manifest kept, so a reader can follow the film back to each shot.
+pub struct Ingredient<'a> {
+    /// The ingredient's name (its file name).
+    pub title: String,
+    /// Its MIME type.
+    pub mime: &'a str,
+    /// Its bytes, with their own manifest.
+    pub bytes: &'a [u8],
+}
+
 /// Returns `bytes` (a file of type `mime`) with a signed manifest embedded.
 pub fn sign(
     bytes: &[u8],
@@ -177,7 +188,23 @@ pub fn sign(
     generation: &Generation,
     identity: &SigningIdentity,
 ) -> Result<Vec<u8>> {
+    sign_with_ingredients(bytes, mime, title, generation, identity, &[])
+}
+
+/// [`sign`], with `ingredients` listed as the components the file was made of.
+pub fn sign_with_ingredients(
+    bytes: &[u8],
+    mime: &str,
+    title: &str,
+    generation: &Generation,
+    identity: &SigningIdentity,
+    ingredients: &[Ingredient],
+) -> Result<Vec<u8>> {
     let (signer, mut builder) = prepare(mime, title, generation, identity)?;
+    for ing in ingredients {
+        let json = json!({"title": ing.title, "relationship": "componentOf"}).to_string();
+        builder.add_ingredient_from_stream(json, ing.mime, &mut Cursor::new(ing.bytes))?;
+    }
     let mut source = Cursor::new(bytes);
     let mut dest = Cursor::new(Vec::with_capacity(bytes.len() + 64 * 1024));
     builder
@@ -224,6 +251,17 @@ pub fn sign_named(
     generation: &Generation,
     identity: &SigningIdentity,
 ) -> Result<Option<Vec<u8>>> {
+    sign_named_with_ingredients(bytes, name, generation, identity, &[])
+}
+
+/// [`sign_named`], with `ingredients` listed as the components the file was made of.
+pub fn sign_named_with_ingredients(
+    bytes: &[u8],
+    name: &str,
+    generation: &Generation,
+    identity: &SigningIdentity,
+    ingredients: &[Ingredient],
+) -> Result<Option<Vec<u8>>> {
     let ext = std::path::Path::new(name)
         .extension()
         .map(|e| e.to_string_lossy().to_string())
@@ -231,7 +269,7 @@ pub fn sign_named(
     let Ok(mime) = mime_for(&ext) else {
         return Ok(None);
     };
-    sign(bytes, mime, name, generation, identity).map(Some)
+    sign_with_ingredients(bytes, mime, name, generation, identity, ingredients).map(Some)
 }
 
 /// How far a file's credentials can be trusted.

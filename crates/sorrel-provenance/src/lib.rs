@@ -8,8 +8,9 @@ pub mod identity;
 pub mod watermark;
 
 pub use credentials::{
-    mime_for, sidecar_mime_for, sign, sign_named, sign_sidecar, verify, verify_sidecar,
-    CredentialState, Credentials, Generation, TRAINED_ALGORITHMIC_MEDIA,
+    mime_for, sidecar_mime_for, sign, sign_named, sign_named_with_ingredients, sign_sidecar,
+    sign_with_ingredients, verify, verify_sidecar, CredentialState, Credentials, Generation,
+    Ingredient, TRAINED_ALGORITHMIC_MEDIA,
 };
 pub use error::{ProvenanceError, Result};
 pub use identity::SigningIdentity;

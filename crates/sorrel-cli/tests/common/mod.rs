@@ -2,7 +2,7 @@
 // Each test file uses some of them.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs `sorrel` with `args`. Signing makes a local CA in the data folder: keep it out of the user's home.
@@ -61,4 +61,47 @@ pub fn write_apng(t: &candle_core::Tensor, path: &Path) {
         .collect();
     let clip = sorrel_media::Clip::new(frames, 16).unwrap();
     sorrel_media::write_video(path, &clip, &Default::default()).unwrap();
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python with `c2pa` (c2pa-python): $SORREL_TEST_PYTHON, else `.ci/venv`.
+pub fn c2pa_python() -> Option<PathBuf> {
+    let found = [
+        std::env::var_os("SORREL_TEST_PYTHON").map(PathBuf::from),
+        Some(repo().join(".ci/venv/bin/python")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| {
+        Command::new(p)
+            .args(["-c", "import c2pa"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must provide c2pa-python (.ci/run installs it into .ci/venv)"
+        );
+        eprintln!(
+            "skipping: no Python with the `c2pa` package (run .ci/run or set SORREL_TEST_PYTHON)"
+        );
+    }
+    found
+}
+
+pub fn c2pa_read(python: &Path, file: &Path, anchor: Option<&Path>) -> serde_json::Value {
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("crates/sorrel-cli/tests/verify/c2pa_read.py"))
+        .arg(file);
+    if let Some(a) = anchor {
+        cmd.arg(a);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
 }

@@ -1,8 +1,9 @@
 """An independent reader of Sorrel's content credentials: the C2PA project's own Python bindings.
 
 Usage: c2pa_read.py FILE [ANCHOR_PEM]
-A .webm is read with the sidecar manifest beside it (same name, .c2pa). Prints one JSON object: the validation state, failures, generator, and the creating action's
-digitalSourceType, as c2pa-python reads them.
+A .webm is read with the sidecar manifest beside it (same name, .c2pa). Prints one JSON object: the validation state, failures, generator, the creating action's
+digitalSourceType, and the ingredients' titles (with whether each kept its own manifest), as c2pa-python
+reads them.
 """
 
 import json
@@ -35,4 +36,6 @@ print(json.dumps({
     "failures": [f["code"] for f in failures],
     "generator": active["claim_generator_info"][0]["name"],
     "digital_source_type": created.get("digitalSourceType"),
+    "ingredients": [i.get("title") for i in active.get("ingredients", [])],
+    "ingredient_manifests": [i.get("active_manifest") is not None for i in active.get("ingredients", [])],
 }))
