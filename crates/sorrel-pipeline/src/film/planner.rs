@@ -43,6 +43,24 @@ const CONNECTIVES: [&str; 10] = [
     "and",
 ];
 
+/// Capitalised words that open sentences without naming anyone ("It is a sunny day."): never names.
+const NOT_NAMES: [&str; 14] = [
+    "It",
+    "This",
+    "That",
+    "There",
+    "Here",
+    "He",
+    "She",
+    "They",
+    "We",
+    "I",
+    "You",
+    "What",
+    "Everything",
+    "Nothing",
+];
+
 /// Words that may open a character's look.
 const LOOK_STARTS: [&str; 11] = [
     "a", "an", "one", "two", "three", "some", "1", "2", "3", "the", "little",
@@ -204,7 +222,10 @@ fn definition(s: &str) -> Option<Character> {
     {
         name_words = &name_words[1..];
     }
-    if name_words.is_empty() || name_words.len() > 3 || !name_words.iter().all(|w| is_name_word(w))
+    if name_words.is_empty()
+        || name_words.len() > 3
+        || !name_words.iter().all(|w| is_name_word(w))
+        || NOT_NAMES.contains(&name_words[0])
     {
         return None;
     }
@@ -452,6 +473,18 @@ The Twins slide to the left on the yellow floor. Ruby moves up.";
         assert_eq!(plan.shots[0].seconds, 30.0);
         assert_eq!(plan.shots[1].seconds, 60.0);
         assert!(plan.shots[1].continues);
+    }
+
+    #[test]
+    fn pronouns_are_not_characters() {
+        let plan = plan_story(
+            "It is a sunny day. Ruby is a small red ball. Ruby bounces.",
+            &PlannerOptions::default(),
+        )
+        .unwrap();
+        let names: Vec<&str> = plan.characters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Ruby"]);
+        assert_eq!(plan.shots[0].prompt, "it is a sunny day");
     }
 
     #[test]
