@@ -22,6 +22,11 @@ pub type Timings = Vec<(String, Duration)>;
 /// Sees the latents after each step run (counting from 0), for checks and previews.
 pub type StepFn<'a> = dyn FnMut(usize, &Tensor) + 'a;
 
+/// Videos of at most this many transformer tokens run guidance's two predictions as one batch of 2. At
+/// a few hundred tokens each operation's fixed cost dominates, so one batched forward costs little more
+/// than one alone; larger videos keep two forwards, which hold half the activations at a time.
+pub const BATCHED_GUIDANCE_TOKENS: usize = 4096;
+
 /// Records laps into a [`Timings`].
 pub(crate) struct Stopwatch {
     tick: Instant,
@@ -156,6 +161,14 @@ impl WanPipeline {
         stage(progress, "denoising")?;
         let dt = self.transformer.dtype();
         let condition = condition.map(|c| c.to_dtype(dt)).transpose()?;
+        let tokens = {
+            let (_, _, t, h, w) = latents.dims5()?;
+            let [pt, ph, pw] = self.info.patch;
+            t.div_ceil(pt) * (h / ph) * (w / pw)
+        };
+        let both = (guidance > 1.0 && tokens <= BATCHED_GUIDANCE_TOKENS)
+            .then(|| Context::batch(cond, uncond))
+            .transpose()?;
         for (i, &ts) in timesteps.iter().enumerate() {
             let x = latents.to_dtype(dt)?;
             let x = match &condition {
@@ -166,18 +179,26 @@ impl WanPipeline {
                 Some(w) => (w * ts as f64)?,
                 None => Tensor::new(&[ts], &self.device)?,
             };
-            let predict = |ctx: &Context| -> Result<Tensor> {
+            let predict = |x: &Tensor, tt: &Tensor, ctx: &Context| -> Result<Tensor> {
                 Ok(self
                     .transformer
-                    .forward_with_context(&x, &tt, ctx)?
+                    .forward_with_context(x, tt, ctx)?
                     .to_dtype(DType::F32)?)
             };
-            let cond_pred = predict(cond)?;
-            let pred = if guidance > 1.0 {
-                let uncond_pred = predict(uncond)?;
-                (&uncond_pred + ((cond_pred - &uncond_pred)? * guidance)?)?
-            } else {
-                cond_pred
+            let pred = match &both {
+                Some(ctx) => {
+                    let xx = Tensor::cat(&[&x, &x], 0)?;
+                    let tt2 = Tensor::cat(&[&tt, &tt], 0)?;
+                    let p = predict(&xx, &tt2, ctx)?;
+                    let (c, u) = (p.narrow(0, 0, 1)?, p.narrow(0, 1, 1)?);
+                    (&u + ((c - &u)? * guidance)?)?
+                }
+                None if guidance > 1.0 => {
+                    let c = predict(&x, &tt, cond)?;
+                    let u = predict(&x, &tt, uncond)?;
+                    (&u + ((c - &u)? * guidance)?)?
+                }
+                None => predict(&x, &tt, cond)?,
             };
             latents = keep_given(scheduler.step(&pred, &latents)?)?;
             on_step(i, &latents);

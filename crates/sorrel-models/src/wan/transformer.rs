@@ -222,6 +222,28 @@ pub struct Context {
     pub control: Option<Control>,
 }
 
+impl Context {
+    /// `a` and `b` as one batch (a first), so two predictions (guidance's conditional and unconditional)
+    /// can run as one forward. Their token counts must match, as prompts padded to one length do.
+    pub fn batch(a: &Context, b: &Context) -> candle_core::Result<Context> {
+        let both = |x: &Tensor, y: &Tensor| Tensor::cat(&[x, y], 0);
+        Ok(Context {
+            text: both(&a.text, &b.text)?,
+            image: match (&a.image, &b.image) {
+                (Some(x), Some(y)) => Some(both(x, y)?),
+                _ => None,
+            },
+            control: match (&a.control, &b.control) {
+                (Some(x), Some(y)) => Some(Control {
+                    latents: both(&x.latents, &y.latents)?,
+                    scales: x.scales.clone(),
+                }),
+                _ => None,
+            },
+        })
+    }
+}
+
 /// VACE's control input.
 #[derive(Debug, Clone)]
 pub struct Control {
