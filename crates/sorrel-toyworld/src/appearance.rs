@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::palette::{Colour, COLOURS};
 use crate::scene::{Shape, Size};
-use crate::score::{classify_shape, segment, MIN_AREA};
+use crate::score::{classify_shape, colour_holds, mean_size, segment, usual_count, MIN_AREA};
 use crate::window_score::SIZE_TOLERANCE;
 
 /// A character's look, read from the words of a phrase such as "a small red ball" or "2 tiny blue cubes".
@@ -92,46 +92,21 @@ pub struct Appearance {
 /// Segments `frames` (RGB8, `n` x `n`, above a `floor`) for the objects of `look`.
 pub fn appearance(frames: &[Vec<u8>], n: usize, floor: Colour, look: &Look) -> Appearance {
     let per_frame: Vec<_> = frames.iter().map(|f| segment(f, n, floor)).collect();
-    let f = per_frame.len().max(1);
-    let counts: Vec<usize> = per_frame
-        .iter()
-        .map(|bs| bs.iter().filter(|b| b.colour == look.colour).count())
-        .collect();
-    let mode = (0..=counts.iter().copied().max().unwrap_or(0))
-        .max_by_key(|c| counts.iter().filter(|&&x| x == *c).count())
-        .unwrap_or(0);
-    let all_px: usize = per_frame.iter().flatten().map(|b| b.pixels.len()).sum();
-    let right_px: usize = per_frame
-        .iter()
-        .flatten()
-        .filter(|b| b.colour == look.colour)
-        .map(|b| b.pixels.len())
-        .sum();
-    let with_objects = per_frame.iter().filter(|bs| !bs.is_empty()).count();
+    let (_, mode) = usual_count(&per_frame, look.colour);
     let votes: Vec<Shape> = per_frame
         .iter()
         .flatten()
         .filter(|b| b.colour == look.colour && b.pixels.len() >= 2 * MIN_AREA)
         .map(classify_shape)
         .collect();
-    let sizes: Vec<f32> = per_frame
-        .iter()
-        .flatten()
-        .filter(|b| b.colour == look.colour)
-        .map(|b| (b.pixels.len() as f32).sqrt())
-        .collect();
     // Every frame votes: a shot is a few dozen frames, and small objects need the votes.
     let shape = most_voted(&votes);
     Appearance {
-        colour: all_px > 0 && right_px * 10 >= all_px * 9 && with_objects * 2 >= f,
+        colour: colour_holds(&per_frame, look.colour),
         shape,
         named_shape: shape == Some(look.shape),
         count: mode == look.count,
-        size: if sizes.is_empty() {
-            0.0
-        } else {
-            sizes.iter().sum::<f32>() / sizes.len() as f32
-        },
+        size: mean_size(&per_frame, look.colour).unwrap_or(0.0),
     }
 }
 

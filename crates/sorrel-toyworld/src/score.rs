@@ -162,6 +162,47 @@ pub(crate) fn classify_shape(b: &Blob) -> Shape {
         .map_or(Shape::Ball, |x| x.0)
 }
 
+/// Each frame's number of `colour` objects, and the number most frames have.
+pub(crate) fn usual_count(per_frame: &[Vec<Blob>], colour: Colour) -> (Vec<usize>, usize) {
+    let counts: Vec<usize> = per_frame
+        .iter()
+        .map(|bs| bs.iter().filter(|b| b.colour == colour).count())
+        .collect();
+    let mode = (0..=counts.iter().copied().max().unwrap_or(0))
+        .max_by_key(|c| counts.iter().filter(|&&x| x == *c).count())
+        .unwrap_or(0);
+    (counts, mode)
+}
+
+/// At least 90 % of the object pixels over `per_frame` have `colour`.
+pub(crate) fn mostly_colour(per_frame: &[Vec<Blob>], colour: Colour) -> bool {
+    let all_px: usize = per_frame.iter().flatten().map(|b| b.pixels.len()).sum();
+    let right_px: usize = per_frame
+        .iter()
+        .flatten()
+        .filter(|b| b.colour == colour)
+        .map(|b| b.pixels.len())
+        .sum();
+    all_px > 0 && right_px * 10 >= all_px * 9
+}
+
+/// The clip scorer's colour rule: [`mostly_colour`], with objects in at least half of the frames.
+pub(crate) fn colour_holds(per_frame: &[Vec<Blob>], colour: Colour) -> bool {
+    let with_objects = per_frame.iter().filter(|bs| !bs.is_empty()).count();
+    mostly_colour(per_frame, colour) && with_objects * 2 >= per_frame.len().max(1)
+}
+
+/// Mean linear size (square root of area) of the `colour` objects over `per_frame`, if there is any.
+pub(crate) fn mean_size(per_frame: &[Vec<Blob>], colour: Colour) -> Option<f32> {
+    let sizes: Vec<f32> = per_frame
+        .iter()
+        .flatten()
+        .filter(|b| b.colour == colour)
+        .map(|b| (b.pixels.len() as f32).sqrt())
+        .collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum::<f32>() / sizes.len() as f32)
+}
+
 /// How one clip scored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ClipScore {
@@ -198,26 +239,12 @@ pub fn score_clip(frames: &[Vec<u8>], size: usize, scene: &Scene) -> ClipScore {
     let f = per_frame.len().max(1);
 
     // Objects of the caption's colour; other colours only cost the colour score.
-    let counts: Vec<usize> = per_frame
-        .iter()
-        .map(|bs| bs.iter().filter(|b| b.colour == scene.colour).count())
-        .collect();
-    let mode = (0..=counts.iter().copied().max().unwrap_or(0))
-        .max_by_key(|c| counts.iter().filter(|&&x| x == *c).count())
-        .unwrap_or(0);
+    let (counts, mode) = usual_count(&per_frame, scene.colour);
     let steady = counts.iter().filter(|&&c| c == mode).count();
     let permanence = mode >= 1 && steady * 10 >= f * 9;
     let count = mode == scene.count;
 
-    let all_px: usize = per_frame.iter().flatten().map(|b| b.pixels.len()).sum();
-    let right_px: usize = per_frame
-        .iter()
-        .flatten()
-        .filter(|b| b.colour == scene.colour)
-        .map(|b| b.pixels.len())
-        .sum();
-    let with_objects = per_frame.iter().filter(|bs| !bs.is_empty()).count();
-    let colour = all_px > 0 && right_px * 10 >= all_px * 9 && with_objects * 2 >= f;
+    let colour = colour_holds(&per_frame, scene.colour);
 
     // Shape by vote over objects big enough to have one (a few pixels are any shape).
     // Five frames spread over the clip are plenty, and the fit is the scorer's costliest part.

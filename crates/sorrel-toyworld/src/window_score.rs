@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::palette::Colour;
 use crate::render::{render_span, WorldSize};
 use crate::scene::{Motion, Scene};
-use crate::score::{bounce_ok, segment, Blob};
+use crate::score::{bounce_ok, mean_size, mostly_colour, segment, Blob};
 
 /// Largest relative difference in linear size (square root of area) between a window's objects and the
 /// ground truth's that still counts as the same size: the acceptance's 20 %.
@@ -47,27 +47,6 @@ fn mine<'a>(blobs: &'a [Blob], scene: &Scene) -> Vec<&'a Blob> {
     blobs.iter().filter(|b| b.colour == scene.colour).collect()
 }
 
-/// At least 90 % of the object pixels over `frames` have the caption's colour (the clip scorer's rule).
-fn colour_ok(frames: &[Vec<Blob>], scene: &Scene) -> bool {
-    let all_px: usize = frames.iter().flatten().map(|b| b.pixels.len()).sum();
-    let right_px: usize = frames
-        .iter()
-        .flat_map(|bs| mine(bs, scene))
-        .map(|b| b.pixels.len())
-        .sum();
-    all_px > 0 && right_px * 10 >= all_px * 9
-}
-
-/// Mean linear size (square root of area) of the caption's objects over frames, if any has one.
-fn mean_size(frames: &[Vec<Blob>], scene: &Scene) -> Option<f32> {
-    let sizes: Vec<f32> = frames
-        .iter()
-        .flat_map(|bs| mine(bs, scene))
-        .map(|b| (b.pixels.len() as f32).sqrt())
-        .collect();
-    (!sizes.is_empty()).then(|| sizes.iter().sum::<f32>() / sizes.len() as f32)
-}
-
 /// Scores `frames` (RGB8, `world.size` square) as a clip of `scene` from its start, in windows of
 /// `world.frames`; `boundaries` are the frames where a generation window began after the first (a rollout
 /// of 8-frame windows continuing from 4 frames: 8, 12, 16, ...).
@@ -104,8 +83,11 @@ pub fn score_long(
             .max_by_key(|c| counts.iter().filter(|&&x| x == *c).count())
             .unwrap_or(0);
         score.count_windows += usize::from(mode == scene.count);
-        score.colour_windows += usize::from(colour_ok(win, scene));
-        if let (Some(a), Some(b)) = (mean_size(win, scene), mean_size(&truth, scene)) {
+        score.colour_windows += usize::from(mostly_colour(win, scene.colour));
+        if let (Some(a), Some(b)) = (
+            mean_size(win, scene.colour),
+            mean_size(&truth, scene.colour),
+        ) {
             score.size_windows += usize::from((a - b).abs() <= SIZE_TOLERANCE * b);
         }
         if let Some((ok, all)) = &mut score.plausible_windows {
@@ -166,7 +148,10 @@ pub fn score_join(
         .count()
         * 2
         > joining.len();
-    let size = match (mean_size(joining, scene), mean_size(&truth, scene)) {
+    let size = match (
+        mean_size(joining, scene.colour),
+        mean_size(&truth, scene.colour),
+    ) {
         (Some(a), Some(b)) => (a - b).abs() <= SIZE_TOLERANCE * b,
         _ => false,
     };
@@ -177,7 +162,7 @@ pub fn score_join(
         && carries_on(&per_frame[end - 2..end + 2], scene.colour);
     JoinScore {
         count,
-        colour: colour_ok(joining, scene),
+        colour: mostly_colour(joining, scene.colour),
         size,
         seams,
     }
