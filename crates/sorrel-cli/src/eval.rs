@@ -75,6 +75,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
+            loras: Vec::new(),
         },
     )?;
     let total = args.clips * if args.held_out { 2 } else { 1 };

@@ -7,9 +7,11 @@ pub mod config;
 pub mod conv2d;
 pub mod conv3d;
 pub mod error;
+pub mod lora;
 pub mod ops;
 pub mod weights;
 
 pub use config::read_config;
 pub use error::{Error, Result};
+pub use lora::{LoraSet, LoraSpec};
 pub use weights::TensorSource;

@@ -15,6 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::lora::LoraSet;
 
 /// Maps a name the model code asks for (diffusers/transformers naming) to the name stored in the file.
 pub type Renamer = Arc<dyn Fn(&str) -> String + Send + Sync>;
@@ -30,6 +31,7 @@ pub struct TensorSource {
     store: Store,
     files: Vec<PathBuf>,
     rename: Option<Renamer>,
+    lora: Option<Arc<LoraSet>>,
 }
 
 fn display_files(files: &[PathBuf]) -> String {
@@ -85,6 +87,7 @@ impl TensorSource {
             store,
             files: files.to_vec(),
             rename: None,
+            lora: None,
         })
     }
 
@@ -114,6 +117,12 @@ impl TensorSource {
     /// Looks every requested name up through `f` first (for checkpoints with other key names).
     pub fn with_rename(mut self, f: Renamer) -> Self {
         self.rename = Some(f);
+        self
+    }
+
+    /// Adds these adapters' changes to every weight as it loads (see [`LoraSet`]).
+    pub fn with_lora(mut self, lora: Arc<LoraSet>) -> Self {
+        self.lora = (!lora.is_empty()).then_some(lora);
         self
     }
 
@@ -160,6 +169,10 @@ impl TensorSource {
                 }
             }
             Store::Map(m) => m.get(&stored).map(|t| t.to_device(dev)).transpose()?,
+        };
+        let found = match (found, &self.lora) {
+            (Some(t), Some(lora)) => Some(lora.patch(name, t)?),
+            (found, _) => found,
         };
         found.ok_or_else(|| {
             let alias = if stored != name { format!(" (stored as `{stored}`)") } else { String::new() };

@@ -21,3 +21,4 @@ pub use modes::{Mode, ModelInfo, Video};
 pub use progress::Event;
 pub use request::{strength_steps, Conditioning, GenerateRequest, Picture};
 pub use rollout::join_clips;
+pub use sorrel_core::LoraSpec;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde_json::Value;
-use sorrel_core::{Error, Result, TensorSource};
+use sorrel_core::{Error, LoraSet, LoraSpec, Result, TensorSource};
 
 use crate::modes::{Mode, ModelInfo};
 use sorrel_models::clip::{ClipImageProcessorConfig, ClipVisionConfig, ClipVisionModel};
@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Where to run.
     pub device: Device,
+    /// LoRA adapters merged into the transformer's weights as they load (`--lora FILE[:SCALE]`).
+    pub loras: Vec<LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -41,8 +43,17 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            loras: Vec::new(),
         }
     }
+}
+
+/// The adapters of `opts`, matched against diffusers names and the original release's.
+fn open_loras(opts: &LoadOptions) -> Result<Arc<LoraSet>> {
+    Ok(Arc::new(LoraSet::open(
+        &opts.loras,
+        Some(Arc::new(|n: &str| convert::transformer_key_to_original(n))),
+    )?))
 }
 
 /// The original release's file names.
@@ -237,10 +248,13 @@ impl WanPipeline {
             tr_dir.join("config.json"),
             "diffusers folder",
         )?)?;
-        let tr_vb =
-            TensorSource::open_dir(&tr_dir, "diffusion_pytorch_model")?.into_var_builder(dt, dev);
+        let lora = open_loras(opts)?;
+        let tr_vb = TensorSource::open_dir(&tr_dir, "diffusion_pytorch_model")?
+            .with_lora(lora.clone())
+            .into_var_builder(dt, dev);
         let transformer = WanTransformer3DModel::new(&tr_cfg, tr_vb)
             .map_err(in_component("transformer", &tr_dir))?;
+        lora.check_all_used()?;
 
         let vae_dir = need(dir.join("vae"), "diffusers folder")?;
         let vae_config: VaeConfig = parse(
@@ -314,11 +328,14 @@ impl WanPipeline {
             dir.join("config.json"),
             "original release folder",
         )?)?;
+        let lora = open_loras(opts)?;
         let tr_vb = TensorSource::open_dir(dir, "diffusion_pytorch_model")?
             .with_rename(Arc::new(|n: &str| convert::transformer_key_to_original(n)))
+            .with_lora(lora.clone())
             .into_var_builder(dt, dev);
         let transformer =
             WanTransformer3DModel::new(&tr_cfg, tr_vb).map_err(in_component("transformer", dir))?;
+        lora.check_all_used()?;
 
         let vae_config: VaeConfig = parse(vae_json, "VAE config")?;
         let vae_path = need(dir.join(ORIGINAL_VAE), "original release folder")?;

@@ -137,7 +137,7 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
         &dir,
         &LoadOptions {
             dtype: DType::BF16,
-            device: Device::Cpu,
+            ..LoadOptions::default()
         },
     )
     .unwrap();

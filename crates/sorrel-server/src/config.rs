@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub models: Vec<ModelSpec>,
     /// Compute dtype of the text encoder and transformer.
     pub dtype: DType,
+    /// LoRA adapters merged into every served model's transformer at load.
+    pub loras: Vec<sorrel_pipeline::LoraSpec>,
     /// Jobs generated at once.
     pub workers: usize,
     /// Request limits.
@@ -120,6 +122,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             models: Vec::new(),
             dtype: DType::F32,
+            loras: Vec::new(),
             workers: 1,
             limits: Limits::default(),
             defaults: Defaults::default(),

@@ -200,14 +200,14 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A model folder failed to load.
-    #[error("cannot load model `{name}` from {dir}: {source}")]
+    #[error("cannot load model `{name}` from {dir}: {reason}")]
     Model {
         /// The model's API name.
         name: String,
         /// Its folder.
         dir: std::path::PathBuf,
-        /// Why.
-        source: Box<sorrel_core::Error>,
+        /// Why (in the message, not a `source`: error reporters that print the chain would say it twice).
+        reason: Box<sorrel_core::Error>,
     },
     /// Binding or serving failed.
     #[error("{0}")]

@@ -115,6 +115,7 @@ impl Server {
         let opts = LoadOptions {
             dtype: config.dtype,
             device: candle_core::Device::Cpu,
+            loras: config.loras.clone(),
         };
         let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
             .await

@@ -37,10 +37,10 @@ impl Models {
                     spec.name
                 )));
             }
-            let pipe = WanPipeline::load(&spec.dir, opts).map_err(|source| ServeError::Model {
+            let pipe = WanPipeline::load(&spec.dir, opts).map_err(|e| ServeError::Model {
                 name: spec.name.clone(),
                 dir: spec.dir.clone(),
-                source: Box::new(source),
+                reason: Box::new(e),
             })?;
             list.push(LoadedModel {
                 name: spec.name.clone(),
