@@ -40,7 +40,7 @@ pub struct FilmArgs {
     /// Length of shots whose sentence gives none ("for 30 seconds" gives one), in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub shot_seconds: f64,
-    /// Model folder (default: the embedded toy-world model).
+    /// Model folder or Hugging Face id, as `sorrel generate --model` (default: the embedded toy-world model).
     #[arg(long, short = 'm', env = "SORREL_MODEL")]
     pub model: Option<PathBuf>,
     /// Denoising steps (default: the model's).
@@ -49,6 +49,9 @@ pub struct FilmArgs {
     /// Guidance scale (default: the model's).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// A LoRA adapter merged into the model, FILE or FILE:SCALE; repeatable (as `sorrel generate --lora`).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<sorrel_pipeline::LoraSpec>,
     /// Plan with a chat model at this OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) instead of
     /// the built-in planner; the answer must be a plan under the schema it is sent.
     #[arg(long, value_name = "URL", requires = "planner_model")]
@@ -110,6 +113,21 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "film".into());
     path.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The LoRAs' part of the shot cache's model identity: each adapter's bytes (megabytes, hashed whole) and
+/// scale, in order; empty without LoRAs so caches made before LoRAs existed stay valid.
+fn lora_fingerprint(loras: &[sorrel_pipeline::LoraSpec]) -> Result<String> {
+    let mut out = String::new();
+    for l in loras {
+        let bytes = std::fs::read(&l.path)
+            .with_context(|| format!("cannot read the LoRA {}", l.path.display()))?;
+        let mut h = Sha256::new();
+        h.update(&bytes);
+        h.update(l.scale.to_le_bytes());
+        out.push_str(&hex(&h.finalize()));
+    }
+    Ok(out)
 }
 
 /// A stable identity of a model folder's weights and settings for the shot cache: every JSON config, and
@@ -231,13 +249,16 @@ pub fn film(args: FilmArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| with_suffix(&args.output, ".film"));
     let model = match &args.model {
-        Some(m) => m.clone(),
+        Some(m) => crate::hub::resolve_model(m, args.quiet)?,
         None => embedded::model_dir()?,
     };
-    let model_name = match &args.model {
-        Some(m) => m.display().to_string(),
-        None => embedded::NAME.to_string(),
-    };
+    let model_name = crate::with_loras(
+        match &args.model {
+            Some(m) => m.display().to_string(),
+            None => embedded::NAME.to_string(),
+        },
+        &args.lora,
+    );
     let info = WanPipeline::describe(&model)?;
     let defaults = &info.defaults;
     // What the plan needs from the model, said before any work.
@@ -276,13 +297,14 @@ pub fn film(args: FilmArgs) -> Result<()> {
             .with_context(|| format!("cannot create the film's work folder {}", d.display()))?;
     }
     sorrel_media::write_file(&work.join("plan.json"), plan.to_json().as_bytes())?;
-    let fingerprint = model_fingerprint(&model)?;
+    let fingerprint = model_fingerprint(&model)? + &lora_fingerprint(&args.lora)?;
 
     let pipe = WanPipeline::load(
         &model,
         &LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
+            loras: args.lora.clone(),
         },
     )?;
     let total: usize = counts.iter().sum();

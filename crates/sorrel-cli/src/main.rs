@@ -3,6 +3,7 @@
 mod embedded;
 mod eval;
 mod film;
+mod hub;
 mod output;
 mod planner_chat;
 mod provenance;
@@ -54,6 +55,8 @@ enum Command {
     Film(film::FilmArgs),
     /// Score a toy-world model on prompts no training clip used.
     Eval(eval::EvalArgs),
+    /// List the models on this machine, or download one by Hugging Face id.
+    Models(hub::ModelsArgs),
 }
 
 #[derive(clap::Args)]
@@ -81,8 +84,10 @@ struct ConnectArgs {
 /// `generate`'s options apart from the prompt, shared with `connect`.
 #[derive(clap::Args)]
 struct GenerateOptions {
-    /// Model folder: a Wan2.1 diffusers folder (with model_index.json) or an original Wan2.1 release folder.
-    /// Default: the embedded toy-world model (32x32, 8 frames; see docs/models/toyworld.md).
+    /// Model: a Wan2.1 diffusers folder (with model_index.json), an original Wan2.1 release folder, or a
+    /// Hugging Face id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers[@REVISION] (read from the Hugging Face cache,
+    /// downloaded into it if missing unless HF_HUB_OFFLINE=1). Default: the embedded toy-world model (32x32,
+    /// 8 frames; see docs/models/toyworld.md).
     #[arg(long, short = 'm', env = "SORREL_MODEL")]
     model: Option<PathBuf>,
     /// What to steer away from.
@@ -126,6 +131,11 @@ struct GenerateOptions {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// A LoRA adapter (safetensors: diffusers/PEFT, kohya/musubi or original Wan keys as ComfyUI uses)
+    /// merged into the model at load, FILE or FILE:SCALE (scale 1 by default); repeatable. For a 4-step
+    /// distillation LoRA pass the settings it was made for, e.g. --steps 4 --guidance 1 (see README).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<sorrel_pipeline::LoraSpec>,
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
     /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
@@ -377,7 +387,7 @@ fn generate(
     // first, in milliseconds.
     let identity = args.sign.identity()?;
     let model = match &args.model {
-        Some(m) => m.clone(),
+        Some(m) => hub::resolve_model(m, args.quiet)?,
         None => embedded::model_dir()?,
     };
     let info = WanPipeline::describe(&model)?;
@@ -510,6 +520,7 @@ fn generate(
         &LoadOptions {
             dtype,
             device: Device::Cpu,
+            loras: args.lora.clone(),
         },
     )?;
     req.validate(&pipe)?;
@@ -571,10 +582,13 @@ fn generate(
     let signer = provenance::Signer {
         identity,
         generation: sorrel_provenance::Generation {
-            model: match &args.model {
-                Some(m) => model_name(m),
-                None => embedded::NAME.to_string(),
-            },
+            model: with_loras(
+                match &args.model {
+                    Some(m) => model_name(m),
+                    None => embedded::NAME.to_string(),
+                },
+                &args.lora,
+            ),
             seed,
             steps: req.steps,
             prompt: args.sign.record_prompt.then(|| prompt.to_string()),
@@ -631,6 +645,14 @@ fn model_name(dir: &std::path::Path) -> String {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
         .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// The model's name as the content credentials record it, with the LoRAs merged into it (file name and
+/// scale): an adapter changes what made the video.
+pub(crate) fn with_loras(model: String, loras: &[sorrel_pipeline::LoraSpec]) -> String {
+    loras
+        .iter()
+        .fold(model, |acc, l| format!("{acc} + LoRA {}", l.label()))
 }
 
 /// The `--thumbnail` and `--spritesheet` images, if asked for, signed.
@@ -724,6 +746,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::train(args),
         Command::Film(args) => film::film(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Models(args) => hub::run(args),
         Command::Verify(args) => match provenance::verify(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,7 +11,8 @@ use sorrel_server::{Defaults, Limits, ModelSpec, Server, ServerConfig, WebhookCo
 /// Options of `sorrel serve`.
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// A model to serve, as NAME=DIR (clients pass NAME as `model`) or DIR (named after the folder). Repeat
+    /// A model to serve, as NAME=DIR (clients pass NAME as `model`), DIR (named after the folder) or a
+    /// Hugging Face id (served under that id; from the Hugging Face cache, as `generate --model`). Repeat
     /// for several; the first is the default. Without any, the embedded toy-world model is served as
     /// `sorrel-toyworld`.
     #[arg(long, short = 'm')]
@@ -34,6 +35,10 @@ pub struct ServeArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// A LoRA adapter (safetensors: diffusers/PEFT, kohya or original Wan keys) merged into every served
+    /// model at load, FILE or FILE:SCALE; repeatable.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<sorrel_pipeline::LoraSpec>,
     /// Longest prompt accepted, in characters.
     #[arg(long, default_value_t = 4000)]
     max_prompt_chars: usize,
@@ -85,7 +90,15 @@ pub struct ServeArgs {
 
 fn model_spec(s: &str) -> Result<ModelSpec> {
     let (name, dir) = match s.split_once('=') {
-        Some((name, dir)) => (name.to_string(), PathBuf::from(dir)),
+        Some((name, dir)) => (
+            name.to_string(),
+            crate::hub::resolve_model(Path::new(dir), false)?,
+        ),
+        // A Hugging Face id is served under that id.
+        None if !Path::new(s).exists() && sorrel_pipeline::hub::HubId::parse(s).is_some() => (
+            s.to_string(),
+            crate::hub::resolve_model(Path::new(s), false)?,
+        ),
         None => {
             let dir = PathBuf::from(s);
             let name = dir
@@ -192,6 +205,7 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
                 .collect::<Result<_>>()?
         },
         dtype: crate::parse_dtype(&args.dtype)?,
+        loras: args.lora.clone(),
         workers: args.workers,
         limits,
         defaults: Defaults {

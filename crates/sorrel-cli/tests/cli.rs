@@ -197,6 +197,66 @@ fn cli_npy_matches_diffusers_frames() {
     assert!(err <= 2e-3, "npy frames differ from diffusers by {err}");
 }
 
+#[test]
+fn cli_lora_in_kohya_format_matches_diffusers() {
+    // `--lora FILE:SCALE` as users type it, against diffusers' load_lora_weights + set_adapters (0.8).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.npy");
+    let mut args = fixture_args("wan-tiny-alt", &fixture("wan-tiny-alt").join("pipeline"));
+    let lora = format!(
+        "{}:0.8",
+        fixture("lora").join("kohya.safetensors").display()
+    );
+    args.extend([
+        "--lora".into(),
+        lora,
+        "-o".into(),
+        out.display().to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = sorrel(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, data) = read_npy_f32(&out);
+    let want = reference("lora")["frames.kohya"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let err = data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(data.len(), want.len());
+    assert!(
+        err <= 2e-3,
+        "frames with the LoRA differ from diffusers by {err}"
+    );
+}
+
+#[test]
+fn cli_refuses_a_lora_for_another_model() {
+    // The fixture LoRAs are for wan-tiny-alt (inner dim 48); wan-tiny-unipc's is 24.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.mp4");
+    let mut args = fixture_args(
+        "wan-tiny-unipc",
+        &fixture("wan-tiny-unipc").join("pipeline"),
+    );
+    let lora = fixture("lora")
+        .join("peft.safetensors")
+        .display()
+        .to_string();
+    args.extend([
+        "--lora".into(),
+        lora,
+        "-o".into(),
+        out.display().to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_fails(&refs, "made for", &out);
+}
+
 // ------------------------------------------------------------------------------------------ bad input
 
 fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {

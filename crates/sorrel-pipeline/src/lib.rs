@@ -5,6 +5,7 @@ pub mod compose;
 pub mod defaults;
 pub mod denoise;
 pub mod film;
+pub mod hub;
 pub mod loader;
 pub mod modes;
 pub mod noise;
