@@ -76,6 +76,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             dtype: DType::F32,
             device: Device::Cpu,
             loras: Vec::new(),
+            transformer: None,
         },
     )?;
     let total = args.clips * if args.held_out { 2 } else { 1 };

@@ -305,6 +305,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
             dtype: DType::F32,
             device: Device::Cpu,
             loras: args.lora.clone(),
+            transformer: None,
         },
     )?;
     let total: usize = counts.iter().sum();

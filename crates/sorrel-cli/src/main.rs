@@ -136,6 +136,11 @@ struct GenerateOptions {
     /// distillation LoRA pass the settings it was made for, e.g. --steps 4 --guidance 1 (see README).
     #[arg(long, value_name = "FILE[:SCALE]")]
     lora: Vec<sorrel_pipeline::LoraSpec>,
+    /// The transformer's weights from this file instead of the model folder's: a GGUF file (Q8_0, Q4_0, Q4_K,
+    /// ... as ComfyUI-GGUF ships; its matrices stay quantized in memory) or a single safetensors file, with
+    /// original or diffusers names. The folder's config, text encoder and VAE are used.
+    #[arg(long, value_name = "FILE")]
+    transformer: Option<PathBuf>,
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
     /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
@@ -521,6 +526,7 @@ fn generate(
             dtype,
             device: Device::Cpu,
             loras: args.lora.clone(),
+            transformer: args.transformer.clone(),
         },
     )?;
     req.validate(&pipe)?;
@@ -583,9 +589,17 @@ fn generate(
         identity,
         generation: sorrel_provenance::Generation {
             model: with_loras(
-                match &args.model {
-                    Some(m) => model_name(m),
-                    None => embedded::NAME.to_string(),
+                match (&args.model, &args.transformer) {
+                    (_, Some(t)) => format!(
+                        "{} with transformer {}",
+                        args.model
+                            .as_deref()
+                            .map(model_name)
+                            .unwrap_or_else(|| embedded::NAME.to_string()),
+                        model_name(t)
+                    ),
+                    (Some(m), None) => model_name(m),
+                    (None, None) => embedded::NAME.to_string(),
                 },
                 &args.lora,
             ),

@@ -257,6 +257,60 @@ fn cli_refuses_a_lora_for_another_model() {
     assert_fails(&refs, "made for", &out);
 }
 
+#[test]
+fn cli_gguf_transformer_matches_diffusers() {
+    // `--transformer FILE.gguf` beside the folder's text encoder and VAE, as ComfyUI-GGUF users run it,
+    // against diffusers with the same (dequantized) Q8_0 weights.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.npy");
+    let dir = fixture("wan-tiny-wide");
+    let (model, gguf, init) = (
+        dir.join("pipeline").display().to_string(),
+        dir.join("transformer-Q8_0.gguf").display().to_string(),
+        dir.join("init_latents.safetensors").display().to_string(),
+    );
+    let o = sorrel(&[
+        "generate",
+        "a cat and a dog baking a cake",
+        "--model",
+        &model,
+        "--transformer",
+        &gguf,
+        "--negative-prompt",
+        "blurred static",
+        "--size",
+        "48x32",
+        "--frames",
+        "9",
+        "--steps",
+        "4",
+        "--guidance",
+        "5",
+        "--max-sequence-length",
+        "16",
+        "--init-latents",
+        &init,
+        "-q",
+        "--no-watermark",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, data) = read_npy_f32(&out);
+    let want = reference("wan-tiny-wide")["frames.Q8_0"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(data.len(), want.len());
+    let err = data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err <= 2e-3, "Q8_0 frames differ from diffusers' by {err}");
+}
+
 // ------------------------------------------------------------------------------------------ bad input
 
 fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conv2d;
 pub mod conv3d;
 pub mod error;
+pub mod gguf;
 pub mod lora;
 pub mod ops;
 pub mod weights;

@@ -15,6 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, QuantizedWeights};
 use crate::lora::LoraSet;
 
 /// Maps a name the model code asks for (diffusers/transformers naming) to the name stored in the file.
@@ -24,6 +25,9 @@ enum Store {
     Safetensors(MmapedSafetensors),
     /// `.pth` pickles are read whole: candle's lazy reader reopens the zip for every tensor.
     Map(HashMap<String, Tensor>),
+    /// A GGUF file: plain tensors dequantize as they load; quantized matrices also reach
+    /// [`crate::ops::dense`] through [`crate::gguf::with_quantized`].
+    Gguf(Arc<GgufFile>),
 }
 
 /// A set of weight files read as one namespace.
@@ -54,6 +58,22 @@ impl TensorSource {
                     f.display()
                 )));
             }
+        }
+        if files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "gguf"))
+        {
+            if files.len() != 1 {
+                return Err(Error::model(
+                    "sharded GGUF files are not supported; pass one .gguf file",
+                ));
+            }
+            return Ok(Self {
+                store: Store::Gguf(Arc::new(GgufFile::open(&files[0])?)),
+                files: files.to_vec(),
+                rename: None,
+                lora: None,
+            });
         }
         let is_pth = files.iter().all(|f| {
             f.extension()
@@ -131,6 +151,19 @@ impl TensorSource {
         match &self.store {
             Store::Safetensors(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
             Store::Map(m) => m.keys().cloned().collect(),
+            Store::Gguf(g) => g.names(),
+        }
+    }
+
+    /// For a GGUF file, its quantized matrices with this source's name mapping, for
+    /// [`crate::gguf::with_quantized`]; `None` for other files.
+    pub fn quantized_weights(&self) -> Option<QuantizedWeights> {
+        match &self.store {
+            Store::Gguf(g) => Some(QuantizedWeights {
+                file: g.clone(),
+                rename: self.rename.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -148,6 +181,8 @@ impl TensorSource {
                 }
             }),
             Store::Map(m) => m.get(stored).map(|t| t.dtype()),
+            // GGUF tensors are handed out dequantized to f32.
+            Store::Gguf(g) => g.contains(stored).then_some(DType::F32),
         }
     }
 
@@ -169,6 +204,13 @@ impl TensorSource {
                 }
             }
             Store::Map(m) => m.get(&stored).map(|t| t.to_device(dev)).transpose()?,
+            Store::Gguf(g) => {
+                if g.contains(&stored) {
+                    Some(g.dequantized(&stored, dev)?)
+                } else {
+                    None
+                }
+            }
         };
         let found = match (found, &self.lora) {
             (Some(t), Some(lora)) => Some(lora.patch(name, t)?),
@@ -221,6 +263,7 @@ impl SimpleBackend for TensorSource {
         match &self.store {
             Store::Safetensors(st) => st.get(&stored).is_ok(),
             Store::Map(m) => m.contains_key(&stored),
+            Store::Gguf(g) => g.contains(&stored),
         }
     }
 }

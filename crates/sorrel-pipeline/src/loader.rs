@@ -36,6 +36,10 @@ pub struct LoadOptions {
     pub device: Device,
     /// LoRA adapters merged into the transformer's weights as they load (`--lora FILE[:SCALE]`).
     pub loras: Vec<LoraSpec>,
+    /// The transformer's weights from this file instead of the folder's (`--transformer FILE`): a GGUF file
+    /// (quantized matrices stay quantized) or a single safetensors file, with diffusers or original Wan names,
+    /// optionally prefixed `model.diffusion_model.` as ComfyUI saves them. The folder's config still applies.
+    pub transformer: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -44,8 +48,63 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             loras: Vec::new(),
+            transformer: None,
         }
     }
+}
+
+/// The `--transformer` file, with the renaming its key names need: diffusers names, or the original
+/// release's, either of them under ComfyUI's `model.diffusion_model.` (or `diffusion_model.`) prefix.
+fn transformer_file(path: &Path) -> Result<TensorSource> {
+    let src = TensorSource::open(&[path.to_path_buf()])?;
+    let keys = src.keys();
+    let prefix = ["model.diffusion_model.", "diffusion_model."]
+        .into_iter()
+        .find(|p| keys.iter().any(|k| k.starts_with(p)))
+        .unwrap_or("")
+        .to_string();
+    let has = |k: &str| keys.iter().any(|x| x.as_str() == format!("{prefix}{k}"));
+    let original = has("head.head.weight") || has("blocks.0.self_attn.q.weight");
+    let diffusers = has("proj_out.weight") || has("blocks.0.attn1.to_q.weight");
+    if !original && !diffusers {
+        return Err(Error::model(format!(
+            "{} is not a Wan transformer: it has neither blocks.0.self_attn.q.weight (original names) nor              blocks.0.attn1.to_q.weight (diffusers names){}",
+            path.display(),
+            if prefix.is_empty() { String::new() } else { format!(" under `{prefix}`") }
+        )));
+    }
+    Ok(src.with_rename(Arc::new(move |n: &str| {
+        if original {
+            format!("{prefix}{}", convert::transformer_key_to_original(n))
+        } else {
+            format!("{prefix}{n}")
+        }
+    })))
+}
+
+/// Builds the transformer from `src` (with the adapters), keeping a GGUF file's quantized matrices quantized.
+fn build_transformer(
+    cfg: &WanTransformerConfig,
+    src: TensorSource,
+    opts: &LoadOptions,
+    place: &Path,
+) -> Result<WanTransformer3DModel> {
+    let quantized = src.quantized_weights();
+    if quantized.is_some() && !opts.loras.is_empty() {
+        return Err(Error::model(
+            "LoRAs cannot be merged into GGUF (quantized) weights yet: use the model's safetensors weights \
+             with --lora, or merge the LoRA before quantizing",
+        ));
+    }
+    let lora = open_loras(opts)?;
+    let vb = src
+        .with_lora(lora.clone())
+        .into_var_builder(opts.dtype, &opts.device);
+    let model =
+        sorrel_core::gguf::with_quantized(quantized, || WanTransformer3DModel::new(cfg, vb))
+            .map_err(in_component("transformer", place))?;
+    lora.check_all_used()?;
+    Ok(model)
 }
 
 /// The adapters of `opts`, matched against diffusers names and the original release's.
@@ -248,13 +307,14 @@ impl WanPipeline {
             tr_dir.join("config.json"),
             "diffusers folder",
         )?)?;
-        let lora = open_loras(opts)?;
-        let tr_vb = TensorSource::open_dir(&tr_dir, "diffusion_pytorch_model")?
-            .with_lora(lora.clone())
-            .into_var_builder(dt, dev);
-        let transformer = WanTransformer3DModel::new(&tr_cfg, tr_vb)
-            .map_err(in_component("transformer", &tr_dir))?;
-        lora.check_all_used()?;
+        let (src, place) = match &opts.transformer {
+            Some(f) => (transformer_file(f)?, f.clone()),
+            None => (
+                TensorSource::open_dir(&tr_dir, "diffusion_pytorch_model")?,
+                tr_dir.clone(),
+            ),
+        };
+        let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
 
         let vae_dir = need(dir.join("vae"), "diffusers folder")?;
         let vae_config: VaeConfig = parse(
@@ -328,14 +388,15 @@ impl WanPipeline {
             dir.join("config.json"),
             "original release folder",
         )?)?;
-        let lora = open_loras(opts)?;
-        let tr_vb = TensorSource::open_dir(dir, "diffusion_pytorch_model")?
-            .with_rename(Arc::new(|n: &str| convert::transformer_key_to_original(n)))
-            .with_lora(lora.clone())
-            .into_var_builder(dt, dev);
-        let transformer =
-            WanTransformer3DModel::new(&tr_cfg, tr_vb).map_err(in_component("transformer", dir))?;
-        lora.check_all_used()?;
+        let (src, place) = match &opts.transformer {
+            Some(f) => (transformer_file(f)?, f.clone()),
+            None => (
+                TensorSource::open_dir(dir, "diffusion_pytorch_model")?
+                    .with_rename(Arc::new(|n: &str| convert::transformer_key_to_original(n))),
+                dir.to_path_buf(),
+            ),
+        };
+        let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
 
         let vae_config: VaeConfig = parse(vae_json, "VAE config")?;
         let vae_path = need(dir.join(ORIGINAL_VAE), "original release folder")?;

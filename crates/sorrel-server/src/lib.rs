@@ -116,6 +116,7 @@ impl Server {
             dtype: config.dtype,
             device: candle_core::Device::Cpu,
             loras: config.loras.clone(),
+            transformer: None,
         };
         let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
             .await

@@ -406,7 +406,8 @@ impl FeedForward {
         if let Some(wi_1) = &self.wi_1 {
             h = (h * wi_1.forward(x)?)?;
         }
-        self.wo.forward(&h.to_dtype(self.wo.weight().dtype())?)
+        self.wo
+            .forward(&h.to_dtype(self.wo.dtype().unwrap_or(h.dtype()))?)
     }
 }
 

@@ -1,0 +1,224 @@
+//! GGUF transformers (`--transformer FILE.gguf`) on the wan-tiny-wide fixture (model width 256, so every
+//! block size divides its matrices), written by gguf-py the way ComfyUI-GGUF writes Wan models
+//! (`tools/reference/make_gguf_fixtures.py`): F32 gives diffusers' frames; each quantized type's distance
+//! from them is measured and bounded.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use sorrel_pipeline::{GenerateRequest, LoadOptions, LoraSpec, WanPipeline};
+use sorrel_testkit::{fixture, max_abs_diff, reference_metadata};
+
+fn dir() -> PathBuf {
+    fixture("wan-tiny-wide")
+}
+
+fn load(transformer: &Path, loras: Vec<LoraSpec>) -> sorrel_core::Result<WanPipeline> {
+    WanPipeline::load(
+        &dir().join("pipeline"),
+        &LoadOptions {
+            transformer: Some(transformer.to_path_buf()),
+            loras,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+fn generate(transformer: &Path) -> Tensor {
+    let meta = reference_metadata("wan-tiny-wide");
+    let num = |k: &str| meta[k].parse::<usize>().unwrap();
+    let init = candle_core::safetensors::load(dir().join("init_latents.safetensors"), &Device::Cpu)
+        .unwrap()["latents"]
+        .clone();
+    let req = GenerateRequest {
+        prompt: meta["prompt"].clone(),
+        negative_prompt: meta["negative_prompt"].clone(),
+        width: num("width"),
+        height: num("height"),
+        frames: num("num_frames"),
+        steps: num("steps"),
+        guidance: meta["guidance_scale"].parse().unwrap(),
+        seed: 0,
+        max_sequence_length: Some(num("max_sequence_length")),
+        scheduler: None,
+        flow_shift: None,
+        init_latents: Some(init),
+        conditioning: Default::default(),
+    };
+    load(transformer, vec![])
+        .unwrap()
+        .generate(&req, &mut |_| true)
+        .unwrap()
+        .frames
+}
+
+fn psnr(a: &Tensor, b: &Tensor) -> f64 {
+    let mse = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    10.0 * (1.0 / mse.max(1e-20)).log10()
+}
+
+/// The F32 file requantized with candle's port of ggml's quantizers (gguf-py cannot write K-quants):
+/// matrices whose rows divide into `dtype`'s blocks, the rest kept F32, the metadata carried over.
+fn requantize(dtype: GgmlDType, out: &Path) {
+    let src = dir().join("transformer-F32.gguf");
+    let mut f = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut tensors = vec![];
+    for (name, info) in &content.tensor_infos {
+        let t = info
+            .read(&mut f, content.tensor_data_offset, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let dims = t.dims().to_vec();
+        let q = if dims.len() == 2 && dims[1] % dtype.block_size() == 0 && !name.contains("patch") {
+            QTensor::quantize(&t, dtype).unwrap()
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        };
+        tensors.push((name.clone(), q));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let mut w = std::fs::File::create(out).unwrap();
+    gguf_file::write(&mut w, &metadata, &tensors).unwrap();
+}
+
+#[test]
+fn every_type_against_diffusers_frames() {
+    let want = sorrel_testkit::reference("wan-tiny-wide")["frames"]
+        .squeeze(0)
+        .unwrap();
+    let f32 = generate(&dir().join("transformer-F32.gguf"));
+    let err = max_abs_diff(&f32, &want);
+    println!("F32: frames max abs err {err:e} against diffusers");
+    // The T2V parity bound: F32 GGUF is the same numbers as the safetensors weights.
+    assert!(
+        err <= 2e-3,
+        "F32 GGUF frames differ from diffusers by {err}"
+    );
+
+    // gguf-py's Q8_0 and Q4_0 files against diffusers run with the same weights as gguf-py dequantizes
+    // them: the same numbers, so the parity bound holds. How far quantizing moves the frames is reported.
+    for name in ["Q8_0", "Q4_0"] {
+        let frames = generate(&dir().join(format!("transformer-{name}.gguf")));
+        let theirs = sorrel_testkit::reference("wan-tiny-wide")[&format!("frames.{name}")]
+            .squeeze(0)
+            .unwrap();
+        let err = max_abs_diff(&frames, &theirs);
+        println!(
+            "{name}: frames max abs err {err:e} against diffusers with the dequantized weights; {:.1} dB from \
+             the f32 frames (diffusers: {:.1} dB)",
+            psnr(&frames, &want),
+            psnr(&theirs, &want)
+        );
+        assert!(
+            err <= 2e-3,
+            "{name}: frames differ from diffusers' by {err}"
+        );
+    }
+    // K-quants (written here with candle's port of ggml's quantizers; gguf-py cannot write them): no diffusers
+    // run to match, so the distance from the f32 frames is bounded below what was measured (printed) by a few
+    // dB, and must rise with the bits, as a correct dequantization makes it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut last = 0.0;
+    for (dtype, name, bound) in [
+        (GgmlDType::Q4K, "Q4_K", MIN_DB[0]),
+        (GgmlDType::Q5K, "Q5_K", MIN_DB[1]),
+        (GgmlDType::Q6K, "Q6_K", MIN_DB[2]),
+    ] {
+        let p = tmp.path().join(format!("transformer-{name}.gguf"));
+        requantize(dtype, &p);
+        let frames = generate(&p);
+        let db = psnr(&frames, &want);
+        println!("{name}: frames {db:.1} dB from the f32 frames");
+        assert!(db >= bound, "{name}: {db:.1} dB is under {bound} dB");
+        assert!(
+            db > last,
+            "{name} should be closer than the type with fewer bits"
+        );
+        last = db;
+    }
+}
+
+/// Lowest PSNR (dB) of Q4_K, Q5_K, Q6_K frames from the f32 frames on this fixture: 3 dB under the measured
+/// 22.1, 23.1 and 31.3 (this tiny random model amplifies weight error: Q8_0 gives 37.4 dB, in diffusers too).
+const MIN_DB: [f64; 3] = [19.0, 20.0, 28.0];
+
+fn load_err(transformer: &Path, loras: Vec<LoraSpec>) -> String {
+    match load(transformer, loras) {
+        Ok(_) => panic!("{} should have been refused", transformer.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A GGUF v3 file with one 256-element tensor of ggml type `ty` and `count` as its tensor count.
+fn tiny_gguf(path: &Path, ty: u32, count: u64) {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(count.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.push(b'x');
+    b.extend(1u32.to_le_bytes());
+    b.extend(256u64.to_le_bytes());
+    b.extend(ty.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.resize(b.len().div_ceil(32) * 32 + 1024, 0);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn bad_gguf_files_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A header that claims 2^60 tensors: refused from the file's size, nothing allocated.
+    let huge = tmp.path().join("huge.gguf");
+    tiny_gguf(&huge, 0, 1 << 60);
+    let e = load_err(&huge, vec![]);
+    assert!(
+        e.contains("not valid GGUF") && e.contains("huge.gguf"),
+        "{e}"
+    );
+    // A type Sorrel does not read is named.
+    let iq = tmp.path().join("iq4.gguf");
+    tiny_gguf(&iq, 23, 1);
+    let e = load_err(&iq, vec![]);
+    assert!(e.contains("IQ4_XS") && e.contains("does not read"), "{e}");
+    // Not GGUF at all.
+    let junk = tmp.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a gguf file at all, just text").unwrap();
+    let e = load_err(&junk, vec![]);
+    assert!(e.contains("not valid GGUF"), "{e}");
+    // Cut short: the header reads, the tensors do not.
+    let bytes = std::fs::read(dir().join("transformer-Q8_0.gguf")).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&cut, vec![]);
+    assert!(e.contains("truncated or damaged"), "{e}");
+    // A GGUF of another model (no Wan tensors).
+    let other = tmp.path().join("other.gguf");
+    tiny_gguf(&other, 0, 1);
+    let e = load_err(&other, vec![]);
+    assert!(e.contains("is not a Wan transformer"), "{e}");
+    // LoRAs are not merged into quantized weights.
+    let e = load_err(
+        &dir().join("transformer-Q8_0.gguf"),
+        vec![LoraSpec {
+            path: fixture("lora").join("peft.safetensors"),
+            scale: 1.0,
+        }],
+    );
+    assert!(e.contains("LoRAs cannot be merged into GGUF"), "{e}");
+}
