@@ -77,6 +77,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             device: Device::Cpu,
             loras: Vec::new(),
             transformer: None,
+            text_encoder: None,
+            vae: None,
         },
     )?;
     let total = args.clips * if args.held_out { 2 } else { 1 };

@@ -306,6 +306,8 @@ pub fn film(args: FilmArgs) -> Result<()> {
             device: Device::Cpu,
             loras: args.lora.clone(),
             transformer: None,
+            text_encoder: None,
+            vae: None,
         },
     )?;
     let total: usize = counts.iter().sum();

@@ -141,6 +141,13 @@ struct GenerateOptions {
     /// original or diffusers names. The folder's config, text encoder and VAE are used.
     #[arg(long, value_name = "FILE")]
     transformer: Option<PathBuf>,
+    /// The text encoder's weights from this safetensors file instead of the folder's (ComfyUI's
+    /// `umt5_xxl_fp8_e4m3fn_scaled.safetensors` and other single files; fp8 is expanded to the compute dtype).
+    #[arg(long, value_name = "FILE")]
+    text_encoder: Option<PathBuf>,
+    /// The VAE's weights from this safetensors file instead of the folder's (ComfyUI's `wan_2.1_vae.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    vae: Option<PathBuf>,
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
     /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
@@ -527,6 +534,8 @@ fn generate(
             device: Device::Cpu,
             loras: args.lora.clone(),
             transformer: args.transformer.clone(),
+            text_encoder: args.text_encoder.clone(),
+            vae: args.vae.clone(),
         },
     )?;
     req.validate(&pipe)?;

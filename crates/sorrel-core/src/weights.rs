@@ -177,6 +177,8 @@ impl TensorSource {
                     D::F16 => Some(DType::F16),
                     D::BF16 => Some(DType::BF16),
                     D::F64 => Some(DType::F64),
+                    // Handed out as f32, multiplied by their `scale_weight` (see `load`).
+                    D::F8_E4M3 => Some(DType::F32),
                     _ => None,
                 }
             }),
@@ -212,6 +214,10 @@ impl TensorSource {
                 }
             }
         };
+        let found = match found {
+            Some(t) if t.dtype() == DType::F8E4M3 => Some(self.unscale_fp8(&stored, t, dev)?),
+            other => other,
+        };
         let found = match (found, &self.lora) {
             (Some(t), Some(lora)) => Some(lora.patch(name, t)?),
             (found, _) => found,
@@ -224,6 +230,32 @@ impl TensorSource {
                 display_files(&self.files)
             ))
         })
+    }
+
+    /// An fp8-e4m3 weight as f32. ComfyUI's "scaled" fp8 files store `W / s` with `s` beside it as
+    /// `NAME.scale_weight` (one number per matrix); plain fp8 files have no scale.
+    fn unscale_fp8(&self, stored: &str, t: Tensor, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = t.to_dtype(DType::F32)?;
+        let Some(scale_name) = stored
+            .strip_suffix(".weight")
+            .map(|s| format!("{s}.scale_weight"))
+        else {
+            return Ok(t);
+        };
+        let scale = match &self.store {
+            Store::Safetensors(st) if st.get(&scale_name).is_ok() => st.load(&scale_name, dev)?,
+            Store::Map(m) if m.contains_key(&scale_name) => m[&scale_name].to_device(dev)?,
+            _ => return Ok(t),
+        };
+        let scale = scale.to_dtype(DType::F32)?.flatten_all()?;
+        match scale.dims1()? {
+            1 => t.broadcast_mul(&scale.reshape(())?),
+            n => Err(candle_core::Error::Msg(format!(
+                "`{scale_name}` in {} holds {n} numbers; Sorrel reads one scale per fp8 matrix (ComfyUI's \
+                 scaled fp8)",
+                display_files(&self.files)
+            ))),
+        }
     }
 
     /// A candle `VarBuilder` reading from this source, converting every tensor to `dtype` on `device`.

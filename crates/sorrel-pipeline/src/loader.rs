@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde_json::Value;
+use sorrel_core::weights::Renamer;
 use sorrel_core::{Error, LoraSet, LoraSpec, Result, TensorSource};
 
 use crate::modes::{Mode, ModelInfo};
@@ -40,6 +41,11 @@ pub struct LoadOptions {
     /// (quantized matrices stay quantized) or a single safetensors file, with diffusers or original Wan names,
     /// optionally prefixed `model.diffusion_model.` as ComfyUI saves them. The folder's config still applies.
     pub transformer: Option<PathBuf>,
+    /// The text encoder's weights from this safetensors file (`--text-encoder FILE`; transformers' or the
+    /// original release's names; fp32, fp16, bf16 or ComfyUI's "scaled" fp8-e4m3).
+    pub text_encoder: Option<PathBuf>,
+    /// The VAE's weights from this safetensors file (`--vae FILE`; the original release's or diffusers' names).
+    pub vae: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -49,37 +55,93 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             loras: Vec::new(),
             transformer: None,
+            text_encoder: None,
+            vae: None,
         }
     }
 }
 
-/// The `--transformer` file, with the renaming its key names need: diffusers names, or the original
-/// release's, either of them under ComfyUI's `model.diffusion_model.` (or `diffusion_model.`) prefix.
-fn transformer_file(path: &Path) -> Result<TensorSource> {
+/// One naming a single weights file may use: a tensor every such file has, and the mapping from the names
+/// the model asks for to that naming.
+struct Naming {
+    marker: &'static str,
+    rename: Renamer,
+}
+
+/// A single weights file (ComfyUI's repackaged files, `--transformer/--text-encoder/--vae`) with the renaming
+/// its keys need: the first naming whose marker tensor it holds, under whatever prefix the file puts before
+/// it (`model.diffusion_model.`, `first_stage_model.`, ...).
+fn single_file(path: &Path, component: &str, namings: Vec<Naming>) -> Result<TensorSource> {
     let src = TensorSource::open(&[path.to_path_buf()])?;
     let keys = src.keys();
-    let prefix = ["model.diffusion_model.", "diffusion_model."]
-        .into_iter()
-        .find(|p| keys.iter().any(|k| k.starts_with(p)))
-        .unwrap_or("")
-        .to_string();
-    let has = |k: &str| keys.iter().any(|x| x.as_str() == format!("{prefix}{k}"));
-    let original = has("head.head.weight") || has("blocks.0.self_attn.q.weight");
-    let diffusers = has("proj_out.weight") || has("blocks.0.attn1.to_q.weight");
-    if !original && !diffusers {
-        return Err(Error::model(format!(
-            "{} is not a Wan transformer: it has neither blocks.0.self_attn.q.weight (original names) nor              blocks.0.attn1.to_q.weight (diffusers names){}",
-            path.display(),
-            if prefix.is_empty() { String::new() } else { format!(" under `{prefix}`") }
-        )));
-    }
-    Ok(src.with_rename(Arc::new(move |n: &str| {
-        if original {
-            format!("{prefix}{}", convert::transformer_key_to_original(n))
-        } else {
-            format!("{prefix}{n}")
+    for naming in namings {
+        let found = keys.iter().find_map(|k| {
+            let prefix = k.strip_suffix(naming.marker)?;
+            (prefix.is_empty() || prefix.ends_with('.')).then(|| prefix.to_string())
+        });
+        if let Some(prefix) = found {
+            let rename = naming.rename;
+            return Ok(src.with_rename(Arc::new(move |n: &str| format!("{prefix}{}", rename(n)))));
         }
-    })))
+    }
+    Err(Error::model(format!(
+        "{} is not a Wan {component}: it has none of the tensors a {component} file has in any layout Sorrel \
+         reads (for example {})",
+        path.display(),
+        keys.first().map(|k| format!("its first tensor is `{k}`")).unwrap_or_else(|| "it is empty".into())
+    )))
+}
+
+fn transformer_file(path: &Path) -> Result<TensorSource> {
+    single_file(
+        path,
+        "transformer",
+        vec![
+            Naming {
+                marker: "blocks.0.self_attn.q.weight",
+                rename: Arc::new(|n: &str| convert::transformer_key_to_original(n)),
+            },
+            Naming {
+                marker: "blocks.0.attn1.to_q.weight",
+                rename: Arc::new(|n: &str| n.to_string()),
+            },
+        ],
+    )
+}
+
+fn text_encoder_file(path: &Path) -> Result<TensorSource> {
+    single_file(
+        path,
+        "text encoder",
+        vec![
+            Naming {
+                marker: "encoder.block.0.layer.0.SelfAttention.q.weight",
+                rename: Arc::new(|n: &str| n.to_string()),
+            },
+            Naming {
+                marker: "blocks.0.attn.q.weight",
+                rename: Arc::new(|n: &str| umt5_key_to_original(n)),
+            },
+        ],
+    )
+}
+
+fn vae_file(path: &Path, cfg: &VaeConfig) -> Result<TensorSource> {
+    let cfg = cfg.clone();
+    single_file(
+        path,
+        "VAE",
+        vec![
+            Naming {
+                marker: "decoder.conv1.weight",
+                rename: Arc::new(move |n: &str| vae_key_from_original(n, &cfg)),
+            },
+            Naming {
+                marker: "decoder.conv_in.weight",
+                rename: Arc::new(|n: &str| n.to_string()),
+            },
+        ],
+    )
 }
 
 /// Builds the transformer from `src` (with the adapters), keeping a GGUF file's quantized matrices quantized.
@@ -298,9 +360,12 @@ impl WanPipeline {
             read_json(&need(te_dir.join("config.json"), "diffusers folder")?)?,
             "text_encoder/config.json",
         )?;
-        let te_vb = TensorSource::open_dir(&te_dir, "model")?.into_var_builder(dt, dev);
-        let text_encoder =
-            Umt5Encoder::new(&te_cfg, te_vb).map_err(in_component("text encoder", &te_dir))?;
+        let (te_src, te_place) = match &opts.text_encoder {
+            Some(f) => (text_encoder_file(f)?, f.clone()),
+            None => (TensorSource::open_dir(&te_dir, "model")?, te_dir.clone()),
+        };
+        let text_encoder = Umt5Encoder::new(&te_cfg, te_src.into_var_builder(dt, dev))
+            .map_err(in_component("text encoder", &te_place))?;
 
         let tr_dir = need(dir.join("transformer"), "diffusers folder")?;
         let tr_cfg = WanTransformerConfig::from_diffusers_file(&need(
@@ -323,10 +388,15 @@ impl WanPipeline {
         )?;
         // The VAE runs in f32: its decode is where low precision shows as banding, and it is a small share
         // of the time.
-        let vae_vb = TensorSource::open_dir(&vae_dir, "diffusion_pytorch_model")?
-            .into_var_builder(DType::F32, dev);
-        let vae =
-            AutoencoderKLWan::new(&vae_config, vae_vb).map_err(in_component("VAE", &vae_dir))?;
+        let (vae_src, vae_place) = match &opts.vae {
+            Some(f) => (vae_file(f, &vae_config)?, f.clone()),
+            None => (
+                TensorSource::open_dir(&vae_dir, "diffusion_pytorch_model")?,
+                vae_dir.clone(),
+            ),
+        };
+        let vae = AutoencoderKLWan::new(&vae_config, vae_src.into_var_builder(DType::F32, dev))
+            .map_err(in_component("VAE", &vae_place))?;
 
         let image_encoder = if tr_cfg.image_dim.is_some() {
             Some(load_image_encoder(dir, dev)?)
@@ -377,12 +447,14 @@ impl WanPipeline {
         )?)?;
 
         let te_cfg: Umt5Config = parse(te_json, "text encoder config")?;
-        let t5 = need(dir.join(ORIGINAL_T5), "original release folder")?;
-        let te_vb = TensorSource::open(&[t5])?
-            .with_rename(Arc::new(|n: &str| umt5_key_to_original(n)))
-            .into_var_builder(dt, dev);
-        let text_encoder =
-            Umt5Encoder::new(&te_cfg, te_vb).map_err(in_component("text encoder", dir))?;
+        let te_src = match &opts.text_encoder {
+            Some(f) => text_encoder_file(f)?,
+            None => TensorSource::open(&[need(dir.join(ORIGINAL_T5), "original release folder")?])?
+                .with_rename(Arc::new(|n: &str| umt5_key_to_original(n))),
+        };
+        let text_encoder = Umt5Encoder::new(&te_cfg, te_src.into_var_builder(dt, dev)).map_err(
+            in_component("text encoder", opts.text_encoder.as_deref().unwrap_or(dir)),
+        )?;
 
         let tr_cfg = WanTransformerConfig::from_original_file(&need(
             dir.join("config.json"),
@@ -399,14 +471,18 @@ impl WanPipeline {
         let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
 
         let vae_config: VaeConfig = parse(vae_json, "VAE config")?;
-        let vae_path = need(dir.join(ORIGINAL_VAE), "original release folder")?;
-        let cfg_for_names = vae_config.clone();
-        let vae_vb = TensorSource::open(&[vae_path])?
-            .with_rename(Arc::new(move |n: &str| {
-                vae_key_from_original(n, &cfg_for_names)
-            }))
-            .into_var_builder(DType::F32, dev);
-        let vae = AutoencoderKLWan::new(&vae_config, vae_vb).map_err(in_component("VAE", dir))?;
+        let vae_src = match &opts.vae {
+            Some(f) => vae_file(f, &vae_config)?,
+            None => {
+                let cfg_for_names = vae_config.clone();
+                TensorSource::open(&[need(dir.join(ORIGINAL_VAE), "original release folder")?])?
+                    .with_rename(Arc::new(move |n: &str| {
+                        vae_key_from_original(n, &cfg_for_names)
+                    }))
+            }
+        };
+        let vae = AutoencoderKLWan::new(&vae_config, vae_src.into_var_builder(DType::F32, dev))
+            .map_err(in_component("VAE", opts.vae.as_deref().unwrap_or(dir)))?;
 
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -117,6 +117,8 @@ impl Server {
             device: candle_core::Device::Cpu,
             loras: config.loras.clone(),
             transformer: None,
+            text_encoder: None,
+            vae: None,
         };
         let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
             .await

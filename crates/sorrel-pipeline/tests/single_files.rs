@@ -1,0 +1,102 @@
+//! ComfyUI's repackaged single files (`--transformer`, `--text-encoder`, `--vae`): wan-tiny-alt's weights as an
+//! fp16 transformer under `model.diffusion_model.` with the original names, an fp8-e4m3 "scaled" text encoder
+//! and the VAE in the original release's names (`tools/reference/make_single_file_fixtures.py`), against
+//! diffusers run with exactly the numbers those files decode to.
+
+use std::path::{Path, PathBuf};
+
+use sorrel_pipeline::{GenerateRequest, LoadOptions, WanPipeline};
+use sorrel_testkit::{fixture, max_abs_diff, reference_metadata};
+
+fn comfy(name: &str) -> PathBuf {
+    fixture("comfy").join(name)
+}
+
+fn options() -> LoadOptions {
+    LoadOptions {
+        transformer: Some(comfy("transformer.safetensors")),
+        text_encoder: Some(comfy("text_encoder.safetensors")),
+        vae: Some(comfy("vae.safetensors")),
+        ..LoadOptions::default()
+    }
+}
+
+fn generate(dir: &Path, opts: &LoadOptions) -> candle_core::Tensor {
+    let meta = reference_metadata("wan-tiny-alt");
+    let num = |k: &str| meta[k].parse::<usize>().unwrap();
+    let req = GenerateRequest {
+        prompt: meta["prompt"].clone(),
+        negative_prompt: meta["negative_prompt"].clone(),
+        width: num("width"),
+        height: num("height"),
+        frames: num("num_frames"),
+        steps: num("steps"),
+        guidance: meta["guidance_scale"].parse().unwrap(),
+        seed: 0,
+        max_sequence_length: Some(num("max_sequence_length")),
+        scheduler: None,
+        flow_shift: Some(meta["flow_shift"].parse().unwrap()),
+        init_latents: Some(sorrel_testkit::reference("wan-tiny-alt")["latents_init"].clone()),
+        conditioning: Default::default(),
+    };
+    WanPipeline::load(dir, opts)
+        .unwrap()
+        .generate(&req, &mut |_| true)
+        .unwrap()
+        .frames
+}
+
+#[test]
+fn comfyui_single_files_match_diffusers() {
+    let want = sorrel_testkit::reference("comfy")["frames"]
+        .squeeze(0)
+        .unwrap();
+    let f32_frames = sorrel_testkit::reference("wan-tiny-alt")["frames"]
+        .squeeze(0)
+        .unwrap();
+    let frames = generate(&fixture("wan-tiny-alt").join("pipeline"), &options());
+    let err = max_abs_diff(&frames, &want);
+    println!(
+        "single files: frames max abs err {err:e} against diffusers with the same numbers; fp8/fp16 moved \
+         them {:.4} from the f32 weights' frames",
+        max_abs_diff(&want, &f32_frames)
+    );
+    assert!(err <= 2e-3, "frames differ from diffusers by {err}");
+    // The same files replace the original release folder's weights too.
+    let frames = generate(&fixture("wan-tiny-alt").join("original"), &options());
+    assert!(max_abs_diff(&frames, &want) <= 2e-3);
+}
+
+#[test]
+fn a_file_of_another_component_is_refused() {
+    let err = |opts: LoadOptions| match WanPipeline::load(
+        &fixture("wan-tiny-alt").join("pipeline"),
+        &opts,
+    ) {
+        Ok(_) => panic!("should be refused"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(LoadOptions {
+        vae: Some(comfy("text_encoder.safetensors")),
+        ..LoadOptions::default()
+    });
+    assert!(e.contains("is not a Wan VAE"), "{e}");
+    let e = err(LoadOptions {
+        text_encoder: Some(comfy("vae.safetensors")),
+        ..LoadOptions::default()
+    });
+    assert!(e.contains("is not a Wan text encoder"), "{e}");
+    let e = err(LoadOptions {
+        transformer: Some(comfy("vae.safetensors")),
+        ..LoadOptions::default()
+    });
+    assert!(e.contains("is not a Wan transformer"), "{e}");
+    // The right component for another model size: the shapes disagree with the folder's config.
+    let e = err(LoadOptions {
+        transformer: Some(
+            fixture("wan-tiny-unipc").join("original/diffusion_pytorch_model.safetensors"),
+        ),
+        ..LoadOptions::default()
+    });
+    assert!(e.contains("shape mismatch"), "{e}");
+}
