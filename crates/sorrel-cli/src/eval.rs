@@ -79,6 +79,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             transformer: None,
             text_encoder: None,
             vae: None,
+            image_encoder: None,
         },
     )?;
     let total = args.clips * if args.held_out { 2 } else { 1 };

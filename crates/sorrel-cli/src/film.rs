@@ -308,6 +308,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
             transformer: None,
             text_encoder: None,
             vae: None,
+            image_encoder: None,
         },
     )?;
     let total: usize = counts.iter().sum();

@@ -148,6 +148,10 @@ struct GenerateOptions {
     /// The VAE's weights from this safetensors file instead of the folder's (ComfyUI's `wan_2.1_vae.safetensors`).
     #[arg(long, value_name = "FILE")]
     vae: Option<PathBuf>,
+    /// The image encoder's (CLIP vision) weights from this safetensors file instead of the folder's, for
+    /// image-to-video models (ComfyUI's `clip_vision_h.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    image_encoder: Option<PathBuf>,
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
     /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
@@ -536,6 +540,7 @@ fn generate(
             transformer: args.transformer.clone(),
             text_encoder: args.text_encoder.clone(),
             vae: args.vae.clone(),
+            image_encoder: args.image_encoder.clone(),
         },
     )?;
     req.validate(&pipe)?;

@@ -137,6 +137,17 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// The tensor's shape (its original one for tensors stored flattened).
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let info = self.content.tensor_infos.get(name)?;
+        Some(
+            self.orig_shapes
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| info.shape.dims().to_vec()),
+        )
+    }
+
     /// The tensor's storage type.
     pub fn dtype(&self, name: &str) -> Option<GgmlDType> {
         self.content.tensor_infos.get(name).map(|i| i.ggml_dtype)

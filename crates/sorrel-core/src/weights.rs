@@ -188,6 +188,16 @@ impl TensorSource {
         }
     }
 
+    /// The shape of the tensor the model calls `name` (after renaming), without reading its data.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let stored = self.stored_name(name);
+        match &self.store {
+            Store::Safetensors(st) => st.get(&stored).ok().map(|v| v.shape().to_vec()),
+            Store::Map(m) => m.get(&stored).map(|t| t.dims().to_vec()),
+            Store::Gguf(g) => g.shape(&stored),
+        }
+    }
+
     fn stored_name(&self, name: &str) -> String {
         match &self.rename {
             Some(f) => f(name),

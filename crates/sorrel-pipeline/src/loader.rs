@@ -46,6 +46,9 @@ pub struct LoadOptions {
     pub text_encoder: Option<PathBuf>,
     /// The VAE's weights from this safetensors file (`--vae FILE`; the original release's or diffusers' names).
     pub vae: Option<PathBuf>,
+    /// The image encoder's (CLIP vision) weights from this safetensors file (`--image-encoder FILE`, such as
+    /// ComfyUI's `clip_vision_h.safetensors`), for image-to-video models.
+    pub image_encoder: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -57,6 +60,7 @@ impl Default for LoadOptions {
             transformer: None,
             text_encoder: None,
             vae: None,
+            image_encoder: None,
         }
     }
 }
@@ -126,6 +130,17 @@ fn text_encoder_file(path: &Path) -> Result<TensorSource> {
     )
 }
 
+fn image_encoder_file(path: &Path) -> Result<TensorSource> {
+    single_file(
+        path,
+        "image encoder (CLIP vision)",
+        vec![Naming {
+            marker: "embeddings.patch_embedding.weight",
+            rename: Arc::new(|n: &str| n.to_string()),
+        }],
+    )
+}
+
 fn vae_file(path: &Path, cfg: &VaeConfig) -> Result<TensorSource> {
     let cfg = cfg.clone();
     single_file(
@@ -142,6 +157,49 @@ fn vae_file(path: &Path, cfg: &VaeConfig) -> Result<TensorSource> {
             },
         ],
     )
+}
+
+/// The folder's transformer config with the sizes a `--transformer` file actually has, read from its tensor
+/// shapes: so a 14B file runs beside a 1.3B folder's text encoder and VAE (they are the same in both), and a
+/// file that is not a Wan transformer of any size fails on its names rather than on a shape.
+fn fit_config(base: &WanTransformerConfig, src: &TensorSource) -> Result<WanTransformerConfig> {
+    let mut cfg = base.clone();
+    let dim_of = |name: &str, axis: usize| src.shape(name).and_then(|s| s.get(axis).copied());
+    if let Some(pe) = src.shape("patch_embedding.weight") {
+        if pe.len() == 5 {
+            cfg.in_channels = pe[1];
+            cfg.patch_size = [pe[2], pe[3], pe[4]];
+        }
+        if pe[0] % cfg.attention_head_dim != 0 {
+            return Err(Error::model(format!(
+                "the transformer file's width {} is not a whole number of {}-channel heads",
+                pe[0], cfg.attention_head_dim
+            )));
+        }
+        cfg.num_attention_heads = pe[0] / cfg.attention_head_dim;
+    }
+    let layers = (0..)
+        .take_while(|i| {
+            src.shape(&format!("blocks.{i}.attn1.to_q.weight"))
+                .is_some()
+        })
+        .count();
+    if layers > 0 {
+        cfg.num_layers = layers;
+    }
+    if let Some(d) = dim_of("blocks.0.ffn.net.0.proj.weight", 0) {
+        cfg.ffn_dim = d;
+    }
+    if let Some(d) = dim_of("condition_embedder.text_embedder.linear_1.weight", 1) {
+        cfg.text_dim = d;
+    }
+    if let Some(d) = dim_of("condition_embedder.time_embedder.linear_1.weight", 1) {
+        cfg.freq_dim = d;
+    }
+    if let Some(d) = dim_of("proj_out.weight", 0) {
+        cfg.out_channels = d / cfg.patch_size.iter().product::<usize>();
+    }
+    Ok(cfg)
 }
 
 /// Builds the transformer from `src` (with the adapters), keeping a GGUF file's quantized matrices quantized.
@@ -379,6 +437,10 @@ impl WanPipeline {
                 tr_dir.clone(),
             ),
         };
+        let tr_cfg = match &opts.transformer {
+            Some(_) => fit_config(&tr_cfg, &src)?,
+            None => tr_cfg,
+        };
         let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
 
         let vae_dir = need(dir.join("vae"), "diffusers folder")?;
@@ -399,7 +461,7 @@ impl WanPipeline {
             .map_err(in_component("VAE", &vae_place))?;
 
         let image_encoder = if tr_cfg.image_dim.is_some() {
-            Some(load_image_encoder(dir, dev)?)
+            Some(load_image_encoder(dir, dev, opts.image_encoder.as_deref())?)
         } else {
             None
         };
@@ -467,6 +529,10 @@ impl WanPipeline {
                     .with_rename(Arc::new(|n: &str| convert::transformer_key_to_original(n))),
                 dir.to_path_buf(),
             ),
+        };
+        let tr_cfg = match &opts.transformer {
+            Some(_) => fit_config(&tr_cfg, &src)?,
+            None => tr_cfg,
         };
         let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
 
@@ -634,15 +700,19 @@ fn modes_of(
 }
 
 /// Loads `image_encoder/` (CLIP's vision tower, f32) and `image_processor/`.
-fn load_image_encoder(dir: &Path, dev: &Device) -> Result<ImageEncoder> {
+fn load_image_encoder(dir: &Path, dev: &Device, file: Option<&Path>) -> Result<ImageEncoder> {
     let enc_dir = need(dir.join("image_encoder"), "image-to-video diffusers folder")?;
     let cfg = ClipVisionConfig::from_file(&need(
         enc_dir.join("config.json"),
         "image-to-video diffusers folder",
     )?)?;
     // The vision tower runs in f32, as Wan-AI's own example loads it: it runs once per generation.
-    let vb = TensorSource::open_dir(&enc_dir, "model")?.into_var_builder(DType::F32, dev);
-    let model = ClipVisionModel::new(&cfg, vb).map_err(in_component("image encoder", &enc_dir))?;
+    let (src, place) = match file {
+        Some(f) => (image_encoder_file(f)?, f.to_path_buf()),
+        None => (TensorSource::open_dir(&enc_dir, "model")?, enc_dir.clone()),
+    };
+    let model = ClipVisionModel::new(&cfg, src.into_var_builder(DType::F32, dev))
+        .map_err(in_component("image encoder", &place))?;
     let proc_path = need(
         dir.join("image_processor").join("preprocessor_config.json"),
         "image-to-video diffusers folder",

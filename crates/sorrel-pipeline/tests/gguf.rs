@@ -222,3 +222,38 @@ fn bad_gguf_files_are_refused_with_the_reason() {
     );
     assert!(e.contains("LoRAs cannot be merged into GGUF"), "{e}");
 }
+
+#[test]
+fn the_file_sets_the_transformer_size() {
+    // A two-layer file beside the one-layer folder (as a 14B GGUF beside a 1.3B folder's text encoder and
+    // VAE): block 1 is block 0 again. The sizes come from the file's tensors.
+    let src = dir().join("transformer-F32.gguf");
+    let mut f = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut tensors = vec![];
+    for (name, info) in &content.tensor_infos {
+        let q = info
+            .read(&mut f, content.tensor_data_offset, &Device::Cpu)
+            .unwrap();
+        if let Some(rest) = name.strip_prefix("blocks.0.") {
+            let again = info
+                .read(&mut f, content.tensor_data_offset, &Device::Cpu)
+                .unwrap();
+            tensors.push((format!("blocks.1.{rest}"), again));
+        }
+        tensors.push((name.clone(), q));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let two = tmp.path().join("two-layers.gguf");
+    gguf_file::write(&mut std::fs::File::create(&two).unwrap(), &metadata, &refs).unwrap();
+    let pipe = load(&two, vec![]).unwrap();
+    assert_eq!(pipe.transformer_config().num_layers, 2);
+    let one = load(&src, vec![]).unwrap();
+    assert_eq!(one.transformer_config().num_layers, 1);
+}

@@ -91,12 +91,46 @@ fn a_file_of_another_component_is_refused() {
         ..LoadOptions::default()
     });
     assert!(e.contains("is not a Wan transformer"), "{e}");
-    // The right component for another model size: the shapes disagree with the folder's config.
+    // A transformer whose width is not a whole number of the folder's heads (24 wide, heads of 16).
     let e = err(LoadOptions {
         transformer: Some(
             fixture("wan-tiny-unipc").join("original/diffusion_pytorch_model.safetensors"),
         ),
         ..LoadOptions::default()
     });
-    assert!(e.contains("shape mismatch"), "{e}");
+    assert!(e.contains("not a whole number of 16-channel heads"), "{e}");
+}
+
+#[test]
+fn an_image_encoder_single_file_gives_diffusers_clip_features() {
+    // wan-tiny-i2v's CLIP vision tower named as in ComfyUI's clip_vision_h.safetensors (under `vision_model.`).
+    let src = fixture("wan-tiny-i2v").join("pipeline/image_encoder/model.safetensors");
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(&src, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (format!("vision_model.{k}"), v))
+            .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("clip_vision.safetensors");
+    candle_core::safetensors::save(&renamed, &file).unwrap();
+    let pipe = WanPipeline::load(
+        &fixture("wan-tiny-i2v").join("pipeline"),
+        &LoadOptions {
+            image_encoder: Some(file),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let r = sorrel_testkit::reference("wan-tiny-i2v");
+    let img = &r["image"];
+    let (h, w, _) = img.dims3().unwrap();
+    let pic = sorrel_pipeline::Picture {
+        width: w,
+        height: h,
+        rgb: img.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+    };
+    let feats = pipe.image_features(&[&pic]).unwrap();
+    let err = max_abs_diff(&feats, &r["clip.hidden_states_penultimate"]);
+    assert!(err <= 1e-4, "CLIP features differ from diffusers by {err}");
 }

@@ -119,6 +119,7 @@ impl Server {
             transformer: None,
             text_encoder: None,
             vae: None,
+            image_encoder: None,
         };
         let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
             .await
