@@ -205,6 +205,8 @@ pub struct QuantizedWeights {
     pub file: Arc<GgufFile>,
     /// Model name -> stored name.
     pub rename: Option<Renamer>,
+    /// Adapters to apply beside the quantized matrices (their other weights merge as usual).
+    pub lora: Option<Arc<crate::lora::LoraSet>>,
 }
 
 thread_local! {
@@ -220,13 +222,13 @@ pub fn with_quantized<R>(weights: Option<QuantizedWeights>, f: impl FnOnce() -> 
     out
 }
 
-/// The quantized matrix for the linear layer `prefix` (`prefix.weight`, shape (out, in)), if a GGUF model is
-/// being built and stores it quantized.
+/// The quantized matrix for the linear layer `prefix` (`prefix.weight`, shape (out, in)) and the adapters'
+/// changes to it, if a GGUF model is being built and stores it quantized.
 pub(crate) fn quantized_weight(
     prefix: &str,
     out_dim: usize,
     in_dim: usize,
-) -> candle_core::Result<Option<Arc<QTensor>>> {
+) -> candle_core::Result<Option<(Arc<QTensor>, crate::lora::LowRank)>> {
     let Some(w) = BUILDING.with(|b| b.borrow().clone()) else {
         return Ok(None);
     };
@@ -247,5 +249,9 @@ pub(crate) fn quantized_weight(
             [out_dim, in_dim]
         )));
     }
-    Ok(Some(Arc::new(q)))
+    let low_rank = match &w.lora {
+        Some(l) => l.low_rank(&name, out_dim, in_dim)?,
+        None => Default::default(),
+    };
+    Ok(Some((Arc::new(q), low_rank)))
 }

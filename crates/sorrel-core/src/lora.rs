@@ -13,7 +13,8 @@
 //! (the original Wan name) that the caller supplies.
 //!
 //! Why by hand: candle has no LoRA support, and PEFT is Python. Merging at load keeps the forward pass as it
-//! is (no extra matrix products per step), which is what ComfyUI does too.
+//! is (no extra matrix products per step), which is what ComfyUI does too. Matrices that stay quantized
+//! (GGUF) cannot absorb a change, so they take theirs beside them ([`LoraSet::low_rank`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -324,6 +325,43 @@ fn peft_alpha(path: &Path, meta: Option<&HashMap<String, String>>) -> Result<Opt
     Ok(get("lora_alpha").and_then(|a| a.as_f64()))
 }
 
+/// Adapters' changes to one matrix kept apart from it (see [`LoraSet::low_rank`]): `x W^T` becomes
+/// `x W^T + x dense^T + sum (x down^T) up^T`.
+#[derive(Debug, Clone, Default)]
+pub struct LowRank {
+    /// `(down (r, in), up (out, r))`, the scales folded into `up`.
+    pub pairs: Vec<(Tensor, Tensor)>,
+    /// The full-weight deltas (`.diff`), summed, (out, in).
+    pub dense: Option<Tensor>,
+}
+
+impl LowRank {
+    /// Whether there is nothing to add.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty() && self.dense.is_none()
+    }
+
+    /// The change to `x W^T` for x (rows, in), in x's dtype.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let mut y: Option<Tensor> = None;
+        let mut add = |t: Tensor| -> candle_core::Result<()> {
+            y = Some(match y.take() {
+                Some(a) => (a + t)?,
+                None => t,
+            });
+            Ok(())
+        };
+        for (d, u) in &self.pairs {
+            let (d, u) = (d.to_dtype(x.dtype())?, u.to_dtype(x.dtype())?);
+            add(x.matmul(&d.t()?)?.matmul(&u.t()?)?)?;
+        }
+        if let Some(w) = &self.dense {
+            add(x.matmul(&w.to_dtype(x.dtype())?.t()?)?)?;
+        }
+        Ok(y)
+    }
+}
+
 /// Adapters applied to one model's weights as the model asks for them.
 pub struct LoraSet {
     loras: Vec<Lora>,
@@ -348,9 +386,8 @@ impl LoraSet {
         self.loras.is_empty()
     }
 
-    /// Adds every adapter's change to the weight the model calls `name` (`w` as stored, any float dtype);
-    /// returns it in f32 when anything was added, unchanged otherwise.
-    pub fn patch(&self, name: &str, w: Tensor) -> candle_core::Result<Tensor> {
+    /// The normalised module names `name` may have in an adapter, and whether it is a bias.
+    fn keys_of(&self, name: &str) -> (Vec<String>, bool) {
         let (module, is_bias) = if let Some(m) = name.strip_suffix(".weight") {
             (m, false)
         } else if let Some(m) = name.strip_suffix(".bias") {
@@ -366,6 +403,72 @@ impl LoraSet {
                 .unwrap_or(&other);
             keys.push(normalise(other));
         }
+        (keys, is_bias)
+    }
+
+    /// Every adapter's change to the matrix `name` of shape (out, in) kept apart from it, for weights that
+    /// stay quantized: the low-rank pairs `(down, scale * factor * up)` and the sum of the full deltas
+    /// (`.diff`). Marks them applied, as [`LoraSet::patch`] does.
+    pub fn low_rank(
+        &self,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> candle_core::Result<LowRank> {
+        let (keys, _) = self.keys_of(name);
+        let mut found = LowRank::default();
+        for (i, lora) in self.loras.iter().enumerate() {
+            let Some((key, m)) = keys
+                .iter()
+                .find_map(|k| lora.modules.get(k).map(|m| (k, m)))
+            else {
+                continue;
+            };
+            if m.down.is_none() && m.diff.is_none() {
+                continue;
+            }
+            self.used
+                .lock()
+                .expect("LoRA bookkeeping lock")
+                .insert((i, key.clone(), false));
+            let wrong = |dims: &[usize]| {
+                candle_core::Error::Msg(format!(
+                    "LoRA {}: `{}` changes a {dims:?} matrix but the model's `{name}` is [{out_dim}, {in_dim}]: \
+                     the LoRA was made for a model of another size",
+                    lora.path.display(),
+                    m.stored
+                ))
+            };
+            if let (Some(d), Some(u)) = (&m.down, &m.up) {
+                let (d, u) = (d.flatten_from(1)?, u.flatten_from(1)?);
+                if u.dims()[0] != out_dim || d.dims()[1] != in_dim {
+                    return Err(wrong(&[u.dims()[0], d.dims()[1]]));
+                }
+                if lora.scale != 0.0 {
+                    let f = lora.factor(m, d.dims()[0]) * lora.scale;
+                    found.pairs.push((d, (u * f)?));
+                }
+            }
+            if let Some(diff) = &m.diff {
+                if diff.elem_count() != out_dim * in_dim {
+                    return Err(wrong(diff.dims()));
+                }
+                if lora.scale != 0.0 {
+                    let diff = (diff.reshape((out_dim, in_dim))? * lora.scale)?;
+                    found.dense = Some(match found.dense {
+                        Some(d) => (d + diff)?,
+                        None => diff,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds every adapter's change to the weight the model calls `name` (`w` as stored, any float dtype);
+    /// returns it in f32 when anything was added, unchanged otherwise.
+    pub fn patch(&self, name: &str, w: Tensor) -> candle_core::Result<Tensor> {
+        let (keys, is_bias) = self.keys_of(name);
         let mut w = w;
         for (i, lora) in self.loras.iter().enumerate() {
             let Some((key, m)) = keys

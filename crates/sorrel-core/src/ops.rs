@@ -53,15 +53,17 @@ enum Weight {
     Quantized {
         weight: std::sync::Arc<candle_core::quantized::QTensor>,
         bias: Option<Tensor>,
+        /// LoRA adapters applied beside the quantized matrix (it cannot absorb them).
+        lora: crate::lora::LowRank,
     },
 }
 
 /// A [`Dense`] layer with weight `(out, in)` and bias, from `vb` (checkpoint names `weight`, `bias`); the
 /// weight stays quantized when a GGUF model is being built and stores it so.
 pub fn dense(input: usize, output: usize, vb: candle_nn::VarBuilder) -> Result<Dense> {
-    if let Some(weight) = crate::gguf::quantized_weight(&vb.prefix(), output, input)? {
+    if let Some((weight, lora)) = crate::gguf::quantized_weight(&vb.prefix(), output, input)? {
         let bias = Some(vb.get(output, "bias")?);
-        return Ok(Dense(Weight::Quantized { weight, bias }));
+        return Ok(Dense(Weight::Quantized { weight, bias, lora }));
     }
     Ok(Dense(Weight::Full(candle_nn::linear(input, output, vb)?)))
 }
@@ -91,9 +93,14 @@ impl Dense {
             // expanded at a time. ggml's own product (candle's QMatMul) quantizes the activations to 8 bits
             // as well, which on the Q8_0 fixture costs 9 dB (28.3 against 37.4 dB from the f32 frames);
             // expanding is what ComfyUI-GGUF does, and video's thousands of rows amortise it.
-            Weight::Quantized { weight, bias } => {
+            Weight::Quantized { weight, bias, lora } => {
                 let w = weight.dequantize(x.device())?.to_dtype(x.dtype())?;
-                (x.matmul(&w.t()?)?, bias.as_ref())
+                let y = x.matmul(&w.t()?)?;
+                let y = match lora.forward(x)? {
+                    Some(d) => (y + d)?,
+                    None => y,
+                };
+                (y, bias.as_ref())
             }
         };
         match bias {

@@ -162,6 +162,7 @@ impl TensorSource {
             Store::Gguf(g) => Some(QuantizedWeights {
                 file: g.clone(),
                 rename: self.rename.clone(),
+                lora: self.lora.clone(),
             }),
             _ => None,
         }

@@ -209,17 +209,11 @@ fn build_transformer(
     opts: &LoadOptions,
     place: &Path,
 ) -> Result<WanTransformer3DModel> {
-    let quantized = src.quantized_weights();
-    if quantized.is_some() && !opts.loras.is_empty() {
-        return Err(Error::model(
-            "LoRAs cannot be merged into GGUF (quantized) weights yet: use the model's safetensors weights \
-             with --lora, or merge the LoRA before quantizing",
-        ));
-    }
     let lora = open_loras(opts)?;
-    let vb = src
-        .with_lora(lora.clone())
-        .into_var_builder(opts.dtype, &opts.device);
+    // After `with_lora`: quantized matrices take the adapters beside them, the rest merge them.
+    let src = src.with_lora(lora.clone());
+    let quantized = src.quantized_weights();
+    let vb = src.into_var_builder(opts.dtype, &opts.device);
     let model =
         sorrel_core::gguf::with_quantized(quantized, || WanTransformer3DModel::new(cfg, vb))
             .map_err(in_component("transformer", place))?;

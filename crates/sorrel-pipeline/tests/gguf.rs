@@ -26,6 +26,10 @@ fn load(transformer: &Path, loras: Vec<LoraSpec>) -> sorrel_core::Result<WanPipe
 }
 
 fn generate(transformer: &Path) -> Tensor {
+    generate_with(transformer, vec![])
+}
+
+fn generate_with(transformer: &Path, loras: Vec<LoraSpec>) -> Tensor {
     let meta = reference_metadata("wan-tiny-wide");
     let num = |k: &str| meta[k].parse::<usize>().unwrap();
     let init = candle_core::safetensors::load(dir().join("init_latents.safetensors"), &Device::Cpu)
@@ -46,7 +50,7 @@ fn generate(transformer: &Path) -> Tensor {
         init_latents: Some(init),
         conditioning: Default::default(),
     };
-    load(transformer, vec![])
+    load(transformer, loras)
         .unwrap()
         .generate(&req, &mut |_| true)
         .unwrap()
@@ -212,15 +216,6 @@ fn bad_gguf_files_are_refused_with_the_reason() {
     tiny_gguf(&other, 0, 1);
     let e = load_err(&other, vec![]);
     assert!(e.contains("is not a Wan transformer"), "{e}");
-    // LoRAs are not merged into quantized weights.
-    let e = load_err(
-        &dir().join("transformer-Q8_0.gguf"),
-        vec![LoraSpec {
-            path: fixture("lora").join("peft.safetensors"),
-            scale: 1.0,
-        }],
-    );
-    assert!(e.contains("LoRAs cannot be merged into GGUF"), "{e}");
 }
 
 #[test]
@@ -256,4 +251,87 @@ fn the_file_sets_the_transformer_size() {
     assert_eq!(pipe.transformer_config().num_layers, 2);
     let one = load(&src, vec![]).unwrap();
     assert_eq!(one.transformer_config().num_layers, 1);
+}
+
+#[test]
+fn loras_apply_beside_quantized_weights() {
+    // A LoRA on the Q8_0 file, applied beside the quantized matrices, against the same LoRA merged into the
+    // same weights expanded to an F32 file (the merged path is checked against diffusers in tests/lora.rs).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lora = std::collections::HashMap::new();
+    for (module, out_dim, in_dim) in [
+        ("blocks.0.attn1.to_q", 256, 256),
+        ("blocks.0.attn2.to_v", 256, 256),
+        ("blocks.0.ffn.net.0.proj", 256, 256),
+        ("proj_out", 64, 256),
+    ] {
+        let a = (Tensor::randn(0f32, 1.0, (4, in_dim), &Device::Cpu).unwrap() * 0.05).unwrap();
+        let b = (Tensor::randn(0f32, 1.0, (out_dim, 4), &Device::Cpu).unwrap() * 0.05).unwrap();
+        lora.insert(format!("transformer.{module}.lora_A.weight"), a);
+        lora.insert(format!("transformer.{module}.lora_B.weight"), b);
+    }
+    let lora_path = tmp.path().join("lora.safetensors");
+    candle_core::safetensors::save(&lora, &lora_path).unwrap();
+    let spec = |scale| LoraSpec {
+        path: lora_path.clone(),
+        scale,
+    };
+
+    // The Q8_0 file's weights, expanded, as an F32 file.
+    let q8 = dir().join("transformer-Q8_0.gguf");
+    let mut f = std::fs::File::open(&q8).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let t = info
+                .read(&mut f, content.tensor_data_offset, &Device::Cpu)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            (name.clone(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let expanded = tmp.path().join("expanded.gguf");
+    gguf_file::write(
+        &mut std::fs::File::create(&expanded).unwrap(),
+        &metadata,
+        &refs,
+    )
+    .unwrap();
+
+    let beside = generate_with(&q8, vec![spec(1.0)]);
+    let merged = generate_with(&expanded, vec![spec(1.0)]);
+    let plain = generate(&q8);
+    let (err, moved) = (
+        max_abs_diff(&beside, &merged),
+        max_abs_diff(&beside, &plain),
+    );
+    println!("LoRA beside Q8_0: {err:e} from merged into its expanded weights; the LoRA moves frames {moved:.3}");
+    assert!(moved > 0.05, "the LoRA barely changes the frames ({moved})");
+    assert!(
+        err <= 1e-4,
+        "LoRA beside quantized weights differs from merged by {err}"
+    );
+    // Scale 0 leaves the quantized model exactly as it was.
+    assert_eq!(
+        max_abs_diff(&generate_with(&q8, vec![spec(0.0)]), &plain),
+        0.0
+    );
+    // A LoRA for another model is still refused.
+    let e = load_err(
+        &q8,
+        vec![LoraSpec {
+            path: fixture("lora").join("peft.safetensors"),
+            scale: 1.0,
+        }],
+    );
+    assert!(e.contains("another size"), "{e}");
 }
