@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::weights::hex;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,9 +50,8 @@ pub struct FilmArgs {
     /// Guidance scale (default: the model's).
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// A LoRA adapter merged into the model, FILE or FILE:SCALE; repeatable (as `sorrel generate --lora`).
-    #[arg(long, value_name = "FILE[:SCALE]")]
-    pub lora: Vec<sorrel_pipeline::LoraSpec>,
+    #[command(flatten)]
+    pub weights: crate::weights::WeightArgs,
     /// Plan with a chat model at this OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) instead of
     /// the built-in planner; the answer must be a plan under the schema it is sent.
     #[arg(long, value_name = "URL", requires = "planner_model")]
@@ -115,21 +115,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}{suffix}"))
 }
 
-/// The LoRAs' part of the shot cache's model identity: each adapter's bytes (megabytes, hashed whole) and
-/// scale, in order; empty without LoRAs so caches made before LoRAs existed stay valid.
-fn lora_fingerprint(loras: &[sorrel_pipeline::LoraSpec]) -> Result<String> {
-    let mut out = String::new();
-    for l in loras {
-        let bytes = std::fs::read(&l.path)
-            .with_context(|| format!("cannot read the LoRA {}", l.path.display()))?;
-        let mut h = Sha256::new();
-        h.update(&bytes);
-        h.update(l.scale.to_le_bytes());
-        out.push_str(&hex(&h.finalize()));
-    }
-    Ok(out)
-}
-
 /// A stable identity of a model folder's weights and settings for the shot cache: every JSON config, and
 /// each weights file's length with its first and last MiB (hashing 28 GB of a 14B model for every film
 /// would cost more than a shot; a retrained model of the same shapes differs in those bytes).
@@ -159,23 +144,10 @@ fn model_fingerprint(dir: &Path) -> Result<String> {
         if ext == "json" {
             h.update(std::fs::read(&p)?);
         } else if ["safetensors", "pth", "gguf", "bin"].contains(&ext) {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut f = std::fs::File::open(&p)?;
-            let len = f.metadata()?.len();
-            h.update(len.to_le_bytes());
-            let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-            f.read_exact(&mut buf)?;
-            h.update(&buf);
-            f.seek(SeekFrom::Start(len - buf.len() as u64))?;
-            f.read_exact(&mut buf)?;
-            h.update(&buf);
+            crate::weights::hash_ends(&mut h, &p)?;
         }
     }
     Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Frames (F, H, W, 3) f32 in [0, 1] as pictures.
@@ -252,13 +224,10 @@ pub fn film(args: FilmArgs) -> Result<()> {
         Some(m) => crate::hub::resolve_model(m, args.quiet)?,
         None => embedded::model_dir()?,
     };
-    let model_name = crate::with_loras(
-        match &args.model {
-            Some(m) => m.display().to_string(),
-            None => embedded::NAME.to_string(),
-        },
-        &args.lora,
-    );
+    let model_name = args.weights.describe(match &args.model {
+        Some(m) => m.display().to_string(),
+        None => embedded::NAME.to_string(),
+    });
     let info = WanPipeline::describe(&model)?;
     let defaults = &info.defaults;
     // What the plan needs from the model, said before any work.
@@ -297,19 +266,15 @@ pub fn film(args: FilmArgs) -> Result<()> {
             .with_context(|| format!("cannot create the film's work folder {}", d.display()))?;
     }
     sorrel_media::write_file(&work.join("plan.json"), plan.to_json().as_bytes())?;
-    let fingerprint = model_fingerprint(&model)? + &lora_fingerprint(&args.lora)?;
+    let fingerprint = model_fingerprint(&model)? + &args.weights.fingerprint()?;
 
     let pipe = WanPipeline::load(
         &model,
-        &LoadOptions {
+        &args.weights.apply(LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
-            loras: args.lora.clone(),
-            transformer: None,
-            text_encoder: None,
-            vae: None,
-            image_encoder: None,
-        },
+            ..LoadOptions::default()
+        }),
     )?;
     let total: usize = counts.iter().sum();
     let bar = if args.quiet {

@@ -10,6 +10,7 @@ mod provenance;
 mod serve;
 mod storyboard;
 mod train;
+mod weights;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -131,27 +132,8 @@ struct GenerateOptions {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// A LoRA adapter (safetensors: diffusers/PEFT, kohya/musubi or original Wan keys as ComfyUI uses)
-    /// merged into the model at load, FILE or FILE:SCALE (scale 1 by default); repeatable. For a 4-step
-    /// distillation LoRA pass the settings it was made for, e.g. --steps 4 --guidance 1 (see README).
-    #[arg(long, value_name = "FILE[:SCALE]")]
-    lora: Vec<sorrel_pipeline::LoraSpec>,
-    /// The transformer's weights from this file instead of the model folder's: a GGUF file (Q8_0, Q4_0, Q4_K,
-    /// ... as ComfyUI-GGUF ships; its matrices stay quantized in memory) or a single safetensors file, with
-    /// original or diffusers names. The folder's config, text encoder and VAE are used.
-    #[arg(long, value_name = "FILE")]
-    transformer: Option<PathBuf>,
-    /// The text encoder's weights from this safetensors file instead of the folder's (ComfyUI's
-    /// `umt5_xxl_fp8_e4m3fn_scaled.safetensors` and other single files; fp8 is expanded to the compute dtype).
-    #[arg(long, value_name = "FILE")]
-    text_encoder: Option<PathBuf>,
-    /// The VAE's weights from this safetensors file instead of the folder's (ComfyUI's `wan_2.1_vae.safetensors`).
-    #[arg(long, value_name = "FILE")]
-    vae: Option<PathBuf>,
-    /// The image encoder's (CLIP vision) weights from this safetensors file instead of the folder's, for
-    /// image-to-video models (ComfyUI's `clip_vision_h.safetensors`).
-    #[arg(long, value_name = "FILE")]
-    image_encoder: Option<PathBuf>,
+    #[command(flatten)]
+    weights: weights::WeightArgs,
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
     /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
@@ -533,15 +515,11 @@ fn generate(
     let t0 = Instant::now();
     let pipe = WanPipeline::load(
         &model,
-        &LoadOptions {
+        &args.weights.apply(LoadOptions {
             dtype,
             device: Device::Cpu,
-            loras: args.lora.clone(),
-            transformer: args.transformer.clone(),
-            text_encoder: args.text_encoder.clone(),
-            vae: args.vae.clone(),
-            image_encoder: args.image_encoder.clone(),
-        },
+            ..LoadOptions::default()
+        }),
     )?;
     req.validate(&pipe)?;
     let load_time = t0.elapsed();
@@ -602,21 +580,10 @@ fn generate(
     let signer = provenance::Signer {
         identity,
         generation: sorrel_provenance::Generation {
-            model: with_loras(
-                match (&args.model, &args.transformer) {
-                    (_, Some(t)) => format!(
-                        "{} with transformer {}",
-                        args.model
-                            .as_deref()
-                            .map(model_name)
-                            .unwrap_or_else(|| embedded::NAME.to_string()),
-                        model_name(t)
-                    ),
-                    (Some(m), None) => model_name(m),
-                    (None, None) => embedded::NAME.to_string(),
-                },
-                &args.lora,
-            ),
+            model: args.weights.describe(match &args.model {
+                Some(m) => model_name(m),
+                None => embedded::NAME.to_string(),
+            }),
             seed,
             steps: req.steps,
             prompt: args.sign.record_prompt.then(|| prompt.to_string()),
@@ -673,14 +640,6 @@ fn model_name(dir: &std::path::Path) -> String {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
         .unwrap_or_else(|| dir.display().to_string())
-}
-
-/// The model's name as the content credentials record it, with the LoRAs merged into it (file name and
-/// scale): an adapter changes what made the video.
-pub(crate) fn with_loras(model: String, loras: &[sorrel_pipeline::LoraSpec]) -> String {
-    loras
-        .iter()
-        .fold(model, |acc, l| format!("{acc} + LoRA {}", l.label()))
 }
 
 /// The `--thumbnail` and `--spritesheet` images, if asked for, signed.

@@ -35,10 +35,9 @@ pub struct ServeArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// A LoRA adapter (safetensors: diffusers/PEFT, kohya or original Wan keys) merged into every served
-    /// model at load, FILE or FILE:SCALE; repeatable.
-    #[arg(long, value_name = "FILE[:SCALE]")]
-    lora: Vec<sorrel_pipeline::LoraSpec>,
+    /// LoRAs and single-file components, applied to every served model (as `sorrel generate`'s flags).
+    #[command(flatten)]
+    weights: crate::weights::WeightArgs,
     /// Longest prompt accepted, in characters.
     #[arg(long, default_value_t = 4000)]
     max_prompt_chars: usize,
@@ -205,7 +204,7 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
                 .collect::<Result<_>>()?
         },
         dtype: crate::parse_dtype(&args.dtype)?,
-        loras: args.lora.clone(),
+        weights: args.weights.apply(Default::default()),
         workers: args.workers,
         limits,
         defaults: Defaults {

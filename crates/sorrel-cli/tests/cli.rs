@@ -336,7 +336,7 @@ fn missing_model_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.npy");
     let o = out.to_string_lossy().to_string();
-    assert_fails(&tiny_args("/nonexistent/model", &o), "does not exist", &out);
+    assert_fails(&tiny_args("/nonexistent/model", &o), "no such folder", &out);
     // A folder that is not a model at all.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

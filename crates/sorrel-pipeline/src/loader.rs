@@ -65,6 +65,31 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// A model's name as content credentials record it: each component replaced by a file (file name only,
+    /// no local paths in a published file) and each adapter with its scale.
+    pub fn describe(&self, model: String) -> String {
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        };
+        let files = [
+            ("transformer", &self.transformer),
+            ("text encoder", &self.text_encoder),
+            ("VAE", &self.vae),
+            ("image encoder", &self.image_encoder),
+        ];
+        let with_files = files.iter().fold(model, |acc, (what, p)| match p {
+            Some(p) => format!("{acc} with {what} {}", name(p)),
+            None => acc,
+        });
+        self.loras
+            .iter()
+            .fold(with_files, |acc, l| format!("{acc} + LoRA {}", l.label()))
+    }
+}
+
 /// One naming a single weights file may use: a tensor every such file has, and the mapping from the names
 /// the model asks for to that naming.
 struct Naming {

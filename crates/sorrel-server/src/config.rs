@@ -90,8 +90,9 @@ pub struct ServerConfig {
     pub models: Vec<ModelSpec>,
     /// Compute dtype of the text encoder and transformer.
     pub dtype: DType,
-    /// LoRA adapters merged into every served model's transformer at load.
-    pub loras: Vec<sorrel_pipeline::LoraSpec>,
+    /// Weights beside every served model's folder: LoRAs and single-file components (its `dtype` and
+    /// `device` are not used: `dtype` above and the CPU are).
+    pub weights: sorrel_pipeline::LoadOptions,
     /// Jobs generated at once.
     pub workers: usize,
     /// Request limits.
@@ -122,7 +123,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             models: Vec::new(),
             dtype: DType::F32,
-            loras: Vec::new(),
+            weights: Default::default(),
             workers: 1,
             limits: Limits::default(),
             defaults: Defaults::default(),

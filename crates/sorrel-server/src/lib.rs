@@ -115,11 +115,7 @@ impl Server {
         let opts = LoadOptions {
             dtype: config.dtype,
             device: candle_core::Device::Cpu,
-            loras: config.loras.clone(),
-            transformer: None,
-            text_encoder: None,
-            vae: None,
-            image_encoder: None,
+            ..config.weights.clone()
         };
         let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
             .await

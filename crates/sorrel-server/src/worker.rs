@@ -198,10 +198,8 @@ async fn generate_job<S: JobStore>(
     let signing = Signing {
         identity: app.identity.clone(),
         generation: sorrel_provenance::Generation {
-            // LoRAs merged at load change what made the video: named with their scales, as the CLI does.
-            model: app.config.loras.iter().fold(job.model.clone(), |acc, l| {
-                format!("{acc} + LoRA {}", l.label())
-            }),
+            // Adapters and replaced components change what made the video: named, as the CLI names them.
+            model: app.config.weights.describe(job.model.clone()),
             seed: job.params.seed,
             steps: job.params.steps,
             prompt: app.config.record_prompt.then(|| job.params.prompt.clone()),

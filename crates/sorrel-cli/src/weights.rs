@@ -1,0 +1,107 @@
+//! The flags that name weights beside `--model`: LoRA adapters and single-file components (ComfyUI's
+//! repackaged files, GGUF transformers). Shared by `generate`, `connect`, `film` and `serve`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use sorrel_pipeline::{LoadOptions, LoraSpec};
+
+/// `--lora`, `--transformer`, `--text-encoder`, `--vae`, `--image-encoder`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct WeightArgs {
+    /// A LoRA adapter (safetensors: diffusers/PEFT, kohya/musubi or original Wan keys as ComfyUI uses)
+    /// merged into the model at load, FILE or FILE:SCALE (scale 1 by default); repeatable. For a 4-step
+    /// distillation LoRA pass the settings it was made for, e.g. --steps 4 --guidance 1 (see README).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<LoraSpec>,
+    /// The transformer's weights from this file instead of the model folder's: a GGUF file (Q8_0, Q4_0, Q4_K,
+    /// ... as ComfyUI-GGUF ships; its matrices stay quantized in memory) or a single safetensors file, with
+    /// original or diffusers names. Its sizes come from its tensors; the folder's text encoder and VAE are used.
+    #[arg(long, value_name = "FILE")]
+    pub transformer: Option<PathBuf>,
+    /// The text encoder's weights from this safetensors file instead of the folder's (ComfyUI's
+    /// `umt5_xxl_fp8_e4m3fn_scaled.safetensors` and other single files; fp8 is expanded to the compute dtype).
+    #[arg(long, value_name = "FILE")]
+    pub text_encoder: Option<PathBuf>,
+    /// The VAE's weights from this safetensors file instead of the folder's (ComfyUI's `wan_2.1_vae.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
+    /// The image encoder's (CLIP vision) weights from this safetensors file instead of the folder's, for
+    /// image-to-video models (ComfyUI's `clip_vision_h.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    pub image_encoder: Option<PathBuf>,
+}
+
+impl WeightArgs {
+    /// Sets these weights on `opts`.
+    pub fn apply(&self, opts: LoadOptions) -> LoadOptions {
+        LoadOptions {
+            loras: self.lora.clone(),
+            transformer: self.transformer.clone(),
+            text_encoder: self.text_encoder.clone(),
+            vae: self.vae.clone(),
+            image_encoder: self.image_encoder.clone(),
+            ..opts
+        }
+    }
+
+    fn files(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+        [
+            ("transformer", &self.transformer),
+            ("text encoder", &self.text_encoder),
+            ("VAE", &self.vae),
+            ("image encoder", &self.image_encoder),
+        ]
+        .into_iter()
+        .filter_map(|(what, p)| p.as_ref().map(|p| (what, p)))
+    }
+
+    /// The model's name as the content credentials record it (see [`LoadOptions::describe`]).
+    pub fn describe(&self, model: String) -> String {
+        self.apply(LoadOptions::default()).describe(model)
+    }
+
+    /// An identity of these weights for caches (`film`'s shots): each replaced component's length with its
+    /// first and last MiB, each adapter's bytes and scale. Empty when there are none, so caches made
+    /// without them stay valid.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut out = String::new();
+        for (what, p) in self.files() {
+            let mut h = Sha256::new();
+            h.update(what.as_bytes());
+            hash_ends(&mut h, p)?;
+            out.push_str(&hex(&h.finalize()));
+        }
+        for l in &self.lora {
+            let bytes = std::fs::read(&l.path)
+                .with_context(|| format!("cannot read the LoRA {}", l.path.display()))?;
+            let mut h = Sha256::new();
+            h.update(&bytes);
+            h.update(l.scale.to_le_bytes());
+            out.push_str(&hex(&h.finalize()));
+        }
+        Ok(out)
+    }
+}
+
+/// Hashes a weights file's length and its first and last MiB (hashing 28 GB of a 14B model for every film
+/// would cost more than a shot; another file of the same shapes differs in those bytes).
+pub fn hash_ends(h: &mut Sha256, p: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let len = f.metadata()?.len();
+    h.update(len.to_le_bytes());
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    f.read_exact(&mut buf)?;
+    h.update(&buf);
+    f.seek(SeekFrom::Start(len - buf.len() as u64))?;
+    f.read_exact(&mut buf)?;
+    h.update(&buf);
+    Ok(())
+}
+
+/// Lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
