@@ -164,11 +164,12 @@ fn cli_original_layout_alt_with_flow_shift() {
 
 /// Largest absolute difference between `frames` (flattened F,H,W,3) and a fixture's diffusers frames.
 fn max_err_against_reference(name: &str, frames: &[f32]) -> f32 {
-    let want = reference_frames(name)
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    max_err(frames, &reference_frames(name))
+}
+
+/// Largest difference between written frames and a reference tensor of the same size.
+fn max_err(frames: &[f32], want: &Tensor) -> f32 {
+    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(frames.len(), want.len(), "frame count or size differs");
     frames
         .iter()
@@ -217,17 +218,7 @@ fn cli_lora_in_kohya_format_matches_diffusers() {
     let o = sorrel(&refs);
     assert!(o.status.success(), "{}", stderr(&o));
     let (_, data) = read_npy_f32(&out);
-    let want = reference("lora")["frames.kohya"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let err = data
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert_eq!(data.len(), want.len());
+    let err = max_err(&data, &reference("lora")["frames.kohya"]);
     assert!(
         err <= 2e-3,
         "frames with the LoRA differ from diffusers by {err}"
@@ -297,17 +288,7 @@ fn cli_gguf_transformer_matches_diffusers() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (_, data) = read_npy_f32(&out);
-    let want = reference("wan-tiny-wide")["frames.Q8_0"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_eq!(data.len(), want.len());
-    let err = data
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_err(&data, &reference("wan-tiny-wide")["frames.Q8_0"]);
     assert!(err <= 2e-3, "Q8_0 frames differ from diffusers' by {err}");
 }
 

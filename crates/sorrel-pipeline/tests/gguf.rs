@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use sorrel_pipeline::{GenerateRequest, LoadOptions, LoraSpec, WanPipeline};
+use sorrel_pipeline::{LoadOptions, LoraSpec, WanPipeline};
+mod common;
+
 use sorrel_testkit::{fixture, max_abs_diff, reference_metadata};
 
 fn dir() -> PathBuf {
@@ -31,25 +33,10 @@ fn generate(transformer: &Path) -> Tensor {
 
 fn generate_with(transformer: &Path, loras: Vec<LoraSpec>) -> Tensor {
     let meta = reference_metadata("wan-tiny-wide");
-    let num = |k: &str| meta[k].parse::<usize>().unwrap();
     let init = candle_core::safetensors::load(dir().join("init_latents.safetensors"), &Device::Cpu)
         .unwrap()["latents"]
         .clone();
-    let req = GenerateRequest {
-        prompt: meta["prompt"].clone(),
-        negative_prompt: meta["negative_prompt"].clone(),
-        width: num("width"),
-        height: num("height"),
-        frames: num("num_frames"),
-        steps: num("steps"),
-        guidance: meta["guidance_scale"].parse().unwrap(),
-        seed: 0,
-        max_sequence_length: Some(num("max_sequence_length")),
-        scheduler: None,
-        flow_shift: None,
-        init_latents: Some(init),
-        conditioning: Default::default(),
-    };
+    let req = common::request_from(&meta, &init);
     load(transformer, loras)
         .unwrap()
         .generate(&req, &mut |_| true)

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use sorrel_pipeline::{GenerateRequest, LoadOptions, LoraSpec, WanPipeline};
+mod common;
+
 use sorrel_testkit::{fixture, max_abs_diff, reference_metadata};
 
 /// The same bound as the text-to-video parity tests: the LoRA's change is merged in f32 like PEFT's.
@@ -30,7 +32,6 @@ fn generate_with(
 ) -> sorrel_core::Result<Tensor> {
     let meta = reference_metadata("wan-tiny-alt");
     let init = sorrel_testkit::reference("wan-tiny-alt")["latents_init"].clone();
-    let num = |k: &str| meta[k].parse::<usize>().unwrap();
     let pipe = WanPipeline::load(
         dir,
         &LoadOptions {
@@ -38,22 +39,9 @@ fn generate_with(
             ..LoadOptions::default()
         },
     )?;
-    let mut req = GenerateRequest {
-        prompt: meta["prompt"].clone(),
-        negative_prompt: meta["negative_prompt"].clone(),
-        width: num("width"),
-        height: num("height"),
-        frames: num("num_frames"),
-        steps: num("steps"),
-        guidance: meta["guidance_scale"].parse().unwrap(),
-        seed: 0,
-        max_sequence_length: Some(num("max_sequence_length")),
-        scheduler: None,
-        // The original layout has no scheduler config; the fixture's shift is 5.
-        flow_shift: Some(meta["flow_shift"].parse().unwrap()),
-        init_latents: Some(init),
-        conditioning: Default::default(),
-    };
+    let mut req = common::request_from(&meta, &init);
+    // The original layout has no scheduler config; the fixture's shift is 5.
+    req.flow_shift = Some(meta["flow_shift"].parse().unwrap());
     change(&mut req);
     let mut steps = 0;
     let frames = pipe

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use sorrel_pipeline::{GenerateRequest, LoadOptions, WanPipeline};
+use sorrel_pipeline::{LoadOptions, WanPipeline};
+mod common;
+
 use sorrel_testkit::{fixture, max_abs_diff, reference_metadata};
 
 fn comfy(name: &str) -> PathBuf {
@@ -23,22 +25,9 @@ fn options() -> LoadOptions {
 
 fn generate(dir: &Path, opts: &LoadOptions) -> candle_core::Tensor {
     let meta = reference_metadata("wan-tiny-alt");
-    let num = |k: &str| meta[k].parse::<usize>().unwrap();
-    let req = GenerateRequest {
-        prompt: meta["prompt"].clone(),
-        negative_prompt: meta["negative_prompt"].clone(),
-        width: num("width"),
-        height: num("height"),
-        frames: num("num_frames"),
-        steps: num("steps"),
-        guidance: meta["guidance_scale"].parse().unwrap(),
-        seed: 0,
-        max_sequence_length: Some(num("max_sequence_length")),
-        scheduler: None,
-        flow_shift: Some(meta["flow_shift"].parse().unwrap()),
-        init_latents: Some(sorrel_testkit::reference("wan-tiny-alt")["latents_init"].clone()),
-        conditioning: Default::default(),
-    };
+    let init = sorrel_testkit::reference("wan-tiny-alt")["latents_init"].clone();
+    let mut req = common::request_from(&meta, &init);
+    req.flow_shift = Some(meta["flow_shift"].parse().unwrap());
     WanPipeline::load(dir, opts)
         .unwrap()
         .generate(&req, &mut |_| true)

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use sorrel_pipeline::{GenerateRequest, Layout, LoadOptions, WanPipeline};
+mod common;
+
 use sorrel_testkit::{copy_dir, fixture, max_abs_diff, reference_metadata};
 
 fn reference(name: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
@@ -12,22 +14,7 @@ fn reference(name: &str) -> (HashMap<String, Tensor>, HashMap<String, String>) {
 }
 
 fn request(meta: &HashMap<String, String>, init: &Tensor) -> GenerateRequest {
-    let num = |k: &str| meta[k].parse::<usize>().unwrap();
-    GenerateRequest {
-        prompt: meta["prompt"].clone(),
-        negative_prompt: meta["negative_prompt"].clone(),
-        width: num("width"),
-        height: num("height"),
-        frames: num("num_frames"),
-        steps: num("steps"),
-        guidance: meta["guidance_scale"].parse().unwrap(),
-        seed: 0,
-        max_sequence_length: Some(num("max_sequence_length")),
-        scheduler: None,
-        flow_shift: None,
-        init_latents: Some(init.clone()),
-        conditioning: Default::default(),
-    }
+    common::request_from(meta, init)
 }
 
 fn run(dir: PathBuf, name: &str) -> Tensor {
