@@ -293,6 +293,12 @@ impl Lora {
         })
     }
 
+    /// The first of `keys` this adapter has a module for.
+    fn module<'a>(&'a self, keys: &'a [String]) -> Option<(&'a String, &'a Module)> {
+        keys.iter()
+            .find_map(|k| self.modules.get(k).map(|m| (k, m)))
+    }
+
     /// `alpha / rank` for one module.
     fn factor(&self, m: &Module, rank: usize) -> f64 {
         match (m.alpha, self.peft_alpha) {
@@ -418,10 +424,7 @@ impl LoraSet {
         let (keys, _) = self.keys_of(name);
         let mut found = LowRank::default();
         for (i, lora) in self.loras.iter().enumerate() {
-            let Some((key, m)) = keys
-                .iter()
-                .find_map(|k| lora.modules.get(k).map(|m| (k, m)))
-            else {
+            let Some((key, m)) = lora.module(&keys) else {
                 continue;
             };
             if m.down.is_none() && m.diff.is_none() {
@@ -471,10 +474,7 @@ impl LoraSet {
         let (keys, is_bias) = self.keys_of(name);
         let mut w = w;
         for (i, lora) in self.loras.iter().enumerate() {
-            let Some((key, m)) = keys
-                .iter()
-                .find_map(|k| lora.modules.get(k).map(|m| (k, m)))
-            else {
+            let Some((key, m)) = lora.module(&keys) else {
                 continue;
             };
             let delta = if is_bias {

@@ -56,11 +56,10 @@ fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     10.0 * (1.0 / mse.max(1e-20)).log10()
 }
 
-/// The F32 file requantized with candle's port of ggml's quantizers (gguf-py cannot write K-quants):
-/// matrices whose rows divide into `dtype`'s blocks, the rest kept F32, the metadata carried over.
-fn requantize(dtype: GgmlDType, out: &Path) {
-    let src = dir().join("transformer-F32.gguf");
-    let mut f = std::fs::File::open(&src).unwrap();
+/// Writes `out` from the GGUF file `src`: every tensor (expanded to f32) through `map`, which returns the
+/// tensors to write in its place; the metadata carried over.
+fn rewrite(src: &Path, out: &Path, map: impl Fn(&str, Tensor) -> Vec<(String, QTensor)>) {
+    let mut f = std::fs::File::open(src).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
     let mut tensors = vec![];
     for (name, info) in &content.tensor_infos {
@@ -69,22 +68,33 @@ fn requantize(dtype: GgmlDType, out: &Path) {
             .unwrap()
             .dequantize(&Device::Cpu)
             .unwrap();
-        let dims = t.dims().to_vec();
-        let q = if dims.len() == 2 && dims[1] % dtype.block_size() == 0 && !name.contains("patch") {
-            QTensor::quantize(&t, dtype).unwrap()
-        } else {
-            QTensor::quantize(&t, GgmlDType::F32).unwrap()
-        };
-        tensors.push((name.clone(), q));
+        tensors.extend(map(name, t));
     }
     let metadata: Vec<(&str, &gguf_file::Value)> = content
         .metadata
         .iter()
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-    let mut w = std::fs::File::create(out).unwrap();
-    gguf_file::write(&mut w, &metadata, &tensors).unwrap();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    gguf_file::write(&mut std::fs::File::create(out).unwrap(), &metadata, &refs).unwrap();
+}
+
+fn plain(t: &Tensor) -> QTensor {
+    QTensor::quantize(t, GgmlDType::F32).unwrap()
+}
+
+/// The F32 file requantized with candle's port of ggml's quantizers (gguf-py cannot write K-quants):
+/// matrices whose rows divide into `dtype`'s blocks, the rest kept F32.
+fn requantize(dtype: GgmlDType, out: &Path) {
+    rewrite(&dir().join("transformer-F32.gguf"), out, |name, t| {
+        let dims = t.dims();
+        let q = if dims.len() == 2 && dims[1] % dtype.block_size() == 0 && !name.contains("patch") {
+            QTensor::quantize(&t, dtype).unwrap()
+        } else {
+            plain(&t)
+        };
+        vec![(name.to_string(), q)]
+    });
 }
 
 #[test]
@@ -210,30 +220,15 @@ fn the_file_sets_the_transformer_size() {
     // A two-layer file beside the one-layer folder (as a 14B GGUF beside a 1.3B folder's text encoder and
     // VAE): block 1 is block 0 again. The sizes come from the file's tensors.
     let src = dir().join("transformer-F32.gguf");
-    let mut f = std::fs::File::open(&src).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    let mut tensors = vec![];
-    for (name, info) in &content.tensor_infos {
-        let q = info
-            .read(&mut f, content.tensor_data_offset, &Device::Cpu)
-            .unwrap();
-        if let Some(rest) = name.strip_prefix("blocks.0.") {
-            let again = info
-                .read(&mut f, content.tensor_data_offset, &Device::Cpu)
-                .unwrap();
-            tensors.push((format!("blocks.1.{rest}"), again));
-        }
-        tensors.push((name.clone(), q));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
     let tmp = tempfile::tempdir().unwrap();
     let two = tmp.path().join("two-layers.gguf");
-    gguf_file::write(&mut std::fs::File::create(&two).unwrap(), &metadata, &refs).unwrap();
+    rewrite(&src, &two, |name, t| {
+        let mut out = vec![(name.to_string(), plain(&t))];
+        if let Some(rest) = name.strip_prefix("blocks.0.") {
+            out.push((format!("blocks.1.{rest}"), plain(&t)));
+        }
+        out
+    });
     let pipe = load(&two, vec![]).unwrap();
     assert_eq!(pipe.transformer_config().num_layers, 2);
     let one = load(&src, vec![]).unwrap();
@@ -266,33 +261,10 @@ fn loras_apply_beside_quantized_weights() {
 
     // The Q8_0 file's weights, expanded, as an F32 file.
     let q8 = dir().join("transformer-Q8_0.gguf");
-    let mut f = std::fs::File::open(&q8).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    let tensors: Vec<(String, QTensor)> = content
-        .tensor_infos
-        .iter()
-        .map(|(name, info)| {
-            let t = info
-                .read(&mut f, content.tensor_data_offset, &Device::Cpu)
-                .unwrap()
-                .dequantize(&Device::Cpu)
-                .unwrap();
-            (name.clone(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
-        })
-        .collect();
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
     let expanded = tmp.path().join("expanded.gguf");
-    gguf_file::write(
-        &mut std::fs::File::create(&expanded).unwrap(),
-        &metadata,
-        &refs,
-    )
-    .unwrap();
+    rewrite(&q8, &expanded, |name, t| {
+        vec![(name.to_string(), plain(&t))]
+    });
 
     let beside = generate_with(&q8, vec![spec(1.0)]);
     let merged = generate_with(&expanded, vec![spec(1.0)]);
