@@ -80,6 +80,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             text_encoder: None,
             vae: None,
             image_encoder: None,
+            quant: None,
         },
     )?;
     let total = args.clips * if args.held_out { 2 } else { 1 };

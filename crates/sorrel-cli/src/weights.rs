@@ -31,6 +31,14 @@ pub struct WeightArgs {
     /// image-to-video models (ComfyUI's `clip_vision_h.safetensors`).
     #[arg(long, value_name = "FILE")]
     pub image_encoder: Option<PathBuf>,
+    /// Quantize the transformer's matrices as they load: q8_0 (about 0.27x fp32's memory, closest to the
+    /// original), q6_k, q5_k, q5_0, q5_1, q4_k, q4_0, q4_1. Each matrix is expanded for its own product.
+    #[arg(long, value_name = "TYPE", value_parser = parse_quant)]
+    pub quant: Option<candle_core::quantized::GgmlDType>,
+}
+
+fn parse_quant(s: &str) -> std::result::Result<candle_core::quantized::GgmlDType, String> {
+    sorrel_core::gguf::parse_quant(s).map_err(|e| e.to_string())
 }
 
 impl WeightArgs {
@@ -42,6 +50,7 @@ impl WeightArgs {
             text_encoder: self.text_encoder.clone(),
             vae: self.vae.clone(),
             image_encoder: self.image_encoder.clone(),
+            quant: self.quant,
             ..opts
         }
     }
@@ -72,6 +81,9 @@ impl WeightArgs {
             h.update(what.as_bytes());
             hash_ends(&mut h, p)?;
             out.push_str(&hex(&h.finalize()));
+        }
+        if let Some(q) = self.quant {
+            out.push_str(&format!("quant-{q:?}"));
         }
         for l in &self.lora {
             let bytes = std::fs::read(&l.path)

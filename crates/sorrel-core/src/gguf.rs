@@ -211,6 +211,45 @@ pub struct QuantizedWeights {
 
 thread_local! {
     static BUILDING: RefCell<Option<QuantizedWeights>> = const { RefCell::new(None) };
+    static QUANTIZE_ON_LOAD: std::cell::Cell<Option<GgmlDType>> = const { std::cell::Cell::new(None) };
+}
+
+/// The quantized types `--quant` takes, by the names llama.cpp and ComfyUI-GGUF use.
+pub fn parse_quant(s: &str) -> Result<GgmlDType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "q8_0" => GgmlDType::Q8_0,
+        "q5_0" => GgmlDType::Q5_0,
+        "q5_1" => GgmlDType::Q5_1,
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q6_k" => GgmlDType::Q6K,
+        "q5_k" => GgmlDType::Q5K,
+        "q4_k" => GgmlDType::Q4K,
+        other => {
+            return Err(Error::model(format!(
+                "--quant {other}: not a type Sorrel quantizes to; use q8_0 (closest to the original), q6_k, q5_k, \
+                 q5_0, q5_1, q4_k, q4_0 or q4_1"
+            )))
+        }
+    })
+}
+
+/// Runs `f` (a model constructor) with every linear layer whose rows divide into `dtype`'s blocks
+/// quantized as it loads (`--quant`): the layer's weight is read, quantized and dropped, so memory holds
+/// the quantized model plus one layer.
+pub fn with_quantize_on_load<R>(dtype: Option<GgmlDType>, f: impl FnOnce() -> R) -> R {
+    let previous = QUANTIZE_ON_LOAD.with(|q| q.replace(dtype));
+    let out = f();
+    QUANTIZE_ON_LOAD.with(|q| q.set(previous));
+    out
+}
+
+/// The type to quantize a linear layer of input width `in_dim` to as it loads, if `--quant` is on and its
+/// rows divide into the type's blocks (others stay as they are, as in GGUF files).
+pub(crate) fn quantize_on_load(in_dim: usize) -> Option<GgmlDType> {
+    QUANTIZE_ON_LOAD
+        .with(|q| q.get())
+        .filter(|t| in_dim.is_multiple_of(t.block_size()))
 }
 
 /// Runs `f` (a model constructor) with `weights`' quantized matrices available to [`crate::ops::dense`] on

@@ -65,6 +65,16 @@ pub fn dense(input: usize, output: usize, vb: candle_nn::VarBuilder) -> Result<D
         let bias = Some(vb.get(output, "bias")?);
         return Ok(Dense(Weight::Quantized { weight, bias, lora }));
     }
+    if let Some(dtype) = crate::gguf::quantize_on_load(input) {
+        // LoRAs are already merged into the weight `vb` hands out, so they are quantized with it.
+        let w = vb
+            .get((output, input), "weight")?
+            .to_dtype(candle_core::DType::F32)?;
+        let weight = std::sync::Arc::new(candle_core::quantized::QTensor::quantize(&w, dtype)?);
+        let bias = Some(vb.get(output, "bias")?);
+        let lora = Default::default();
+        return Ok(Dense(Weight::Quantized { weight, bias, lora }));
+    }
     Ok(Dense(Weight::Full(candle_nn::linear(input, output, vb)?)))
 }
 

@@ -3,7 +3,8 @@
 //! with PyTorch's fp32 one. Run each configuration in its own process (`/usr/bin/time -v` for peak RSS).
 //!
 //! `cargo run --release -p sorrel-models --example forward_bench -- TRANSFORMER_DIR WEIGHTS INPUTS f32|bf16 RUNS
-//! [OTHER.safetensors]` where WEIGHTS is TRANSFORMER_DIR itself or a .gguf file, and OTHER holds another
+//! [OTHER.safetensors]` where WEIGHTS is TRANSFORMER_DIR itself or a .gguf file (`QUANT=q8_0` in the
+//! environment quantizes the matrices as they load, as `--quant` does), and OTHER holds another
 //! program's output on the same weights (`out`, as `tools/reference/bench_gguf.py` writes) to compare with.
 
 use std::path::{Path, PathBuf};
@@ -42,9 +43,18 @@ fn main() -> anyhow::Result<()> {
     };
     let quantized = src.quantized_weights();
     let vb = src.into_var_builder(dtype, &dev);
-    let model =
-        sorrel_core::gguf::with_quantized(quantized, || WanTransformer3DModel::new(&cfg, vb))?;
-    println!("load {:.2}s", t0.elapsed().as_secs_f64());
+    let quant = std::env::var("QUANT")
+        .ok()
+        .map(|q| sorrel_core::gguf::parse_quant(&q))
+        .transpose()?;
+    let model = sorrel_core::gguf::with_quantized(quantized, || {
+        sorrel_core::gguf::with_quantize_on_load(quant, || WanTransformer3DModel::new(&cfg, vb))
+    })?;
+    println!(
+        "load {:.2}s, resident after loading {}",
+        t0.elapsed().as_secs_f64(),
+        rss()
+    );
     let saved = candle_core::safetensors::load(inputs, &dev)?;
     let (x, t, ctx) = (
         saved["x"].to_dtype(dtype)?,
@@ -87,4 +97,16 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// This process's resident memory now (VmRSS), for what stays after loading.
+fn rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.trim_start_matches("VmRSS:").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

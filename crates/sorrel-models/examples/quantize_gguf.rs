@@ -40,7 +40,8 @@ fn main() -> anyhow::Result<()> {
             let t = t.to_dtype(DType::F32)?;
             let orig = transformer_key_to_original(&name);
             let dims = t.dims().to_vec();
-            let t = if dims.len() > 4 {
+            let flattened = dims.len() > 4;
+            let t = if flattened {
                 shapes.push((
                     format!("comfy.gguf.orig_shape.{orig}"),
                     gguf_file::Value::Array(
@@ -53,7 +54,8 @@ fn main() -> anyhow::Result<()> {
             } else {
                 t
             };
-            let q = if t.rank() == 2 && t.dims()[1] % dtype.block_size() == 0 {
+            // The patch embedding (a convolution, stored flattened) stays F32, as in ComfyUI-GGUF's files.
+            let q = if !flattened && t.rank() == 2 && t.dims()[1] % dtype.block_size() == 0 {
                 QTensor::quantize(&t, dtype)?
             } else {
                 QTensor::quantize(&t, GgmlDType::F32)?

@@ -49,6 +49,9 @@ pub struct LoadOptions {
     /// The image encoder's (CLIP vision) weights from this safetensors file (`--image-encoder FILE`, such as
     /// ComfyUI's `clip_vision_h.safetensors`), for image-to-video models.
     pub image_encoder: Option<PathBuf>,
+    /// Quantize the transformer's linear layers to this type as they load (`--quant q8_0`); matrices a GGUF
+    /// file already stores quantized stay as they are.
+    pub quant: Option<candle_core::quantized::GgmlDType>,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +64,7 @@ impl Default for LoadOptions {
             text_encoder: None,
             vae: None,
             image_encoder: None,
+            quant: None,
         }
     }
 }
@@ -84,9 +88,14 @@ impl LoadOptions {
             Some(p) => format!("{acc} with {what} {}", name(p)),
             None => acc,
         });
-        self.loras
+        let with_loras = self
+            .loras
             .iter()
-            .fold(with_files, |acc, l| format!("{acc} + LoRA {}", l.label()))
+            .fold(with_files, |acc, l| format!("{acc} + LoRA {}", l.label()));
+        match self.quant {
+            Some(q) => format!("{with_loras}, quantized to {q:?}"),
+            None => with_loras,
+        }
     }
 }
 
@@ -239,9 +248,10 @@ fn build_transformer(
     let src = src.with_lora(lora.clone());
     let quantized = src.quantized_weights();
     let vb = src.into_var_builder(opts.dtype, &opts.device);
-    let model =
-        sorrel_core::gguf::with_quantized(quantized, || WanTransformer3DModel::new(cfg, vb))
-            .map_err(in_component("transformer", place))?;
+    let model = sorrel_core::gguf::with_quantized(quantized, || {
+        sorrel_core::gguf::with_quantize_on_load(opts.quant, || WanTransformer3DModel::new(cfg, vb))
+    })
+    .map_err(in_component("transformer", place))?;
     lora.check_all_used()?;
     Ok(model)
 }

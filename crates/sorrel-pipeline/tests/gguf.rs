@@ -294,3 +294,38 @@ fn loras_apply_beside_quantized_weights() {
     );
     assert!(e.contains("another size"), "{e}");
 }
+
+#[test]
+fn quantizing_as_it_loads_gives_the_quantized_files_frames() {
+    // `--quant q8_0` on the F32 file quantizes with candle's Q8_0, the algorithm gguf-py's Q8_0 file was
+    // written with: the frames match diffusers run with that file's dequantized weights.
+    let pipe = WanPipeline::load(
+        &dir().join("pipeline"),
+        &LoadOptions {
+            transformer: Some(dir().join("transformer-F32.gguf")),
+            quant: Some(GgmlDType::Q8_0),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let meta = reference_metadata("wan-tiny-wide");
+    let init = candle_core::safetensors::load(dir().join("init_latents.safetensors"), &Device::Cpu)
+        .unwrap()["latents"]
+        .clone();
+    let frames = pipe
+        .generate(&common::request_from(&meta, &init), &mut |_| true)
+        .unwrap()
+        .frames;
+    let theirs = sorrel_testkit::reference("wan-tiny-wide")["frames.Q8_0"]
+        .squeeze(0)
+        .unwrap();
+    let err = max_abs_diff(&frames, &theirs);
+    println!(
+        "--quant q8_0: frames max abs err {err:e} against diffusers with gguf-py's Q8_0 weights"
+    );
+    assert!(err <= 2e-3, "{err}");
+    assert!(sorrel_core::gguf::parse_quant("iq4_xs")
+        .unwrap_err()
+        .to_string()
+        .contains("q8_0"));
+}
