@@ -75,12 +75,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
-            loras: Vec::new(),
-            transformer: None,
-            text_encoder: None,
-            vae: None,
-            image_encoder: None,
-            quant: None,
+            ..LoadOptions::default()
         },
     )?;
     let total = args.clips * if args.held_out { 2 } else { 1 };

@@ -56,11 +56,17 @@ fn fixture_args(name: &str, model: &Path) -> Vec<String> {
 }
 
 fn run_fixture(name: &str, model: &Path, out: &Path) -> Output {
-    let mut args = fixture_args(name, model);
-    args.push("-o".into());
-    args.push(out.to_string_lossy().to_string());
+    let args = fixture_args_to(name, model, &[], out);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     sorrel(&refs)
+}
+
+/// [`fixture_args`] with more flags and the output file.
+fn fixture_args_to(name: &str, model: &Path, extra: &[&str], out: &Path) -> Vec<String> {
+    let mut args = fixture_args(name, model);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["-o".into(), out.display().to_string()]);
+    args
 }
 
 /// diffusers' frames (F, H, W, 3) in [0, 1].
@@ -203,17 +209,12 @@ fn cli_lora_in_kohya_format_matches_diffusers() {
     // `--lora FILE:SCALE` as users type it, against diffusers' load_lora_weights + set_adapters (0.8).
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("clip.npy");
-    let mut args = fixture_args("wan-tiny-alt", &fixture("wan-tiny-alt").join("pipeline"));
     let lora = format!(
         "{}:0.8",
         fixture("lora").join("kohya.safetensors").display()
     );
-    args.extend([
-        "--lora".into(),
-        lora,
-        "-o".into(),
-        out.display().to_string(),
-    ]);
+    let model = fixture("wan-tiny-alt").join("pipeline");
+    let args = fixture_args_to("wan-tiny-alt", &model, &["--lora", &lora], &out);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = sorrel(&refs);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -230,20 +231,12 @@ fn cli_refuses_a_lora_for_another_model() {
     // The fixture LoRAs are for wan-tiny-alt (inner dim 48); wan-tiny-unipc's is 24.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("clip.mp4");
-    let mut args = fixture_args(
-        "wan-tiny-unipc",
-        &fixture("wan-tiny-unipc").join("pipeline"),
-    );
     let lora = fixture("lora")
         .join("peft.safetensors")
         .display()
         .to_string();
-    args.extend([
-        "--lora".into(),
-        lora,
-        "-o".into(),
-        out.display().to_string(),
-    ]);
+    let model = fixture("wan-tiny-unipc").join("pipeline");
+    let args = fixture_args_to("wan-tiny-unipc", &model, &["--lora", &lora], &out);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_fails(&refs, "made for", &out);
 }

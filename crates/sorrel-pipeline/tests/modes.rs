@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use sorrel_pipeline::{Conditioning, GenerateRequest, LoadOptions, Mode, Picture, WanPipeline};
+mod common;
+
 use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference, reference_metadata};
 
 /// An RGB8 (H, W, 3) tensor of the fixture as a picture.
@@ -23,19 +25,9 @@ fn request(
     noise: &Tensor,
     conditioning: Conditioning,
 ) -> GenerateRequest {
-    let num = |k: &str| meta[k].parse::<usize>().unwrap();
     GenerateRequest {
-        prompt: meta["prompt"].clone(),
-        negative_prompt: meta["negative_prompt"].clone(),
-        width: num("width"),
-        height: num("height"),
-        frames: num("num_frames"),
-        steps: num("steps"),
-        guidance: meta["guidance_scale"].parse().unwrap(),
-        max_sequence_length: Some(num("max_sequence_length")),
-        init_latents: Some(noise.clone()),
         conditioning,
-        ..GenerateRequest::default()
+        ..common::request_from(meta, noise)
     }
 }
 

@@ -19,11 +19,8 @@ pub fn request_from(meta: &HashMap<String, String>, init: &Tensor) -> GenerateRe
         frames: num("num_frames"),
         steps: num("steps"),
         guidance: meta["guidance_scale"].parse().unwrap(),
-        seed: 0,
         max_sequence_length: Some(num("max_sequence_length")),
-        scheduler: None,
-        flow_shift: None,
         init_latents: Some(init.clone()),
-        conditioning: Default::default(),
+        ..GenerateRequest::default()
     }
 }
