@@ -71,7 +71,7 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit
                 dims,
                 (dims.0, dims.0 / 2, dims.0 / 2),
             ))
-            .map_err(|e| MediaError::codec("H.264 encoder", e))?;
+            .map_err(|e| too_detailed(e, i, dims, opts))?;
         let kind = bits.frame_type();
         if !matches!(kind, FrameType::IDR | FrameType::I | FrameType::P) {
             return Err(MediaError::codec(
@@ -85,6 +85,33 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit
         });
     }
     Ok(out)
+}
+
+/// OpenH264's "out of memory" (native code 3) while encoding a frame means the frame's bitstream outgrew the
+/// encoder's fixed frame buffer: nearly incompressible pictures (grain, noise) at a low quantiser on a small
+/// frame. Says so, and what to change, instead of the bare code.
+fn too_detailed(
+    e: openh264::Error,
+    frame: usize,
+    (w, h): (usize, usize),
+    opts: &EncodeOptions,
+) -> MediaError {
+    let text = e.to_string();
+    if !text.contains("Native:3") {
+        return MediaError::codec("H.264 encoder", e);
+    }
+    let how = match opts.bitrate_kbps {
+        Some(kbps) => format!("at {kbps} kbit/s"),
+        None => format!("at quality {}", opts.quality),
+    };
+    MediaError::codec(
+        "H.264 encoder",
+        format!(
+            "frame {frame} ({w}x{h}) is too detailed for OpenH264's frame buffer {how} ({text}); use a lower \
+             --quality (for example {}), a --bitrate, or another format (.webm, .gif, .png)",
+            opts.quality.saturating_sub(10).max(1)
+        ),
+    )
 }
 
 /// Decodes Annex-B access units (SPS/PPS included in the first) to RGB frames, one per unit.
@@ -126,5 +153,40 @@ mod tests {
         assert_eq!(qp_for_quality(100), 0);
         assert_eq!(qp_for_quality(1), 50);
         assert_eq!(qp_for_quality(75), 13);
+    }
+
+    /// Noise at a low quantiser on a small frame outgrows OpenH264's frame buffer; the error says what to
+    /// change, and the suggested quality works.
+    #[test]
+    fn incompressible_frames_get_an_error_that_names_the_fix() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let frames = (0..3)
+            .map(|_| {
+                let rgb = (0..96 * 64 * 3)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state >> 56) as u8
+                    })
+                    .collect();
+                Frame::new(96, 64, rgb).unwrap()
+            })
+            .collect();
+        let clip = Clip::new(frames, 24).unwrap();
+        let opts = EncodeOptions {
+            quality: 95,
+            ..EncodeOptions::default()
+        };
+        let Err(e) = encode(&clip, &opts) else {
+            panic!("noise at quality 95 fitted OpenH264's buffer; pick a harder case")
+        };
+        let e = e.to_string();
+        assert!(e.contains("too detailed") && e.contains("--quality"), "{e}");
+        let lower = EncodeOptions {
+            quality: 40,
+            ..EncodeOptions::default()
+        };
+        assert_eq!(encode(&clip, &lower).unwrap().len(), 3);
     }
 }
