@@ -81,7 +81,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let total = args.clips * if args.held_out { 2 } else { 1 };
     if !args.quiet && pipe.info.defaults.rolls_out() && !args.text_only {
         eprintln!(
-            "scoring text to video, held-out paraphrases, image to video, joins ({} each) and {} rollouts of {} s              (--text-only or --rollouts 0 for less)",
+            "scoring text to video, held-out paraphrases, image to video, joins ({} each) and {} rollouts of {} s (--text-only or --rollouts 0 for less)",
             args.clips, args.rollouts, args.rollout_seconds
         );
     }

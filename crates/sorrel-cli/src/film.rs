@@ -299,6 +299,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
             frames,
             steps,
             guidance,
+            guidance_2: None,
             seed,
             max_sequence_length: None,
             scheduler: None,

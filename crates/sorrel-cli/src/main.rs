@@ -117,6 +117,9 @@ struct GenerateOptions {
     /// Classifier-free guidance scale, 1 or less turns guidance off (default: the model's, 5 for Wan2.1).
     #[arg(long)]
     guidance: Option<f64>,
+    /// Guidance of a two-expert model's low-noise expert (Wan2.2 A14B; default: the model's, 3 for T2V-A14B).
+    #[arg(long)]
+    guidance_2: Option<f64>,
     /// Noise seed; a random one is chosen and printed if omitted.
     #[arg(long)]
     seed: Option<u64>,
@@ -492,6 +495,7 @@ fn generate(
         frames,
         steps: args.steps.unwrap_or(defaults.steps),
         guidance: args.guidance.unwrap_or(defaults.guidance),
+        guidance_2: args.guidance_2.or(defaults.guidance_2),
         seed,
         max_sequence_length: args.max_sequence_length,
         scheduler: args.scheduler.clone(),

@@ -81,6 +81,11 @@ fn run_args(name: &str, model: &Path, init: &Path, out: &Path) -> Vec<String> {
 }
 
 fn check_cli(name: &str, model: &Path, noise_key: &str, extra: &[String]) {
+    check_cli_run(name, model, noise_key, "frames", extra);
+}
+
+/// As [`check_cli`], with the reference frames under `frames_key`.
+fn check_cli_run(name: &str, model: &Path, noise_key: &str, frames_key: &str, extra: &[String]) {
     let r = reference(name);
     let tmp = tempfile::tempdir().unwrap();
     let init = tmp.path().join("noise.safetensors");
@@ -91,7 +96,7 @@ fn check_cli(name: &str, model: &Path, noise_key: &str, extra: &[String]) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = sorrel(&refs);
     assert!(o.status.success(), "{name}: {}", stderr(&o));
-    let worst = worst_png_difference(&out, &r["frames"].squeeze(0).unwrap());
+    let worst = worst_png_difference(&out, &r[frames_key].squeeze(0).unwrap());
     println!("{name}: worst PNG channel difference {worst}/255");
     // The bound: within 1/255 per channel (a value on a rounding boundary may round either way).
     assert!(
@@ -113,6 +118,43 @@ fn cli_image_to_video_matches_diffusers() {
         "latents_init",
         &["--image".into(), image.to_string_lossy().into()],
     );
+}
+
+#[test]
+fn cli_wan22_ti2v_image_to_video_matches_diffusers() {
+    let name = "wan22-tiny-ti2v";
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("first.png");
+    write_png(&reference(name)["i2v.image"], &image);
+    let model = fixture(name).join("pipeline");
+    let extra = ["--image".into(), image.to_string_lossy().into()];
+    check_cli_run(name, &model, "i2v.latents_init", "i2v.frames", &extra);
+    // The MP4 plays at Wan2.2 TI2V's own 24 fps. The tiny model's frames are noise, which needs a
+    // moderate quality to fit H.264's frame buffer at 96x64.
+    let mp4 = tmp.path().join("clip.mp4");
+    let o = sorrel(&[
+        "generate",
+        "a cat",
+        "--model",
+        &model.to_string_lossy(),
+        "--image",
+        &image.to_string_lossy(),
+        "--size",
+        "96x64",
+        "--frames",
+        "13",
+        "--steps",
+        "2",
+        "--quality",
+        "50",
+        "-q",
+        "-o",
+        &mp4.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = sorrel_testkit::ffprobe(&mp4);
+    assert_eq!((p.frames, p.width, p.height), (13, 96, 64), "{p:?}");
+    assert_eq!(p.r_frame_rate, "24/1", "{p:?}");
 }
 
 #[test]

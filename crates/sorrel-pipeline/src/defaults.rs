@@ -1,5 +1,6 @@
-//! A model's generation defaults and limits: Wan2.1's unless the folder has a `sorrel_defaults.json` (Sorrel's
-//! own models write one), read before any weights load so a request can be checked in milliseconds.
+//! A model's generation defaults and limits: Wan2.1's or Wan2.2's (from `model_index.json`) unless the folder
+//! has a `sorrel_defaults.json` (Sorrel's own models write one), read before any weights load so a request can
+//! be checked in milliseconds.
 
 use std::path::Path;
 
@@ -27,6 +28,9 @@ pub struct ModelDefaults {
     pub steps: usize,
     /// Classifier-free guidance scale.
     pub guidance: f64,
+    /// Guidance of a two-expert model's low-noise expert (`None`: `guidance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_2: Option<f64>,
     /// Text tokens per prompt the model was trained with.
     #[serde(default = "wan_text_len")]
     pub max_sequence_length: usize,
@@ -57,6 +61,7 @@ impl ModelDefaults {
             fps: crate::loader::WAN21_FPS,
             steps: 50,
             guidance: 5.0,
+            guidance_2: None,
             max_sequence_length: 512,
             max_width: 4096,
             max_height: 4096,
@@ -65,11 +70,55 @@ impl ModelDefaults {
         }
     }
 
+    /// Wan2.2 TI2V-5B: 1280x704, 121 frames at 24 fps, 50 steps, guidance 5 (Wan-AI's own example).
+    pub fn wan22_ti2v() -> Self {
+        Self {
+            width: 1280,
+            height: 704,
+            frames: 121,
+            fps: 24,
+            ..Self::wan21()
+        }
+    }
+
+    /// Wan2.2 A14B (T2V and I2V): 1280x720, 81 frames at 16 fps, 40 steps, guidance 4 then 3 for the
+    /// low-noise expert (Wan-AI's own examples; the I2V one uses 3.5 for both).
+    pub fn wan22_a14b(image_to_video: bool) -> Self {
+        Self {
+            width: 1280,
+            height: 720,
+            steps: 40,
+            guidance: if image_to_video { 3.5 } else { 4.0 },
+            guidance_2: (!image_to_video).then_some(3.0),
+            ..Self::wan21()
+        }
+    }
+
+    /// Defaults for a folder without `sorrel_defaults.json`: Wan2.2's when its `model_index.json` says
+    /// `expand_timesteps` (TI2V) or `boundary_ratio` (A14B), else Wan2.1's.
+    fn from_model_index(dir: &Path) -> Self {
+        let index = std::fs::read_to_string(dir.join("model_index.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let Some(index) = index else {
+            return Self::wan21();
+        };
+        if index.get("expand_timesteps").and_then(|v| v.as_bool()) == Some(true) {
+            return Self::wan22_ti2v();
+        }
+        if index.get("boundary_ratio").is_some_and(|v| v.is_number()) {
+            let i2v = index.get("_class_name").and_then(|v| v.as_str())
+                == Some("WanImageToVideoPipeline");
+            return Self::wan22_a14b(i2v);
+        }
+        Self::wan21()
+    }
+
     /// The defaults of the model folder `dir`.
     pub fn for_dir(dir: &Path) -> Result<Self> {
         let path = dir.join(DEFAULTS_FILE);
         if !path.is_file() {
-            return Ok(Self::wan21());
+            return Ok(Self::from_model_index(dir));
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use candle_core::{DType, Tensor};
 use sorrel_core::{Error, Result};
-use sorrel_models::wan::transformer::Context;
+use sorrel_models::wan::transformer::{Context, WanTransformer3DModel};
 use sorrel_schedulers::{self as schedulers, Scheduler};
 
 use crate::loader::WanPipeline;
@@ -18,6 +18,10 @@ use crate::request::{GenerateRequest, Picture};
 
 /// Where time went, in order: ("text encoder", ..), ("step 1", ..), .., ("vae decode", ..).
 pub type Timings = Vec<(String, Duration)>;
+
+/// The prompt's and the negative prompt's cross-attention contexts as a transformer embeds them; called
+/// again when a two-expert model switches experts, since each embeds the text with its own weights.
+pub(crate) type ContextsFn<'a> = dyn Fn(&WanTransformer3DModel) -> Result<(Context, Context)> + 'a;
 
 /// Sees the latents after each step run (counting from 0), for checks and previews.
 pub type StepFn<'a> = dyn FnMut(usize, &Tensor) + 'a;
@@ -65,10 +69,11 @@ pub(crate) struct Denoise<'a> {
     /// (1, c, T, h, w) appended to the latents' channels in every model input (image-to-video: the mask and
     /// the encoded conditioning video).
     pub condition: Option<Tensor>,
-    /// The prompt's context, and the negative prompt's (used when `guidance > 1`).
-    pub cond: &'a Context,
-    pub uncond: &'a Context,
+    /// The prompt's context, and the negative prompt's (used when `guidance > 1`), for a transformer.
+    pub contexts: &'a ContextsFn<'a>,
     pub guidance: f64,
+    /// Guidance of the low-noise expert of a two-expert model (diffusers' `guidance_scale_2`).
+    pub guidance_2: f64,
     /// Prepared with `set_timesteps`.
     pub scheduler: Box<dyn Scheduler>,
     /// The first step to run (video-to-video starts part-way down the schedule).
@@ -81,6 +86,17 @@ pub(crate) struct Denoise<'a> {
     /// a mask (1, 1, T, 1, 1), 1 on given frames, and the clean latents (1, z, T, h, w). The given frames
     /// are put back after every step, so they stay exactly as given while the rest is denoised around them.
     pub given: Option<(Tensor, Tensor)>,
+}
+
+/// The transformer the loop is running and the contexts it embedded.
+struct Running {
+    /// Which expert (0 for a one-transformer model).
+    expert: usize,
+    model: std::sync::Arc<WanTransformer3DModel>,
+    cond: Context,
+    uncond: Context,
+    /// Both contexts as one batch of 2, when guidance runs batched.
+    both: Option<Context>,
 }
 
 impl WanPipeline {
@@ -137,9 +153,9 @@ impl WanPipeline {
         let Denoise {
             mut latents,
             condition,
-            cond,
-            uncond,
+            contexts,
             guidance,
+            guidance_2,
             mut scheduler,
             first_step,
             token_weights,
@@ -159,17 +175,42 @@ impl WanPipeline {
         }
         let timesteps = scheduler.timesteps()[first_step..].to_vec();
         stage(progress, "denoising")?;
-        let dt = self.transformer.dtype();
-        let condition = condition.map(|c| c.to_dtype(dt)).transpose()?;
         let tokens = {
             let (_, _, t, h, w) = latents.dims5()?;
             let [pt, ph, pw] = self.info.patch;
             t.div_ceil(pt) * (h / ph) * (w / pw)
         };
-        let both = (guidance > 1.0 && tokens <= BATCHED_GUIDANCE_TOKENS)
-            .then(|| Context::batch(cond, uncond))
-            .transpose()?;
+        let batched = guidance.max(guidance_2) > 1.0 && tokens <= BATCHED_GUIDANCE_TOKENS;
+        // The running transformer and its contexts.
+        let mut current: Option<Running> = None;
+        let mut condition = condition;
         for (i, &ts) in timesteps.iter().enumerate() {
+            let k = self.transformer.index_for(f64::from(ts));
+            let run = match current.take() {
+                Some(r) if r.expert == k => current.insert(r),
+                // None yet, or the other expert: it is let go (taken above) before this one loads.
+                other => {
+                    if other.is_some() {
+                        stage(progress, "switching to the low-noise expert")?;
+                    }
+                    let model = self.transformer.get(k)?;
+                    let (cond, uncond) = contexts(&model)?;
+                    let both = batched
+                        .then(|| Context::batch(&cond, &uncond))
+                        .transpose()?;
+                    condition = condition.map(|c| c.to_dtype(model.dtype())).transpose()?;
+                    current.insert(Running {
+                        expert: k,
+                        model,
+                        cond,
+                        uncond,
+                        both,
+                    })
+                }
+            };
+            let (model, cond, uncond) = (&run.model, &run.cond, &run.uncond);
+            let guidance = if k == 1 { guidance_2 } else { guidance };
+            let dt = model.dtype();
             let x = latents.to_dtype(dt)?;
             let x = match &condition {
                 Some(c) => Tensor::cat(&[&x, c], 1)?,
@@ -180,25 +221,24 @@ impl WanPipeline {
                 None => Tensor::new(&[ts], &self.device)?,
             };
             let predict = |x: &Tensor, tt: &Tensor, ctx: &Context| -> Result<Tensor> {
-                Ok(self
-                    .transformer
+                Ok(model
                     .forward_with_context(x, tt, ctx)?
                     .to_dtype(DType::F32)?)
             };
-            let pred = match &both {
-                Some(ctx) => {
+            let pred = match &run.both {
+                Some(ctx) if guidance > 1.0 => {
                     let xx = Tensor::cat(&[&x, &x], 0)?;
                     let tt2 = Tensor::cat(&[&tt, &tt], 0)?;
                     let p = predict(&xx, &tt2, ctx)?;
                     let (c, u) = (p.narrow(0, 0, 1)?, p.narrow(0, 1, 1)?);
                     (&u + ((c - &u)? * guidance)?)?
                 }
-                None if guidance > 1.0 => {
+                _ if guidance > 1.0 => {
                     let c = predict(&x, &tt, cond)?;
                     let u = predict(&x, &tt, uncond)?;
                     (&u + ((c - &u)? * guidance)?)?
                 }
-                None => predict(&x, &tt, cond)?,
+                _ => predict(&x, &tt, cond)?,
             };
             latents = keep_given(scheduler.step(&pred, &latents)?)?;
             on_step(i, &latents);
@@ -312,17 +352,21 @@ mod tests {
     /// Runs the loop on wan-tiny-alt's prompt and noise for 3 steps.
     fn run(pipe: &WanPipeline, token_weights: Option<Tensor>) -> Tensor {
         let r = sorrel_testkit::reference("wan-tiny-alt");
-        let ctx = |k: &str| pipe.transformer.embed_context(&r[k], None).unwrap();
-        let (cond, uncond) = (ctx("prompt_embeds"), ctx("negative_prompt_embeds"));
+        let contexts = |m: &WanTransformer3DModel| -> Result<(Context, Context)> {
+            Ok((
+                m.embed_context(&r["prompt_embeds"], None)?,
+                m.embed_context(&r["negative_prompt_embeds"], None)?,
+            ))
+        };
         let mut scheduler = schedulers::from_name("unipc", 5.0).unwrap();
         scheduler.set_timesteps(3).unwrap();
         pipe.denoise(
             Denoise {
                 latents: r["latents_init"].clone(),
                 condition: None,
-                cond: &cond,
-                uncond: &uncond,
+                contexts: &contexts,
                 guidance: 5.0,
+                guidance_2: 5.0,
                 scheduler,
                 first_step: 0,
                 token_weights,

@@ -4,6 +4,7 @@
 pub mod compose;
 pub mod defaults;
 pub mod denoise;
+mod experts;
 pub mod film;
 pub mod hub;
 pub mod loader;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sorrel_core::weights::Renamer;
 use sorrel_core::{Error, LoraSet, LoraSpec, Result, TensorSource};
 
+use crate::experts::{ExpertLoader, Experts};
 use crate::modes::{Mode, ModelInfo};
 use sorrel_models::clip::{ClipImageProcessorConfig, ClipVisionConfig, ClipVisionModel};
 use sorrel_models::wan::config::WanTransformerConfig;
@@ -256,6 +257,51 @@ fn build_transformer(
     Ok(model)
 }
 
+/// Wan2.2 A14B's experts: `first` (from `transformer/`) runs at timesteps at and above `ratio` x 1000, the
+/// one in `transformer_2/` below. Both are (re)loaded on demand with the same options (LoRAs merged into
+/// each, as they are trained for both); the second's config must match the first's.
+fn two_experts(
+    dir: &Path,
+    first: WanTransformer3DModel,
+    cfg: &WanTransformerConfig,
+    ratio: f64,
+    opts: &LoadOptions,
+) -> Result<Experts> {
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(Error::model(format!(
+            "{}: boundary_ratio {ratio} must be between 0 and 1",
+            dir.join("model_index.json").display()
+        )));
+    }
+    let second_dir = need(
+        dir.join("transformer_2"),
+        "two-expert (Wan2.2 A14B) diffusers folder",
+    )?;
+    let second_cfg = WanTransformerConfig::from_diffusers_file(&need(
+        second_dir.join("config.json"),
+        "two-expert (Wan2.2 A14B) diffusers folder",
+    )?)?;
+    if &second_cfg != cfg {
+        return Err(Error::model(format!(
+            "{}: transformer_2's config differs from transformer's; Wan2.2 A14B's experts share one",
+            second_dir.display()
+        )));
+    }
+    let loader = |sub: &str| -> ExpertLoader {
+        let (dir, cfg, opts) = (dir.join(sub), cfg.clone(), opts.clone());
+        Box::new(move || {
+            let src = TensorSource::open_dir(&dir, "diffusion_pytorch_model")?;
+            build_transformer(&cfg, src, &opts, &dir)
+        })
+    };
+    // diffusers compares timesteps against boundary_ratio * num_train_timesteps (1000 for every Wan model).
+    Ok(Experts::two(
+        first,
+        ratio * 1000.0,
+        [loader("transformer"), loader("transformer_2")],
+    ))
+}
+
 /// The adapters of `opts`, matched against diffusers names and the original release's.
 fn open_loras(opts: &LoadOptions) -> Result<Arc<LoraSet>> {
     Ok(Arc::new(LoraSet::open(
@@ -281,7 +327,10 @@ pub struct WanPipeline {
     pub info: ModelInfo,
     pub(crate) tokenizer: WanTokenizer,
     pub(crate) text_encoder: Umt5Encoder,
-    pub(crate) transformer: WanTransformer3DModel,
+    /// The transformer, or Wan2.2 A14B's two experts (one resident at a time).
+    pub(crate) transformer: Experts,
+    /// The transformer's configuration (both experts share it).
+    pub(crate) transformer_config: WanTransformerConfig,
     pub(crate) vae: AutoencoderKLWan,
     pub(crate) vae_config: VaeConfig,
     /// CLIP's vision tower and its processor, for image-to-video models.
@@ -373,10 +422,10 @@ impl WanPipeline {
     /// milliseconds instead of after a minutes-long load.
     pub fn describe(dir: &Path) -> Result<ModelInfo> {
         let defaults = crate::ModelDefaults::for_dir(dir)?;
-        let (vae_cfg, tr_cfg, class): (VaeConfig, WanTransformerConfig, String) =
+        let (vae_cfg, tr_cfg, index): (VaeConfig, WanTransformerConfig, PipelineIndex) =
             match Self::detect_layout(dir)? {
                 Layout::Diffusers => {
-                    let class = pipeline_class(dir)?;
+                    let index = pipeline_index(dir)?;
                     (
                         parse(
                             read_json(&need(
@@ -389,7 +438,7 @@ impl WanPipeline {
                             need(dir.join("transformer"), "diffusers folder")?.join("config.json"),
                             "diffusers folder",
                         )?)?,
-                        class,
+                        index,
                     )
                 }
                 Layout::Original => {
@@ -408,7 +457,11 @@ impl WanPipeline {
                             dir.join("config.json"),
                             "original release folder",
                         )?)?,
-                        "WanPipeline".into(),
+                        PipelineIndex {
+                            class: "WanPipeline".into(),
+                            expand_timesteps: false,
+                            boundary_ratio: None,
+                        },
                     )
                 }
             };
@@ -421,8 +474,17 @@ impl WanPipeline {
             defaults,
             compression,
             patch: tr_cfg.patch_size,
-            modes: modes_of(dir, &tr_cfg, vae_cfg.z_dim, compression.1, rolls_out)?,
-            pipeline_class: class,
+            modes: modes_of(
+                dir,
+                &tr_cfg,
+                vae_cfg.z_dim,
+                compression.1,
+                rolls_out,
+                index.expand_timesteps,
+            )?,
+            pipeline_class: index.class,
+            expand_timesteps: index.expand_timesteps,
+            boundary_ratio: index.boundary_ratio,
         })
     }
 
@@ -436,6 +498,13 @@ impl WanPipeline {
 
     fn load_diffusers(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let info = Self::describe(dir)?;
+        if info.boundary_ratio.is_some() && opts.transformer.is_some() {
+            return Err(Error::invalid(
+                "--transformer replaces one transformer, but this model has two experts (transformer/ and \
+                 transformer_2/): put each file's weights in its folder instead"
+                    .to_string(),
+            ));
+        }
         let (dev, dt) = (&opts.device, opts.dtype);
 
         let tok_dir = need(dir.join("tokenizer"), "diffusers folder")?;
@@ -470,7 +539,11 @@ impl WanPipeline {
             Some(_) => fit_config(&tr_cfg, &src)?,
             None => tr_cfg,
         };
-        let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
+        let first = build_transformer(&tr_cfg, src, opts, &place)?;
+        let transformer = match info.boundary_ratio {
+            Some(ratio) => two_experts(dir, first, &tr_cfg, ratio, opts)?,
+            None => Experts::one(first),
+        };
 
         let vae_dir = need(dir.join("vae"), "diffusers folder")?;
         let vae_config: VaeConfig = parse(
@@ -503,6 +576,7 @@ impl WanPipeline {
             tokenizer,
             text_encoder,
             transformer,
+            transformer_config: tr_cfg,
             vae,
             vae_config,
             scheduler_config: sched.is_file().then_some(sched),
@@ -563,7 +637,7 @@ impl WanPipeline {
             Some(_) => fit_config(&tr_cfg, &src)?,
             None => tr_cfg,
         };
-        let transformer = build_transformer(&tr_cfg, src, opts, &place)?;
+        let transformer = Experts::one(build_transformer(&tr_cfg, src, opts, &place)?);
 
         let vae_config: VaeConfig = parse(vae_json, "VAE config")?;
         let vae_src = match &opts.vae {
@@ -587,6 +661,7 @@ impl WanPipeline {
             tokenizer,
             text_encoder,
             transformer,
+            transformer_config: tr_cfg,
             vae,
             vae_config,
             scheduler_config: None,
@@ -594,14 +669,15 @@ impl WanPipeline {
         })
     }
 
-    /// The diffusion transformer.
-    pub fn transformer(&self) -> &WanTransformer3DModel {
-        &self.transformer
+    /// The diffusion transformer (of a two-expert model, the resident expert, loading the first if a
+    /// failed load left none).
+    pub fn transformer(&self) -> Result<Arc<WanTransformer3DModel>> {
+        self.transformer.resident()
     }
 
     /// The transformer's configuration.
     pub fn transformer_config(&self) -> &WanTransformerConfig {
-        self.transformer.config()
+        &self.transformer_config
     }
 
     /// The frame rate the model was trained at, and so the rate its motion looks right at: Wan2.1
@@ -630,8 +706,18 @@ impl WanPipeline {
     }
 }
 
-/// `_class_name` of a diffusers folder's `model_index.json`, refused with the reason when Sorrel cannot run it.
-fn pipeline_class(dir: &Path) -> Result<String> {
+/// What a diffusers folder's `model_index.json` says about the pipeline, beyond its components.
+pub(crate) struct PipelineIndex {
+    /// `_class_name`.
+    pub(crate) class: String,
+    /// Wan2.2 TI2V's per-token timesteps.
+    pub(crate) expand_timesteps: bool,
+    /// Wan2.2 A14B's switch between its two experts.
+    pub(crate) boundary_ratio: Option<f64>,
+}
+
+/// Reads a diffusers folder's `model_index.json`, refusing with the reason what Sorrel cannot run.
+pub(crate) fn pipeline_index(dir: &Path) -> Result<PipelineIndex> {
     let path = dir.join("model_index.json");
     let index = read_json(&path)?;
     let component = |k: &str| {
@@ -641,25 +727,23 @@ fn pipeline_class(dir: &Path) -> Result<String> {
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    if component("transformer_2").is_some() {
+    let expand_timesteps = index.get("expand_timesteps").and_then(Value::as_bool) == Some(true);
+    let boundary_ratio = index.get("boundary_ratio").and_then(Value::as_f64);
+    if component("transformer_2").is_some() != boundary_ratio.is_some() {
         return Err(Error::model(format!(
-            "{}: two-transformer (Wan2.2 A14B) models are not supported yet",
-            path.display()
-        )));
-    }
-    if index.get("expand_timesteps").and_then(Value::as_bool) == Some(true) {
-        return Err(Error::model(format!(
-            "{}: per-token timestep models (Wan2.2 TI2V) are not supported yet",
+            "{}: a second transformer (transformer_2) needs boundary_ratio, the switch between the two \
+             experts, and boundary_ratio needs transformer_2",
             path.display()
         )));
     }
     match component("transformer").as_deref() {
-        Some("WanTransformer3DModel" | "WanVACETransformer3DModel") => {}
+        Some("WanTransformer3DModel") => {}
+        Some("WanVACETransformer3DModel") if !expand_timesteps => {}
         other => {
             return Err(Error::model(format!(
-                "{}: transformer class {other:?} is not supported; Sorrel loads Wan2.1 models with \
-                 WanTransformer3DModel (text-to-video, image-to-video, first/last-frame) or \
-                 WanVACETransformer3DModel (VACE)",
+                "{}: transformer class {other:?} is not supported; Sorrel loads Wan models with \
+                 WanTransformer3DModel (Wan2.1 and Wan2.2: text-to-video, image-to-video, first/last-frame) or \
+                 WanVACETransformer3DModel (Wan2.1 VACE)",
                 path.display()
             )))
         }
@@ -676,13 +760,19 @@ fn pipeline_class(dir: &Path) -> Result<String> {
             PIPELINE_CLASSES.join(", ")
         )));
     }
-    Ok(class)
+    Ok(PipelineIndex {
+        class,
+        expand_timesteps,
+        boundary_ratio,
+    })
 }
 
 /// The modes a transformer runs, from its config: a VACE transformer composes (references, masks, extension)
 /// and starts from given frames through its control input; a text-to-video transformer (latent channels in)
 /// also restyles videos; an image-conditioned one (latents, mask and encoded condition in) starts from a first
 /// frame, or from a first and a last frame when it has the two-image position table.
+///
+/// Wan2.2 TI2V (`expand_timesteps`) also starts from a first frame, held clean at timestep 0.
 ///
 /// A text-to-video transformer trained with clean given frames (`rolls_out`, from `sorrel_defaults.json`)
 /// also starts from a first frame and continues and joins clips, window by window.
@@ -692,9 +782,16 @@ fn modes_of(
     z: usize,
     tc: usize,
     rolls_out: bool,
+    expand_timesteps: bool,
 ) -> Result<Vec<Mode>> {
     let want_i2v = 2 * z + tc;
     match cfg.image_dim {
+        // Wan2.2 TI2V: image-to-video by a first latent frame held at t = 0; restyling as any T2V model.
+        None if cfg.in_channels == z && cfg.vace_layers.is_none() && expand_timesteps => Ok(vec![
+            Mode::TextToVideo,
+            Mode::ImageToVideo,
+            Mode::VideoToVideo,
+        ]),
         None if cfg.in_channels == z && cfg.vace_layers.is_none() && rolls_out => Ok(vec![
             Mode::TextToVideo,
             Mode::ImageToVideo,
@@ -709,6 +806,10 @@ fn modes_of(
             Mode::Compose,
         ]),
         None if cfg.in_channels == z => Ok(vec![Mode::TextToVideo, Mode::VideoToVideo]),
+        // Wan2.2 I2V-A14B: the same mask and condition channels, no CLIP image tokens.
+        None if cfg.in_channels == want_i2v && cfg.vace_layers.is_none() => {
+            Ok(vec![Mode::ImageToVideo])
+        }
         Some(_) if cfg.in_channels == want_i2v => Ok(if cfg.pos_embed_seq_len.is_some() {
             vec![Mode::FirstLastFrame]
         } else {

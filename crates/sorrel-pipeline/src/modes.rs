@@ -9,7 +9,7 @@ use crate::denoise::{stage, Denoise, StepFn, Stopwatch, Timings};
 use crate::loader::WanPipeline;
 use crate::progress::ProgressFn;
 use crate::request::{strength_steps, Conditioning, GenerateRequest, Picture};
-use sorrel_models::wan::transformer::Control;
+use sorrel_models::wan::transformer::{Context, Control, WanTransformer3DModel};
 
 /// A way to start a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,10 +49,12 @@ impl Mode {
     fn models_that_can(self) -> &'static str {
         match self {
             Mode::TextToVideo | Mode::VideoToVideo => {
-                "a text-to-video model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers or the embedded model"
+                "a text-to-video model such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan-AI/Wan2.2-TI2V-5B-Diffusers \
+                 or the embedded model"
             }
             Mode::ImageToVideo => {
-                "an image-to-video model such as Wan-AI/Wan2.1-I2V-14B-480P-Diffusers or a VACE model"
+                "an image-to-video model such as Wan-AI/Wan2.2-TI2V-5B-Diffusers, Wan-AI/Wan2.1-I2V-14B-480P-Diffusers \
+                 or a VACE model"
             }
             Mode::FirstLastFrame => {
                 "a first/last-frame model such as Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers or a VACE model"
@@ -77,6 +79,13 @@ pub struct ModelInfo {
     pub modes: Vec<Mode>,
     /// The diffusers pipeline class it was published for (`WanPipeline`, `WanImageToVideoPipeline`, ...).
     pub pipeline_class: String,
+    /// Wan2.2 TI2V (diffusers' `expand_timesteps`): one timestep per token, and image-to-video by holding the
+    /// first latent frame clean at t = 0 instead of extra input channels.
+    pub expand_timesteps: bool,
+    /// Wan2.2 A14B (diffusers' `boundary_ratio`): steps whose timestep is at least this fraction of the
+    /// training timesteps run the high-noise expert (`transformer/`), the rest the low-noise one
+    /// (`transformer_2/`).
+    pub boundary_ratio: Option<f64>,
 }
 
 impl ModelInfo {
@@ -112,6 +121,14 @@ pub struct Video {
     pub unknown_words: Vec<String>,
 }
 
+/// A first frame held clean through the loop (Wan2.2 TI2V's image-to-video).
+struct HeldFrame {
+    /// The mask (1, 1, T, 1, 1), 1 on the first latent frame, and its clean latents (1, z, 1, h, w).
+    given: (Tensor, Tensor),
+    /// (1, N): 0 on the first frame's tokens, 1 elsewhere.
+    token_weights: Tensor,
+}
+
 impl WanPipeline {
     /// Runs the request's mode. `progress` sees each stage and step; returning `false` from it cancels.
     pub fn generate(&self, req: &GenerateRequest, progress: &mut ProgressFn) -> Result<Video> {
@@ -133,38 +150,53 @@ impl WanPipeline {
         let mut clock = Stopwatch::new();
         stage(progress, "text encoder")?;
         let (emb, unknown_words) = self.encode_prompts(req)?;
-        let vace = self.transformer.vace_layer_count();
+        let (vace, takes_image) = {
+            let tr = self.transformer()?;
+            (tr.vace_layer_count(), tr.takes_image())
+        };
         let image_features = match &req.conditioning {
-            Conditioning::Image { first, last } if vace.is_none() => {
+            Conditioning::Image { first, last } if takes_image => {
                 let pics: Vec<&Picture> = std::iter::once(first).chain(last.as_ref()).collect();
                 Some(self.image_features(&pics)?)
             }
             _ => None,
         };
-        let context = |i: usize| {
-            self.transformer
-                .embed_context(&emb.narrow(0, i, 1)?, image_features.as_ref())
-        };
-        let (mut cond, mut uncond) = (context(0)?, context(1)?);
         clock.lap("text encoder");
-        if let Some(layers) = vace {
-            stage(progress, "vae encode")?;
-            let control = Control {
-                latents: self.vace_control(req)?,
-                scales: vec![1.0; layers],
+        let control = match vace {
+            Some(layers) => {
+                stage(progress, "vae encode")?;
+                let control = Control {
+                    latents: self.vace_control(req)?,
+                    scales: vec![1.0; layers],
+                };
+                clock.lap("vae encode");
+                Some(control)
+            }
+            None => None,
+        };
+        let contexts = |tr: &WanTransformer3DModel| -> Result<(Context, Context)> {
+            let context = |i: usize| -> Result<Context> {
+                let mut c = tr.embed_context(&emb.narrow(0, i, 1)?, image_features.as_ref())?;
+                c.control = control.clone();
+                Ok(c)
             };
-            clock.lap("vae encode");
-            cond.control = Some(control.clone());
-            uncond.control = Some(control);
-        }
+            Ok((context(0)?, context(1)?))
+        };
 
         let mut scheduler = self.scheduler_for(req)?;
         scheduler.set_timesteps(req.steps)?;
         let noise = self.noise(req)?;
         let size = (req.width, req.height);
+        let mut held = None;
         let (latents, condition, first_step) = match &req.conditioning {
             // VACE models take every composition through their control input.
             _ if vace.is_some() => (noise, None, 0),
+            Conditioning::Image { first, .. } if self.info.expand_timesteps => {
+                stage(progress, "vae encode")?;
+                held = Some(self.first_frame_held(first, req)?);
+                clock.lap("vae encode");
+                (noise, None, 0)
+            }
             Conditioning::None | Conditioning::Compose { .. } | Conditioning::Continue { .. } => {
                 (noise, None, 0)
             }
@@ -187,13 +219,13 @@ impl WanPipeline {
             Denoise {
                 latents,
                 condition,
-                cond: &cond,
-                uncond: &uncond,
+                contexts: &contexts,
                 guidance: req.guidance,
+                guidance_2: req.guidance_2.unwrap_or(req.guidance),
                 scheduler,
                 first_step,
-                token_weights: None,
-                given: None,
+                token_weights: held.as_ref().map(|h| h.token_weights.clone()),
+                given: held.map(|h| h.given),
             },
             &mut clock,
             progress,
@@ -210,6 +242,26 @@ impl WanPipeline {
             frames,
             timings: clock.timings,
             unknown_words,
+        })
+    }
+
+    /// Wan2.2 TI2V's image-to-video (diffusers' `expand_timesteps`): the first latent frame is the encoded
+    /// picture, given clean, and its tokens see timestep 0 while the rest see the step's.
+    fn first_frame_held(&self, first: &Picture, req: &GenerateRequest) -> Result<HeldFrame> {
+        let clean = self.encode_pictures(&[first], (req.width, req.height))?;
+        let (t, h, w) = req.latent_size(self.info.compression);
+        let mut mask = vec![0f32; t];
+        mask[0] = 1.0;
+        let mask = Tensor::from_vec(mask, (1, 1, t, 1, 1), &self.device)?;
+        let [pt, ph, pw] = self.info.patch;
+        let per_frame = (h / ph) * (w / pw);
+        let weights: Vec<f32> = (0..t.div_ceil(pt) * per_frame)
+            .map(|i| if i < per_frame { 0.0 } else { 1.0 })
+            .collect();
+        let n = weights.len();
+        Ok(HeldFrame {
+            given: (mask, clean),
+            token_weights: Tensor::from_vec(weights, (1, n), &self.device)?,
         })
     }
 

@@ -24,6 +24,9 @@ pub struct GenerateRequest {
     pub steps: usize,
     /// Classifier-free guidance scale; at 1.0 or below the negative pass is skipped.
     pub guidance: f64,
+    /// Guidance of a two-expert model's low-noise expert (Wan2.2 A14B; diffusers' `guidance_scale_2`);
+    /// `None`: `guidance`.
+    pub guidance_2: Option<f64>,
     /// Noise seed (ignored when `init_latents` is given).
     pub seed: u64,
     /// Text tokens per prompt (padding or truncating); `None`: what the model was trained with (512 for
@@ -103,6 +106,7 @@ impl Default for GenerateRequest {
             frames: 81,
             steps: 50,
             guidance: 5.0,
+            guidance_2: None,
             seed: 0,
             max_sequence_length: None,
             scheduler: None,
@@ -145,7 +149,7 @@ impl GenerateRequest {
                 )));
             }
         }
-        pipe.transformer
+        pipe.transformer()?
             .check_latent_size(t, h, w)
             .map_err(Error::invalid)?;
         Ok(())
@@ -332,7 +336,7 @@ impl GenerateRequest {
         let (mw, mh) = (s * pw, s * ph);
         if !self.width.is_multiple_of(mw) || !self.height.is_multiple_of(mh) {
             return bad(format!(
-                "size {}x{} is not supported: for {name} width must be a multiple of {mw} and height of {mh}                  (the VAE downsamples {s}x and the transformer patches {pw}x{ph}), e.g. {}x{}",
+                "size {}x{} is not supported: for {name} width must be a multiple of {mw} and height of {mh} (the VAE downsamples {s}x and the transformer patches {pw}x{ph}), e.g. {}x{}",
                 self.width, self.height, defaults.width, defaults.height
             ));
         }
@@ -350,7 +354,7 @@ impl GenerateRequest {
         if !(self.frames - 1).is_multiple_of(tc) {
             let lo = (self.frames - 1) / tc * tc + 1;
             return bad(format!(
-                "{} frames is not supported: the VAE compresses time {tc}x, so frames must be {tc}k+1                  (e.g. 17, 33, 81); nearest: {lo} or {}",
+                "{} frames is not supported: the VAE compresses time {tc}x, so frames must be {tc}k+1 (e.g. 17, 33, 81); nearest: {lo} or {}",
                 self.frames,
                 lo + tc
             ));
@@ -362,7 +366,7 @@ impl GenerateRequest {
         let latent_frames = (self.frames - 1) / tc + 1;
         if !latent_frames.is_multiple_of(pt) {
             return bad(format!(
-                "{} frames is not supported by {name}: its transformer patches {pt} frames, so the frame count                  must be a multiple of {pt} (e.g. {})",
+                "{} frames is not supported by {name}: its transformer patches {pt} frames, so the frame count must be a multiple of {pt} (e.g. {})",
                 self.frames, defaults.frames
             ));
         }

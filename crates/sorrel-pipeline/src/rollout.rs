@@ -224,8 +224,12 @@ impl WanPipeline {
         let mut clock = Stopwatch::new();
         stage(progress, "text encoder")?;
         let (emb, unknown_words) = self.encode_prompts(req)?;
-        let context = |i: usize| self.transformer.embed_context(&emb.narrow(0, i, 1)?, None);
-        let (cond, uncond) = (context(0)?, context(1)?);
+        // Embedded once for every window (rollouts run one-transformer models).
+        let (cond, uncond) = {
+            let tr = self.transformer()?;
+            let context = |i: usize| tr.embed_context(&emb.narrow(0, i, 1)?, None);
+            (context(0)?, context(1)?)
+        };
         clock.lap("text encoder");
 
         // The given frames as latents: the last frames of the clip to continue, the first of the clip to
@@ -433,9 +437,9 @@ impl WanPipeline {
             Denoise {
                 latents: noise,
                 condition: None,
-                cond,
-                uncond,
+                contexts: &|_| Ok((cond.clone(), uncond.clone())),
                 guidance: req.guidance,
+                guidance_2: req.guidance_2.unwrap_or(req.guidance),
                 scheduler,
                 first_step: 0,
                 token_weights: Some(token_weights),

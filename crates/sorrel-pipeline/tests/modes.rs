@@ -7,18 +7,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use sorrel_pipeline::{Conditioning, GenerateRequest, LoadOptions, Mode, Picture, WanPipeline};
 mod common;
+use common::{check_steps, picture};
 
 use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference, reference_metadata};
-
-/// An RGB8 (H, W, 3) tensor of the fixture as a picture.
-fn picture(t: &Tensor) -> Picture {
-    let (h, w, _) = t.dims3().unwrap();
-    Picture {
-        width: w,
-        height: h,
-        rgb: t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    }
-}
 
 fn request(
     meta: &HashMap<String, String>,
@@ -33,54 +24,6 @@ fn request(
 
 fn load(dir: &str) -> WanPipeline {
     WanPipeline::load(&fixture(dir), &LoadOptions::default()).unwrap()
-}
-
-/// The bound for a whole pipeline in fp32, as the text-to-video tests use.
-const FRAMES_BOUND: f32 = 2e-3;
-
-/// Per-step latents in the fp32 tests: errors of ~1e-6 grow a little through the solver steps.
-const STEP_BOUND: f32 = 1e-4;
-
-/// Generates, checking the latents after each step against `step{i}.latents_after` under `prefix` in `r`
-/// and the frames against `want`. Returns the steps run.
-fn check_steps(
-    name: &str,
-    pipe: &WanPipeline,
-    req: &GenerateRequest,
-    want: &Tensor,
-    r: &HashMap<String, Tensor>,
-    prefix: &str,
-) -> usize {
-    let mut steps = 0;
-    let mut worst = 0f32;
-    let video = pipe
-        .generate_observed(
-            req,
-            &mut |e| {
-                steps += matches!(e, sorrel_pipeline::Event::Step { .. }) as usize;
-                true
-            },
-            &mut |i, latents| {
-                if let Some(w) = r.get(&format!("{prefix}step{i}.latents_after")) {
-                    worst = worst.max(max_abs_diff(latents, w));
-                }
-            },
-        )
-        .unwrap();
-    if !r.is_empty() {
-        println!("{name}: latents after each step, worst max abs err {worst:e}");
-        assert!(
-            worst <= STEP_BOUND,
-            "{name}: a step's latents differ by {worst}"
-        );
-    }
-    let err = max_abs_diff(&video.frames, &want.squeeze(0).unwrap());
-    println!("{name}: frames max abs err {err:e}");
-    assert!(
-        err <= FRAMES_BOUND,
-        "{name}: frames differ from diffusers by {err}"
-    );
-    steps
 }
 
 #[test]
@@ -147,11 +90,13 @@ fn check_image_mode(name: &str, last: bool) {
 
     let ctx = pipe
         .transformer()
+        .unwrap()
         .embed_context(&r["unit.transformer.text"], Some(want))
         .unwrap();
     let t = Tensor::new(&[750f32], &candle_core::Device::Cpu).unwrap();
     let out = pipe
         .transformer()
+        .unwrap()
         .forward_with_context(&r["unit.transformer.in"], &t, &ctx)
         .unwrap();
     let want_out = &r["unit.transformer.out"];
@@ -389,9 +334,10 @@ fn vace_transformer_forward_matches_diffusers() {
     let name = "wan-tiny-vace";
     let r = reference(name);
     let pipe = load(&format!("{name}/pipeline"));
-    assert_eq!(pipe.transformer().vace_layer_count(), Some(2));
+    assert_eq!(pipe.transformer().unwrap().vace_layer_count(), Some(2));
     let mut ctx = pipe
         .transformer()
+        .unwrap()
         .embed_context(&r["unit.transformer.text"], None)
         .unwrap();
     ctx.control = Some(sorrel_models::wan::transformer::Control {
@@ -401,6 +347,7 @@ fn vace_transformer_forward_matches_diffusers() {
     let t = Tensor::new(&[750f32], &candle_core::Device::Cpu).unwrap();
     let out = pipe
         .transformer()
+        .unwrap()
         .forward_with_context(&r["unit.transformer.in"], &t, &ctx)
         .unwrap();
     let want = &r["unit.transformer.out"];

@@ -131,6 +131,7 @@ fn seeded_noise_is_reproducible_and_bf16_runs() {
     let r = sorrel_testkit::reference(name);
     let out = pipe16
         .transformer()
+        .unwrap()
         .forward(
             &r["unit.transformer.in"],
             &r["unit.transformer.t"],
