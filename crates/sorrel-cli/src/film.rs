@@ -306,6 +306,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
             flow_shift: None,
             init_latents: None,
             conditioning,
+            forcing: sorrel_pipeline::Forcing::default(),
         };
     let key = |parts: &[&str]| {
         let mut h = Sha256::new();

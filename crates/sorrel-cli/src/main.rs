@@ -120,6 +120,25 @@ struct GenerateOptions {
     /// Guidance of a two-expert model's low-noise expert (Wan2.2 A14B; default: the model's, 3 for T2V-A14B).
     #[arg(long)]
     guidance_2: Option<f64>,
+    /// Diffusion-forcing models (SkyReels-V2 DF): frames per window (default: the model's, 97 at 540P).
+    #[arg(long, help_heading = "Diffusion forcing (SkyReels-V2 DF)")]
+    window_frames: Option<usize>,
+    /// Diffusion forcing: frames each window repeats from the video so far (default 17).
+    #[arg(long, help_heading = "Diffusion forcing (SkyReels-V2 DF)")]
+    overlap_frames: Option<usize>,
+    /// Diffusion forcing: noise mixed into the repeated frames, as a timestep (default 20).
+    #[arg(long, help_heading = "Diffusion forcing (SkyReels-V2 DF)")]
+    addnoise: Option<f64>,
+    /// Diffusion forcing: steps each causal block trails the one before (0 = synchronous, 5 asynchronous).
+    #[arg(
+        long,
+        default_value_t = 0,
+        help_heading = "Diffusion forcing (SkyReels-V2 DF)"
+    )]
+    ar_step: usize,
+    /// Diffusion forcing: latent frames per causal block (default: the model's; 5 with --ar-step 5).
+    #[arg(long, help_heading = "Diffusion forcing (SkyReels-V2 DF)")]
+    causal_block: Option<usize>,
     /// Noise seed; a random one is chosen and printed if omitted.
     #[arg(long)]
     seed: Option<u64>,
@@ -502,6 +521,14 @@ fn generate(
         flow_shift: args.flow_shift,
         init_latents,
         conditioning,
+        forcing: sorrel_pipeline::Forcing {
+            window_frames: args.window_frames,
+            overlap_frames: args.overlap_frames,
+            addnoise: args.addnoise,
+            ar_step: args.ar_step,
+            causal_block: args.causal_block,
+            sample_fps: None,
+        },
     };
     // The mode first: a model that cannot do it makes every other detail moot.
     info.check_mode(req.mode())?;

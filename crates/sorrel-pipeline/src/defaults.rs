@@ -94,6 +94,21 @@ impl ModelDefaults {
         }
     }
 
+    /// SkyReels-V2 DF 540P: 960x544, windows of 97 frames at 24 fps, 30 steps, guidance 6 (Skywork's
+    /// examples); any length up to ten minutes, made window by window.
+    pub fn skyreels_df() -> Self {
+        Self {
+            width: 960,
+            height: 544,
+            frames: 97,
+            fps: 24,
+            steps: 30,
+            guidance: 6.0,
+            max_frames: 24 * 600 + 1,
+            ..Self::wan21()
+        }
+    }
+
     /// Defaults for a folder without `sorrel_defaults.json`: Wan2.2's when its `model_index.json` says
     /// `expand_timesteps` (TI2V) or `boundary_ratio` (A14B), else Wan2.1's.
     fn from_model_index(dir: &Path) -> Self {
@@ -105,6 +120,9 @@ impl ModelDefaults {
         };
         if index.get("expand_timesteps").and_then(|v| v.as_bool()) == Some(true) {
             return Self::wan22_ti2v();
+        }
+        if index.get("_class_name").and_then(|v| v.as_str()) == Some(crate::loader::FORCING_CLASS) {
+            return Self::skyreels_df();
         }
         if index.get("boundary_ratio").is_some_and(|v| v.is_number()) {
             let i2v = index.get("_class_name").and_then(|v| v.as_str())

@@ -99,6 +99,38 @@ struct Running {
     both: Option<Context>,
 }
 
+/// The model's prediction for x at timesteps tt with classifier-free guidance: uncond + g (cond - uncond),
+/// or cond alone at g <= 1. `both` (the two contexts as one batch) runs the two as one forward.
+pub(crate) fn guided(
+    model: &WanTransformer3DModel,
+    x: &Tensor,
+    tt: &Tensor,
+    (cond, uncond): (&Context, &Context),
+    both: Option<&Context>,
+    guidance: f64,
+) -> Result<Tensor> {
+    let predict = |x: &Tensor, tt: &Tensor, ctx: &Context| -> Result<Tensor> {
+        Ok(model
+            .forward_with_context(x, tt, ctx)?
+            .to_dtype(DType::F32)?)
+    };
+    Ok(match both {
+        Some(ctx) if guidance > 1.0 => {
+            let xx = Tensor::cat(&[x, x], 0)?;
+            let tt2 = Tensor::cat(&[tt, tt], 0)?;
+            let p = predict(&xx, &tt2, ctx)?;
+            let (c, u) = (p.narrow(0, 0, 1)?, p.narrow(0, 1, 1)?);
+            (&u + ((c - &u)? * guidance)?)?
+        }
+        _ if guidance > 1.0 => {
+            let c = predict(x, tt, cond)?;
+            let u = predict(x, tt, uncond)?;
+            (&u + ((c - &u)? * guidance)?)?
+        }
+        _ => predict(x, tt, cond)?,
+    })
+}
+
 impl WanPipeline {
     /// The sampler a request asks for: the folder's config unless the request names one or a shift.
     pub(crate) fn scheduler_for(&self, req: &GenerateRequest) -> Result<Box<dyn Scheduler>> {
@@ -220,26 +252,7 @@ impl WanPipeline {
                 Some(w) => (w * ts as f64)?,
                 None => Tensor::new(&[ts], &self.device)?,
             };
-            let predict = |x: &Tensor, tt: &Tensor, ctx: &Context| -> Result<Tensor> {
-                Ok(model
-                    .forward_with_context(x, tt, ctx)?
-                    .to_dtype(DType::F32)?)
-            };
-            let pred = match &run.both {
-                Some(ctx) if guidance > 1.0 => {
-                    let xx = Tensor::cat(&[&x, &x], 0)?;
-                    let tt2 = Tensor::cat(&[&tt, &tt], 0)?;
-                    let p = predict(&xx, &tt2, ctx)?;
-                    let (c, u) = (p.narrow(0, 0, 1)?, p.narrow(0, 1, 1)?);
-                    (&u + ((c - &u)? * guidance)?)?
-                }
-                _ if guidance > 1.0 => {
-                    let c = predict(&x, &tt, cond)?;
-                    let u = predict(&x, &tt, uncond)?;
-                    (&u + ((c - &u)? * guidance)?)?
-                }
-                _ => predict(&x, &tt, cond)?,
-            };
+            let pred = guided(model, &x, &tt, (cond, uncond), run.both.as_ref(), guidance)?;
             latents = keep_given(scheduler.step(&pred, &latents)?)?;
             on_step(i, &latents);
             clock.lap(format!("step {}", i + 1));

@@ -347,12 +347,16 @@ pub(crate) struct ImageEncoder {
 }
 
 /// diffusers pipeline classes whose folders Sorrel loads.
-const PIPELINE_CLASSES: [&str; 4] = [
+const PIPELINE_CLASSES: [&str; 5] = [
     "WanPipeline",
     "WanImageToVideoPipeline",
     "WanVideoToVideoPipeline",
     "WanVACEPipeline",
+    "SkyReelsV2DiffusionForcingPipeline",
 ];
+
+/// diffusers' pipeline class of SkyReels-V2's diffusion-forcing text-to-video models.
+pub(crate) const FORCING_CLASS: &str = "SkyReelsV2DiffusionForcingPipeline";
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -481,7 +485,9 @@ impl WanPipeline {
                 compression.1,
                 rolls_out,
                 index.expand_timesteps,
+                index.class == FORCING_CLASS,
             )?,
+            diffusion_forcing: (index.class == FORCING_CLASS).then_some(tr_cfg.num_frame_per_block),
             pipeline_class: index.class,
             expand_timesteps: index.expand_timesteps,
             boundary_ratio: index.boundary_ratio,
@@ -736,23 +742,25 @@ pub(crate) fn pipeline_index(dir: &Path) -> Result<PipelineIndex> {
             path.display()
         )));
     }
-    match component("transformer").as_deref() {
-        Some("WanTransformer3DModel") => {}
-        Some("WanVACETransformer3DModel") if !expand_timesteps => {}
-        other => {
-            return Err(Error::model(format!(
-                "{}: transformer class {other:?} is not supported; Sorrel loads Wan models with \
-                 WanTransformer3DModel (Wan2.1 and Wan2.2: text-to-video, image-to-video, first/last-frame) or \
-                 WanVACETransformer3DModel (Wan2.1 VACE)",
-                path.display()
-            )))
-        }
-    }
     let class = index
         .get("_class_name")
         .and_then(Value::as_str)
         .unwrap_or("WanPipeline")
         .to_string();
+    match component("transformer").as_deref() {
+        Some("SkyReelsV2Transformer3DModel") if class == FORCING_CLASS => {}
+        Some("WanTransformer3DModel") => {}
+        Some("WanVACETransformer3DModel") if !expand_timesteps => {}
+        other => {
+            return Err(Error::model(format!(
+                "{}: transformer class {other:?} in a {class} is not supported; Sorrel loads Wan models with \
+                 WanTransformer3DModel (Wan2.1 and Wan2.2: text-to-video, image-to-video, first/last-frame), \
+                 WanVACETransformer3DModel (Wan2.1 VACE) and SkyReels-V2's SkyReelsV2Transformer3DModel in \
+                 {FORCING_CLASS} (diffusion forcing, text-to-video)",
+                path.display()
+            )))
+        }
+    }
     if !PIPELINE_CLASSES.contains(&class.as_str()) {
         return Err(Error::model(format!(
             "{}: pipeline class `{class}` is not supported yet; Sorrel loads {}",
@@ -783,9 +791,12 @@ fn modes_of(
     tc: usize,
     rolls_out: bool,
     expand_timesteps: bool,
+    forcing: bool,
 ) -> Result<Vec<Mode>> {
     let want_i2v = 2 * z + tc;
     match cfg.image_dim {
+        // SkyReels-V2 diffusion forcing: text to video of any length.
+        None if cfg.in_channels == z && forcing => Ok(vec![Mode::TextToVideo]),
         // Wan2.2 TI2V: image-to-video by a first latent frame held at t = 0; restyling as any T2V model.
         None if cfg.in_channels == z && cfg.vace_layers.is_none() && expand_timesteps => Ok(vec![
             Mode::TextToVideo,

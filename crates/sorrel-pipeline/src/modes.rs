@@ -86,6 +86,9 @@ pub struct ModelInfo {
     /// training timesteps run the high-noise expert (`transformer/`), the rest the low-noise one
     /// (`transformer_2/`).
     pub boundary_ratio: Option<f64>,
+    /// SkyReels-V2 diffusion forcing: a timestep per latent frame, videos of any length made window by
+    /// window (see [`crate::forcing`]); the value is the transformer's causal block size in latent frames.
+    pub diffusion_forcing: Option<usize>,
 }
 
 impl ModelInfo {
@@ -144,6 +147,11 @@ impl WanPipeline {
         on_step: &mut StepFn,
     ) -> Result<Video> {
         req.validate(self)?;
+        if self.info.diffusion_forcing.is_some() {
+            let mut noise =
+                crate::forcing::SeededNoise::new(req.seed, req.init_latents.clone(), &self.device);
+            return self.generate_forcing(req, progress, &mut noise, on_step);
+        }
         if crate::rollout::applies(req, &self.info) {
             return self.rollout(req, progress);
         }

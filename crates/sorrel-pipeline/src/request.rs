@@ -41,6 +41,28 @@ pub struct GenerateRequest {
     pub init_latents: Option<Tensor>,
     /// What the video starts from besides the prompt.
     pub conditioning: Conditioning,
+    /// Window settings of diffusion-forcing models (SkyReels-V2 DF); ignored by the others.
+    pub forcing: Forcing,
+}
+
+/// How a diffusion-forcing model (SkyReels-V2 DF) makes a video window by window; `None`s take the model's
+/// defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Forcing {
+    /// Frames per window (diffusers' `base_num_frames`; default: the model's default length, 97 for the
+    /// 540P models).
+    pub window_frames: Option<usize>,
+    /// Frames each window repeats from the video so far (diffusers' `overlap_history`; default 17).
+    pub overlap_frames: Option<usize>,
+    /// Noise mixed into the repeated frames, as a timestep (diffusers' `addnoise_condition`; default 20).
+    pub addnoise: Option<f64>,
+    /// Iterations each causal block trails the one before (0: synchronous; SkyReels suggests 5 for
+    /// asynchronous generation).
+    pub ar_step: usize,
+    /// Latent frames per causal block (default: the transformer's `num_frame_per_block`).
+    pub causal_block: Option<usize>,
+    /// The frame rate the model is told it samples at (default: the model's rate).
+    pub sample_fps: Option<u32>,
 }
 
 /// A picture given as input, RGB8.
@@ -113,6 +135,7 @@ impl Default for GenerateRequest {
             flow_shift: None,
             init_latents: None,
             conditioning: Conditioning::None,
+            forcing: Forcing::default(),
         }
     }
 }
@@ -127,6 +150,8 @@ impl GenerateRequest {
         let rolls = crate::rollout::applies(self, &pipe.info);
         let t = if rolls {
             crate::rollout::first_window_frames(self, &pipe.info)?
+        } else if pipe.info.diffusion_forcing.is_some() {
+            crate::forcing::first_window_frames(self, &pipe.info)?
         } else {
             t
         };
@@ -362,6 +387,9 @@ impl GenerateRequest {
         if crate::rollout::applies(self, info) {
             // Any length: windows of the model's own length, one after another.
             return crate::rollout::check(self, info);
+        }
+        if info.diffusion_forcing.is_some() {
+            return crate::forcing::check(self, info);
         }
         let latent_frames = (self.frames - 1) / tc + 1;
         if !latent_frames.is_multiple_of(pt) {

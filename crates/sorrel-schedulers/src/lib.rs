@@ -24,6 +24,13 @@ pub trait Scheduler: Send {
     /// One step: the model's prediction for `sample` at the current step -> the sample for the next step.
     /// Both: (B, C, F, H, W), f32.
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor>;
+    /// As [`Scheduler::step`], for a caller that writes the result back into the tensor it passed as
+    /// `sample`, as diffusers' diffusion-forcing pipelines (and SkyReels-V2's own code) do: a sampler that
+    /// kept a reference to that tensor sees the new values at its next step. Stateless samplers behave as
+    /// [`Scheduler::step`].
+    fn step_in_place(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
+        self.step(model_output, sample)
+    }
     /// A short name, as accepted by [`from_name`].
     fn name(&self) -> &'static str;
     /// Starts the next [`Scheduler::step`] at step `index` instead of 0, for generations that begin part-way

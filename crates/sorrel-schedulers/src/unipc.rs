@@ -255,6 +255,17 @@ impl Scheduler for UniPcScheduler {
         Ok(prev)
     }
 
+    fn step_in_place(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
+        let corrected = self.step_index > 0 && self.last_sample.is_some();
+        let prev = self.step(model_output, sample)?;
+        // Without a corrector diffusers keeps the very tensor it was given as the last sample; the caller
+        // then overwrites it with the result, so the next corrector reads the result, not the input.
+        if !corrected {
+            self.last_sample = Some(prev.clone());
+        }
+        Ok(prev)
+    }
+
     fn name(&self) -> &'static str {
         "unipc"
     }

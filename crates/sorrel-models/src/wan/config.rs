@@ -63,6 +63,25 @@ pub struct WanTransformerConfig {
     /// Longest RoPE table per axis, in patches.
     #[serde(default = "default_rope_len")]
     pub rope_max_seq_len: usize,
+    /// SkyReels-V2: the frame rate the video is sampled at (16 fps or not) is embedded and added to the
+    /// timestep modulation (`fps_embedding`, `fps_projection`).
+    #[serde(default)]
+    pub inject_sample_info: bool,
+    /// SkyReels-V2: latent frames per causal block; above 1, each block's tokens attend only to their own
+    /// block and the blocks before it (diffusion forcing's asynchronous mode).
+    #[serde(default = "default_block")]
+    pub num_frame_per_block: usize,
+    /// The diffusers class (`_class_name`): `SkyReelsV2Transformer3DModel` computes its timestep features
+    /// in f64, Wan's in f32.
+    #[serde(default, rename = "_class_name")]
+    pub class_name: Option<String>,
+}
+
+/// diffusers' class of the SkyReels-V2 transformer.
+pub const SKYREELS_V2_CLASS: &str = "SkyReelsV2Transformer3DModel";
+
+fn default_block() -> usize {
+    1
 }
 
 fn default_patch() -> [usize; 3] {
@@ -162,9 +181,17 @@ impl WanTransformerConfig {
             vace_layers: None,
             vace_in_channels: None,
             rope_max_seq_len: default_rope_len(),
+            inject_sample_info: false,
+            num_frame_per_block: 1,
+            class_name: None,
         };
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// Whether this is SkyReels-V2's transformer (diffusion forcing: one timestep per latent frame).
+    pub fn is_skyreels(&self) -> bool {
+        self.class_name.as_deref() == Some(SKYREELS_V2_CLASS)
     }
 
     /// Model width (heads x head dim).
@@ -194,6 +221,9 @@ impl WanTransformerConfig {
                      image-to-video model has both)"
                 ))
             }
+        }
+        if self.num_frame_per_block == 0 {
+            return bad("num_frame_per_block must be at least 1".into());
         }
         if let Some(layers) = &self.vace_layers {
             if !layers.contains(&0) {

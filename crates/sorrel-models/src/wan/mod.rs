@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod convert;
+mod skyreels;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod transformer;

@@ -161,12 +161,14 @@ impl Attention {
     }
 
     /// x: (B, S, D); context: (B, L, D) for cross-attention (with the image tokens (B, Li, D) for
-    /// image-to-video models); rope: (cos, sin) each (S, head_dim/2) for self-attention.
+    /// image-to-video models); rope: (cos, sin) each (S, head_dim/2) for self-attention; causal: tokens per
+    /// block of block-causal self-attention (SkyReels-V2's asynchronous diffusion forcing).
     fn forward(
         &self,
         x: &Tensor,
         context: Option<&Context>,
         rope: Option<&(Tensor, Tensor)>,
+        causal: Option<usize>,
     ) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let kv_in = context.map(|c| &c.text).unwrap_or(x);
@@ -183,7 +185,10 @@ impl Attention {
             ),
             None => (q, k),
         };
-        let mut out = attention(&q, &k, &v)?; // (B, H, S, hd)
+        let mut out = match causal {
+            Some(block) => super::skyreels::block_causal_attention(&q, &k, &v, block)?,
+            None => attention(&q, &k, &v)?,
+        }; // (B, H, S, hd)
         match (&self.image_kv, context.and_then(|c| c.image.as_ref())) {
             (Some(ikv), Some(img)) => {
                 let ki = split_heads(
@@ -220,6 +225,11 @@ pub struct Context {
     pub image: Option<Tensor>,
     /// VACE models: the control latents and the scale of each control hint.
     pub control: Option<Control>,
+    /// SkyReels-V2 models with `inject_sample_info`: the frame rate the video is sampled at.
+    pub sample_fps: Option<u32>,
+    /// SkyReels-V2: latent frames per causal block of self-attention (diffusers' `causal_block_size`);
+    /// `None`: the config's `num_frame_per_block`.
+    pub causal_block: Option<usize>,
 }
 
 impl Context {
@@ -240,6 +250,8 @@ impl Context {
                 }),
                 _ => None,
             },
+            sample_fps: a.sample_fps,
+            causal_block: a.causal_block,
         })
     }
 }
@@ -318,6 +330,7 @@ impl Block {
         context: &Context,
         temb6: &Tensor,
         rope: &(Tensor, Tensor),
+        causal: Option<usize>,
     ) -> Result<Tensor> {
         let dt = x.dtype();
         let m = broadcast_add(&self.scale_shift_table.unsqueeze(0)?, temb6)?; // (B, S', 6, D)
@@ -326,7 +339,9 @@ impl Block {
         let (c_shift, c_scale, c_gate) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
         let n = modulate(&layer_norm_f32(x, self.eps)?, &scale_msa, &shift_msa)?;
-        let a = self.attn1.forward(&n.to_dtype(dt)?, None, Some(rope))?;
+        let a = self
+            .attn1
+            .forward(&n.to_dtype(dt)?, None, Some(rope), causal)?;
         let x = (x.to_dtype(DType::F32)? + broadcast_mul(&a.to_dtype(DType::F32)?, &gate_msa)?)?
             .to_dtype(dt)?;
 
@@ -334,7 +349,7 @@ impl Block {
             Some(norm) => norm.forward(&x)?.to_dtype(dt)?,
             None => x.clone(),
         };
-        let x = (&x + self.attn2.forward(&n, Some(context), None)?)?;
+        let x = (&x + self.attn2.forward(&n, Some(context), None, None)?)?;
 
         let n = modulate(&layer_norm_f32(&x, self.eps)?, &c_scale, &c_shift)?;
         let f = self.ffn.forward(&n.to_dtype(dt)?)?;
@@ -440,6 +455,8 @@ pub struct WanTransformer3DModel {
     text_2: Dense,
     image_embedder: Option<ImageEmbedding>,
     vace: Option<super::vace::VaceBranch>,
+    /// SkyReels-V2's frame-rate conditioning.
+    fps: Option<super::skyreels::FpsEmbedding>,
     blocks: Vec<Block>,
     proj_out: Dense,
     /// (1, 2, D) f32
@@ -479,6 +496,10 @@ impl WanTransformer3DModel {
                 .vace_layers
                 .as_ref()
                 .map(|layers| super::vace::VaceBranch::new(cfg, layers, &vb))
+                .transpose()?,
+            fps: cfg
+                .inject_sample_info
+                .then(|| super::skyreels::FpsEmbedding::new(d, vb.clone()))
                 .transpose()?,
             blocks,
             proj_out: dense(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
@@ -561,6 +582,8 @@ impl WanTransformer3DModel {
             text: self.embed_text(text)?,
             image,
             control: None,
+            sample_fps: None,
+            causal_block: None,
         })
     }
 
@@ -606,7 +629,11 @@ impl WanTransformer3DModel {
                 "timesteps of shape {other:?}: expected ({b},) or ({b}, {n}) for {b} video(s) of {n} tokens"
             ),
         };
-        let tf = timestep_features(&t.flatten_all()?, self.cfg.freq_dim)?;
+        let tf = if self.cfg.is_skyreels() {
+            super::skyreels::timestep_features_f64(&t.flatten_all()?, self.cfg.freq_dim)?
+        } else {
+            timestep_features(&t.flatten_all()?, self.cfg.freq_dim)?
+        };
         let temb = self
             .time_2
             .forward(&self.time_1.forward(&tf)?.silu()?)?
@@ -616,6 +643,26 @@ impl WanTransformer3DModel {
             .forward(&temb.to_dtype(dt)?.silu()?)?
             .to_dtype(DType::F32)?
             .reshape((b, per, 6, d))?;
+        // SkyReels-V2: the sampling rate shifts every modulation vector (not the output norm's).
+        let tproj = match (&self.fps, context.sample_fps) {
+            (Some(e), Some(fps)) => broadcast_add(&tproj, &e.offset(fps)?)?,
+            (Some(_), None) => candle_core::bail!(
+                "this SkyReels-V2 transformer embeds the sampling frame rate: the context needs sample_fps"
+            ),
+            (None, _) => tproj,
+        };
+        let block_frames = context.causal_block.unwrap_or(self.cfg.num_frame_per_block);
+        let causal = if block_frames > 1 {
+            if !gf.is_multiple_of(block_frames) {
+                candle_core::bail!(
+                    "{gf} latent frames are not whole causal blocks of {block_frames} frames: use a frame count \
+                     whose latent frames are a multiple of {block_frames}"
+                );
+            }
+            Some(block_frames * gh * gw)
+        } else {
+            None
+        };
 
         let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), dt, x.device())?;
         let hints = match (&self.vace, &context.control) {
@@ -629,7 +676,7 @@ impl WanTransformer3DModel {
             }
         };
         for (i, block) in self.blocks.iter().enumerate() {
-            hs = block.forward(&hs, context, &tproj, &rope)?;
+            hs = block.forward(&hs, context, &tproj, &rope, causal)?;
             if let (Some(v), Some(hints)) = (&self.vace, &hints) {
                 if let Some(hint) = v.hint_after(i, hints) {
                     hs = (hs + hint)?;

@@ -107,7 +107,7 @@ impl VaceBranch {
             if let Some(p) = &b.proj_in {
                 x = (p.forward(&x)? + hs0)?;
             }
-            x = b.block.forward(&x, context, temb6, rope)?;
+            x = b.block.forward(&x, context, temb6, rope, None)?;
             hints.push((b.proj_out.forward(&x)? * scale)?);
         }
         Ok(hints)

@@ -105,19 +105,17 @@ impl AutoencoderKLWan {
     /// (B, 3, 1 + 4(T - 1), s h, s w) clamped to [-1, 1]. Latent frames stream
     /// through the decoder one at a time, so memory beyond the output does not grow with T.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        let z = z.to_dtype(self.dtype)?;
-        let t = z.dim(2)?;
-        let x = self.post_quant_conv.forward(&z, None)?;
-        let mut cache = FeatCache::new();
-        let mut outs = Vec::with_capacity(t);
-        for i in 0..t {
-            cache.rewind();
-            outs.push(
-                self.decoder
-                    .forward(&x.narrow(2, i, 1)?, &mut cache, i == 0)?,
-            );
+        self.decode_stream().push(z)
+    }
+
+    /// A decoder that takes the latent video a piece at a time and gives each piece's frames as it comes:
+    /// its causal cache carries over between pieces, so the frames equal one [`Self::decode`] of the whole.
+    pub fn decode_stream(&self) -> DecodeStream<'_> {
+        DecodeStream {
+            vae: self,
+            cache: FeatCache::new(),
+            first: true,
         }
-        residual::unpatchify(&Tensor::cat(&outs, 2)?, self.patch())?.clamp(-1f32, 1f32)
     }
 
     fn patch(&self) -> usize {
@@ -137,5 +135,34 @@ impl AutoencoderKLWan {
     fn stat(&self, v: &[f64]) -> Result<Tensor> {
         let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
         Tensor::from_vec(v, (1, self.cfg.z_dim, 1, 1, 1), &self.device)
+    }
+}
+
+/// [`AutoencoderKLWan::decode`] a piece at a time (see [`AutoencoderKLWan::decode_stream`]).
+pub struct DecodeStream<'a> {
+    vae: &'a AutoencoderKLWan,
+    cache: FeatCache,
+    /// Whether the next latent frame is the video's first (it decodes to one frame, the others to 4).
+    first: bool,
+}
+
+impl DecodeStream<'_> {
+    /// z: (B, z_dim, T, h, w), de-normalised, following what was pushed before. Returns its frames
+    /// (B, 3, F, s h, s w) clamped to [-1, 1]: 1 + 4(T - 1) for the first piece, 4T after.
+    pub fn push(&mut self, z: &Tensor) -> Result<Tensor> {
+        let vae = self.vae;
+        let z = z.to_dtype(vae.dtype)?;
+        // post_quant_conv is 1x1x1: frame by frame is the same as all at once.
+        let x = vae.post_quant_conv.forward(&z, None)?;
+        let mut outs = Vec::with_capacity(x.dim(2)?);
+        for i in 0..x.dim(2)? {
+            self.cache.rewind();
+            outs.push(
+                vae.decoder
+                    .forward(&x.narrow(2, i, 1)?, &mut self.cache, self.first)?,
+            );
+            self.first = false;
+        }
+        residual::unpatchify(&Tensor::cat(&outs, 2)?, vae.patch())?.clamp(-1f32, 1f32)
     }
 }

@@ -1,0 +1,329 @@
+//! SkyReels-V2 diffusion forcing: every latent frame has its own noise level and its own sampler, so a video
+//! is made window by window to any length, each window starting from the last frames of the one before
+//! (given clean, lightly re-noised with `addnoise`), and frames are decoded as their window finishes.
+//!
+//! Each window runs the rows of its step matrix ([`schedule::step_matrix`]): one transformer prediction on
+//! the frames in view, each at its own timestep, then a sampler step for the frames the row updates. The
+//! prediction and guidance are the shared loop's ([`crate::denoise`]).
+
+pub mod schedule;
+
+use candle_core::{DType, Tensor};
+use sorrel_core::{Error, Result};
+use sorrel_models::wan::transformer::Context;
+use sorrel_schedulers::Scheduler;
+
+use crate::denoise::{guided, stage, StepFn, Stopwatch};
+use crate::loader::WanPipeline;
+use crate::modes::{ModelInfo, Video};
+use crate::progress::{Event, ProgressFn};
+use crate::request::GenerateRequest;
+use schedule::{step_matrix, Windows};
+
+/// Where diffusion forcing's random numbers come from: each window's starting noise and each re-noising of
+/// the repeated frames. [`SeededNoise`] by default; a test replays another program's draws.
+pub trait ForcingNoise {
+    /// Window `k`'s starting noise of `shape`.
+    fn window(&mut self, k: usize, shape: &[usize]) -> Result<Tensor>;
+    /// The next draw of noise mixed into repeated frames, of `shape`.
+    fn condition(&mut self, shape: &[usize]) -> Result<Tensor>;
+}
+
+/// Noise from the request's seed: window 0 as any other mode's starting noise (or the request's
+/// `init_latents`), the rest from derived seeds.
+pub struct SeededNoise {
+    seed: u64,
+    first: Option<Tensor>,
+    draws: u64,
+    device: candle_core::Device,
+}
+
+impl SeededNoise {
+    /// Noise for a request with `seed`, starting from `first` when given.
+    pub fn new(seed: u64, first: Option<Tensor>, device: &candle_core::Device) -> Self {
+        Self {
+            seed,
+            first,
+            draws: 0,
+            device: device.clone(),
+        }
+    }
+
+    fn derived(&self, stream: u64, k: u64) -> u64 {
+        // Distinct streams for windows and re-noising; a large odd multiplier keeps neighbours apart.
+        self.seed
+            .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_add(k.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+}
+
+impl ForcingNoise for SeededNoise {
+    fn window(&mut self, k: usize, shape: &[usize]) -> Result<Tensor> {
+        if k == 0 {
+            if let Some(t) = self.first.take() {
+                return Ok(t.to_device(&self.device)?.to_dtype(DType::F32)?);
+            }
+        }
+        let seed = if k == 0 {
+            self.seed
+        } else {
+            self.derived(1, k as u64)
+        };
+        Ok(crate::noise::gaussian(seed, shape, &self.device)?)
+    }
+
+    fn condition(&mut self, shape: &[usize]) -> Result<Tensor> {
+        self.draws += 1;
+        Ok(crate::noise::gaussian(
+            self.derived(2, self.draws),
+            shape,
+            &self.device,
+        )?)
+    }
+}
+
+/// The diffusion-forcing settings a request resolved against its model.
+struct Plan {
+    windows: Windows,
+    addnoise: f64,
+    ar_step: usize,
+    block: usize,
+    sample_fps: u32,
+}
+
+impl WanPipeline {
+    fn forcing_plan(&self, req: &GenerateRequest) -> Result<Plan> {
+        let (windows, block) = windows_for(req, &self.info)?;
+        Ok(Plan {
+            windows,
+            addnoise: req.forcing.addnoise.unwrap_or(DEFAULT_ADDNOISE),
+            ar_step: req.forcing.ar_step,
+            block,
+            sample_fps: req.forcing.sample_fps.unwrap_or(self.info.defaults.fps),
+        })
+    }
+
+    /// Runs a text-to-video request on a diffusion-forcing model with noise from `noise`; `on_row` sees the
+    /// window's latents after each iteration (counted across windows from 0).
+    pub fn generate_forcing(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut ProgressFn,
+        noise: &mut dyn ForcingNoise,
+        on_row: &mut StepFn,
+    ) -> Result<Video> {
+        req.validate(self)?;
+        let plan = self.forcing_plan(req)?;
+        let mut clock = Stopwatch::new();
+        stage(progress, "text encoder")?;
+        let (emb, unknown_words) = self.encode_prompts(req)?;
+        let model = self.transformer()?;
+        let context = |i: usize| -> Result<Context> {
+            let mut c = model.embed_context(&emb.narrow(0, i, 1)?, None)?;
+            c.sample_fps = Some(plan.sample_fps);
+            c.causal_block = Some(plan.block);
+            Ok(c)
+        };
+        let (cond, uncond) = (context(0)?, context(1)?);
+        clock.lap("text encoder");
+
+        let (_, h, w) = req.latent_size(self.info.compression);
+        let z = self.vae_config.z_dim;
+        let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
+        let mut decoder = self.vae.decode_stream();
+        let mut frames = Vec::new();
+        let mut history: Option<Tensor> = None;
+        let windows = plan.windows;
+        let mut done = 0;
+        for k in 0..windows.count() {
+            stage(progress, "denoising")?;
+            let n = windows.frames_of(k);
+            let mut latents = noise.window(k, &[1, z, n, h, w])?;
+            // The last frames so far, given clean, in whole causal blocks.
+            let prefix = match &history {
+                Some(hist) => {
+                    let t = hist.dim(2)?;
+                    let keep = windows.overlap - windows.overlap % plan.block;
+                    let p = hist.narrow(2, t - windows.overlap, keep)?;
+                    latents = Tensor::cat(&[&p, &latents.narrow(2, keep, n - keep)?], 2)?;
+                    keep
+                }
+                None => 0,
+            };
+            let mut scheduler = self.scheduler_for(req)?;
+            scheduler.set_timesteps(req.steps)?;
+            let base = if windows.is_long() { n } else { windows.window };
+            let matrix = step_matrix(
+                n,
+                scheduler.timesteps(),
+                base,
+                plan.ar_step,
+                prefix,
+                plan.block,
+            )?;
+            let mut samplers: Vec<Box<dyn Scheduler>> = (0..n)
+                .map(|_| {
+                    let mut s = self.scheduler_for(req)?;
+                    s.set_timesteps(req.steps)?;
+                    Ok(s)
+                })
+                .collect::<Result<_>>()?;
+            let rows = matrix.timesteps.len();
+            for (i, row) in matrix.timesteps.iter().enumerate() {
+                let (s, e) = matrix.intervals[i];
+                let mut input = latents.narrow(2, s, e - s)?;
+                let mut ts: Vec<f32> = row[s..e].to_vec();
+                if plan.addnoise > 0.0 && s < prefix {
+                    let f = 0.001 * plan.addnoise;
+                    let given = input.narrow(2, 0, prefix - s)?;
+                    let draw = noise.condition(given.dims())?;
+                    let noised = ((given * (1.0 - f))? + (draw * f)?)?;
+                    input = Tensor::cat(&[&noised, &input.narrow(2, prefix - s, e - prefix)?], 2)?;
+                    ts[..prefix - s].fill(plan.addnoise as f32);
+                }
+                let tokens = per_token(&ts, self.info.patch, (h, w), &self.device)?;
+                let x = input.to_dtype(model.dtype())?;
+                let pred = guided(&model, &x, &tokens, (&cond, &uncond), None, req.guidance)?;
+                let mut cols = Vec::with_capacity(n);
+                for (idx, sampler) in samplers.iter_mut().enumerate() {
+                    let frame = latents.narrow(2, idx, 1)?;
+                    cols.push(if (s..e).contains(&idx) && matrix.update[i][idx] {
+                        // In place, as diffusers and SkyReels-V2's code step each frame (see
+                        // `Scheduler::step_in_place`): the model was released with that behaviour.
+                        sampler.step_in_place(&pred.narrow(2, idx - s, 1)?, &frame)?
+                    } else {
+                        frame
+                    });
+                }
+                latents = Tensor::cat(&cols, 2)?;
+                on_row(done, &latents);
+                done += 1;
+                clock.lap(format!("window {} step {}", k + 1, i + 1));
+                if !progress(&Event::Step {
+                    index: i + 1,
+                    total: rows,
+                    timestep: ts.last().copied().unwrap_or(0.0),
+                }) {
+                    return Err(Error::Cancelled);
+                }
+            }
+            // Frames this window adds, decoded now: the decoder's cache carries on from the last window.
+            let new = if k == 0 {
+                latents.clone()
+            } else {
+                latents.narrow(2, windows.overlap, n - windows.overlap)?
+            };
+            stage(progress, "vae decode")?;
+            let zr = new.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
+            frames.push(crate::denoise::decoded_to_frames(&decoder.push(&zr)?)?);
+            clock.lap(format!("window {} decode", k + 1));
+            history = Some(match history {
+                // Only the frames the next window repeats are kept.
+                Some(hist) => {
+                    let all = Tensor::cat(&[&hist, &new], 2)?;
+                    let t = all.dim(2)?;
+                    all.narrow(2, t - windows.overlap.min(t), windows.overlap.min(t))?
+                }
+                None => latents,
+            });
+        }
+        Ok(Video {
+            frames: Tensor::cat(&frames, 0)?,
+            timings: clock.timings,
+            unknown_words,
+        })
+    }
+}
+
+/// The windows a request takes on a diffusion-forcing model.
+fn windows_for(req: &GenerateRequest, info: &ModelInfo) -> Result<(Windows, usize)> {
+    let (_, tc) = info.compression;
+    let latent = |frames: usize| (frames - 1) / tc + 1;
+    let f = &req.forcing;
+    let window = f.window_frames.unwrap_or(info.defaults.frames);
+    let overlap = f.overlap_frames.unwrap_or(DEFAULT_OVERLAP);
+    for (what, v) in [("--window-frames", window), ("--overlap-frames", overlap)] {
+        if v == 0 || !(v - 1).is_multiple_of(tc) {
+            return Err(Error::invalid(format!(
+                "{what} {v} is not a frame count the VAE makes: it must be {tc}k+1 (e.g. 17, 97)"
+            )));
+        }
+    }
+    let block = f.causal_block.or(info.diffusion_forcing).unwrap_or(1);
+    Ok((
+        Windows::plan(latent(req.frames), latent(window), latent(overlap))?,
+        block,
+    ))
+}
+
+/// Checks a request for a diffusion-forcing model: lengths, windows, causal blocks.
+pub(crate) fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
+    let name = info.defaults.name.as_deref().unwrap_or("this model");
+    if req.frames > info.defaults.max_frames {
+        return Err(Error::invalid(format!(
+            "{} frames is longer than {name} allows ({} frames, {:.0} s at {} fps)",
+            req.frames,
+            info.defaults.max_frames,
+            info.defaults.max_frames as f64 / info.defaults.fps as f64,
+            info.defaults.fps
+        )));
+    }
+    let (windows, block) = windows_for(req, info)?;
+    if block == 0 {
+        return Err(Error::invalid(
+            "--causal-block must be at least 1".to_string(),
+        ));
+    }
+    if let Some(a) = req.forcing.addnoise {
+        if !(0.0..=1000.0).contains(&a) {
+            return Err(Error::invalid(format!(
+                "--addnoise {a} must be between 0 and 1000 (a timestep; SkyReels suggests 20)"
+            )));
+        }
+    }
+    if windows.overlap > 0 && block > 1 && windows.overlap < block {
+        return Err(Error::invalid(format!(
+            "--overlap-frames repeats {} latent frames, less than one causal block of {block}: nothing would \
+             carry over between windows; overlap more or use a smaller --causal-block",
+            windows.overlap
+        )));
+    }
+    for k in 0..windows.count() {
+        let n = windows.frames_of(k);
+        if !n.is_multiple_of(block) {
+            return Err(Error::invalid(format!(
+                "window {} has {n} latent frames, not whole causal blocks of {block}: choose --frames, \
+                 --window-frames and --overlap-frames so every window's latent frames are a multiple of {block} \
+                 (or --causal-block 1)",
+                k + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Latent frames of the first window (what `init_latents` must hold).
+pub(crate) fn first_window_frames(req: &GenerateRequest, info: &ModelInfo) -> Result<usize> {
+    Ok(windows_for(req, info)?.0.frames_of(0))
+}
+
+/// diffusers' default `overlap_history` in SkyReels-V2's examples, in frames.
+pub const DEFAULT_OVERLAP: usize = 17;
+/// SkyReels-V2's recommended `addnoise_condition` for long videos.
+pub const DEFAULT_ADDNOISE: f64 = 20.0;
+
+/// One timestep per token (1, N) from one per latent frame.
+fn per_token(
+    frame_ts: &[f32],
+    [pt, ph, pw]: [usize; 3],
+    (h, w): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let per_frame = (h / ph) * (w / pw);
+    let v: Vec<f32> = frame_ts
+        .chunks(pt)
+        .flat_map(|c| std::iter::repeat_n(c[0], per_frame))
+        .collect();
+    let n = v.len();
+    Ok(Tensor::from_vec(v, (1, n), device)?.to_dtype(DType::F32)?)
+}

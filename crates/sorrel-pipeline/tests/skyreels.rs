@@ -1,0 +1,186 @@
+//! SkyReels-V2 diffusion forcing against diffusers 0.42.1 (fp32, 48x32): the step matrix for several
+//! settings, a 41-frame video in four overlapping windows with addnoise_condition (synchronous), and one
+//! asynchronous window (ar_step 1, causal blocks of 2 latent frames, block-causal attention), replaying
+//! diffusers' own noise draws. Fixtures: `tools/reference/make_skyreels_fixtures.py`.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use sorrel_core::Result;
+use sorrel_pipeline::forcing::schedule::step_matrix;
+use sorrel_pipeline::forcing::ForcingNoise;
+use sorrel_pipeline::{Event, Forcing, GenerateRequest, LoadOptions, Mode, WanPipeline};
+use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference, reference_metadata};
+
+const NAME: &str = "skyreels-tiny-df";
+
+/// diffusers' draws, in the order its pipeline made them.
+struct Replay<'a> {
+    r: &'a HashMap<String, Tensor>,
+    prefix: &'a str,
+    conditions: usize,
+}
+
+impl ForcingNoise for Replay<'_> {
+    fn window(&mut self, k: usize, shape: &[usize]) -> Result<Tensor> {
+        let t = self.r[&format!("{}.window{k}.noise", self.prefix)].clone();
+        assert_eq!(t.dims(), shape, "window {k}'s noise");
+        Ok(t)
+    }
+    fn condition(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let t = self.r[&format!("{}.addnoise{}", self.prefix, self.conditions)].clone();
+        self.conditions += 1;
+        assert_eq!(t.dims(), shape, "addnoise draw {}", self.conditions);
+        Ok(t)
+    }
+}
+
+fn to_vec2(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_vec2::<f32>().unwrap()
+}
+
+#[test]
+fn step_matrices_match_diffusers() {
+    let r = reference(NAME);
+    let mut n = 0;
+    while let Some(settings) = r.get(&format!("matrix.{n}.settings")) {
+        let s: Vec<usize> = settings
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as usize)
+            .collect();
+        let template = r[&format!("matrix.{n}.template")].to_vec1::<f32>().unwrap();
+        let m = step_matrix(s[0], &template, s[2], s[3], s[4], s[5]).unwrap();
+        assert_eq!(
+            m.timesteps,
+            to_vec2(&r[&format!("matrix.{n}.steps")]),
+            "{s:?}"
+        );
+        let update: Vec<Vec<bool>> = to_vec2(&r[&format!("matrix.{n}.update")])
+            .iter()
+            .map(|row| row.iter().map(|&v| v == 1.0).collect())
+            .collect();
+        assert_eq!(m.update, update, "{s:?}");
+        let intervals: Vec<(usize, usize)> = to_vec2(&r[&format!("matrix.{n}.interval")])
+            .iter()
+            .map(|p| (p[0] as usize, p[1] as usize))
+            .collect();
+        assert_eq!(m.intervals, intervals, "{s:?}");
+        n += 1;
+    }
+    assert_eq!(n, 5, "matrix settings in the fixture");
+}
+
+#[test]
+fn asynchronous_steps_below_the_minimum_are_refused() {
+    // 20 latent frames in blocks of 5 with 10 in view: each block must trail by at least 30 / 2 = 15.
+    let template: Vec<f32> = (0..30).map(|i| 999.0 - 33.0 * i as f32).collect();
+    let e = step_matrix(20, &template, 10, 5, 0, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 15"), "{e}");
+}
+
+fn request(prefix: &str) -> GenerateRequest {
+    let m = reference_metadata(NAME);
+    let get = |k: &str| m[&format!("{prefix}.{k}")].clone();
+    let num = |k: &str| get(k).parse::<usize>().unwrap();
+    GenerateRequest {
+        prompt: m["prompt"].clone(),
+        negative_prompt: m["negative_prompt"].clone(),
+        width: m["width"].parse().unwrap(),
+        height: m["height"].parse().unwrap(),
+        frames: num("num_frames"),
+        steps: num("num_inference_steps"),
+        guidance: get("guidance_scale").parse().unwrap(),
+        max_sequence_length: Some(num("max_sequence_length")),
+        forcing: Forcing {
+            window_frames: Some(num("base_num_frames")),
+            overlap_frames: m
+                .get(&format!("{prefix}.overlap_history"))
+                .map(|v| v.parse().unwrap()),
+            addnoise: m
+                .get(&format!("{prefix}.addnoise_condition"))
+                .map(|v| v.parse().unwrap()),
+            ar_step: num("ar_step"),
+            causal_block: m
+                .get(&format!("{prefix}.causal_block_size"))
+                .map(|v| v.parse().unwrap()),
+            sample_fps: Some(get("fps").parse().unwrap()),
+        },
+        ..GenerateRequest::default()
+    }
+}
+
+/// Generates with diffusers' draws; returns the frames' error and the iterations run.
+fn run(prefix: &str) -> (f32, usize) {
+    let r = reference(NAME);
+    let pipe = WanPipeline::load(
+        &fixture(&format!("{NAME}/pipeline")),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(pipe.info.modes, vec![Mode::TextToVideo]);
+    let req = request(prefix);
+    let mut noise = Replay {
+        r: &r,
+        prefix,
+        conditions: 0,
+    };
+    let mut iterations = 0;
+    let mut worst = 0f32;
+    let video = pipe
+        .generate_forcing(
+            &req,
+            &mut |e| {
+                iterations += matches!(e, Event::Step { .. }) as usize;
+                true
+            },
+            &mut noise,
+            &mut |i, latents| {
+                worst = worst.max(max_abs_diff(
+                    latents,
+                    &r[&format!("{prefix}.row{i}.latents")],
+                ));
+            },
+        )
+        .unwrap();
+    println!("{prefix}: latents after each iteration, worst max abs err {worst:e}");
+    // 1e-4: per-step latents in fp32, as the other pipeline tests bound them.
+    assert!(
+        worst <= 1e-4,
+        "{prefix}: an iteration's latents differ by {worst}"
+    );
+    let draws = (0..)
+        .take_while(|i| r.contains_key(&format!("{prefix}.addnoise{i}")))
+        .count();
+    assert_eq!(noise.conditions, draws, "{prefix}: addnoise draws");
+    let want = r[&format!("{prefix}.frames")].squeeze(0).unwrap();
+    assert_eq!(video.frames.dims(), want.dims());
+    assert!(max_abs(&want) > 0.1);
+    (max_abs_diff(&video.frames, &want), iterations)
+}
+
+/// The bound for a whole pipeline in fp32, as the text-to-video tests use.
+const FRAMES_BOUND: f32 = 2e-3;
+
+#[test]
+fn long_video_in_overlapping_windows_matches_diffusers() {
+    let (err, iterations) = run("long");
+    println!("long (4 windows, addnoise 20): frames max abs err {err:e}");
+    assert!(err <= FRAMES_BOUND, "frames differ from diffusers by {err}");
+    // Two transformer calls (guidance) per iteration.
+    let calls = (0..)
+        .take_while(|i| reference(NAME).contains_key(&format!("long.call{i}.out")))
+        .count();
+    assert_eq!(iterations * 2, calls);
+}
+
+#[test]
+fn asynchronous_window_matches_diffusers() {
+    let (err, iterations) = run("async");
+    println!("async (ar_step 1, causal blocks of 2): frames max abs err {err:e}");
+    assert!(err <= FRAMES_BOUND, "frames differ from diffusers by {err}");
+    assert_eq!(iterations, 5);
+}

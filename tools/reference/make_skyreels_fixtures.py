@@ -1,0 +1,181 @@
+"""Reference fixtures for SkyReels-V2 diffusion forcing, run with diffusers' own SkyReelsV2DiffusionForcingPipeline on
+tiny random weights.
+
+usage:
+  python tools/reference/make_skyreels_fixtures.py tests/fixtures     # after make_fixtures.py (reuses wan-tiny-alt)
+
+Pinned as make_fixtures.py (diffusers 0.42.1, transformers 5.24.0, torch 2.15.0); ftfy is stubbed as the identity.
+
+  skyreels-tiny-df/   a SkyReelsV2DiffusionForcingPipeline folder (wan-tiny-alt's text encoder, tokenizer and VAE, a
+                      SkyReelsV2Transformer3DModel with inject_sample_info) and reference.safetensors with:
+    matrix.N.*        generate_timestep_matrix for a few settings (step matrix, update mask, valid intervals)
+    long.*            text-to-video, 48x32, 41 frames (11 latent) in windows of 17 frames (5 latent) overlapping
+                      by 9 (3 latent): four windows, addnoise_condition 20, synchronous (ar_step 0), 3 steps,
+                      guidance 6, 24 fps; every noise draw (each window's noise from the generator, each
+                      addnoise draw from torch's global RNG), each window's final latents, the frames
+    async.*           one window of 21 frames (6 latent), ar_step 1, causal_block_size 2, 3 steps, 16 fps: the
+                      asynchronous schedule with block-causal attention
+Diffusers 0.42.1's pipeline refuses `latents=`; its noise is recorded by wrapping `randn_tensor` and
+`torch.randn_like` so Sorrel can replay the same draws.
+"""
+import argparse
+import os
+import shutil
+import sys
+import types
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing as df_module
+from diffusers import (AutoencoderKLWan, SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel,
+                       UniPCMultistepScheduler, WanTransformer3DModel)
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+df_module.ftfy = types.SimpleNamespace(fix_text=lambda s: s)
+
+PROMPT, NEGATIVE = "a cat and a dog baking a cake", "blurred static"
+H, W = 32, 48
+
+
+def perturb(*modules, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def save(out, refs, meta):
+    os.makedirs(out, exist_ok=True)
+    refs = {k: v.contiguous() for k, v in refs.items()}
+    meta = {k: str(v) for k, v in meta.items()}
+    meta["torch"] = torch.__version__
+    save_file(refs, os.path.join(out, "reference.safetensors"), metadata=meta)
+
+
+class Draws:
+    """Records every noise draw the pipeline makes, in order."""
+
+    def __init__(self):
+        self.window_noise, self.addnoise = [], []
+        self._randn_tensor = df_module.randn_tensor
+        self._randn_like = torch.randn_like
+
+    def __enter__(self):
+        def randn_tensor(*a, **kw):
+            t = self._randn_tensor(*a, **kw)
+            self.window_noise.append(t.detach().clone())
+            return t
+
+        def randn_like(x, *a, **kw):
+            t = self._randn_like(x, *a, **kw)
+            self.addnoise.append(t.detach().clone())
+            return t
+        df_module.randn_tensor = randn_tensor
+        torch.randn_like = randn_like
+        return self
+
+    def __exit__(self, *exc):
+        df_module.randn_tensor = self._randn_tensor
+        torch.randn_like = self._randn_like
+
+
+def build(root):
+    p = os.path.join(root, "wan-tiny-alt", "pipeline")
+    tok = AutoTokenizer.from_pretrained(os.path.join(p, "tokenizer"))
+    te = UMT5EncoderModel.from_pretrained(os.path.join(p, "text_encoder")).eval()
+    vae = AutoencoderKLWan.from_pretrained(os.path.join(p, "vae")).eval()
+    cfg = dict(WanTransformer3DModel.load_config(os.path.join(p, "transformer")))
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    torch.manual_seed(71)
+    tr = SkyReelsV2Transformer3DModel(**cfg, inject_sample_info=True).eval()
+    perturb(tr, seed=72)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                    flow_shift=8.0)
+    pipe = SkyReelsV2DiffusionForcingPipeline(tokenizer=tok, text_encoder=te, transformer=tr, vae=vae,
+                                              scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def matrices(pipe, refs):
+    """generate_timestep_matrix alone, for settings the runs below do not reach."""
+    settings = [  # num_latent_frames, steps, base, ar_step, pre_ready, causal_block
+        (11, 10, 5, 5, 3, 1),
+        (5, 10, 5, 0, 3, 1),
+        (20, 30, 20, 5, 0, 5),
+        (6, 3, 6, 1, 0, 2),
+        (8, 4, 8, 2, 2, 2),
+    ]
+    pipe.scheduler.set_timesteps(30)
+    for n, (f, steps, base, ar, pre, cb) in enumerate(settings):
+        pipe.scheduler.set_timesteps(steps)
+        m, _, mask, iv = pipe.generate_timestep_matrix(f, pipe.scheduler.timesteps, base, ar, pre, cb)
+        refs[f"matrix.{n}.settings"] = torch.tensor([f, steps, base, ar, pre, cb], dtype=torch.float32)
+        refs[f"matrix.{n}.template"] = pipe.scheduler.timesteps.float().clone()
+        refs[f"matrix.{n}.steps"] = m.float()
+        refs[f"matrix.{n}.update"] = mask.float()
+        refs[f"matrix.{n}.interval"] = torch.tensor(iv, dtype=torch.float32)
+
+
+def run(pipe, refs, prefix, seed, **kw):
+    calls = []
+    hook = pipe.transformer.register_forward_hook(
+        lambda m, a, k, o: calls.append((k["timestep"].detach().float().clone(), o[0].detach().clone())),
+        with_kwargs=True)
+    rows = []
+
+    def on_step(p, i, t, k):
+        rows.append(k["latents"].detach().clone())
+        return {}
+    torch.manual_seed(seed + 1000)  # the global RNG that addnoise_condition draws from
+    with Draws() as d, torch.no_grad():
+        res = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=H, width=W,
+                   generator=torch.Generator().manual_seed(seed), output_type="np", callback_on_step_end=on_step,
+                   callback_on_step_end_tensor_inputs=["latents"], **kw)
+    for i, t in enumerate(rows):
+        refs[f"{prefix}.row{i}.latents"] = t
+    hook.remove()
+    for i, t in enumerate(d.window_noise):
+        refs[f"{prefix}.window{i}.noise"] = t
+    for i, t in enumerate(d.addnoise):
+        refs[f"{prefix}.addnoise{i}"] = t
+    for i, (t, out) in enumerate(calls):
+        refs[f"{prefix}.call{i}.timestep"] = t
+        refs[f"{prefix}.call{i}.out"] = out
+    refs[f"{prefix}.frames"] = torch.from_numpy(np.ascontiguousarray(res.frames))
+    print(f"{prefix}: {len(d.window_noise)} windows, {len(d.addnoise)} addnoise draws, {len(calls)} transformer calls")
+    return len(d.window_noise), len(calls)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    root = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.join(root, "wan-tiny-alt", "pipeline")):
+        sys.exit(f"{root}/wan-tiny-alt/pipeline is missing: run make_fixtures.py first")
+    out = os.path.join(root, "skyreels-tiny-df")
+    shutil.rmtree(out, ignore_errors=True)
+    pipe = build(root)
+    pipe.save_pretrained(os.path.join(out, "pipeline"), safe_serialization=True)
+    refs = {}
+    matrices(pipe, refs)
+    long = dict(num_frames=41, base_num_frames=17, overlap_history=9, addnoise_condition=20.0, ar_step=0,
+                num_inference_steps=3, guidance_scale=6.0, max_sequence_length=24, fps=24)
+    windows, calls = run(pipe, refs, "long", 81, **long)
+    assert windows >= 3, windows
+    asyn = dict(num_frames=21, base_num_frames=21, ar_step=1, causal_block_size=2, num_inference_steps=3,
+                guidance_scale=6.0, max_sequence_length=24, fps=16)
+    run(pipe, refs, "async", 83, **asyn)
+    meta = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "height": H, "width": W, "flow_shift": 8.0}
+    meta.update({f"long.{k}": v for k, v in long.items()})
+    meta.update({f"async.{k}": v for k, v in asyn.items()})
+    save(out, refs, meta)
+
+
+if __name__ == "__main__":
+    main()
