@@ -15,6 +15,8 @@ Pinned as make_fixtures.py (diffusers 0.42.1, transformers 5.24.0, torch 2.15.0)
                       addnoise draw from torch's global RNG), each window's final latents, the frames
     async.*           one window of 21 frames (6 latent), ar_step 1, causal_block_size 2, 3 steps, 16 fps: the
                       asynchronous schedule with block-causal attention
+    i2v.*             SkyReelsV2DiffusionForcingImageToVideoPipeline on the same folder: a picture as the first
+                      latent frame, 33 frames in three windows of 17 overlapping by 9, addnoise 20, guidance 5
 Diffusers 0.42.1's pipeline refuses `latents=`; its noise is recorded by wrapping `randn_tensor` and
 `torch.randn_like` so Sorrel can replay the same draws.
 """
@@ -29,11 +31,15 @@ import torch
 from safetensors.torch import save_file
 
 import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing as df_module
-from diffusers import (AutoencoderKLWan, SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel,
-                       UniPCMultistepScheduler, WanTransformer3DModel)
+import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing_i2v as df_i2v_module
+from diffusers import (AutoencoderKLWan, SkyReelsV2DiffusionForcingImageToVideoPipeline,
+                       SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler,
+                       WanTransformer3DModel)
+from PIL import Image
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-df_module.ftfy = types.SimpleNamespace(fix_text=lambda s: s)
+for m in (df_module, df_i2v_module):
+    m.ftfy = types.SimpleNamespace(fix_text=lambda s: s)
 
 PROMPT, NEGATIVE = "a cat and a dog baking a cake", "blurred static"
 H, W = 32, 48
@@ -58,9 +64,10 @@ def save(out, refs, meta):
 class Draws:
     """Records every noise draw the pipeline makes, in order."""
 
-    def __init__(self):
+    def __init__(self, module):
+        self.module = module
         self.window_noise, self.addnoise = [], []
-        self._randn_tensor = df_module.randn_tensor
+        self._randn_tensor = module.randn_tensor
         self._randn_like = torch.randn_like
 
     def __enter__(self):
@@ -73,12 +80,12 @@ class Draws:
             t = self._randn_like(x, *a, **kw)
             self.addnoise.append(t.detach().clone())
             return t
-        df_module.randn_tensor = randn_tensor
+        self.module.randn_tensor = randn_tensor
         torch.randn_like = randn_like
         return self
 
     def __exit__(self, *exc):
-        df_module.randn_tensor = self._randn_tensor
+        self.module.randn_tensor = self._randn_tensor
         torch.randn_like = self._randn_like
 
 
@@ -120,7 +127,17 @@ def matrices(pipe, refs):
         refs[f"matrix.{n}.interval"] = torch.tensor(iv, dtype=torch.float32)
 
 
-def run(pipe, refs, prefix, seed, **kw):
+def picture(seed, h=H, w=W):
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([x / w, y / h, 0.5 + 0.5 * np.sin((x + y) / 7.0 + seed)], -1)
+    for _ in range(3):
+        cy, cx, r = rng.randint(0, h), rng.randint(0, w), rng.randint(4, 10)
+        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.rand(3)
+    return (img * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def run(pipe, refs, prefix, seed, module=df_module, **kw):
     calls = []
     hook = pipe.transformer.register_forward_hook(
         lambda m, a, k, o: calls.append((k["timestep"].detach().float().clone(), o[0].detach().clone())),
@@ -131,7 +148,7 @@ def run(pipe, refs, prefix, seed, **kw):
         rows.append(k["latents"].detach().clone())
         return {}
     torch.manual_seed(seed + 1000)  # the global RNG that addnoise_condition draws from
-    with Draws() as d, torch.no_grad():
+    with Draws(module) as d, torch.no_grad():
         res = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=H, width=W,
                    generator=torch.Generator().manual_seed(seed), output_type="np", callback_on_step_end=on_step,
                    callback_on_step_end_tensor_inputs=["latents"], **kw)
@@ -163,6 +180,7 @@ def main():
     pipe = build(root)
     pipe.save_pretrained(os.path.join(out, "pipeline"), safe_serialization=True)
     refs = {}
+    meta = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "height": H, "width": W, "flow_shift": 8.0}
     matrices(pipe, refs)
     long = dict(num_frames=41, base_num_frames=17, overlap_history=9, addnoise_condition=20.0, ar_step=0,
                 num_inference_steps=3, guidance_scale=6.0, max_sequence_length=24, fps=24)
@@ -171,7 +189,19 @@ def main():
     asyn = dict(num_frames=21, base_num_frames=21, ar_step=1, causal_block_size=2, num_inference_steps=3,
                 guidance_scale=6.0, max_sequence_length=24, fps=16)
     run(pipe, refs, "async", 83, **asyn)
-    meta = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "height": H, "width": W, "flow_shift": 8.0}
+    # Image to video on the same folder (diffusers' DF image-to-video pipeline): the picture's latent frame is
+    # the first window's given frame; three full windows (33 frames in windows of 17 overlapping by 9).
+    i2v = SkyReelsV2DiffusionForcingImageToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                                         transformer=pipe.transformer, vae=pipe.vae,
+                                                         scheduler=pipe.scheduler)
+    i2v.transformer._set_ar_attention(1)
+    i2v.set_progress_bar_config(disable=True)
+    image = picture(91)
+    refs["i2v.image"] = torch.from_numpy(image)
+    i2v_kw = dict(num_frames=33, base_num_frames=17, overlap_history=9, addnoise_condition=20.0, ar_step=0,
+                  num_inference_steps=3, guidance_scale=5.0, max_sequence_length=24, fps=24)
+    run(i2v, refs, "i2v", 87, module=df_i2v_module, image=Image.fromarray(image), **i2v_kw)
+    meta.update({f"i2v.{k}": v for k, v in i2v_kw.items()})
     meta.update({f"long.{k}": v for k, v in long.items()})
     meta.update({f"async.{k}": v for k, v in asyn.items()})
     save(out, refs, meta)

@@ -461,3 +461,40 @@ fn bad_composition_input_is_refused() {
         "at least 1 frame",
     );
 }
+
+/// A diffusion-forcing model makes a video longer than its window in one command: 25 s at its 24 fps is 601
+/// frames (rounded up to the 4k+1 the VAE makes), 74 windows of 17 frames overlapping by 9, every frame in the MP4
+/// at its exact time.
+#[test]
+fn skyreels_long_video_has_every_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("long.mp4");
+    let model = fixture("skyreels-tiny-df").join("pipeline");
+    let o = sorrel(&[
+        "generate",
+        "a cat and a dog baking a cake",
+        "--model",
+        &model.to_string_lossy(),
+        "--size",
+        "48x32",
+        "--seconds",
+        "25",
+        "--steps",
+        "2",
+        "--window-frames",
+        "17",
+        "--overlap-frames",
+        "9",
+        "--quality",
+        "50",
+        "-q",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = sorrel_testkit::ffprobe(&out);
+    assert_eq!((p.frames, p.width, p.height), (601, 48, 32), "{p:?}");
+    assert_eq!(p.r_frame_rate, "24/1", "{p:?}");
+    let d = p.stream_duration.unwrap();
+    assert!((d - 601.0 / 24.0).abs() < 1e-3, "duration {d}");
+}

@@ -51,6 +51,22 @@ impl Stopwatch {
         self.timings.push((name.into(), self.tick.elapsed()));
         self.tick = Instant::now();
     }
+
+    /// Folds every lap called `name` into one at the end, for stages that recur (a long video's decode,
+    /// window by window).
+    pub(crate) fn merge(&mut self, name: &str) {
+        let total: Duration = self
+            .timings
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, d)| *d)
+            .sum();
+        let before = self.timings.len();
+        self.timings.retain(|(n, _)| n != name);
+        if self.timings.len() < before {
+            self.timings.push((name.to_string(), total));
+        }
+    }
 }
 
 /// Tells `progress` about a stage; `Err(Cancelled)` if it asks to stop.

@@ -113,7 +113,8 @@ fn request(prefix: &str) -> GenerateRequest {
     }
 }
 
-/// Generates with diffusers' draws; returns the frames' error and the iterations run.
+/// Generates with diffusers' draws (from the fixture's picture when it has one); returns the frames' error and
+/// the iterations run.
 fn run(prefix: &str) -> (f32, usize) {
     let r = reference(NAME);
     let pipe = WanPipeline::load(
@@ -121,8 +122,20 @@ fn run(prefix: &str) -> (f32, usize) {
         &LoadOptions::default(),
     )
     .unwrap();
-    assert_eq!(pipe.info.modes, vec![Mode::TextToVideo]);
-    let req = request(prefix);
+    assert_eq!(pipe.info.modes, vec![Mode::TextToVideo, Mode::ImageToVideo]);
+    let mut req = request(prefix);
+    // Image to video: the fixture's picture is the first frame.
+    if let Some(image) = r.get(&format!("{prefix}.image")) {
+        let (h, w, _) = image.dims3().unwrap();
+        req.conditioning = sorrel_pipeline::Conditioning::Image {
+            first: sorrel_pipeline::Picture {
+                width: w,
+                height: h,
+                rgb: image.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+            },
+            last: None,
+        };
+    }
     let mut noise = Replay {
         r: &r,
         prefix,
@@ -178,9 +191,80 @@ fn long_video_in_overlapping_windows_matches_diffusers() {
 }
 
 #[test]
+fn image_to_video_in_windows_matches_diffusers() {
+    let (err, iterations) = run("i2v");
+    println!("i2v (3 windows, addnoise 20): frames max abs err {err:e}");
+    assert!(err <= FRAMES_BOUND, "frames differ from diffusers by {err}");
+    assert_eq!(iterations, 9);
+}
+
+#[test]
 fn asynchronous_window_matches_diffusers() {
     let (err, iterations) = run("async");
     println!("async (ar_step 1, causal blocks of 2): frames max abs err {err:e}");
     assert!(err <= FRAMES_BOUND, "frames differ from diffusers by {err}");
     assert_eq!(iterations, 5);
+}
+
+#[test]
+fn window_settings_the_model_cannot_run_are_refused() {
+    let info = WanPipeline::describe(&fixture(&format!("{NAME}/pipeline"))).unwrap();
+    assert_eq!(info.diffusion_forcing, Some(1));
+    // SkyReels-V2 DF's own rate and window.
+    assert_eq!((info.defaults.fps, info.defaults.frames), (24, 97));
+    let with = |frames: usize, forcing: Forcing| GenerateRequest {
+        width: 48,
+        height: 32,
+        frames,
+        forcing,
+        ..GenerateRequest::default()
+    };
+    let refused = |req: GenerateRequest, needle: &str| {
+        let e = req.check_for(&info).unwrap_err().to_string();
+        assert!(e.contains(needle), "expected {needle:?} in: {e}");
+    };
+    let window = |w: usize, o: usize| Forcing {
+        window_frames: Some(w),
+        overlap_frames: Some(o),
+        ..Forcing::default()
+    };
+    // Windows that cannot make progress.
+    refused(
+        with(41, window(17, 17)),
+        "overlap must be at least 1 and less than the window",
+    );
+    // Lengths the VAE does not make.
+    refused(with(41, window(18, 9)), "--window-frames 18");
+    refused(with(41, window(17, 10)), "--overlap-frames 10");
+    // Causal blocks that do not divide a window (11 latent frames in windows of 5).
+    refused(
+        with(
+            41,
+            Forcing {
+                causal_block: Some(2),
+                ..window(17, 9)
+            },
+        ),
+        "not whole causal blocks of 2",
+    );
+    // Longer than the model allows (ten minutes at 24 fps).
+    refused(with(24 * 601 + 1, window(17, 9)), "longer than");
+    // A last frame: this model starts from a first frame only.
+    let pic = sorrel_pipeline::Picture {
+        width: 48,
+        height: 32,
+        rgb: vec![0; 48 * 32 * 3],
+    };
+    refused(
+        GenerateRequest {
+            conditioning: sorrel_pipeline::Conditioning::Image {
+                first: pic.clone(),
+                last: Some(pic),
+            },
+            ..with(17, Forcing::default())
+        },
+        "cannot do first/last-frame",
+    );
+    // And a good one passes.
+    with(41, window(17, 9)).check_for(&info).unwrap();
 }

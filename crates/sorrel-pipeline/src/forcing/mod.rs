@@ -17,7 +17,7 @@ use crate::denoise::{guided, stage, StepFn, Stopwatch};
 use crate::loader::WanPipeline;
 use crate::modes::{ModelInfo, Video};
 use crate::progress::{Event, ProgressFn};
-use crate::request::GenerateRequest;
+use crate::request::{Conditioning, GenerateRequest};
 use schedule::{step_matrix, Windows};
 
 /// Where diffusion forcing's random numbers come from: each window's starting noise and each re-noising of
@@ -103,7 +103,7 @@ impl WanPipeline {
         })
     }
 
-    /// Runs a text-to-video request on a diffusion-forcing model with noise from `noise`; `on_row` sees the
+    /// Runs a text-to-video or image-to-video request on a diffusion-forcing model with noise from `noise`; `on_row` sees the
     /// window's latents after each iteration (counted across windows from 0).
     pub fn generate_forcing(
         &self,
@@ -129,13 +129,56 @@ impl WanPipeline {
 
         let (_, h, w) = req.latent_size(self.info.compression);
         let z = self.vae_config.z_dim;
+        // Image to video: the picture's latent frame is the first window's given frame (diffusers'
+        // `SkyReelsV2DiffusionForcingImageToVideoPipeline`).
+        let first_frame = match &req.conditioning {
+            Conditioning::None => None,
+            Conditioning::Image { first, last: None } => {
+                stage(progress, "vae encode")?;
+                let f = self.encode_pictures(&[first], (req.width, req.height))?;
+                clock.lap("vae encode");
+                Some(f)
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "diffusion forcing makes videos from a prompt, or from a prompt and a first frame (--image)"
+                        .to_string(),
+                ))
+            }
+        };
         let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
         let mut decoder = self.vae.decode_stream();
         let mut frames = Vec::new();
         let mut history: Option<Tensor> = None;
         let windows = plan.windows;
+        let timesteps = {
+            let mut s = self.scheduler_for(req)?;
+            s.set_timesteps(req.steps)?;
+            s.timesteps().to_vec()
+        };
+        // Every window's schedule up front, so progress counts iterations over the whole video.
+        let keep = windows.overlap - windows.overlap % plan.block;
+        let matrices = (0..windows.count())
+            .map(|k| {
+                let n = windows.frames_of(k);
+                // diffusers' image-to-video pipeline keeps the full window as the base; its text-to-video one
+                // uses each window's own length.
+                let base = if windows.is_long() && first_frame.is_none() {
+                    n
+                } else {
+                    windows.window
+                };
+                let prefix = match (k, &first_frame) {
+                    (0, Some(_)) => 1,
+                    (0, None) => 0,
+                    _ => keep,
+                };
+                step_matrix(n, &timesteps, base, plan.ar_step, prefix, plan.block)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total: usize = matrices.iter().map(|m| m.timesteps.len()).sum();
         let mut done = 0;
-        for k in 0..windows.count() {
+        for (k, matrix) in matrices.iter().enumerate() {
             stage(progress, "denoising")?;
             let n = windows.frames_of(k);
             let mut latents = noise.window(k, &[1, z, n, h, w])?;
@@ -143,24 +186,18 @@ impl WanPipeline {
             let prefix = match &history {
                 Some(hist) => {
                     let t = hist.dim(2)?;
-                    let keep = windows.overlap - windows.overlap % plan.block;
                     let p = hist.narrow(2, t - windows.overlap, keep)?;
                     latents = Tensor::cat(&[&p, &latents.narrow(2, keep, n - keep)?], 2)?;
                     keep
                 }
-                None => 0,
+                None => match &first_frame {
+                    Some(f) => {
+                        latents = Tensor::cat(&[f, &latents.narrow(2, 1, n - 1)?], 2)?;
+                        1
+                    }
+                    None => 0,
+                },
             };
-            let mut scheduler = self.scheduler_for(req)?;
-            scheduler.set_timesteps(req.steps)?;
-            let base = if windows.is_long() { n } else { windows.window };
-            let matrix = step_matrix(
-                n,
-                scheduler.timesteps(),
-                base,
-                plan.ar_step,
-                prefix,
-                plan.block,
-            )?;
             let mut samplers: Vec<Box<dyn Scheduler>> = (0..n)
                 .map(|_| {
                     let mut s = self.scheduler_for(req)?;
@@ -168,9 +205,9 @@ impl WanPipeline {
                     Ok(s)
                 })
                 .collect::<Result<_>>()?;
-            let rows = matrix.timesteps.len();
             for (i, row) in matrix.timesteps.iter().enumerate() {
-                let (s, e) = matrix.intervals[i];
+                // A window shorter than the base has fewer frames than the interval reaches.
+                let (s, e) = (matrix.intervals[i].0, matrix.intervals[i].1.min(n));
                 let mut input = latents.narrow(2, s, e - s)?;
                 let mut ts: Vec<f32> = row[s..e].to_vec();
                 if plan.addnoise > 0.0 && s < prefix {
@@ -198,10 +235,10 @@ impl WanPipeline {
                 latents = Tensor::cat(&cols, 2)?;
                 on_row(done, &latents);
                 done += 1;
-                clock.lap(format!("window {} step {}", k + 1, i + 1));
+                clock.lap(format!("step {done}"));
                 if !progress(&Event::Step {
-                    index: i + 1,
-                    total: rows,
+                    index: done,
+                    total,
                     timestep: ts.last().copied().unwrap_or(0.0),
                 }) {
                     return Err(Error::Cancelled);
@@ -216,7 +253,7 @@ impl WanPipeline {
             stage(progress, "vae decode")?;
             let zr = new.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
             frames.push(crate::denoise::decoded_to_frames(&decoder.push(&zr)?)?);
-            clock.lap(format!("window {} decode", k + 1));
+            clock.lap("vae decode");
             history = Some(match history {
                 // Only the frames the next window repeats are kept.
                 Some(hist) => {
@@ -227,6 +264,7 @@ impl WanPipeline {
                 None => latents,
             });
         }
+        clock.merge("vae decode");
         Ok(Video {
             frames: Tensor::cat(&frames, 0)?,
             timings: clock.timings,
