@@ -242,7 +242,8 @@ fn parse_size(args: &GenerateOptions, default: (usize, usize)) -> Result<(usize,
     ))
 }
 
-/// `--seconds` as a frame count at `fps`, rounded to what a VAE compressing time `tc`x takes (1 + k tc).
+/// `--seconds` as a frame count at `fps`, rounded up to what a VAE compressing time `tc`x takes (1 + k tc), so
+/// the video lasts at least as long as asked (5 s at 16 fps: Wan's own 81 frames).
 fn seconds_to_frames(seconds: f64, fps: u32, tc: usize) -> Result<usize> {
     if !seconds.is_finite() || seconds <= 0.0 {
         bail!("--seconds {seconds} is not supported: give a positive length such as 5 or 60");
@@ -253,7 +254,7 @@ fn seconds_to_frames(seconds: f64, fps: u32, tc: usize) -> Result<usize> {
     }
     let frames = (seconds * fps as f64).round().max(1.0) as usize;
     Ok(if tc > 1 {
-        (frames.saturating_sub(1) / tc * tc + 1).max(1)
+        frames.saturating_sub(1).div_ceil(tc) * tc + 1
     } else {
         frames
     })
@@ -777,5 +778,23 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_to_frames;
+
+    #[test]
+    fn seconds_round_up_to_frames_the_vae_takes() {
+        // Wan's own 5 s: 81 frames at 16 fps.
+        assert_eq!(seconds_to_frames(5.0, 16, 4).unwrap(), 81);
+        // A minute at 24 fps lasts at least a minute: 1441 frames.
+        assert_eq!(seconds_to_frames(60.0, 24, 4).unwrap(), 1441);
+        // Exactly 4k + 1 stays.
+        assert_eq!(seconds_to_frames(81.0 / 16.0, 16, 4).unwrap(), 81);
+        // A VAE that keeps every frame takes the count as is.
+        assert_eq!(seconds_to_frames(2.0, 8, 1).unwrap(), 16);
+        assert!(seconds_to_frames(0.0, 8, 1).is_err());
     }
 }

@@ -41,9 +41,10 @@ pub struct ServeArgs {
     /// Longest prompt accepted, in characters.
     #[arg(long, default_value_t = 4000)]
     max_prompt_chars: usize,
-    /// Longest clip accepted, in seconds.
-    #[arg(long, default_value_t = 20)]
-    max_seconds: u32,
+    /// Longest clip accepted, in seconds (default: the longest the loaded models make: 62 for Wan2.1's
+    /// 1,001 frames at 16 fps, 600 for SkyReels-V2 diffusion forcing and the embedded model).
+    #[arg(long)]
+    max_seconds: Option<u32>,
     /// Largest frame accepted, WIDTHxHEIGHT (each side separately).
     #[arg(long, default_value = "1280x1280")]
     max_size: String,
@@ -137,9 +138,24 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         );
     }
     let (max_width, max_height) = wxh("--max-size", &args.max_size)?;
+    let models: Vec<ModelSpec> = if args.model.is_empty() {
+        vec![ModelSpec {
+            name: crate::embedded::NAME.to_string(),
+            dir: crate::embedded::model_dir()?,
+        }]
+    } else {
+        args.model
+            .iter()
+            .map(|m| model_spec(m))
+            .collect::<Result<_>>()?
+    };
+    let max_seconds = match args.max_seconds {
+        Some(s) => s,
+        None => longest_seconds(&models),
+    };
     let limits = Limits {
         max_prompt_chars: args.max_prompt_chars,
-        max_seconds: args.max_seconds,
+        max_seconds,
         max_width,
         max_height,
         max_steps: args.max_steps,
@@ -192,17 +208,7 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         host: args.host,
         port: args.port,
         api_keys,
-        models: if args.model.is_empty() {
-            vec![ModelSpec {
-                name: crate::embedded::NAME.to_string(),
-                dir: crate::embedded::model_dir()?,
-            }]
-        } else {
-            args.model
-                .iter()
-                .map(|m| model_spec(m))
-                .collect::<Result<_>>()?
-        },
+        models,
         dtype: crate::parse_dtype(&args.dtype)?,
         weights: args.weights.apply(Default::default()),
         workers: args.workers,
@@ -220,6 +226,19 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         record_prompt: args.sign.record_prompt,
         watermark: (!args.sign.watermark.no_watermark).then(|| args.sign.watermark.key.key()),
     })
+}
+
+/// The longest clip, in whole seconds, that any of `models` makes (its most frames at its rate), read from the
+/// folders' configs; a folder that cannot be described counts as 20 s (its load reports the problem).
+fn longest_seconds(models: &[ModelSpec]) -> u32 {
+    models
+        .iter()
+        .map(|m| match sorrel_pipeline::WanPipeline::describe(&m.dir) {
+            Ok(info) => (info.defaults.max_frames / info.defaults.fps as usize).max(1) as u32,
+            Err(_) => 20,
+        })
+        .max()
+        .unwrap_or(20)
 }
 
 /// Runs `sorrel serve`.
