@@ -1,0 +1,47 @@
+//! Times one decode of a Wan VAE folder (Wan2.1's or Wan2.2's) on the latents `tools/reference/bench_wan22.py`
+//! saved, and compares the video with diffusers' on the same weights. Run it in its own process
+//! (`/usr/bin/time -v` for peak RSS).
+//!
+//! `cargo run --release -p sorrel-models --example vae_decode_bench -- VAE_DIR INPUTS OTHER RUNS`: INPUTS holds
+//! `z` (de-normalised latents), OTHER diffusers' video (`out`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use sorrel_core::TensorSource;
+use sorrel_models::wan::vae::{AutoencoderKLWan, VaeConfig};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [dir, inputs, other, runs] = &args[..] else {
+        anyhow::bail!("usage: vae_decode_bench VAE_DIR INPUTS OTHER RUNS");
+    };
+    let dev = Device::Cpu;
+    let t0 = Instant::now();
+    let cfg = VaeConfig::from_file(&Path::new(dir).join("config.json"))?;
+    let vb = TensorSource::open_dir(Path::new(dir), "diffusion_pytorch_model")?
+        .into_var_builder(DType::F32, &dev);
+    let vae = AutoencoderKLWan::new(&cfg, vb)?;
+    println!("load {:.2}s", t0.elapsed().as_secs_f64());
+    let z = candle_core::safetensors::load(inputs, &dev)?["z"].clone();
+    let mut times = vec![];
+    let mut y = None;
+    for _ in 0..runs.parse::<usize>()? {
+        let t1 = Instant::now();
+        y = Some(vae.decode(&z)?);
+        times.push(t1.elapsed().as_secs_f64());
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "decode median {:.2}s (runs {times:.2?})",
+        sorted[sorted.len() / 2]
+    );
+    if let Some(y) = y {
+        let theirs = candle_core::safetensors::load(other, &dev)?["out"].clone();
+        let err = (&y - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        println!("video {:?}, max abs error vs diffusers: {err:e}", y.dims());
+    }
+    Ok(())
+}
