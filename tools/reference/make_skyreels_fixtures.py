@@ -24,41 +24,21 @@ import argparse
 import os
 import shutil
 import sys
-import types
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing as df_module
 import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing_i2v as df_i2v_module
-from diffusers import (AutoencoderKLWan, SkyReelsV2DiffusionForcingImageToVideoPipeline,
-                       SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler,
-                       WanTransformer3DModel)
+from diffusers import (SkyReelsV2DiffusionForcingImageToVideoPipeline, SkyReelsV2DiffusionForcingPipeline,
+                       SkyReelsV2Transformer3DModel, UniPCMultistepScheduler)
 from PIL import Image
-from transformers import AutoTokenizer, UMT5EncoderModel
+from fixture_util import load_alt, perturb, picture, save, stub_ftfy
 
-for m in (df_module, df_i2v_module):
-    m.ftfy = types.SimpleNamespace(fix_text=lambda s: s)
+stub_ftfy(df_module, df_i2v_module)
 
 PROMPT, NEGATIVE = "a cat and a dog baking a cake", "blurred static"
 H, W = 32, 48
-
-
-def perturb(*modules, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in modules:
-            for p in m.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-
-
-def save(out, refs, meta):
-    os.makedirs(out, exist_ok=True)
-    refs = {k: v.contiguous() for k, v in refs.items()}
-    meta = {k: str(v) for k, v in meta.items()}
-    meta["torch"] = torch.__version__
-    save_file(refs, os.path.join(out, "reference.safetensors"), metadata=meta)
 
 
 class Draws:
@@ -90,12 +70,7 @@ class Draws:
 
 
 def build(root):
-    p = os.path.join(root, "wan-tiny-alt", "pipeline")
-    tok = AutoTokenizer.from_pretrained(os.path.join(p, "tokenizer"))
-    te = UMT5EncoderModel.from_pretrained(os.path.join(p, "text_encoder")).eval()
-    vae = AutoencoderKLWan.from_pretrained(os.path.join(p, "vae")).eval()
-    cfg = dict(WanTransformer3DModel.load_config(os.path.join(p, "transformer")))
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    tok, te, vae, cfg = load_alt(root)
     torch.manual_seed(71)
     tr = SkyReelsV2Transformer3DModel(**cfg, inject_sample_info=True).eval()
     perturb(tr, seed=72)
@@ -125,16 +100,6 @@ def matrices(pipe, refs):
         refs[f"matrix.{n}.steps"] = m.float()
         refs[f"matrix.{n}.update"] = mask.float()
         refs[f"matrix.{n}.interval"] = torch.tensor(iv, dtype=torch.float32)
-
-
-def picture(seed, h=H, w=W):
-    rng = np.random.RandomState(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([x / w, y / h, 0.5 + 0.5 * np.sin((x + y) / 7.0 + seed)], -1)
-    for _ in range(3):
-        cy, cx, r = rng.randint(0, h), rng.randint(0, w), rng.randint(4, 10)
-        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.rand(3)
-    return (img * 255).round().clip(0, 255).astype(np.uint8)
 
 
 def run(pipe, refs, prefix, seed, module=df_module, **kw):
@@ -196,7 +161,7 @@ def main():
                                                          scheduler=pipe.scheduler)
     i2v.transformer._set_ar_attention(1)
     i2v.set_progress_bar_config(disable=True)
-    image = picture(91)
+    image = picture(91, H, W, shapes=3, max_radius=10)
     refs["i2v.image"] = torch.from_numpy(image)
     i2v_kw = dict(num_frames=33, base_num_frames=17, overlap_history=9, addnoise_condition=20.0, ar_step=0,
                   num_inference_steps=3, guidance_scale=5.0, max_sequence_length=24, fps=24)
