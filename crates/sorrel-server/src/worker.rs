@@ -212,6 +212,11 @@ async fn generate_job<S: JobStore>(
     });
 
     let mut shutdown = app.shutdown.subscribe();
+    // A shutdown that came before this subscription (between taking the job and here) is not a change the
+    // receiver will see: check the value itself, or the job would run to the end through the shutdown.
+    if *shutdown.borrow() {
+        cancel.store(true, Ordering::Relaxed);
+    }
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {

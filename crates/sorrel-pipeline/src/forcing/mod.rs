@@ -103,8 +103,8 @@ impl WanPipeline {
         })
     }
 
-    /// Runs a text-to-video or image-to-video request on a diffusion-forcing model with noise from `noise`; `on_row` sees the
-    /// window's latents after each iteration (counted across windows from 0).
+    /// Runs a text-to-video or image-to-video request on a diffusion-forcing model with noise from `noise`;
+    /// `on_row` sees the window's latents after each iteration (counted across windows from 0).
     pub fn generate_forcing(
         &self,
         req: &GenerateRequest,
@@ -211,12 +211,14 @@ impl WanPipeline {
                 let mut input = latents.narrow(2, s, e - s)?;
                 let mut ts: Vec<f32> = row[s..e].to_vec();
                 if plan.addnoise > 0.0 && s < prefix {
+                    // The given frames in view, lightly re-noised so the model does not copy them exactly.
+                    let g = prefix.min(e) - s;
                     let f = 0.001 * plan.addnoise;
-                    let given = input.narrow(2, 0, prefix - s)?;
+                    let given = input.narrow(2, 0, g)?;
                     let draw = noise.condition(given.dims())?;
                     let noised = ((given * (1.0 - f))? + (draw * f)?)?;
-                    input = Tensor::cat(&[&noised, &input.narrow(2, prefix - s, e - prefix)?], 2)?;
-                    ts[..prefix - s].fill(plan.addnoise as f32);
+                    input = Tensor::cat(&[&noised, &input.narrow(2, g, e - s - g)?], 2)?;
+                    ts[..g].fill(plan.addnoise as f32);
                 }
                 let tokens = per_token(&ts, self.info.patch, (h, w), &self.device)?;
                 let x = input.to_dtype(model.dtype())?;
