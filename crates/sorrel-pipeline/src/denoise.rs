@@ -241,6 +241,9 @@ impl WanPipeline {
                     if other.is_some() {
                         stage(progress, "switching to the low-noise expert")?;
                     }
+                    // The other expert (and its contexts) goes before this one loads, so the two are never
+                    // resident together.
+                    drop(other);
                     let model = self.transformer.get(k)?;
                     let (cond, uncond) = contexts(&model)?;
                     let both = batched

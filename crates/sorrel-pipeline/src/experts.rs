@@ -87,3 +87,57 @@ impl Experts {
         self.get(k)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Weak;
+
+    use candle_core::{DType, Device};
+    use sorrel_core::TensorSource;
+    use sorrel_models::wan::config::WanTransformerConfig;
+
+    fn tiny(sub: &str) -> Result<WanTransformer3DModel> {
+        let dir = sorrel_testkit::fixture("wan22-tiny-a14b/pipeline").join(sub);
+        let cfg = WanTransformerConfig::from_diffusers_file(&dir.join("config.json"))?;
+        let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")?
+            .into_var_builder(DType::F32, &Device::Cpu);
+        Ok(WanTransformer3DModel::new(&cfg, vb)?)
+    }
+
+    /// Each expert loads only once the other is gone: the loader of one checks that nothing holds the other.
+    #[test]
+    fn the_two_experts_are_never_resident_together() {
+        let last: Arc<Mutex<Option<Weak<WanTransformer3DModel>>>> = Arc::new(Mutex::new(None));
+        let loader = |sub: &'static str| -> ExpertLoader {
+            let last = last.clone();
+            Box::new(move || {
+                let other = last.lock().unwrap().take();
+                assert!(
+                    other.and_then(|w| w.upgrade()).is_none(),
+                    "the other expert is still resident while {sub} loads"
+                );
+                tiny(sub)
+            })
+        };
+        let experts = Experts::two(
+            tiny("transformer").unwrap(),
+            875.0,
+            [loader("transformer"), loader("transformer_2")],
+        );
+        assert_eq!(
+            (
+                experts.index_for(999.0),
+                experts.index_for(875.0),
+                experts.index_for(874.0)
+            ),
+            (0, 0, 1)
+        );
+        for k in [0, 1, 0, 1] {
+            let m = experts.get(k).unwrap();
+            *last.lock().unwrap() = Some(Arc::downgrade(&m));
+            // A caller drops its handle before asking for the other expert, as the denoising loop does.
+            drop(m);
+        }
+    }
+}
