@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sorrel_core::{Error, Result};
 
+use crate::loader::PipelineIndex;
+
 /// The file name in a model folder.
 pub const DEFAULTS_FILE: &str = "sorrel_defaults.json";
 
@@ -109,34 +111,26 @@ impl ModelDefaults {
         }
     }
 
-    /// Defaults for a folder without `sorrel_defaults.json`: Wan2.2's when its `model_index.json` says
-    /// `expand_timesteps` (TI2V) or `boundary_ratio` (A14B), else Wan2.1's.
-    fn from_model_index(dir: &Path) -> Self {
-        let index = std::fs::read_to_string(dir.join("model_index.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-        let Some(index) = index else {
-            return Self::wan21();
-        };
-        if index.get("expand_timesteps").and_then(|v| v.as_bool()) == Some(true) {
-            return Self::wan22_ti2v();
+    /// Defaults for a folder without `sorrel_defaults.json`, from what its `model_index.json` says
+    /// (`index`): Wan2.2 TI2V's for `expand_timesteps`, SkyReels-V2 DF's for its pipeline, Wan2.2 A14B's for
+    /// `boundary_ratio`, else Wan2.1's.
+    fn for_pipeline(index: &PipelineIndex) -> Self {
+        if index.expand_timesteps {
+            Self::wan22_ti2v()
+        } else if index.class == crate::loader::FORCING_CLASS {
+            Self::skyreels_df()
+        } else if index.boundary_ratio.is_some() {
+            Self::wan22_a14b(index.class == "WanImageToVideoPipeline")
+        } else {
+            Self::wan21()
         }
-        if index.get("_class_name").and_then(|v| v.as_str()) == Some(crate::loader::FORCING_CLASS) {
-            return Self::skyreels_df();
-        }
-        if index.get("boundary_ratio").is_some_and(|v| v.is_number()) {
-            let i2v = index.get("_class_name").and_then(|v| v.as_str())
-                == Some("WanImageToVideoPipeline");
-            return Self::wan22_a14b(i2v);
-        }
-        Self::wan21()
     }
 
-    /// The defaults of the model folder `dir`.
-    pub fn for_dir(dir: &Path) -> Result<Self> {
+    /// The defaults of the model folder `dir`, whose `model_index.json` says `index`.
+    pub(crate) fn for_dir(dir: &Path, index: &PipelineIndex) -> Result<Self> {
         let path = dir.join(DEFAULTS_FILE);
         if !path.is_file() {
-            return Ok(Self::from_model_index(dir));
+            return Ok(Self::for_pipeline(index));
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::model(format!("cannot read {}: {e}", path.display())))?;

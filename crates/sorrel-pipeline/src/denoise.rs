@@ -115,6 +115,23 @@ struct Running {
     both: Option<Context>,
 }
 
+/// One value per token (1, N) from one per latent frame (a timestep, or a weight on the step's timestep): each
+/// temporal patch of `pt` frames takes its first frame's value, over its `h/ph x w/pw` tokens.
+pub(crate) fn per_token(
+    per_frame: &[f32],
+    [pt, ph, pw]: [usize; 3],
+    (h, w): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let tokens = (h / ph) * (w / pw);
+    let v: Vec<f32> = per_frame
+        .chunks(pt)
+        .flat_map(|c| std::iter::repeat_n(c[0], tokens))
+        .collect();
+    let n = v.len();
+    Ok(Tensor::from_vec(v, (1, n), device)?)
+}
+
 /// The model's prediction for x at timesteps tt with classifier-free guidance: uncond + g (cond - uncond),
 /// or cond alone at g <= 1. `both` (the two contexts as one batch) runs the two as one forward.
 pub(crate) fn guided(

@@ -425,7 +425,6 @@ impl WanPipeline {
     /// limits, the VAE's compression, the transformer's patch and the modes, so a bad request fails in
     /// milliseconds instead of after a minutes-long load.
     pub fn describe(dir: &Path) -> Result<ModelInfo> {
-        let defaults = crate::ModelDefaults::for_dir(dir)?;
         let (vae_cfg, tr_cfg, index): (VaeConfig, WanTransformerConfig, PipelineIndex) =
             match Self::detect_layout(dir)? {
                 Layout::Diffusers => {
@@ -469,6 +468,7 @@ impl WanPipeline {
                     )
                 }
             };
+        let defaults = crate::ModelDefaults::for_dir(dir, &index)?;
         let compression = (
             vae_cfg.spatial_compression(),
             vae_cfg.temporal_compression(),

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use sorrel_core::{Error, Result};
 
 use crate::defaults::ModelDefaults;
-use crate::denoise::{stage, Denoise, StepFn, Stopwatch, Timings};
+use crate::denoise::{per_token, stage, Denoise, StepFn, Stopwatch, Timings};
 use crate::loader::WanPipeline;
 use crate::progress::ProgressFn;
 use crate::request::{strength_steps, Conditioning, GenerateRequest, Picture};
@@ -260,16 +260,13 @@ impl WanPipeline {
         let (t, h, w) = req.latent_size(self.info.compression);
         let mut mask = vec![0f32; t];
         mask[0] = 1.0;
+        // The held frame's tokens see t * 0, the others t * 1.
+        let weights: Vec<f32> = mask.iter().map(|m| 1.0 - m).collect();
+        let token_weights = per_token(&weights, self.info.patch, (h, w), &self.device)?;
         let mask = Tensor::from_vec(mask, (1, 1, t, 1, 1), &self.device)?;
-        let [pt, ph, pw] = self.info.patch;
-        let per_frame = (h / ph) * (w / pw);
-        let weights: Vec<f32> = (0..t.div_ceil(pt) * per_frame)
-            .map(|i| if i < per_frame { 0.0 } else { 1.0 })
-            .collect();
-        let n = weights.len();
         Ok(HeldFrame {
             given: (mask, clean),
-            token_weights: Tensor::from_vec(weights, (1, n), &self.device)?,
+            token_weights,
         })
     }
 

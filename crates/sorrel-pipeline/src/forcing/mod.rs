@@ -13,7 +13,7 @@ use sorrel_core::{Error, Result};
 use sorrel_models::wan::transformer::Context;
 use sorrel_schedulers::Scheduler;
 
-use crate::denoise::{guided, stage, StepFn, Stopwatch};
+use crate::denoise::{guided, per_token, stage, StepFn, Stopwatch};
 use crate::loader::WanPipeline;
 use crate::modes::{ModelInfo, Video};
 use crate::progress::{Event, ProgressFn};
@@ -351,19 +351,3 @@ pub(crate) fn first_window_frames(req: &GenerateRequest, info: &ModelInfo) -> Re
 pub const DEFAULT_OVERLAP: usize = 17;
 /// SkyReels-V2's recommended `addnoise_condition` for long videos.
 pub const DEFAULT_ADDNOISE: f64 = 20.0;
-
-/// One timestep per token (1, N) from one per latent frame.
-fn per_token(
-    frame_ts: &[f32],
-    [pt, ph, pw]: [usize; 3],
-    (h, w): (usize, usize),
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    let per_frame = (h / ph) * (w / pw);
-    let v: Vec<f32> = frame_ts
-        .chunks(pt)
-        .flat_map(|c| std::iter::repeat_n(c[0], per_frame))
-        .collect();
-    let n = v.len();
-    Ok(Tensor::from_vec(v, (1, n), device)?.to_dtype(DType::F32)?)
-}
