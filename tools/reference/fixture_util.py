@@ -1,6 +1,8 @@
 """What the Wan2.2 and SkyReels-V2 fixture scripts share: test pictures, perturbed random weights, wan-tiny-alt's
 parts, and the reference file format (tensors plus string metadata)."""
+import argparse
 import os
+import sys
 import types
 
 import numpy as np
@@ -61,3 +63,19 @@ def save(out, refs, meta):
     meta = {k: str(v) for k, v in meta.items()}
     meta["torch"] = torch.__version__
     save_file(refs, os.path.join(out, "reference.safetensors"), metadata=meta)
+
+
+def run_jobs(jobs):
+    """The fixture scripts' command line: `SCRIPT OUT [--only NAME ...]`, after make_fixtures.py (every script reuses
+    wan-tiny-alt). `jobs(root)` gives {fixture name: function writing it}."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    root = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.join(root, "wan-tiny-alt", "pipeline")):
+        sys.exit(f"{root}/wan-tiny-alt/pipeline is missing: run make_fixtures.py first")
+    for name, job in jobs(root).items():
+        if args.only is None or name in args.only:
+            job()

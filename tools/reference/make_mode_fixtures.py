@@ -20,16 +20,12 @@ per block):
 Each holds reference.safetensors (inputs as uint8 pictures, the raw noise, every stage's output) and the I2V
 ones a `pipeline/` folder as Wan-AI ship theirs (image_encoder/, image_processor/ added).
 """
-import argparse
 import os
 import shutil
-import sys
-import types
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 import diffusers.pipelines.wan.pipeline_wan_i2v as i2v_module
@@ -38,22 +34,17 @@ import diffusers.pipelines.wan.pipeline_wan_video2video as v2v_module
 from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel,
                        WanVACEPipeline, WanVACETransformer3DModel, WanVideoToVideoPipeline)
 from transformers import AutoTokenizer, UMT5EncoderModel
+from fixture_util import perturb, run_jobs, save, stub_ftfy
+from fixture_util import picture as shared_picture
 
-for m in (i2v_module, v2v_module, vace_module):
-    m.ftfy = types.SimpleNamespace(fix_text=lambda s: s)
+stub_ftfy(i2v_module, v2v_module, vace_module)
 
 H, W, F = 32, 48, 13
 
 
 def picture(seed, h=H, w=W):
-    """A smooth picture with a few hard-edged shapes (u8, H x W x 3), so the VAE has structure to keep."""
-    rng = np.random.RandomState(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([x / w, y / h, 0.5 + 0.5 * np.sin((x + y) / 7.0 + seed)], -1)
-    for _ in range(3):
-        cy, cx, r = rng.randint(0, h), rng.randint(0, w), rng.randint(4, 10)
-        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.rand(3)
-    return (img * 255).round().clip(0, 255).astype(np.uint8)
+    """A smooth picture with three hard-edged shapes (u8, H x W x 3), so the VAE has structure to keep."""
+    return shared_picture(seed, h, w, shapes=3, max_radius=10)
 
 
 def moving_video(seed):
@@ -71,15 +62,6 @@ def load_alt(root):
     return tok, te, vae, tr
 
 
-def perturb(*modules, seed=3):
-    """Random init leaves norms at 1/0 and some tables at zero; perturb every parameter so each one matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in modules:
-            for p in m.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-
-
 def recorder(transformer, refs):
     calls = []
     hook = transformer.register_forward_hook(lambda m, a, kw, o: calls.append(o[0].detach().clone()),
@@ -90,14 +72,6 @@ def recorder(transformer, refs):
         refs[f"step{i}.timestep"] = t.detach().reshape(1).float().clone()
         return {}
     return calls, hook, on_step
-
-
-def save(out, refs, meta):
-    os.makedirs(out, exist_ok=True)
-    refs = {k: v.contiguous() for k, v in refs.items()}
-    meta = {k: str(v) for k, v in meta.items()}
-    meta["torch"] = torch.__version__
-    save_file(refs, os.path.join(out, "reference.safetensors"), metadata=meta)
 
 
 def v2v(root):
@@ -286,21 +260,7 @@ def vace(root):
     print(f"wan-tiny-vace: timesteps {pipe.scheduler.timesteps.tolist()}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--only", nargs="*", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    root = os.path.abspath(args.out)
-    if not os.path.isdir(os.path.join(root, "wan-tiny-alt", "pipeline")):
-        sys.exit(f"{root}/wan-tiny-alt/pipeline is missing: run make_fixtures.py first")
-    jobs = {"wan-tiny-v2v": lambda: v2v(root), "wan-tiny-i2v": lambda: i2v(root, "wan-tiny-i2v", False),
-            "wan-tiny-flf2v": lambda: i2v(root, "wan-tiny-flf2v", True), "wan-tiny-vace": lambda: vace(root)}
-    for name, job in jobs.items():
-        if args.only is None or name in args.only:
-            job()
-
-
 if __name__ == "__main__":
-    main()
+    run_jobs(lambda root: {"wan-tiny-v2v": lambda: v2v(root), "wan-tiny-i2v": lambda: i2v(root, "wan-tiny-i2v", False),
+                           "wan-tiny-flf2v": lambda: i2v(root, "wan-tiny-flf2v", True),
+                           "wan-tiny-vace": lambda: vace(root)})

@@ -20,10 +20,8 @@ Pinned as make_fixtures.py (diffusers 0.42.1, transformers 5.24.0, torch 2.15.0)
 Diffusers 0.42.1's pipeline refuses `latents=`; its noise is recorded by wrapping `randn_tensor` and
 `torch.randn_like` so Sorrel can replay the same draws.
 """
-import argparse
 import os
 import shutil
-import sys
 
 import numpy as np
 import torch
@@ -33,7 +31,7 @@ import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing_i2
 from diffusers import (SkyReelsV2DiffusionForcingImageToVideoPipeline, SkyReelsV2DiffusionForcingPipeline,
                        SkyReelsV2Transformer3DModel, UniPCMultistepScheduler)
 from PIL import Image
-from fixture_util import load_alt, perturb, picture, save, stub_ftfy
+from fixture_util import load_alt, perturb, picture, run_jobs, save, stub_ftfy
 
 stub_ftfy(df_module, df_i2v_module)
 
@@ -132,14 +130,7 @@ def run(pipe, refs, prefix, seed, module=df_module, **kw):
     return len(d.window_noise), len(calls)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    root = os.path.abspath(args.out)
-    if not os.path.isdir(os.path.join(root, "wan-tiny-alt", "pipeline")):
-        sys.exit(f"{root}/wan-tiny-alt/pipeline is missing: run make_fixtures.py first")
+def skyreels(root):
     out = os.path.join(root, "skyreels-tiny-df")
     shutil.rmtree(out, ignore_errors=True)
     pipe = build(root)
@@ -173,4 +164,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_jobs(lambda root: {"skyreels-tiny-df": lambda: skyreels(root)})

@@ -19,10 +19,8 @@ Pinned as make_fixtures.py (diffusers 0.42.1, transformers 5.24.0, torch 2.15.0)
   wan22-tiny-a14b-i2v/  WanImageToVideoPipeline with two 36-channel experts, no CLIP (as Wan2.2-I2V-A14B),
                      boundary_ratio 0.9, 48x32, 13 frames, 4 steps
 """
-import argparse
 import os
 import shutil
-import sys
 
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ import diffusers.pipelines.wan.pipeline_wan as t2v_module
 import diffusers.pipelines.wan.pipeline_wan_i2v as i2v_module
 from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
                        WanTransformer3DModel)
-from fixture_util import load_alt, moving_video, perturb, picture, save, stub_ftfy
+from fixture_util import load_alt, moving_video, perturb, picture, run_jobs, save, stub_ftfy
 
 stub_ftfy(t2v_module, i2v_module)
 
@@ -212,21 +210,6 @@ def a14b_i2v(root):
     print(f"a14b-i2v: timesteps {pipe.scheduler.timesteps.tolist()}, experts {experts}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--only", nargs="*", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    root = os.path.abspath(args.out)
-    if not os.path.isdir(os.path.join(root, "wan-tiny-alt", "pipeline")):
-        sys.exit(f"{root}/wan-tiny-alt/pipeline is missing: run make_fixtures.py first")
-    jobs = {"wan22-tiny-ti2v": lambda: ti2v(root), "wan22-tiny-a14b": lambda: a14b(root),
-            "wan22-tiny-a14b-i2v": lambda: a14b_i2v(root)}
-    for name, job in jobs.items():
-        if args.only is None or name in args.only:
-            job()
-
-
 if __name__ == "__main__":
-    main()
+    run_jobs(lambda root: {"wan22-tiny-ti2v": lambda: ti2v(root), "wan22-tiny-a14b": lambda: a14b(root),
+                           "wan22-tiny-a14b-i2v": lambda: a14b_i2v(root)})
