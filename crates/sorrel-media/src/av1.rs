@@ -6,7 +6,7 @@ use rav1e::prelude::{
     ChromaSampling, Config, Context, EncoderConfig, EncoderStatus, FrameType, PixelRange, Rational,
 };
 
-use crate::clip::Clip;
+use crate::clip::{keyframe_interval, require_even_size, Clip, Frame};
 use crate::error::{MediaError, Result};
 use crate::options::EncodeOptions;
 use crate::yuv::Yuv420;
@@ -32,57 +32,100 @@ fn quantizer_for_quality(quality: u8) -> usize {
 
 /// Encodes every frame of `clip` with rav1e at `opts.av1_speed`.
 pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Av1Stream> {
-    clip.require_even_size("AV1 (4:2:0)")?;
-    let (w, h) = (clip.width() as usize, clip.height() as usize);
-    let mut enc = EncoderConfig {
-        width: w,
-        height: h,
-        time_base: Rational::new(1, clip.fps() as u64),
-        bit_depth: 8,
-        chroma_sampling: ChromaSampling::Cs420,
-        // The planes are BT.601 limited range (yuv.rs), like the H.264 path's.
-        pixel_range: PixelRange::Limited,
-        color_description: Some(ColorDescription {
-            color_primaries: ColorPrimaries::BT601,
-            transfer_characteristics: TransferCharacteristics::BT601,
-            matrix_coefficients: MatrixCoefficients::BT601,
-        }),
-        speed_settings: SpeedSettings::from_preset(opts.av1_speed),
-        quantizer: quantizer_for_quality(opts.quality),
-        bitrate: opts
-            .bitrate_kbps
-            .map_or(0, |k| k.saturating_mul(1000).min(i32::MAX as u32) as i32),
-        ..Default::default()
-    };
-    let keyframe_every = u64::from(clip.keyframe_interval());
-    enc.set_key_frame_interval(keyframe_every.min(12), keyframe_every);
-    let config = Config::new().with_encoder_config(enc).with_threads(0);
-    let mut ctx: Context<u8> = config
-        .new_context()
-        .map_err(|e| MediaError::codec("AV1 encoder", e))?;
-
-    let mut yuv = Yuv420::new(w, h);
-    let mut units = Vec::with_capacity(clip.len());
+    let mut enc = Av1Encoder::new(clip.width(), clip.height(), clip.fps(), opts)?;
     for frame in clip.frames() {
-        yuv.read_rgb(&frame.rgb);
-        let mut pic = ctx.new_frame();
-        pic.planes[0].copy_from_raw_u8(&yuv.y, w, 1);
-        pic.planes[1].copy_from_raw_u8(&yuv.u, w / 2, 1);
-        pic.planes[2].copy_from_raw_u8(&yuv.v, w / 2, 1);
-        send(&mut ctx, pic, &mut units)?;
+        enc.push(frame)?;
     }
-    ctx.flush();
-    drain_ready(&mut ctx, &mut units)?;
-    if units.len() != clip.len() {
-        return Err(MediaError::codec(
-            "AV1 encoder",
-            format!("{} frames went in but {} came out", clip.len(), units.len()),
-        ));
+    enc.finish()
+}
+
+/// rav1e fed one frame at a time; packets are taken as soon as its look-ahead lets them go, so a caller
+/// holds compressed pictures plus rav1e's bounded look-ahead, not the raw clip.
+pub(crate) struct Av1Encoder {
+    ctx: Context<u8>,
+    yuv: Yuv420,
+    dims: (usize, usize),
+    units: Vec<TemporalUnit>,
+    sent: usize,
+}
+
+impl Av1Encoder {
+    /// An encoder for `width`x`height` frames at `fps`.
+    pub(crate) fn new(width: u32, height: u32, fps: u32, opts: &EncodeOptions) -> Result<Self> {
+        require_even_size(width, height, "AV1 (4:2:0)")?;
+        let (w, h) = (width as usize, height as usize);
+        let mut enc = EncoderConfig {
+            width: w,
+            height: h,
+            time_base: Rational::new(1, fps as u64),
+            bit_depth: 8,
+            chroma_sampling: ChromaSampling::Cs420,
+            // The planes are BT.601 limited range (yuv.rs), like the H.264 path's.
+            pixel_range: PixelRange::Limited,
+            color_description: Some(ColorDescription {
+                color_primaries: ColorPrimaries::BT601,
+                transfer_characteristics: TransferCharacteristics::BT601,
+                matrix_coefficients: MatrixCoefficients::BT601,
+            }),
+            speed_settings: SpeedSettings::from_preset(opts.av1_speed),
+            quantizer: quantizer_for_quality(opts.quality),
+            bitrate: opts
+                .bitrate_kbps
+                .map_or(0, |k| k.saturating_mul(1000).min(i32::MAX as u32) as i32),
+            ..Default::default()
+        };
+        let keyframe_every = u64::from(keyframe_interval(fps));
+        enc.set_key_frame_interval(keyframe_every.min(12), keyframe_every);
+        let config = Config::new().with_encoder_config(enc).with_threads(0);
+        let ctx: Context<u8> = config
+            .new_context()
+            .map_err(|e| MediaError::codec("AV1 encoder", e))?;
+        Ok(Self {
+            ctx,
+            yuv: Yuv420::new(w, h),
+            dims: (w, h),
+            units: Vec::new(),
+            sent: 0,
+        })
     }
-    Ok(Av1Stream {
-        units,
-        config_record: ctx.container_sequence_header(),
-    })
+
+    /// Sends the next frame, which must have the encoder's size.
+    pub(crate) fn push(&mut self, frame: &Frame) -> Result<()> {
+        let (w, h) = self.dims;
+        if (frame.width as usize, frame.height as usize) != (w, h) {
+            return Err(MediaError::Invalid(format!(
+                "frame {} is {}x{} but the video is {w}x{h}: all frames of a video must have one size",
+                self.sent, frame.width, frame.height
+            )));
+        }
+        self.yuv.read_rgb(&frame.rgb);
+        let mut pic = self.ctx.new_frame();
+        pic.planes[0].copy_from_raw_u8(&self.yuv.y, w, 1);
+        pic.planes[1].copy_from_raw_u8(&self.yuv.u, w / 2, 1);
+        pic.planes[2].copy_from_raw_u8(&self.yuv.v, w / 2, 1);
+        self.sent += 1;
+        send(&mut self.ctx, pic, &mut self.units)
+    }
+
+    /// Flushes the look-ahead and returns every unit, one per frame sent.
+    pub(crate) fn finish(mut self) -> Result<Av1Stream> {
+        self.ctx.flush();
+        drain_ready(&mut self.ctx, &mut self.units)?;
+        if self.units.len() != self.sent {
+            return Err(MediaError::codec(
+                "AV1 encoder",
+                format!(
+                    "{} frames went in but {} came out",
+                    self.sent,
+                    self.units.len()
+                ),
+            ));
+        }
+        Ok(Av1Stream {
+            units: self.units,
+            config_record: self.ctx.container_sequence_header(),
+        })
+    }
 }
 
 /// Sends one frame, draining packets whenever the encoder's look-ahead is full.

@@ -34,6 +34,22 @@ impl Frame {
         Ok(Frame { width, height, rgb })
     }
 
+    /// Frames from floats `(F, H, W, 3)` in [0, 1], row-major, quantising each value the way diffusers'
+    /// `numpy_to_pil` does: `round(clamp(x, 0, 1) * 255)`.
+    pub fn from_f32(data: &[f32], (f, h, w): (usize, usize, usize)) -> Result<Vec<Frame>> {
+        if data.len() != f * h * w * 3 {
+            return Err(MediaError::Invalid(format!(
+                "{} floats cannot hold {f} frames of {w}x{h} RGB ({} needed)",
+                data.len(),
+                f * h * w * 3
+            )));
+        }
+        data.chunks_exact((h * w * 3).max(1))
+            .take(f)
+            .map(|px| Frame::new(w as u32, h as u32, px.iter().map(|&v| to_u8(v)).collect()))
+            .collect()
+    }
+
     /// The pixel at (x, y) as `[r, g, b]`.
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
         let i = (y as usize * self.width as usize + x as usize) * 3;
@@ -76,22 +92,10 @@ impl Clip {
         Ok(Clip { frames, fps })
     }
 
-    /// Builds a clip from float frames `(F, H, W, 3)` in [0, 1], row-major, quantising each value the
-    /// way diffusers' `numpy_to_pil` does: `round(clamp(x, 0, 1) * 255)`.
-    pub fn from_f32(data: &[f32], (f, h, w): (usize, usize, usize), fps: u32) -> Result<Self> {
-        if data.len() != f * h * w * 3 {
-            return Err(MediaError::Invalid(format!(
-                "{} floats cannot hold {f} frames of {w}x{h} RGB ({} needed)",
-                data.len(),
-                f * h * w * 3
-            )));
-        }
-        let frames = data
-            .chunks_exact((h * w * 3).max(1))
-            .take(f)
-            .map(|px| Frame::new(w as u32, h as u32, px.iter().map(|&v| to_u8(v)).collect()))
-            .collect::<Result<Vec<_>>>()?;
-        Clip::new(frames, fps)
+    /// Builds a clip from float frames `(F, H, W, 3)` in [0, 1], row-major, quantised as
+    /// [`Frame::from_f32`] does.
+    pub fn from_f32(data: &[f32], shape: (usize, usize, usize), fps: u32) -> Result<Self> {
+        Clip::new(Frame::from_f32(data, shape)?, fps)
     }
 
     /// The frames, in display order.
@@ -133,31 +137,30 @@ impl Clip {
     pub fn duration_seconds(&self) -> f64 {
         self.frames.len() as f64 / self.fps as f64
     }
+}
 
-    /// Frames between key frames for the video codecs: one every two seconds, cheap to seek in and
-    /// costing little at these clip lengths.
-    pub(crate) fn keyframe_interval(&self) -> u32 {
-        self.fps * 2
-    }
+/// Frames between key frames for the video codecs at `fps`: one every two seconds, cheap to seek in and
+/// costing little at these clip lengths.
+pub(crate) fn keyframe_interval(fps: u32) -> u32 {
+    fps * 2
+}
 
-    /// Fails, naming the format, if a 4:2:0 codec cannot hold this frame size.
-    pub(crate) fn require_even_size(&self, codec: &str) -> Result<()> {
-        let (w, h) = (self.width(), self.height());
-        if !w.is_multiple_of(2) || !h.is_multiple_of(2) {
-            return Err(MediaError::Invalid(format!(
-                "{codec} stores colour at half resolution, so it needs an even width and height; the \
-                 frames are {w}x{h}. Generate an even size (Wan sizes are multiples of 16), or write \
-                 .png, .gif or .webp, which take any size"
-            )));
-        }
-        if w < 16 || h < 16 {
-            return Err(MediaError::Invalid(format!(
-                "{codec} needs frames of at least 16x16 pixels; the frames are {w}x{h}. Write .png, \
-                 .gif or .webp for smaller frames"
-            )));
-        }
-        Ok(())
+/// Fails, naming the codec, if a 4:2:0 codec cannot hold frames of `w`x`h`.
+pub(crate) fn require_even_size(w: u32, h: u32, codec: &str) -> Result<()> {
+    if !w.is_multiple_of(2) || !h.is_multiple_of(2) {
+        return Err(MediaError::Invalid(format!(
+            "{codec} stores colour at half resolution, so it needs an even width and height; the \
+             frames are {w}x{h}. Generate an even size (Wan sizes are multiples of 16), or write \
+             .png, .gif or .webp, which take any size"
+        )));
     }
+    if w < 16 || h < 16 {
+        return Err(MediaError::Invalid(format!(
+            "{codec} needs frames of at least 16x16 pixels; the frames are {w}x{h}. Write .png, \
+             .gif or .webp for smaller frames"
+        )));
+    }
+    Ok(())
 }
 
 /// `round(clamp(x, 0, 1) * 255)`; NaN becomes 0.

@@ -8,7 +8,7 @@ use openh264::encoder::{
 use openh264::formats::{YUVSlices, YUVSource};
 use openh264::OpenH264API;
 
-use crate::clip::{Clip, Frame};
+use crate::clip::{keyframe_interval, require_even_size, Clip, Frame};
 use crate::error::{MediaError, Result};
 use crate::options::EncodeOptions;
 use crate::yuv::Yuv420;
@@ -26,52 +26,86 @@ pub(crate) fn qp_for_quality(quality: u8) -> u8 {
     (((100 - quality.min(100) as u32) * 51 + 50) / 100) as u8
 }
 
-/// Encodes every frame of `clip`. Without a bitrate the quantiser is pinned (min = max) so quality is
-/// steady across the clip; with one, OpenH264's bitrate control aims for it. Frame skipping stays off
-/// in both cases: every input frame must come out as a picture, or the timing would be wrong.
+/// Encodes every frame of `clip`.
 pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit>> {
-    clip.require_even_size("H.264")?;
-    // The planes are BT.601 limited range (see yuv.rs), and OpenH264's own YUV to RGB conversion,
-    // used when reading back, assumes the same; the stream declares it for players.
-    let mut config = EncoderConfig::new()
-        .usage_type(UsageType::CameraVideoRealTime)
-        .max_frame_rate(FrameRate::from_hz(clip.fps() as f32))
-        .skip_frames(false)
-        .intra_frame_period(IntraFramePeriod::from_num_frames(clip.keyframe_interval()))
-        .vui(VuiConfig::bt601());
-    config = match opts.bitrate_kbps {
-        Some(kbps) => config
-            .rate_control_mode(RateControlMode::Bitrate)
-            .bitrate(BitRate::from_bps(kbps.saturating_mul(1000))),
-        None => {
-            let qp = qp_for_quality(opts.quality);
-            // Buffer-based mode follows the pinned quantiser exactly like quality mode does, without
-            // OpenH264's start-up warning that quality mode cannot hit a bitrate without skipping.
-            config
-                .rate_control_mode(RateControlMode::Bufferbased)
-                // A target above what the pinned quantiser produces at these sizes, so rate control
-                // never fights it; OpenH264 rejects targets over its level's ceiling (288 Mbit/s).
-                .bitrate(BitRate::from_bps(200_000_000))
-                .qp(QpRange::new(qp, qp))
+    let mut enc = H264Encoder::new(clip.width(), clip.height(), clip.fps(), opts)?;
+    clip.frames().iter().map(|f| enc.encode(f)).collect()
+}
+
+/// OpenH264 fed one frame at a time: each frame comes straight back as its access unit, so a caller holds
+/// compressed pictures, not raw ones.
+pub(crate) struct H264Encoder {
+    encoder: Encoder,
+    yuv: Yuv420,
+    dims: (usize, usize),
+    opts: EncodeOptions,
+    index: usize,
+}
+
+impl H264Encoder {
+    /// An encoder for `width`x`height` frames at `fps`. Without a bitrate the quantiser is pinned (min =
+    /// max) so quality is steady across the clip; with one, OpenH264's bitrate control aims for it. Frame
+    /// skipping stays off in both cases: every input frame must come out as a picture, or the timing would
+    /// be wrong.
+    pub(crate) fn new(width: u32, height: u32, fps: u32, opts: &EncodeOptions) -> Result<Self> {
+        require_even_size(width, height, "H.264")?;
+        // The planes are BT.601 limited range (see yuv.rs), and OpenH264's own YUV to RGB conversion,
+        // used when reading back, assumes the same; the stream declares it for players.
+        let mut config = EncoderConfig::new()
+            .usage_type(UsageType::CameraVideoRealTime)
+            .max_frame_rate(FrameRate::from_hz(fps as f32))
+            .skip_frames(false)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(keyframe_interval(fps)))
+            .vui(VuiConfig::bt601());
+        config = match opts.bitrate_kbps {
+            Some(kbps) => config
+                .rate_control_mode(RateControlMode::Bitrate)
+                .bitrate(BitRate::from_bps(kbps.saturating_mul(1000))),
+            None => {
+                let qp = qp_for_quality(opts.quality);
+                // Buffer-based mode follows the pinned quantiser exactly like quality mode does, without
+                // OpenH264's start-up warning that quality mode cannot hit a bitrate without skipping.
+                config
+                    .rate_control_mode(RateControlMode::Bufferbased)
+                    // A target above what the pinned quantiser produces at these sizes, so rate control
+                    // never fights it; OpenH264 rejects targets over its level's ceiling (288 Mbit/s).
+                    .bitrate(BitRate::from_bps(200_000_000))
+                    .qp(QpRange::new(qp, qp))
+            }
+        };
+        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| MediaError::codec("H.264 encoder", e))?;
+        let dims = (width as usize, height as usize);
+        Ok(Self {
+            encoder,
+            yuv: Yuv420::new(dims.0, dims.1),
+            dims,
+            opts: opts.clone(),
+            index: 0,
+        })
+    }
+
+    /// Encodes the next frame, which must have the encoder's size.
+    pub(crate) fn encode(&mut self, frame: &Frame) -> Result<AccessUnit> {
+        let (i, dims) = (self.index, self.dims);
+        if (frame.width as usize, frame.height as usize) != dims {
+            return Err(MediaError::Invalid(format!(
+                "frame {i} is {}x{} but the video is {}x{}: all frames of a video must have one size",
+                frame.width, frame.height, dims.0, dims.1
+            )));
         }
-    };
-    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| MediaError::codec("H.264 encoder", e))?;
-    let dims = (clip.width() as usize, clip.height() as usize);
-    let mut yuv = Yuv420::new(dims.0, dims.1);
-    let mut out = Vec::with_capacity(clip.len());
-    for (i, frame) in clip.frames().iter().enumerate() {
-        yuv.read_rgb(&frame.rgb);
+        self.yuv.read_rgb(&frame.rgb);
         if i == 0 {
-            encoder.force_intra_frame();
+            self.encoder.force_intra_frame();
         }
-        let bits = encoder
+        let bits = self
+            .encoder
             .encode(&YUVSlices::new(
-                (&yuv.y, &yuv.u, &yuv.v),
+                (&self.yuv.y, &self.yuv.u, &self.yuv.v),
                 dims,
                 (dims.0, dims.0 / 2, dims.0 / 2),
             ))
-            .map_err(|e| too_detailed(e, i, dims, opts))?;
+            .map_err(|e| too_detailed(e, i, dims, &self.opts))?;
         let kind = bits.frame_type();
         if !matches!(kind, FrameType::IDR | FrameType::I | FrameType::P) {
             return Err(MediaError::codec(
@@ -79,12 +113,12 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<AccessUnit
                 format!("frame {i} came out as {kind:?} instead of a picture"),
             ));
         }
-        out.push(AccessUnit {
+        self.index += 1;
+        Ok(AccessUnit {
             data: bits.to_vec(),
             keyframe: kind == FrameType::IDR,
-        });
+        })
     }
-    Ok(out)
 }
 
 /// OpenH264's "out of memory" (native code 3) while encoding a frame means the frame's bitstream outgrew the

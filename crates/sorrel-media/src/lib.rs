@@ -5,6 +5,8 @@
 //!   timescale, so frame times are exact for every frame rate that divides 90000;
 //! - WebM with AV1 (libwebm; millisecond timestamps);
 //! - GIF (centisecond delays, drift-free), animated PNG (exact), animated WebP (milliseconds);
+//! - [`VideoStream`]: the same files from frames that arrive a few at a time (MP4 and WebM encode as they
+//!   come);
 //! - PNG sequences, and stills: thumbnail and sprite sheet as PNG, JPEG or WebP.
 //!
 //! Readers: still images (PNG, JPEG, WebP, GIF), H.264 MP4, animated GIF/PNG/WebP, and anything else
@@ -25,6 +27,7 @@ mod output;
 mod png_sequence;
 mod read;
 mod still;
+mod stream;
 mod timing;
 mod webm;
 mod webp;
@@ -41,5 +44,7 @@ pub use output::{encode, write_video, Format};
 pub use png_sequence::PngSequence;
 pub use read::{read_image, read_video};
 pub use still::{
-    encode_still, sprite_sheet, thumbnail, write_still, SpriteSheet, StillFormat, ThumbnailFrame,
+    encode_still, sprite_sheet, thumbnail, write_still, SpriteSheet, StillFormat, StillFrames,
+    ThumbnailFrame,
 };
+pub use stream::VideoStream;

@@ -7,7 +7,8 @@
 
 use std::io::Cursor;
 
-use muxide::api::{MuxerBuilder, VideoCodec as MuxCodec};
+use muxide::api::MuxerBuilder;
+pub(crate) use muxide::api::VideoCodec as MuxCodec;
 
 use crate::clip::{Clip, Frame};
 use crate::error::{MediaError, Result};
@@ -17,32 +18,45 @@ use crate::{av1, h264};
 /// Encodes `clip` and muxes it into a fast-start MP4 (the index before the data, so playback starts
 /// before the whole file has arrived).
 pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<u8>> {
-    let (codec, samples): (MuxCodec, Vec<(Vec<u8>, bool)>) = match opts.codec {
-        VideoCodec::H264 => (
+    let size = (clip.width(), clip.height());
+    match opts.codec {
+        VideoCodec::H264 => mux(
             MuxCodec::H264,
             h264::encode(clip, opts)?
                 .into_iter()
-                .map(|u| (u.data, u.keyframe))
-                .collect(),
+                .map(|u| (u.data, u.keyframe)),
+            size,
+            clip.fps(),
         ),
-        VideoCodec::Av1 => (
+        VideoCodec::Av1 => mux(
             MuxCodec::Av1,
             av1::encode(clip, opts)?
                 .units
                 .into_iter()
-                .map(|u| (u.data, u.keyframe))
-                .collect(),
+                .map(|u| (u.data, u.keyframe)),
+            size,
+            clip.fps(),
         ),
-    };
+    }
+}
+
+/// Muxes encoded samples (data, keyframe), one per frame in display order, into a fast-start MP4 of
+/// `width`x`height` at `fps`.
+pub(crate) fn mux(
+    codec: MuxCodec,
+    samples: impl IntoIterator<Item = (Vec<u8>, bool)>,
+    (width, height): (u32, u32),
+    fps: u32,
+) -> Result<Vec<u8>> {
     let mut muxer = MuxerBuilder::new(Cursor::new(Vec::new()))
-        .video(codec, clip.width(), clip.height(), clip.fps() as f64)
+        .video(codec, width, height, fps as f64)
         .with_fast_start(true)
         .build()
         .map_err(|e| MediaError::codec("MP4 muxer", e))?;
-    for (i, (data, key)) in samples.iter().enumerate() {
-        let pts = i as f64 / clip.fps() as f64;
+    for (i, (data, key)) in samples.into_iter().enumerate() {
+        let pts = i as f64 / fps as f64;
         muxer
-            .write_video(pts, data, *key)
+            .write_video(pts, &data, key)
             .map_err(|e| MediaError::codec("MP4 muxer", format!("frame {i}: {e}")))?;
     }
     muxer

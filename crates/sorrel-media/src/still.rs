@@ -20,13 +20,83 @@ pub enum ThumbnailFrame {
     Middle,
 }
 
+impl ThumbnailFrame {
+    /// The index of this frame in a clip of `len` frames.
+    fn index(self, len: usize) -> usize {
+        match self {
+            ThumbnailFrame::First => 0,
+            ThumbnailFrame::Middle => len / 2,
+        }
+    }
+}
+
 /// The frame of `clip` that `which` names.
 pub fn thumbnail(clip: &Clip, which: ThumbnailFrame) -> &Frame {
-    let i = match which {
-        ThumbnailFrame::First => 0,
-        ThumbnailFrame::Middle => clip.len() / 2,
-    };
-    &clip.frames()[i]
+    &clip.frames()[which.index(clip.len())]
+}
+
+/// The frames a sprite sheet of `len` frames shows: `min(len, max_tiles)` of them, evenly from first to
+/// last.
+fn sprite_picks(len: usize, max_tiles: usize) -> Vec<usize> {
+    let n = len.min(max_tiles);
+    if n <= 1 {
+        return vec![0];
+    }
+    (0..n)
+        .map(|k| (k * (len - 1) + (n - 1) / 2) / (n - 1))
+        .collect()
+}
+
+/// Keeps, out of a stream of `len` frames, only those a thumbnail and a sprite sheet need, so the stills
+/// of a long video come out the same as from the whole clip without holding it.
+pub struct StillFrames {
+    len: usize,
+    thumb: (usize, Option<Frame>),
+    picks: Vec<usize>,
+    sheet: Vec<Frame>,
+    seen: usize,
+}
+
+impl StillFrames {
+    /// For a stream of `len` frames, the thumbnail `which` and a sprite sheet laid out by `layout`.
+    pub fn new(len: usize, which: ThumbnailFrame, layout: SpriteSheet) -> Self {
+        StillFrames {
+            len,
+            thumb: (which.index(len), None),
+            picks: sprite_picks(len, layout.max_tiles as usize),
+            sheet: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    /// Looks at the next frame of the stream, keeping a copy if a still needs it.
+    pub fn offer(&mut self, frame: &Frame) {
+        let i = self.seen;
+        self.seen += 1;
+        if i == self.thumb.0 {
+            self.thumb.1 = Some(frame.clone());
+        }
+        if self.picks.get(self.sheet.len()) == Some(&i) {
+            self.sheet.push(frame.clone());
+        }
+    }
+
+    /// The thumbnail frame and the sprite sheet, once the whole stream has been offered.
+    pub fn finish(self, layout: SpriteSheet) -> Result<(Frame, Frame)> {
+        if self.seen != self.len {
+            return Err(MediaError::Invalid(format!(
+                "the stills were planned for {} frames but the video has {}",
+                self.len, self.seen
+            )));
+        }
+        let thumb = self.thumb.1.ok_or_else(|| {
+            MediaError::Invalid("there are no frames to make a thumbnail from".into())
+        })?;
+        // A clip of exactly the picked frames: the sheet picks all of them, in order.
+        let fps = 1;
+        let sheet = sprite_sheet(&Clip::new(self.sheet, fps)?, layout)?;
+        Ok((thumb, sheet))
+    }
 }
 
 /// Layout of a sprite sheet.
@@ -57,14 +127,8 @@ pub fn sprite_sheet(clip: &Clip, layout: SpriteSheet) -> Result<Frame> {
             "a sprite sheet needs at least one column, one tile and a tile width of 1 pixel".into(),
         ));
     }
-    let n = clip.len().min(layout.max_tiles as usize);
-    let picks: Vec<usize> = if n == 1 {
-        vec![0]
-    } else {
-        (0..n)
-            .map(|k| (k * (clip.len() - 1) + (n - 1) / 2) / (n - 1))
-            .collect()
-    };
+    let picks = sprite_picks(clip.len(), layout.max_tiles as usize);
+    let n = picks.len();
     let tw = layout.tile_width.min(clip.width());
     let th = ((clip.height() as u64 * tw as u64 + clip.width() as u64 / 2) / clip.width() as u64)
         .max(1) as u32;
@@ -141,4 +205,42 @@ pub fn write_still(path: &Path, frame: &Frame) -> Result<()> {
 fn to_image(frame: &Frame) -> RgbImage {
     ImageBuffer::from_raw(frame.width, frame.height, frame.rgb.clone())
         .expect("Frame::new checked the buffer length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip(len: usize) -> Clip {
+        let frames = (0..len)
+            .map(|i| Frame::new(40, 24, vec![(i * 5 % 256) as u8; 40 * 24 * 3]).unwrap())
+            .collect();
+        Clip::new(frames, 24).unwrap()
+    }
+
+    /// Kept frames give the stills the whole clip gives, for lengths below, at and above the tile count.
+    #[test]
+    fn kept_frames_make_the_same_stills_as_the_whole_clip() {
+        let layout = SpriteSheet {
+            tile_width: 20,
+            ..SpriteSheet::default()
+        };
+        for len in [1, 2, 15, 16, 17, 81, 601] {
+            let c = clip(len);
+            let mut keep = StillFrames::new(len, ThumbnailFrame::Middle, layout);
+            for f in c.frames() {
+                keep.offer(f);
+            }
+            let (thumb, sheet) = keep.finish(layout).unwrap();
+            assert_eq!(&thumb, thumbnail(&c, ThumbnailFrame::Middle), "{len}");
+            assert_eq!(sheet, sprite_sheet(&c, layout).unwrap(), "{len}");
+        }
+        let mut short = StillFrames::new(5, ThumbnailFrame::Middle, layout);
+        short.offer(&clip(1).frames()[0]);
+        let e = short.finish(layout).unwrap_err().to_string();
+        assert!(
+            e.contains("planned for 5 frames but the video has 1"),
+            "{e}"
+        );
+    }
 }
