@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_pipeline::{
@@ -25,7 +25,7 @@ use sorrel_pipeline::{
 };
 
 use output::OutputTarget;
-use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
+use sorrel_media::{EncodeOptions, StillFormat};
 
 #[derive(Parser)]
 #[command(
@@ -568,9 +568,24 @@ fn generate(
         .expect("static template")
         .progress_chars("=> "),
     );
+    // A video made window by window says which window it is on, and how many frames are written.
+    let window = std::cell::Cell::new(None::<(usize, usize)>);
+    let written_frames = std::cell::Cell::new(0usize);
+    let stage_message = |stage: &str| match window.get() {
+        Some((i, n)) => format!(
+            "window {i}/{n}, {} of {} frames written, {stage}",
+            written_frames.get(),
+            req.frames
+        ),
+        None => stage.to_string(),
+    };
     let mut on_event = |ev: &Event| {
         match ev {
-            Event::Stage(s) => bar.set_message(*s),
+            Event::Stage(s) => bar.set_message(stage_message(s)),
+            Event::Window { index, total } => {
+                window.set(Some((*index, *total)));
+                bar.set_message(stage_message("denoising"));
+            }
             Event::Step { index, total, .. } => {
                 // Video to video runs only the last part of the schedule.
                 bar.set_length(*total as u64);
@@ -579,36 +594,68 @@ fn generate(
         }
         true
     };
-    let video = pipe.generate(&req, &mut on_event)?;
+
+    let fps = args.fps.unwrap_or_else(|| pipe.native_fps());
+    // Each run gets its own payload (seed and a fresh nonce), so two files with one seed stay apart.
+    let (mark, watermark) = match args
+        .sign
+        .watermark
+        .embedder(&format!("{seed}-{:016x}", rand_seed()))
+    {
+        Some((e, payload)) => (Some(e), Some(payload)),
+        None => (None, None),
+    };
+    let mut encode_time = std::time::Duration::ZERO;
+    // Extension and connection write the whole clip: the given frames around the new ones, so those
+    // collect the new frames first; everything else streams its frames to the file as they are decoded
+    // (a diffusion-forcing model window by window).
+    let (made, out) = match (&splice, &req.conditioning) {
+        (Some(_), _) | (None, Conditioning::Continue { .. }) => {
+            let video = pipe.generate(&req, &mut on_event)?;
+            let frames = match (&splice, &req.conditioning) {
+                (Some(s), _) => s.assemble(&video.frames)?,
+                (None, Conditioning::Continue { before, after }) => {
+                    sorrel_pipeline::join_clips(before, &video.frames, after)?
+                }
+                _ => unreachable!("matched above"),
+            };
+            let t_enc = Instant::now();
+            let mut out = target.stream(fps, &encode, mark)?;
+            out.push(&frames, frames.dim(0)?)?;
+            encode_time += t_enc.elapsed();
+            let made = sorrel_pipeline::Streamed {
+                frames: frames.dim(0)?,
+                timings: video.timings,
+                unknown_words: video.unknown_words,
+            };
+            (made, out)
+        }
+        _ => {
+            let mut out = target.stream(fps, &encode, mark)?;
+            let made =
+                pipe.generate_streamed(&req, &mut on_event, &mut |frames: &Tensor, total| {
+                    let t_enc = Instant::now();
+                    out.push(frames, total)
+                        .map_err(|e| sorrel_core::Error::Output(format!("{e:#}")))?;
+                    encode_time += t_enc.elapsed();
+                    written_frames.set(written_frames.get() + frames.dim(0)?);
+                    Ok(())
+                })?;
+            (made, out)
+        }
+    };
     bar.finish_and_clear();
-    if !video.unknown_words.is_empty() {
+    if !made.unknown_words.is_empty() {
         eprintln!(
             "warning: the tokenizer does not know: {}",
-            video.unknown_words.join(", ")
+            made.unknown_words.join(", ")
         );
     }
-
-    // Extension and connection write the whole clip: the given frames around the new ones.
-    let frames = match (&splice, &req.conditioning) {
-        (Some(s), _) => s.assemble(&video.frames)?,
-        (None, Conditioning::Continue { before, after }) => {
-            sorrel_pipeline::join_clips(before, &video.frames, after)?
-        }
-        (None, _) => video.frames.clone(),
-    };
-    let (f, h, w, _) = frames.dims4()?;
-    let data = frames.flatten_all()?.to_vec1::<f32>()?;
-    let fps = args.fps.unwrap_or_else(|| pipe.native_fps());
+    let (f, h, w) = (made.frames, height, width);
     if !args.quiet {
         eprintln!("encoding {f} frames at {fps} fps...");
     }
     let t_enc = Instant::now();
-    let mut clip = Clip::from_f32(&data, (f, h, w), fps)?;
-    // Each run gets its own payload (seed and a fresh nonce), so two files with one seed stay apart.
-    let watermark = args
-        .sign
-        .watermark
-        .mark(&mut clip, &format!("{seed}-{:016x}", rand_seed()));
     let signer = provenance::Signer {
         identity,
         generation: sorrel_provenance::Generation {
@@ -622,13 +669,13 @@ fn generate(
             watermark,
         },
     };
-    let (written, signed) = target.write(&data, &clip, &encode, &signer)?;
+    let (written, signed, stills) = out.finish(&signer)?;
     // Stills are PNG, JPEG or WebP, which always carry credentials.
-    write_stills(args, &clip, &signer)?;
-    let encode_time = t_enc.elapsed();
+    write_stills(args, &stills, &signer)?;
+    encode_time += t_enc.elapsed();
     if !args.quiet {
         eprintln!("load {:.2}s", load_time.as_secs_f64());
-        for line in timing_lines(&video.timings) {
+        for line in timing_lines(&made.timings) {
             eprintln!("{line}");
         }
         eprintln!("encode {:.2}s", encode_time.as_secs_f64());
@@ -675,21 +722,22 @@ fn model_name(dir: &std::path::Path) -> String {
 }
 
 /// The `--thumbnail` and `--spritesheet` images, if asked for, signed.
-fn write_stills(args: &GenerateOptions, clip: &Clip, signer: &provenance::Signer) -> Result<()> {
+fn write_stills(
+    args: &GenerateOptions,
+    stills: &output::Stills,
+    signer: &provenance::Signer,
+) -> Result<()> {
     let still = |path: &std::path::Path, frame: &sorrel_media::Frame| -> Result<()> {
         let bytes = sorrel_media::encode_still(frame, StillFormat::from_path(path)?)?;
         signer.write(path, &bytes)?;
         Ok(())
     };
     if let Some(path) = &args.thumbnail {
-        still(path, sorrel_media::thumbnail(clip, ThumbnailFrame::Middle))?;
+        still(path, &stills.thumbnail)?;
         println!("wrote thumbnail {}", path.display());
     }
     if let Some(path) = &args.spritesheet {
-        still(
-            path,
-            &sorrel_media::sprite_sheet(clip, SpriteSheet::default())?,
-        )?;
+        still(path, &stills.sprite_sheet)?;
         println!("wrote sprite sheet {}", path.display());
     }
     Ok(())

@@ -4,8 +4,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use sorrel_media::{write_video, Clip, EncodeOptions, Format};
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use sorrel_media::{
+    write_video, Clip, EncodeOptions, Format, Frame, SpriteSheet, StillFrames, ThumbnailFrame,
+    VideoStream,
+};
+use sorrel_provenance::watermark::Embedder;
 
 use crate::provenance::{Signature, Signer};
 
@@ -92,6 +97,32 @@ impl OutputTarget {
         }
     }
 
+    /// Starts writing a video at `fps` whose frames will arrive a few at a time ([`OutputStream::push`]),
+    /// each marked by `mark` when given.
+    pub fn stream(
+        &self,
+        fps: u32,
+        opts: &EncodeOptions,
+        mark: Option<Embedder>,
+    ) -> Result<OutputStream<'_>> {
+        let sink = match self {
+            OutputTarget::Npy(_) => Sink::Floats(Vec::new(), None),
+            OutputTarget::Media {
+                format: Format::PngSequence(_),
+                ..
+            } => Sink::Frames(Vec::new()),
+            OutputTarget::Media { format, .. } => Sink::Video(VideoStream::new(format, fps, opts)?),
+        };
+        Ok(OutputStream {
+            target: self,
+            opts: opts.clone(),
+            fps,
+            mark,
+            stills: None,
+            sink,
+        })
+    }
+
     /// What was written, for the closing message.
     pub fn describe(&self, written: &[PathBuf], opts: &EncodeOptions) -> String {
         match self {
@@ -109,6 +140,111 @@ impl OutputTarget {
                     size as f64 / 1000.0
                 )
             }
+        }
+    }
+}
+
+/// Where a stream's frames go until it is finished.
+enum Sink {
+    /// `.npy`: the exact floats, and the frame size (H, W).
+    Floats(Vec<f32>, Option<(usize, usize)>),
+    /// A PNG sequence: the frames, written as files at the end.
+    Frames(Vec<Frame>),
+    /// A single-file video, encoded as frames arrive.
+    Video(VideoStream),
+}
+
+/// A video being written from frames that arrive a few at a time: each frame is quantised, watermarked
+/// and encoded as it comes (MP4 and WebM hold compressed pictures only), and the frames the thumbnail
+/// and sprite sheet need are kept. Nothing is written before [`OutputStream::finish`], so an interrupted
+/// run leaves no file.
+pub struct OutputStream<'a> {
+    target: &'a OutputTarget,
+    opts: EncodeOptions,
+    fps: u32,
+    mark: Option<Embedder>,
+    /// Planned on the first frames, which come with the video's length.
+    stills: Option<StillFrames>,
+    sink: Sink,
+}
+
+/// The stills of a finished stream: the thumbnail frame and the sprite sheet.
+pub struct Stills {
+    /// The middle frame.
+    pub thumbnail: Frame,
+    /// Evenly spaced frames in a grid.
+    pub sprite_sheet: Frame,
+}
+
+impl OutputStream<'_> {
+    /// Adds frames (n, H, W, 3) f32 in [0, 1] of a video that will have `total` frames.
+    pub fn push(&mut self, frames: &Tensor, total: usize) -> Result<()> {
+        let (f, h, w, _) = frames.dims4()?;
+        let stills = self.stills.get_or_insert_with(|| {
+            StillFrames::new(total, ThumbnailFrame::Middle, SpriteSheet::default())
+        });
+        let data = frames.flatten_all()?.to_vec1::<f32>()?;
+        if let Sink::Floats(all, size) = &mut self.sink {
+            anyhow::ensure!(
+                size.is_none_or(|s| s == (h, w)),
+                "frames of {w}x{h} arrived in a video of another size"
+            );
+            *size = Some((h, w));
+            all.extend_from_slice(&data);
+        }
+        // .npy keeps the exact floats; the stills are made from marked 8-bit frames all the same.
+        for mut frame in Frame::from_f32(&data, (f, h, w))? {
+            if let Some(mark) = &self.mark {
+                mark.mark_frame(&mut frame.rgb, w, h);
+            }
+            stills.offer(&frame);
+            match &mut self.sink {
+                Sink::Frames(all) => all.push(frame),
+                Sink::Video(stream) => stream.push(frame)?,
+                Sink::Floats(..) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the file (atomically, signed by `signer` where the format carries credentials) and returns
+    /// the paths written, how they carry their credentials, and the stills.
+    pub fn finish(self, signer: &Signer) -> Result<(Vec<PathBuf>, Signature, Stills)> {
+        let stills = |s: Option<StillFrames>| -> Result<Stills> {
+            let s = s.context("no frames were made")?;
+            let (thumbnail, sprite_sheet) = s.finish(SpriteSheet::default())?;
+            Ok(Stills {
+                thumbnail,
+                sprite_sheet,
+            })
+        };
+        match (self.sink, self.target) {
+            (Sink::Floats(data, size), OutputTarget::Npy(path)) => {
+                let (h, w) = size.context("no frames were made")?;
+                let f = data.len() / (h * w * 3);
+                let shape = [f, h, w, 3];
+                let mut bytes = sorrel_media::npy_header("<f4", &shape);
+                bytes.reserve(data.len() * 4);
+                for v in &data {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                sorrel_media::write_file(path, &bytes)?;
+                Ok((
+                    vec![path.clone()],
+                    Signature::Unsigned,
+                    stills(self.stills)?,
+                ))
+            }
+            (Sink::Frames(frames), OutputTarget::Media { path, .. }) => {
+                let written = write_video(path, &Clip::new(frames, self.fps)?, &self.opts)?;
+                Ok((written, Signature::Unsigned, stills(self.stills)?))
+            }
+            (Sink::Video(stream), OutputTarget::Media { path, .. }) => {
+                let bytes = stream.finish()?;
+                let signed = signer.write(path, &bytes)?;
+                Ok((vec![path.clone()], signed, stills(self.stills)?))
+            }
+            _ => unreachable!("the sink is chosen from the target"),
         }
     }
 }

@@ -82,13 +82,20 @@ impl KeyArg {
 impl WatermarkArgs {
     /// Marks `clip` (unless turned off) with a payload derived from `identifier`; returns the payload.
     pub fn mark(&self, clip: &mut sorrel_media::Clip, identifier: &str) -> Option<u64> {
+        let (embedder, payload) = self.embedder(identifier)?;
+        embedder.mark_clip(clip);
+        Some(payload)
+    }
+
+    /// The embedder for a payload derived from `identifier`, and the payload; `None` when turned off.
+    pub fn embedder(&self, identifier: &str) -> Option<(watermark::Embedder, u64)> {
         if self.no_watermark {
             return None;
         }
         let payload = watermark::payload_for(identifier);
-        watermark::Embedder::new(&self.key.key(), payload, watermark::DEFAULT_STRENGTH)
-            .mark_clip(clip);
-        Some(payload)
+        let embedder =
+            watermark::Embedder::new(&self.key.key(), payload, watermark::DEFAULT_STRENGTH);
+        Some((embedder, payload))
     }
 }
 

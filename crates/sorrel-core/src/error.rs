@@ -19,6 +19,9 @@ pub enum Error {
     /// A request (size, frames, option) the model cannot honour.
     #[error("{0}")]
     Invalid(String),
+    /// The caller's frame sink could not take the frames (encoding or writing them failed).
+    #[error("{0}")]
+    Output(String),
     /// The caller's progress callback asked to stop.
     #[error("cancelled")]
     Cancelled,

@@ -20,7 +20,7 @@ pub use compose::Splice;
 pub use defaults::ModelDefaults;
 pub use denoise::{decoded_to_frames, fit, StepFn};
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
-pub use modes::{Mode, ModelInfo, Video};
+pub use modes::{FrameSink, Mode, ModelInfo, Streamed, Video};
 pub use progress::Event;
 pub use request::{strength_steps, Conditioning, Forcing, GenerateRequest, Picture};
 pub use rollout::join_clips;

@@ -124,6 +124,21 @@ pub struct Video {
     pub unknown_words: Vec<String>,
 }
 
+/// Receives decoded frames, (n, H, W, 3) f32 in [0, 1], in order, as they are made, with the number of
+/// frames the whole video will have (the same on every call); an error stops the generation.
+pub type FrameSink<'a> = dyn FnMut(&Tensor, usize) -> Result<()> + 'a;
+
+/// What a generation reports once every frame has gone to its [`FrameSink`].
+#[derive(Debug)]
+pub struct Streamed {
+    /// Frames handed to the sink.
+    pub frames: usize,
+    /// Where time went, as in [`Video::timings`].
+    pub timings: Timings,
+    /// Words the tokenizer did not know.
+    pub unknown_words: Vec<String>,
+}
+
 /// A first frame held clean through the loop (Wan2.2 TI2V's image-to-video).
 struct HeldFrame {
     /// The mask (1, 1, T, 1, 1), 1 on the first latent frame, and its clean latents (1, z, 1, h, w).
@@ -136,6 +151,30 @@ impl WanPipeline {
     /// Runs the request's mode. `progress` sees each stage and step; returning `false` from it cancels.
     pub fn generate(&self, req: &GenerateRequest, progress: &mut ProgressFn) -> Result<Video> {
         self.generate_observed(req, progress, &mut |_, _| {})
+    }
+
+    /// As [`Self::generate`], handing the frames to `sink` instead of returning them. A diffusion-forcing
+    /// model hands over each window's frames as it finishes, so a long video never sits in memory whole;
+    /// every other mode hands over the whole clip at the end.
+    pub fn generate_streamed(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut ProgressFn,
+        sink: &mut FrameSink,
+    ) -> Result<Streamed> {
+        if self.info.diffusion_forcing.is_some() {
+            req.validate(self)?;
+            let mut noise =
+                crate::forcing::SeededNoise::new(req.seed, req.init_latents.clone(), &self.device);
+            return self.generate_forcing_into(req, progress, &mut noise, &mut |_, _| {}, sink);
+        }
+        let video = self.generate(req, progress)?;
+        sink(&video.frames, video.frames.dim(0)?)?;
+        Ok(Streamed {
+            frames: video.frames.dim(0)?,
+            timings: video.timings,
+            unknown_words: video.unknown_words,
+        })
     }
 
     /// As [`Self::generate`], with `on_step` seeing the latents (normalised, reference frames included)

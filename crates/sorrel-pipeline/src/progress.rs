@@ -14,6 +14,14 @@ pub enum Event {
         /// The timestep the model saw.
         timestep: f32,
     },
+    /// A window of a video made window by window (diffusion forcing) begins: `index` counts from 1 to
+    /// `total`. Its frames reach the caller's sink when it finishes.
+    Window {
+        /// This window, from 1.
+        index: usize,
+        /// Windows in all.
+        total: usize,
+    },
 }
 
 /// Receives events; returning `false` cancels the generation at the next step boundary.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sorrel_media::{Clip, EncodeOptions, SpriteSheet, StillFormat, ThumbnailFrame};
+use sorrel_media::{EncodeOptions, Frame, SpriteSheet, StillFormat, StillFrames, ThumbnailFrame};
 use sorrel_pipeline::{Conditioning, Event, Picture, WanPipeline};
 use sorrel_provenance::watermark;
 use tokio::sync::mpsc;
@@ -62,16 +62,40 @@ pub async fn run<S: JobStore>(app: Arc<App<S>>, index: usize) {
     }
 }
 
-/// Share of the progress bar per stage: text encoding is quick, denoising is most of the work.
-fn percent(ev: &Event) -> (u8, String) {
-    match ev {
-        Event::Stage("text encoder") => (1, "encoding the prompt".into()),
-        Event::Stage("vae decode") => (90, "decoding frames (VAE)".into()),
-        Event::Stage(s) => (5, format!("stage: {s}")),
-        Event::Step { index, total, .. } => (
-            (5 + 85 * index / (*total).max(1)) as u8,
-            format!("step {index}/{total}"),
-        ),
+/// A job's progress from the pipeline's events: text encoding is quick, denoising is most of the work
+/// (5 to 90 %), decoding and encoding the rest. Never goes backwards, though a video made window by window
+/// decodes after every window.
+#[derive(Default)]
+struct Percent {
+    last: u8,
+    window: Option<(usize, usize)>,
+}
+
+impl Percent {
+    fn of(&mut self, ev: &Event) -> (u8, String) {
+        let window = |w: Option<(usize, usize)>| match w {
+            Some((i, n)) if n > 1 => format!("window {i}/{n}, "),
+            _ => String::new(),
+        };
+        let (p, msg) = match ev {
+            Event::Stage("text encoder") => (1, "encoding the prompt".into()),
+            Event::Stage("vae decode") if self.window.is_some_and(|(i, n)| i < n) => (
+                self.last,
+                format!("{}decoding frames (VAE)", window(self.window)),
+            ),
+            Event::Stage("vae decode") => (90, "decoding frames (VAE)".into()),
+            Event::Stage(s) => (5, format!("{}stage: {s}", window(self.window))),
+            Event::Window { index, total } => {
+                self.window = Some((*index, *total));
+                (self.last, format!("window {index}/{total}"))
+            }
+            Event::Step { index, total, .. } => (
+                (5 + 85 * index / (*total).max(1)) as u8,
+                format!("{}step {index}/{total}", window(self.window)),
+            ),
+        };
+        self.last = self.last.max(p);
+        (self.last, msg)
     }
 }
 
@@ -314,22 +338,52 @@ fn generate(
     signing: &Signing,
 ) -> Result<(), Failure> {
     let req = to_request(params, read_input(params, in_dir)?);
+    let mut bar = Percent::default();
     let mut on_event = |ev: &Event| {
-        let _ = progress.send(percent(ev));
+        let _ = progress.send(bar.of(ev));
         !cancel.load(Ordering::Relaxed)
     };
-    let video = pipe.generate(&req, &mut on_event).map_err(|e| match e {
-        sorrel_core::Error::Cancelled => Failure::Cancelled,
-        sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
-        other => failed("generation_failed", other.to_string()),
-    })?;
-    if !video.unknown_words.is_empty() {
+    let encode_err = |e: &dyn std::fmt::Display| failed("encoding_failed", e.to_string());
+    // Frames are marked and encoded as they are decoded (a diffusion-forcing model's window by window),
+    // keeping only what the stills need: memory does not grow with the video's length.
+    let mut stream = sorrel_media::VideoStream::new(
+        &sorrel_media::Format::Mp4,
+        params.fps,
+        &EncodeOptions::default(),
+    )
+    .map_err(|e| encode_err(&e))?;
+    let mut stills = None;
+    let mut sink = |frames: &candle_core::Tensor, total: usize| -> sorrel_core::Result<()> {
+        let (f, h, w, _) = frames.dims4()?;
+        let stills = stills.get_or_insert_with(|| {
+            StillFrames::new(total, ThumbnailFrame::Middle, SpriteSheet::default())
+        });
+        let data = frames.flatten_all()?.to_vec1::<f32>()?;
+        let out = |e: sorrel_media::MediaError| sorrel_core::Error::Output(e.to_string());
+        for mut frame in Frame::from_f32(&data, (f, h, w)).map_err(out)? {
+            if let Some(mark) = &signing.mark {
+                mark.mark_frame(&mut frame.rgb, w, h);
+            }
+            stills.offer(&frame);
+            stream.push(frame).map_err(out)?;
+        }
+        Ok(())
+    };
+    let made = pipe
+        .generate_streamed(&req, &mut on_event, &mut sink)
+        .map_err(|e| match e {
+            sorrel_core::Error::Cancelled => Failure::Cancelled,
+            sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
+            sorrel_core::Error::Output(m) => failed("encoding_failed", m),
+            other => failed("generation_failed", other.to_string()),
+        })?;
+    if !made.unknown_words.is_empty() {
         let _ = progress.send((
             90,
-            format!("unknown words: {}", video.unknown_words.join(", ")),
+            format!("unknown words: {}", made.unknown_words.join(", ")),
         ));
     }
-    for (stage, d) in &video.timings {
+    for (stage, d) in &made.timings {
         let _ = progress.send((90, format!("{stage}: {:.3} s", d.as_secs_f64())));
     }
     if cancel.load(Ordering::Relaxed) {
@@ -339,27 +393,49 @@ fn generate(
         95,
         "encoding and signing MP4, thumbnail and sprite sheet".into(),
     ));
-    let encode_err = |e: &dyn std::fmt::Display| failed("encoding_failed", e.to_string());
-    let (f, h, w, _) = video.frames.dims4().map_err(|e| encode_err(&e))?;
-    let data = video
-        .frames
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| encode_err(&e))?;
-    let mut clip = Clip::from_f32(&data, (f, h, w), params.fps).map_err(|e| encode_err(&e))?;
-    if let Some(mark) = &signing.mark {
-        mark.mark_clip(&mut clip);
-    }
     // The stills first and the video last: the MP4's presence is what makes a job's folder complete.
-    let thumb = sorrel_media::thumbnail(&clip, ThumbnailFrame::Middle);
-    let bytes = sorrel_media::encode_still(thumb, StillFormat::WebP).map_err(|e| encode_err(&e))?;
+    let (thumb, sheet) = stills
+        .ok_or_else(|| failed("generation_failed", "no frames were made"))?
+        .finish(SpriteSheet::default())
+        .map_err(|e| encode_err(&e))?;
+    let bytes =
+        sorrel_media::encode_still(&thumb, StillFormat::WebP).map_err(|e| encode_err(&e))?;
     signing.write(dir, Variant::Thumbnail, &bytes)?;
-    let sheet =
-        sorrel_media::sprite_sheet(&clip, SpriteSheet::default()).map_err(|e| encode_err(&e))?;
     let bytes =
         sorrel_media::encode_still(&sheet, StillFormat::Jpeg(85)).map_err(|e| encode_err(&e))?;
     signing.write(dir, Variant::Spritesheet, &bytes)?;
-    let bytes = sorrel_media::encode(&sorrel_media::Format::Mp4, &clip, &EncodeOptions::default())
-        .map_err(|e| encode_err(&e))?;
+    let bytes = stream.finish().map_err(|e| encode_err(&e))?;
     signing.write(dir, Variant::Video, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A video made window by window decodes after every window; the job's progress still only rises, and
+    /// says which window it is on.
+    #[test]
+    fn progress_never_goes_back_across_windows() {
+        let mut p = Percent::default();
+        let mut seen = vec![p.of(&Event::Stage("text encoder"))];
+        for w in 1..=3 {
+            seen.push(p.of(&Event::Window { index: w, total: 3 }));
+            seen.push(p.of(&Event::Stage("denoising")));
+            for s in 1..=2 {
+                seen.push(p.of(&Event::Step {
+                    index: (w - 1) * 2 + s,
+                    total: 6,
+                    timestep: 0.0,
+                }));
+            }
+            seen.push(p.of(&Event::Stage("vae decode")));
+        }
+        let percents: Vec<u8> = seen.iter().map(|(p, _)| *p).collect();
+        assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+        assert_eq!(percents.last(), Some(&90));
+        assert!(
+            seen.iter().any(|(_, m)| m == "window 2/3, step 3/6"),
+            "{seen:?}"
+        );
+    }
 }

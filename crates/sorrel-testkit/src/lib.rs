@@ -290,3 +290,45 @@ pub fn textured_frames(width: usize, height: usize, frames: usize, seed: u64) ->
         })
         .collect()
 }
+
+/// Runs `cmd` to the end with its output captured, and returns the output with the child's own peak
+/// resident memory in bytes (its `ru_maxrss` from `wait4`, which, unlike `getrusage(RUSAGE_CHILDREN)`,
+/// is this child's alone).
+// The child is reaped by `wait4` below, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+pub fn run_measuring_peak_rss(cmd: &mut Command) -> (std::process::Output, u64) {
+    use std::process::Stdio;
+    let dir = std::env::temp_dir();
+    let out = tempfile_in(&dir, "stdout");
+    let err = tempfile_in(&dir, "stderr");
+    let child = cmd
+        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
+        .spawn()
+        .expect("start the command");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: wait4 fills the two out-parameters, which live on this stack for the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(got, pid, "wait4 on the child");
+    let output = std::process::Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(status),
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    };
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&err);
+    // Linux reports ru_maxrss in kilobytes.
+    (output, usage.ru_maxrss as u64 * 1024)
+}
+
+fn tempfile_in(dir: &Path, what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    dir.join(format!(
+        "sorrel-testkit-{}-{}-{what}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}

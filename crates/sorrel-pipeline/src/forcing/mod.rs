@@ -15,7 +15,7 @@ use sorrel_schedulers::Scheduler;
 
 use crate::denoise::{guided, per_token, stage, StepFn, Stopwatch};
 use crate::loader::WanPipeline;
-use crate::modes::{ModelInfo, Video};
+use crate::modes::{FrameSink, ModelInfo, Streamed, Video};
 use crate::progress::{Event, ProgressFn};
 use crate::request::{Conditioning, GenerateRequest};
 use schedule::{step_matrix, Windows};
@@ -112,6 +112,29 @@ impl WanPipeline {
         noise: &mut dyn ForcingNoise,
         on_row: &mut StepFn,
     ) -> Result<Video> {
+        let mut frames = Vec::new();
+        let made =
+            self.generate_forcing_into(req, progress, noise, on_row, &mut |f: &Tensor, _| {
+                frames.push(f.clone());
+                Ok(())
+            })?;
+        Ok(Video {
+            frames: Tensor::cat(&frames, 0)?,
+            timings: made.timings,
+            unknown_words: made.unknown_words,
+        })
+    }
+
+    /// [`Self::generate_forcing`], handing each window's new frames to `sink` as soon as they are decoded
+    /// instead of keeping them: memory is set by one window, whatever the video's length.
+    pub fn generate_forcing_into(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut ProgressFn,
+        noise: &mut dyn ForcingNoise,
+        on_row: &mut StepFn,
+        sink: &mut FrameSink,
+    ) -> Result<Streamed> {
         req.validate(self)?;
         let plan = self.forcing_plan(req)?;
         let mut clock = Stopwatch::new();
@@ -148,7 +171,7 @@ impl WanPipeline {
         };
         let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
         let mut decoder = self.vae.decode_stream();
-        let mut frames = Vec::new();
+        let mut made = 0;
         let mut history: Option<Tensor> = None;
         let windows = plan.windows;
         let timesteps = {
@@ -179,6 +202,13 @@ impl WanPipeline {
         let total: usize = matrices.iter().map(|m| m.timesteps.len()).sum();
         let mut done = 0;
         for (k, matrix) in matrices.iter().enumerate() {
+            let window = Event::Window {
+                index: k + 1,
+                total: matrices.len(),
+            };
+            if !progress(&window) {
+                return Err(Error::Cancelled);
+            }
             stage(progress, "denoising")?;
             let n = windows.frames_of(k);
             let mut latents = noise.window(k, &[1, z, n, h, w])?;
@@ -254,8 +284,11 @@ impl WanPipeline {
             };
             stage(progress, "vae decode")?;
             let zr = new.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
-            frames.push(crate::denoise::decoded_to_frames(&decoder.push(&zr)?)?);
+            let frames = crate::denoise::decoded_to_frames(&decoder.push(&zr)?)?;
             clock.lap("vae decode");
+            made += frames.dim(0)?;
+            // The windows cover every latent frame once: 1 + tc * (latents - 1) frames in all.
+            sink(&frames, req.frames)?;
             history = Some(match history {
                 // Only the frames the next window repeats are kept.
                 Some(hist) => {
@@ -267,8 +300,14 @@ impl WanPipeline {
             });
         }
         clock.merge("vae decode");
-        Ok(Video {
-            frames: Tensor::cat(&frames, 0)?,
+        if made != req.frames {
+            return Err(Error::Output(format!(
+                "diffusion forcing made {made} frames where its windows planned {}",
+                req.frames
+            )));
+        }
+        Ok(Streamed {
+            frames: made,
             timings: clock.timings,
             unknown_words,
         })
