@@ -462,9 +462,8 @@ fn bad_composition_input_is_refused() {
     );
 }
 
-/// Runs the tiny diffusion-forcing model for `seconds` at 160x96 (windows of 17 frames overlapping by 9) into
-/// `out`, returning the process's peak RSS in bytes.
-fn skyreels_run(out: &Path, seconds: &str) -> u64 {
+/// The tiny diffusion-forcing model for `seconds` at 160x96 (windows of 17 frames overlapping by 9) into `out`.
+fn skyreels_command(out: &Path, seconds: &str) -> std::process::Command {
     let model = fixture("skyreels-tiny-df").join("pipeline");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sorrel"));
     cmd.args([
@@ -490,7 +489,12 @@ fn skyreels_run(out: &Path, seconds: &str) -> u64 {
         "-o",
         &out.to_string_lossy(),
     ]);
-    let (o, peak) = sorrel_testkit::run_measuring_peak_rss(&mut cmd);
+    cmd
+}
+
+/// Runs [`skyreels_command`], returning the process's peak RSS in bytes.
+fn skyreels_run(out: &Path, seconds: &str) -> u64 {
+    let (o, peak) = sorrel_testkit::run_measuring_peak_rss(&mut skyreels_command(out, seconds));
     assert!(o.status.success(), "{}", stderr(&o));
     peak
 }
@@ -533,4 +537,22 @@ fn skyreels_long_video_streams_to_the_file_in_bounded_memory() {
     // The sprite sheet of the streamed video: 16 tiles of 160x96 in 4 columns.
     let sheet = image::open(long.with_extension("sheet.png")).unwrap();
     assert_eq!((sheet.width(), sheet.height()), (640, 384));
+
+    // Ctrl-C in the middle of the long run (windows done, frames encoded, nothing written) leaves no file.
+    let dir = tmp.path().join("interrupted");
+    std::fs::create_dir(&dir).unwrap();
+    let mut child = skyreels_command(&dir.join("cut.mp4"), "25")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be interrupted"
+    );
+    // SAFETY: kill sends a signal to the child started above, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    assert!(!child.wait().unwrap().success());
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "an interrupted run left {left:?}");
 }
