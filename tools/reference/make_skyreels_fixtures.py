@@ -17,6 +17,10 @@ Pinned as make_fixtures.py (diffusers 0.42.1, transformers 5.24.0, torch 2.15.0)
                       asynchronous schedule with block-causal attention
     i2v.*             SkyReelsV2DiffusionForcingImageToVideoPipeline on the same folder: a picture as the first
                       latent frame, 33 frames in three windows of 17 overlapping by 9, addnoise 20, guidance 5
+    v2v.*             SkyReelsV2DiffusionForcingVideoToVideoPipeline (extension): a 13-frame clip (v2v.video)
+                      continued by 24 frames; its last 9 frames (3 latent) start the first of three windows of 17
+                      overlapping by 9, addnoise 20, guidance 5. diffusers returns the clip, the 9 frames decoded
+                      again from their latents, then the new frames; the new frames are the last 24
 Diffusers 0.42.1's pipeline refuses `latents=`; its noise is recorded by wrapping `randn_tensor` and
 `torch.randn_like` so Sorrel can replay the same draws.
 """
@@ -28,12 +32,14 @@ import torch
 
 import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing as df_module
 import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing_i2v as df_i2v_module
+import diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing_v2v as df_v2v_module
 from diffusers import (SkyReelsV2DiffusionForcingImageToVideoPipeline, SkyReelsV2DiffusionForcingPipeline,
-                       SkyReelsV2Transformer3DModel, UniPCMultistepScheduler)
+                       SkyReelsV2DiffusionForcingVideoToVideoPipeline, SkyReelsV2Transformer3DModel,
+                       UniPCMultistepScheduler)
 from PIL import Image
-from fixture_util import load_alt, perturb, picture, run_jobs, save, stub_ftfy
+from fixture_util import load_alt, moving_video, perturb, picture, run_jobs, save, stub_ftfy
 
-stub_ftfy(df_module, df_i2v_module)
+stub_ftfy(df_module, df_i2v_module, df_v2v_module)
 
 PROMPT, NEGATIVE = "a cat and a dog baking a cake", "blurred static"
 H, W = 32, 48
@@ -158,6 +164,18 @@ def skyreels(root):
                   num_inference_steps=3, guidance_scale=5.0, max_sequence_length=24, fps=24)
     run(i2v, refs, "i2v", 87, module=df_i2v_module, image=Image.fromarray(image), **i2v_kw)
     meta.update({f"i2v.{k}": v for k, v in i2v_kw.items()})
+    # Extension (diffusers' DF video-to-video pipeline): num_frames counts the 9 repeated frames and the 24 new.
+    v2v = SkyReelsV2DiffusionForcingVideoToVideoPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                                         transformer=pipe.transformer, vae=pipe.vae,
+                                                         scheduler=pipe.scheduler)
+    v2v.set_progress_bar_config(disable=True)
+    clip = moving_video(93, 13, H, W)
+    refs["v2v.video"] = torch.from_numpy(clip)
+    v2v_kw = dict(num_frames=9 + 24, base_num_frames=17, overlap_history=9, addnoise_condition=20.0, ar_step=0,
+                  num_inference_steps=3, guidance_scale=5.0, max_sequence_length=24, fps=24)
+    run(v2v, refs, "v2v", 89, module=df_v2v_module, video=[Image.fromarray(f) for f in clip], **v2v_kw)
+    assert refs["v2v.frames"].shape[1] == 13 + 9 + 24, refs["v2v.frames"].shape
+    meta.update({f"v2v.{k}": v for k, v in v2v_kw.items()})
     meta.update({f"long.{k}": v for k, v in long.items()})
     meta.update({f"async.{k}": v for k, v in asyn.items()})
     save(out, refs, meta)

@@ -236,7 +236,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
         if !info.can(Mode::Continue) {
             bail!(
                 "shot {} continues shot {} without a cut, which needs a model that continues clips \
-                 (trained with given frames, such as the embedded model); {} cannot. Mark the shot \
+                 (the embedded model, or a SkyReels-V2 diffusion-forcing model); {} cannot. Mark the shot \
                  \"continues\": false in a plan (--plan-only), or use such a model",
                 i + 1,
                 i,
@@ -253,8 +253,13 @@ pub fn film(args: FilmArgs) -> Result<()> {
     let frames_of = |i: usize| -> Result<usize> {
         let s = &plan.shots[i];
         let n = crate::seconds_to_frames(s.seconds, fps, tc)?;
-        // A shot that continues another is made of the model's frame pairs.
-        Ok(if s.continues { n.div_ceil(2) * 2 } else { n })
+        // A shot that continues another is made of the embedded model's frame pairs, or of a diffusion-forcing
+        // model's whole latent frames (tc frames each).
+        Ok(match (s.continues, info.diffusion_forcing.is_some()) {
+            (false, _) => n,
+            (true, false) => n.div_ceil(2) * 2,
+            (true, true) => (n - 1).max(1).div_ceil(tc) * tc,
+        })
     };
     let counts: Vec<usize> = (0..plan.shots.len())
         .map(frames_of)

@@ -452,16 +452,26 @@ fn generate(
         .map(load_init_latents)
         .transpose()?;
     let tc = info.compression.1;
+    // A diffusion-forcing model extends a clip by whole latent frames (tc new frames each), not 1 + k tc.
+    let forcing_extends = info.diffusion_forcing.is_some()
+        && matches!(inputs, Inputs::Extend { .. } | Inputs::Connect(..));
     let asked = args
         .seconds
-        .map(|s| seconds_to_frames(s, defaults.fps, tc))
+        .map(|s| {
+            seconds_to_frames(s, defaults.fps, tc).map(|n| match forcing_extends {
+                true => (n - 1).max(1).div_ceil(tc) * tc,
+                false => n,
+            })
+        })
         .transpose()?
         .or(args.frames);
     // A model trained with given frames continues and joins clips itself, window by window; a VACE model
     // generates one window and it is spliced between the clips.
     let continues = info.can(Mode::Continue);
     // --frames counts the new frames of an extension or a join: by default one window's worth.
-    let new_frames = asked.unwrap_or(if continues {
+    let new_frames = asked.unwrap_or(if forcing_extends {
+        defaults.frames / tc * tc
+    } else if continues {
         defaults.frames
     } else {
         defaults
@@ -571,11 +581,16 @@ fn generate(
     // A video made window by window says which window it is on, and how many frames are written.
     let window = std::cell::Cell::new(None::<(usize, usize)>);
     let written_frames = std::cell::Cell::new(0usize);
+    let total_frames = req.frames
+        + match &req.conditioning {
+            Conditioning::Continue { before, after } => before.len() + after.len(),
+            _ => 0,
+        };
     let stage_message = |stage: &str| match window.get() {
         Some((i, n)) => format!(
             "window {i}/{n}, {} of {} frames written, {stage}",
             written_frames.get(),
-            req.frames
+            total_frames
         ),
         None => stage.to_string(),
     };
@@ -610,7 +625,7 @@ fn generate(
     // collect the new frames first; everything else streams its frames to the file as they are decoded
     // (a diffusion-forcing model window by window).
     let (made, out) = match (&splice, &req.conditioning) {
-        (Some(_), _) | (None, Conditioning::Continue { .. }) => {
+        (Some(_), _) | (None, Conditioning::Continue { .. }) if !forcing_extends => {
             let video = pipe.generate(&req, &mut on_event)?;
             let frames = match (&splice, &req.conditioning) {
                 (Some(s), _) => s.assemble(&video.frames)?,
@@ -632,15 +647,27 @@ fn generate(
         }
         _ => {
             let mut out = target.stream(fps, &encode, mark)?;
-            let made =
+            // A diffusion-forcing extension writes the clip first, then the new frames as they come.
+            let lead = match &req.conditioning {
+                Conditioning::Continue { before, .. } => {
+                    let given =
+                        sorrel_pipeline::rollout::as_frames(before, (width, height), &Device::Cpu)?;
+                    out.push(&given, before.len() + req.frames)?;
+                    before.len()
+                }
+                _ => 0,
+            };
+            written_frames.set(lead);
+            let mut made =
                 pipe.generate_streamed(&req, &mut on_event, &mut |frames: &Tensor, total| {
                     let t_enc = Instant::now();
-                    out.push(frames, total)
+                    out.push(frames, lead + total)
                         .map_err(|e| sorrel_core::Error::Output(format!("{e:#}")))?;
                     encode_time += t_enc.elapsed();
                     written_frames.set(written_frames.get() + frames.dim(0)?);
                     Ok(())
                 })?;
+            made.frames += lead;
             (made, out)
         }
     };

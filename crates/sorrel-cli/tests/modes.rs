@@ -401,6 +401,82 @@ fn extend_and_connect_write_the_whole_clip_with_the_inputs_untouched() {
     assert_eq!(&f[10..], &given[6..]);
 }
 
+/// A diffusion-forcing model extends a clip forward window by window: the clip comes through untouched, then the
+/// new frames (a second at 24 fps: 24, whole latent frames of 4). Backward extension and connecting are refused.
+#[test]
+fn skyreels_extends_a_clip_forward() {
+    let r = reference("skyreels-tiny-df");
+    let clip = r["v2v.video"].clone(); // 13 frames of 48x32
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.apng");
+    write_apng(&clip, &a);
+    let model = fixture("skyreels-tiny-df").join("pipeline");
+    let model = model.to_str().unwrap();
+    let out = tmp.path().join("fwd");
+    let o = sorrel(&[
+        "generate",
+        "a cat and a dog baking a cake",
+        "--extend",
+        a.to_str().unwrap(),
+        "--seconds",
+        "1",
+        "--window-frames",
+        "17",
+        "--overlap-frames",
+        "9",
+        "--steps",
+        "2",
+        "-q",
+        "--no-watermark",
+        "--model",
+        model,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = read_frames(&out);
+    assert_eq!(f.len(), 13 + 24);
+    assert_eq!(
+        &f[..13],
+        &u8_frames(&clip)[..],
+        "the given frames come through as they were"
+    );
+    assert_ne!(f[13], f[12], "new frames follow the clip");
+
+    for (args, needle) in [
+        (
+            vec![
+                "generate",
+                "a cat",
+                "--extend-backward",
+                a.to_str().unwrap(),
+            ],
+            "forward only",
+        ),
+        (
+            vec!["connect", a.to_str().unwrap(), a.to_str().unwrap()],
+            "forward only",
+        ),
+        (
+            vec![
+                "generate",
+                "a cat",
+                "--extend",
+                a.to_str().unwrap(),
+                "--frames",
+                "25",
+            ],
+            "multiple of 4",
+        ),
+    ] {
+        let mut args = args.clone();
+        args.extend(["--model", model, "-o"]);
+        let bad = tmp.path().join("bad.mp4");
+        args.push(bad.to_str().unwrap());
+        assert_fails(&args, needle, &bad);
+    }
+}
+
 #[test]
 fn bad_composition_input_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -795,10 +795,12 @@ fn modes_of(
 ) -> Result<Vec<Mode>> {
     let want_i2v = 2 * z + tc;
     match cfg.image_dim {
-        // SkyReels-V2 diffusion forcing: text to video of any length, or from a first frame.
-        None if cfg.in_channels == z && forcing => {
-            Ok(vec![Mode::TextToVideo, Mode::ImageToVideo])
-        }
+        // SkyReels-V2 diffusion forcing: text to video of any length, from a first frame, or continuing a clip.
+        None if cfg.in_channels == z && forcing => Ok(vec![
+            Mode::TextToVideo,
+            Mode::ImageToVideo,
+            Mode::Continue,
+        ]),
         // Wan2.2 TI2V: image-to-video by a first latent frame held at t = 0; restyling as any T2V model.
         None if cfg.in_channels == z && cfg.vace_layers.is_none() && expand_timesteps => Ok(vec![
             Mode::TextToVideo,

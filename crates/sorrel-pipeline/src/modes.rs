@@ -60,7 +60,10 @@ impl Mode {
                 "a first/last-frame model such as Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers or a VACE model"
             }
             Mode::Compose => "a VACE model such as Wan-AI/Wan2.1-VACE-1.3B-diffusers",
-            Mode::Continue => "the embedded model (trained with given frames) or a VACE model",
+            Mode::Continue => {
+                "the embedded model (trained with given frames), a SkyReels-V2 diffusion-forcing model \
+                 (forward only) or a VACE model"
+            }
         }
     }
 }

@@ -376,7 +376,19 @@ impl GenerateRequest {
                 defaults.max_height
             ));
         }
-        if !(self.frames - 1).is_multiple_of(tc) {
+        // A diffusion-forcing extension adds whole latent frames after the clip: tc new frames each.
+        let forcing_extension = info.diffusion_forcing.is_some()
+            && matches!(self.conditioning, Conditioning::Continue { .. });
+        if forcing_extension && !self.frames.is_multiple_of(tc) {
+            let lo = (self.frames / tc * tc).max(tc);
+            return bad(format!(
+                "{} new frames is not supported: {name} extends a clip {tc} frames at a time, so ask for a multiple \
+                 of {tc} (e.g. {lo} or {})",
+                self.frames,
+                lo + tc
+            ));
+        }
+        if !forcing_extension && !(self.frames - 1).is_multiple_of(tc) {
             let lo = (self.frames - 1) / tc * tc + 1;
             return bad(format!(
                 "{} frames is not supported: the VAE compresses time {tc}x, so frames must be {tc}k+1 (e.g. 17, 33, 81); nearest: {lo} or {}",

@@ -456,7 +456,7 @@ impl WanPipeline {
 }
 
 /// Pictures as frames (N, H, W, 3) in [0, 1], each fitted to `(width, height)` as the model saw it.
-fn as_frames(
+pub fn as_frames(
     pics: &[Picture],
     (width, height): (usize, usize),
     device: &candle_core::Device,

@@ -1,6 +1,7 @@
 //! SkyReels-V2 diffusion forcing against diffusers 0.42.1 (fp32, 48x32): the step matrix for several
 //! settings, a 41-frame video in four overlapping windows with addnoise_condition (synchronous), and one
-//! asynchronous window (ar_step 1, causal blocks of 2 latent frames, block-causal attention), replaying
+//! asynchronous window (ar_step 1, causal blocks of 2 latent frames, block-causal attention), image to video and
+//! extension of a clip (each in three windows), replaying
 //! diffusers' own noise draws. Fixtures: `tools/reference/make_skyreels_fixtures.py`.
 
 use std::collections::HashMap;
@@ -122,7 +123,10 @@ fn run(prefix: &str) -> (f32, usize) {
         &LoadOptions::default(),
     )
     .unwrap();
-    assert_eq!(pipe.info.modes, vec![Mode::TextToVideo, Mode::ImageToVideo]);
+    assert_eq!(
+        pipe.info.modes,
+        vec![Mode::TextToVideo, Mode::ImageToVideo, Mode::Continue]
+    );
     let mut req = request(prefix);
     // Image to video: the fixture's picture is the first frame.
     if let Some(image) = r.get(&format!("{prefix}.image")) {
@@ -136,6 +140,29 @@ fn run(prefix: &str) -> (f32, usize) {
             last: None,
         };
     }
+    // Extension: the fixture's clip is continued; diffusers' num_frames counts the repeated frames too.
+    if let Some(video) = r.get(&format!("{prefix}.video")) {
+        let (f, h, w, _) = video.dims4().unwrap();
+        let before = (0..f)
+            .map(|i| sorrel_pipeline::Picture {
+                width: w,
+                height: h,
+                rgb: video
+                    .get(i)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<u8>()
+                    .unwrap(),
+            })
+            .collect();
+        req.frames -= req.forcing.overlap_frames.unwrap();
+        req.conditioning = sorrel_pipeline::Conditioning::Continue {
+            before,
+            after: vec![],
+        };
+    }
+    req.check_for(&pipe.info).unwrap();
     let mut noise = Replay {
         r: &r,
         prefix,
@@ -169,7 +196,14 @@ fn run(prefix: &str) -> (f32, usize) {
         .take_while(|i| r.contains_key(&format!("{prefix}.addnoise{i}")))
         .count();
     assert_eq!(noise.conditions, draws, "{prefix}: addnoise draws");
-    let want = r[&format!("{prefix}.frames")].squeeze(0).unwrap();
+    let mut want = r[&format!("{prefix}.frames")].squeeze(0).unwrap();
+    // diffusers returns an extension after the clip and the repeated frames decoded again: the new frames are
+    // its last ones.
+    let made = video.frames.dim(0).unwrap();
+    if r.contains_key(&format!("{prefix}.video")) {
+        let all = want.dim(0).unwrap();
+        want = want.narrow(0, all - made, made).unwrap();
+    }
     assert_eq!(video.frames.dims(), want.dims());
     assert!(max_abs(&want) > 0.1);
     (max_abs_diff(&video.frames, &want), iterations)
@@ -194,6 +228,16 @@ fn long_video_in_overlapping_windows_matches_diffusers() {
 fn image_to_video_in_windows_matches_diffusers() {
     let (err, iterations) = run("i2v");
     println!("i2v (3 windows, addnoise 20): frames max abs err {err:e}");
+    assert!(err <= FRAMES_BOUND, "frames differ from diffusers by {err}");
+    assert_eq!(iterations, 9);
+}
+
+/// Extension: a 13-frame clip continued by 24 frames, its last 9 frames (3 latent) repeated at the start of the
+/// first of three windows.
+#[test]
+fn extension_in_windows_matches_diffusers() {
+    let (err, iterations) = run("v2v");
+    println!("v2v (3 windows, addnoise 20): frames max abs err {err:e}");
     assert!(err <= FRAMES_BOUND, "frames differ from diffusers by {err}");
     assert_eq!(iterations, 9);
 }
@@ -259,12 +303,26 @@ fn window_settings_the_model_cannot_run_are_refused() {
         GenerateRequest {
             conditioning: sorrel_pipeline::Conditioning::Image {
                 first: pic.clone(),
-                last: Some(pic),
+                last: Some(pic.clone()),
             },
             ..with(17, Forcing::default())
         },
         "cannot do first/last-frame",
     );
+    // Extension: forward only, from a clip at least as long as the overlap, by whole latent frames.
+    let clip = |n: usize| vec![pic.clone(); n];
+    let extend = |new: usize, before: Vec<_>, after: Vec<_>| GenerateRequest {
+        conditioning: sorrel_pipeline::Conditioning::Continue { before, after },
+        ..with(new, window(17, 9))
+    };
+    refused(extend(24, clip(13), clip(13)), "forward only");
+    refused(extend(24, vec![], clip(13)), "forward only");
+    refused(extend(24, clip(5), vec![]), "fewer than the 9");
+    refused(
+        extend(25, clip(13), vec![]),
+        "multiple of 4 (e.g. 24 or 28)",
+    );
+    extend(24, clip(13), vec![]).check_for(&info).unwrap();
     // And a good one passes.
     with(41, window(17, 9)).check_for(&info).unwrap();
 }

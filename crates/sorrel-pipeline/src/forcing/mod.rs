@@ -17,7 +17,7 @@ use crate::denoise::{guided, per_token, stage, StepFn, Stopwatch};
 use crate::loader::WanPipeline;
 use crate::modes::{FrameSink, ModelInfo, Streamed, Video};
 use crate::progress::{Event, ProgressFn};
-use crate::request::{Conditioning, GenerateRequest};
+use crate::request::{Conditioning, GenerateRequest, Picture};
 use schedule::{step_matrix, Windows};
 
 /// Where diffusion forcing's random numbers come from: each window's starting noise and each re-noising of
@@ -85,6 +85,8 @@ impl ForcingNoise for SeededNoise {
 /// The diffusion-forcing settings a request resolved against its model.
 struct Plan {
     windows: Windows,
+    /// Frames each window repeats from the video so far (what `overlap` counts in latent frames).
+    overlap_frames: usize,
     addnoise: f64,
     ar_step: usize,
     block: usize,
@@ -96,6 +98,7 @@ impl WanPipeline {
         let (windows, block) = windows_for(req, &self.info)?;
         Ok(Plan {
             windows,
+            overlap_frames: req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP),
             addnoise: req.forcing.addnoise.unwrap_or(DEFAULT_ADDNOISE),
             ar_step: req.forcing.ar_step,
             block,
@@ -150,25 +153,41 @@ impl WanPipeline {
         let (cond, uncond) = (context(0)?, context(1)?);
         clock.lap("text encoder");
 
-        let (_, h, w) = req.latent_size(self.info.compression);
+        let (s_c, tc) = self.info.compression;
+        let (h, w) = (req.height / s_c, req.width / s_c);
         let z = self.vae_config.z_dim;
-        // Image to video: the picture's latent frame is the first window's given frame (diffusers'
-        // `SkyReelsV2DiffusionForcingImageToVideoPipeline`).
-        let first_frame = match &req.conditioning {
-            Conditioning::None => None,
+        // Latent frames given clean at the start of the first window, and how many decoded frames they make that
+        // are not part of the output.
+        let (given, hidden) = match &req.conditioning {
+            Conditioning::None => (None, 0),
+            // Image to video: the picture's latent frame is the first window's given frame (diffusers'
+            // `SkyReelsV2DiffusionForcingImageToVideoPipeline`); it stays in the video.
             Conditioning::Image { first, last: None } => {
                 stage(progress, "vae encode")?;
                 let f = self.encode_pictures(&[first], (req.width, req.height))?;
                 clock.lap("vae encode");
-                Some(f)
+                (Some(f), 0)
+            }
+            // Extension (diffusers' `SkyReelsV2DiffusionForcingVideoToVideoPipeline`): the clip's last
+            // `overlap` frames, encoded on their own, start the first window. Their decoded copies are left out:
+            // the caller has the clip itself.
+            Conditioning::Continue { before, after } if after.is_empty() => {
+                stage(progress, "vae encode")?;
+                let tail: Vec<&Picture> = before[before.len() - plan.overlap_frames..].iter().collect();
+                let f = self.encode_pictures(&tail, (req.width, req.height))?;
+                clock.lap("vae encode");
+                let hidden = tc * (f.dim(2)? - 1) + 1;
+                (Some(f), hidden)
             }
             _ => {
                 return Err(Error::invalid(
-                    "diffusion forcing makes videos from a prompt, or from a prompt and a first frame (--image)"
+                    "diffusion forcing makes videos from a prompt, from a prompt and a first frame (--image), or \
+                     continues a clip forward (--extend)"
                         .to_string(),
                 ))
             }
         };
+        let extends = hidden > 0;
         let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
         let mut decoder = self.vae.decode_stream();
         let mut made = 0;
@@ -184,15 +203,15 @@ impl WanPipeline {
         let matrices = (0..windows.count())
             .map(|k| {
                 let n = windows.frames_of(k);
-                // diffusers' image-to-video pipeline keeps the full window as the base; its text-to-video one
-                // uses each window's own length.
-                let base = if windows.is_long() && first_frame.is_none() {
+                // diffusers' image-to-video pipeline keeps the full window as the base; its text-to-video and
+                // video-to-video ones use each window's own length.
+                let base = if extends || (windows.is_long() && given.is_none()) {
                     n
                 } else {
                     windows.window
                 };
-                let prefix = match (k, &first_frame) {
-                    (0, Some(_)) => 1,
+                let prefix = match (k, &given) {
+                    (0, Some(g)) => g.dim(2)?,
                     (0, None) => 0,
                     _ => keep,
                 };
@@ -220,10 +239,11 @@ impl WanPipeline {
                     latents = Tensor::cat(&[&p, &latents.narrow(2, keep, n - keep)?], 2)?;
                     keep
                 }
-                None => match &first_frame {
-                    Some(f) => {
-                        latents = Tensor::cat(&[f, &latents.narrow(2, 1, n - 1)?], 2)?;
-                        1
+                None => match &given {
+                    Some(g) => {
+                        let p = g.dim(2)?;
+                        latents = Tensor::cat(&[g, &latents.narrow(2, p, n - p)?], 2)?;
+                        p
                     }
                     None => 0,
                 },
@@ -284,7 +304,10 @@ impl WanPipeline {
             };
             stage(progress, "vae decode")?;
             let zr = new.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
-            let frames = crate::denoise::decoded_to_frames(&decoder.push(&zr)?)?;
+            let mut frames = crate::denoise::decoded_to_frames(&decoder.push(&zr)?)?;
+            if k == 0 && hidden > 0 {
+                frames = frames.narrow(0, hidden, frames.dim(0)? - hidden)?;
+            }
             clock.lap("vae decode");
             made += frames.dim(0)?;
             // The windows cover every latent frame once: 1 + tc * (latents - 1) frames in all.
@@ -329,8 +352,13 @@ fn windows_for(req: &GenerateRequest, info: &ModelInfo) -> Result<(Windows, usiz
         }
     }
     let block = f.causal_block.or(info.diffusion_forcing).unwrap_or(1);
+    // An extension's frames are new frames only; its windows also cover the repeated end of the clip.
+    let total = match &req.conditioning {
+        Conditioning::Continue { .. } => latent(overlap) + req.frames / tc,
+        _ => latent(req.frames),
+    };
     Ok((
-        Windows::plan(latent(req.frames), latent(window), latent(overlap))?,
+        Windows::plan(total, latent(window), latent(overlap))?,
         block,
     ))
 }
@@ -347,6 +375,23 @@ pub(crate) fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
             info.defaults.fps
         )));
     }
+    if let Conditioning::Continue { before, after } = &req.conditioning {
+        let overlap = req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP);
+        if !after.is_empty() {
+            return Err(Error::invalid(format!(
+                "{name} continues a clip forward only: it cannot extend backward or connect two clips (use the \
+                 embedded model or a VACE model for those)"
+            )));
+        }
+        if before.len() < overlap {
+            let fits = (before.len().max(1) - 1) / info.compression.1 * info.compression.1 + 1;
+            return Err(Error::invalid(format!(
+                "the clip to extend has {} frames, fewer than the {overlap} the next window repeats \
+                 (--overlap-frames): give a longer clip or --overlap-frames {fits}",
+                before.len()
+            )));
+        }
+    }
     let (windows, block) = windows_for(req, info)?;
     if block == 0 {
         return Err(Error::invalid(
@@ -357,6 +402,16 @@ pub(crate) fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
         if !(0.0..=1000.0).contains(&a) {
             return Err(Error::invalid(format!(
                 "--addnoise {a} must be between 0 and 1000 (a timestep; SkyReels suggests 20)"
+            )));
+        }
+    }
+    if matches!(req.conditioning, Conditioning::Continue { .. }) {
+        let given =
+            (req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP) - 1) / info.compression.1 + 1;
+        if !given.is_multiple_of(block) {
+            return Err(Error::invalid(format!(
+                "--overlap-frames repeats {given} latent frames of the clip, not whole causal blocks of {block}: \
+                 choose an overlap of a multiple of {block} latent frames (or --causal-block 1)"
             )));
         }
     }
