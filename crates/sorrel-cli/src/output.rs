@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use sorrel_media::{
-    write_video, Clip, EncodeOptions, Format, Frame, SpriteSheet, StillFrames, ThumbnailFrame,
-    VideoStream,
-};
+use sorrel_media::{write_video, Clip, EncodeOptions, Format, Frame, FrameFeed, VideoStream};
 use sorrel_provenance::watermark::Embedder;
 
 use crate::provenance::{Signature, Signer};
@@ -118,7 +115,7 @@ impl OutputTarget {
             opts: opts.clone(),
             fps,
             mark,
-            stills: None,
+            feed: FrameFeed::default(),
             sink,
         })
     }
@@ -163,8 +160,7 @@ pub struct OutputStream<'a> {
     opts: EncodeOptions,
     fps: u32,
     mark: Option<Embedder>,
-    /// Planned on the first frames, which come with the video's length.
-    stills: Option<StillFrames>,
+    feed: FrameFeed,
     sink: Sink,
 }
 
@@ -180,9 +176,6 @@ impl OutputStream<'_> {
     /// Adds frames (n, H, W, 3) f32 in [0, 1] of a video that will have `total` frames.
     pub fn push(&mut self, frames: &Tensor, total: usize) -> Result<()> {
         let (f, h, w, _) = frames.dims4()?;
-        let stills = self.stills.get_or_insert_with(|| {
-            StillFrames::new(total, ThumbnailFrame::Middle, SpriteSheet::default())
-        });
         let data = frames.flatten_all()?.to_vec1::<f32>()?;
         if let Sink::Floats(all, size) = &mut self.sink {
             anyhow::ensure!(
@@ -193,11 +186,13 @@ impl OutputStream<'_> {
             all.extend_from_slice(&data);
         }
         // .npy keeps the exact floats; the stills are made from marked 8-bit frames all the same.
-        for mut frame in Frame::from_f32(&data, (f, h, w))? {
-            if let Some(mark) = &self.mark {
+        let mark = self.mark.as_ref();
+        let marked = self.feed.feed(&data, (f, h, w), total, |frame| {
+            if let Some(mark) = mark {
                 mark.mark_frame(&mut frame.rgb, w, h);
             }
-            stills.offer(&frame);
+        })?;
+        for frame in marked {
             match &mut self.sink {
                 Sink::Frames(all) => all.push(frame),
                 Sink::Video(stream) => stream.push(frame)?,
@@ -210,9 +205,8 @@ impl OutputStream<'_> {
     /// Writes the file (atomically, signed by `signer` where the format carries credentials) and returns
     /// the paths written, how they carry their credentials, and the stills.
     pub fn finish(self, signer: &Signer) -> Result<(Vec<PathBuf>, Signature, Stills)> {
-        let stills = |s: Option<StillFrames>| -> Result<Stills> {
-            let s = s.context("no frames were made")?;
-            let (thumbnail, sprite_sheet) = s.finish(SpriteSheet::default())?;
+        let stills = |feed: FrameFeed| -> Result<Stills> {
+            let (thumbnail, sprite_sheet) = feed.stills()?;
             Ok(Stills {
                 thumbnail,
                 sprite_sheet,
@@ -229,20 +223,16 @@ impl OutputStream<'_> {
                     bytes.extend_from_slice(&v.to_le_bytes());
                 }
                 sorrel_media::write_file(path, &bytes)?;
-                Ok((
-                    vec![path.clone()],
-                    Signature::Unsigned,
-                    stills(self.stills)?,
-                ))
+                Ok((vec![path.clone()], Signature::Unsigned, stills(self.feed)?))
             }
             (Sink::Frames(frames), OutputTarget::Media { path, .. }) => {
                 let written = write_video(path, &Clip::new(frames, self.fps)?, &self.opts)?;
-                Ok((written, Signature::Unsigned, stills(self.stills)?))
+                Ok((written, Signature::Unsigned, stills(self.feed)?))
             }
             (Sink::Video(stream), OutputTarget::Media { path, .. }) => {
                 let bytes = stream.finish()?;
                 let signed = signer.write(path, &bytes)?;
-                Ok((vec![path.clone()], signed, stills(self.stills)?))
+                Ok((vec![path.clone()], signed, stills(self.feed)?))
             }
             _ => unreachable!("the sink is chosen from the target"),
         }

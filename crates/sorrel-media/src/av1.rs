@@ -89,15 +89,10 @@ impl Av1Encoder {
         })
     }
 
-    /// Sends the next frame, which must have the encoder's size.
+    /// Sends the next frame, which has the encoder's size (a [`Clip`] or `VideoStream` has checked it).
     pub(crate) fn push(&mut self, frame: &Frame) -> Result<()> {
         let (w, h) = self.dims;
-        if (frame.width as usize, frame.height as usize) != (w, h) {
-            return Err(MediaError::Invalid(format!(
-                "frame {} is {}x{} but the video is {w}x{h}: all frames of a video must have one size",
-                self.sent, frame.width, frame.height
-            )));
-        }
+        debug_assert_eq!((frame.width as usize, frame.height as usize), (w, h));
         self.yuv.read_rgb(&frame.rgb);
         let mut pic = self.ctx.new_frame();
         pic.planes[0].copy_from_raw_u8(&self.yuv.y, w, 1);

@@ -85,15 +85,10 @@ impl H264Encoder {
         })
     }
 
-    /// Encodes the next frame, which must have the encoder's size.
+    /// Encodes the next frame, which has the encoder's size (a [`Clip`] or `VideoStream` has checked it).
     pub(crate) fn encode(&mut self, frame: &Frame) -> Result<AccessUnit> {
         let (i, dims) = (self.index, self.dims);
-        if (frame.width as usize, frame.height as usize) != dims {
-            return Err(MediaError::Invalid(format!(
-                "frame {i} is {}x{} but the video is {}x{}: all frames of a video must have one size",
-                frame.width, frame.height, dims.0, dims.1
-            )));
-        }
+        debug_assert_eq!((frame.width as usize, frame.height as usize), dims);
         self.yuv.read_rgb(&frame.rgb);
         if i == 0 {
             self.encoder.force_intra_frame();

@@ -44,7 +44,7 @@ pub use output::{encode, write_video, Format};
 pub use png_sequence::PngSequence;
 pub use read::{read_image, read_video};
 pub use still::{
-    encode_still, sprite_sheet, thumbnail, write_still, SpriteSheet, StillFormat, StillFrames,
-    ThumbnailFrame,
+    encode_still, sprite_sheet, thumbnail, write_still, FrameFeed, SpriteSheet, StillFormat,
+    StillFrames, ThumbnailFrame,
 };
 pub use stream::VideoStream;

@@ -207,6 +207,44 @@ fn to_image(frame: &Frame) -> RgbImage {
         .expect("Frame::new checked the buffer length")
 }
 
+/// Float frames arriving a few at a time on their way to a writer: each batch is quantised ([`Frame::from_f32`]),
+/// changed by the caller (the watermark) and offered to the stills: the middle frame as thumbnail and the default
+/// sprite sheet, planned from the video's length on the first batch. `sorrel generate` and the server's workers
+/// both feed their writers through it.
+#[derive(Default)]
+pub struct FrameFeed {
+    stills: Option<StillFrames>,
+}
+
+impl FrameFeed {
+    /// Quantises `data`, floats `(F, H, W, 3)` in [0, 1], of a video that will have `total` frames; `touch` sees
+    /// each 8-bit frame before the stills do. Returns the frames, in order, for the writer.
+    pub fn feed(
+        &mut self,
+        data: &[f32],
+        shape: (usize, usize, usize),
+        total: usize,
+        mut touch: impl FnMut(&mut Frame),
+    ) -> Result<Vec<Frame>> {
+        let stills = self.stills.get_or_insert_with(|| {
+            StillFrames::new(total, ThumbnailFrame::Middle, SpriteSheet::default())
+        });
+        let mut frames = Frame::from_f32(data, shape)?;
+        for frame in &mut frames {
+            touch(frame);
+            stills.offer(frame);
+        }
+        Ok(frames)
+    }
+
+    /// The thumbnail frame and the sprite sheet, once every frame has been fed.
+    pub fn stills(self) -> Result<(Frame, Frame)> {
+        self.stills
+            .ok_or_else(|| MediaError::Invalid("no frames were made: there are no stills".into()))?
+            .finish(SpriteSheet::default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +273,32 @@ mod tests {
             assert_eq!(&thumb, thumbnail(&c, ThumbnailFrame::Middle), "{len}");
             assert_eq!(sheet, sprite_sheet(&c, layout).unwrap(), "{len}");
         }
+        // The feed: float frames in two batches, each touched once, give the default stills of the touched clip.
+        let floats: Vec<f32> = clip(17)
+            .frames()
+            .iter()
+            .flat_map(|f| f.rgb.iter().map(|&v| v as f32 / 255.0))
+            .collect();
+        let mut feed = FrameFeed::default();
+        let per = 40 * 24 * 3;
+        let mut fed = Vec::new();
+        for (from, n) in [(0, 9), (9, 8)] {
+            let batch = &floats[from * per..(from + n) * per];
+            fed.extend(
+                feed.feed(batch, (n, 24, 40), 17, |f| f.rgb[0] = 255)
+                    .unwrap(),
+            );
+        }
+        assert!(fed.iter().all(|f| f.rgb[0] == 255));
+        let touched = Clip::new(fed, 24).unwrap();
+        let (thumb, sheet) = feed.stills().unwrap();
+        assert_eq!(&thumb, thumbnail(&touched, ThumbnailFrame::Middle));
+        assert_eq!(
+            sheet,
+            sprite_sheet(&touched, SpriteSheet::default()).unwrap()
+        );
+        let e = FrameFeed::default().stills().unwrap_err().to_string();
+        assert!(e.contains("no frames"), "{e}");
         let mut short = StillFrames::new(5, ThumbnailFrame::Middle, layout);
         short.offer(&clip(1).frames()[0]);
         let e = short.finish(layout).unwrap_err().to_string();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sorrel_media::{EncodeOptions, Frame, SpriteSheet, StillFormat, StillFrames, ThumbnailFrame};
+use sorrel_media::{EncodeOptions, FrameFeed, StillFormat};
 use sorrel_pipeline::{Conditioning, Event, Picture, WanPipeline};
 use sorrel_provenance::watermark;
 use tokio::sync::mpsc;
@@ -352,19 +352,19 @@ fn generate(
         &EncodeOptions::default(),
     )
     .map_err(|e| encode_err(&e))?;
-    let mut stills = None;
+    let mut feed = FrameFeed::default();
     let mut sink = |frames: &candle_core::Tensor, total: usize| -> sorrel_core::Result<()> {
         let (f, h, w, _) = frames.dims4()?;
-        let stills = stills.get_or_insert_with(|| {
-            StillFrames::new(total, ThumbnailFrame::Middle, SpriteSheet::default())
-        });
         let data = frames.flatten_all()?.to_vec1::<f32>()?;
         let out = |e: sorrel_media::MediaError| sorrel_core::Error::Output(e.to_string());
-        for mut frame in Frame::from_f32(&data, (f, h, w)).map_err(out)? {
-            if let Some(mark) = &signing.mark {
-                mark.mark_frame(&mut frame.rgb, w, h);
-            }
-            stills.offer(&frame);
+        let marked = feed
+            .feed(&data, (f, h, w), total, |frame| {
+                if let Some(mark) = &signing.mark {
+                    mark.mark_frame(&mut frame.rgb, w, h);
+                }
+            })
+            .map_err(out)?;
+        for frame in marked {
             stream.push(frame).map_err(out)?;
         }
         Ok(())
@@ -394,10 +394,7 @@ fn generate(
         "encoding and signing MP4, thumbnail and sprite sheet".into(),
     ));
     // The stills first and the video last: the MP4's presence is what makes a job's folder complete.
-    let (thumb, sheet) = stills
-        .ok_or_else(|| failed("generation_failed", "no frames were made"))?
-        .finish(SpriteSheet::default())
-        .map_err(|e| encode_err(&e))?;
+    let (thumb, sheet) = feed.stills().map_err(|e| encode_err(&e))?;
     let bytes =
         sorrel_media::encode_still(&thumb, StillFormat::WebP).map_err(|e| encode_err(&e))?;
     signing.write(dir, Variant::Thumbnail, &bytes)?;

@@ -98,7 +98,7 @@ impl WanPipeline {
         let (windows, block) = windows_for(req, &self.info)?;
         Ok(Plan {
             windows,
-            overlap_frames: req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP),
+            overlap_frames: overlap_frames(req),
             addnoise: req.forcing.addnoise.unwrap_or(DEFAULT_ADDNOISE),
             ar_step: req.forcing.ar_step,
             block,
@@ -337,13 +337,18 @@ impl WanPipeline {
     }
 }
 
+/// Frames each window repeats from the video so far: the request's, or SkyReels' default.
+fn overlap_frames(req: &GenerateRequest) -> usize {
+    req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP)
+}
+
 /// The windows a request takes on a diffusion-forcing model.
 fn windows_for(req: &GenerateRequest, info: &ModelInfo) -> Result<(Windows, usize)> {
     let (_, tc) = info.compression;
     let latent = |frames: usize| (frames - 1) / tc + 1;
     let f = &req.forcing;
     let window = f.window_frames.unwrap_or(info.defaults.frames);
-    let overlap = f.overlap_frames.unwrap_or(DEFAULT_OVERLAP);
+    let overlap = overlap_frames(req);
     for (what, v) in [("--window-frames", window), ("--overlap-frames", overlap)] {
         if v == 0 || !(v - 1).is_multiple_of(tc) {
             return Err(Error::invalid(format!(
@@ -376,7 +381,7 @@ pub(crate) fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
         )));
     }
     if let Conditioning::Continue { before, after } = &req.conditioning {
-        let overlap = req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP);
+        let overlap = overlap_frames(req);
         if !after.is_empty() {
             return Err(Error::invalid(format!(
                 "{name} continues a clip forward only: it cannot extend backward or connect two clips (use the \
@@ -406,8 +411,7 @@ pub(crate) fn check(req: &GenerateRequest, info: &ModelInfo) -> Result<()> {
         }
     }
     if matches!(req.conditioning, Conditioning::Continue { .. }) {
-        let given =
-            (req.forcing.overlap_frames.unwrap_or(DEFAULT_OVERLAP) - 1) / info.compression.1 + 1;
+        let given = (overlap_frames(req) - 1) / info.compression.1 + 1;
         if !given.is_multiple_of(block) {
             return Err(Error::invalid(format!(
                 "--overlap-frames repeats {given} latent frames of the clip, not whole causal blocks of {block}: \
