@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::json;
-use sorrel_provenance::watermark::{self, Detection, Detector, WatermarkKey};
-use sorrel_provenance::{CredentialState, Credentials, Generation, SigningIdentity};
+use sorrel_provenance::watermark::{self, WatermarkKey};
+use sorrel_provenance::{CredentialState, Credentials, Generation, SigningIdentity, Verdict};
 
 /// The data folder: `$SORREL_DATA_DIR`, else `$XDG_DATA_HOME/sorrel`, else `~/.local/share/sorrel`.
 pub fn default_data_dir() -> PathBuf {
@@ -251,53 +250,24 @@ pub fn verify(args: VerifyArgs) -> Result<bool> {
     } else {
         sorrel_media::read_video(&args.file)
     };
-    let mut small = None;
-    let mark = pixels.map(|clip| {
-        let side = clip.width().min(clip.height());
-        if side < watermark::MIN_SHORT_SIDE {
-            small = Some(format!(
-                "the frames are {}x{}, smaller than the {} pixels the watermark is made for: a missing \
-                 watermark says nothing about such a file",
-                clip.width(),
-                clip.height(),
-                watermark::MIN_SHORT_SIDE
-            ));
-        }
-        Detector::new(&args.key.key()).detect_clip(&clip)
-    });
-    let claimed = credentials.as_ref().and_then(|c| c.watermark_payload);
-    let state = credentials.as_ref().map(|c| c.state);
-    let ok = match state {
-        Some(CredentialState::Valid | CredentialState::Trusted) => true,
-        Some(CredentialState::Invalid) => false,
-        Some(CredentialState::Absent) | None => mark.as_ref().is_ok_and(|d| d.detected),
-    };
+    let verdict = Verdict::judge(
+        credentials,
+        pixels.map_err(|e| e.to_string()),
+        &args.key.key(),
+    );
+    let ok = verdict.origin_established();
     if args.json {
-        let mut v = match &credentials {
-            Some(c) => serde_json::to_value(c)?,
-            None => json!({"state": "Unsupported"}),
-        };
+        let mut v = verdict.to_json();
         v["file"] = args.file.display().to_string().into();
-        v["watermark"] = match &mark {
-            Ok(d) => {
-                let mut w = serde_json::to_value(d)?;
-                w["matches_credentials"] = json!(claimed.map(|c| d.payload == Some(c)));
-                if let Some(note) = &small {
-                    w["note"] = note.clone().into();
-                }
-                w
-            }
-            Err(e) => json!({"detected": false, "error": e.to_string()}),
-        };
-        v["origin_established"] = ok.into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{}", args.file.display());
-        if let Some(c) = &credentials {
+        if let Some(c) = &verdict.credentials {
             print_report(c);
         }
-        print_watermark(&mark, claimed, small.as_deref());
+        print_watermark(&verdict);
     }
+    let state = verdict.credentials.as_ref().map(|c| c.state);
     if state == Some(CredentialState::Absent) && !args.json {
         eprintln!("no content credentials: the file was not signed, or they were stripped (e.g. by re-encoding)");
     }
@@ -317,12 +287,9 @@ fn anchors(args: &VerifyArgs) -> Result<Option<String>> {
     Ok((!anchors.is_empty()).then_some(anchors))
 }
 
-fn print_watermark(
-    mark: &sorrel_media::Result<Detection>,
-    claimed: Option<u64>,
-    small: Option<&str>,
-) {
-    match mark {
+fn print_watermark(verdict: &Verdict) {
+    let claimed = verdict.claimed_payload();
+    match &verdict.watermark {
         Err(e) => println!("  watermark: not checked ({e})"),
         Ok(d) if d.detected => {
             let payload = d.payload.unwrap_or_default();
@@ -339,7 +306,7 @@ fn print_watermark(
                 d.frames
             );
         }
-        Ok(d) => match small {
+        Ok(d) => match &verdict.too_small {
             Some(why) => println!("  watermark: not found ({} frames; {why})", d.frames),
             None => println!(
                 "  watermark: not found ({} frames; the file was not marked, marked with another key, or \

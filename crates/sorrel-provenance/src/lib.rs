@@ -5,6 +5,7 @@
 pub mod credentials;
 pub mod error;
 pub mod identity;
+pub mod verdict;
 pub mod watermark;
 
 pub use credentials::{
@@ -14,3 +15,4 @@ pub use credentials::{
 };
 pub use error::{ProvenanceError, Result};
 pub use identity::SigningIdentity;
+pub use verdict::Verdict;
