@@ -270,6 +270,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             models.join(", "),
             data_dir.display()
         );
+        eprintln!("the studio (a page for making videos in a browser): http://{addr}/");
         if open {
             eprintln!(
                 "no API key configured: accepting requests from this machine only (set SORREL_API_KEYS to require keys)"

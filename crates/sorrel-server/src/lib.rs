@@ -15,6 +15,7 @@ pub mod models;
 pub mod params;
 mod routes;
 pub mod store;
+mod studio;
 pub mod webhook;
 pub mod worker;
 

@@ -10,7 +10,7 @@ use sorrel_pipeline::{Conditioning, GenerateRequest, Picture};
 use crate::config::{Defaults, Limits};
 use crate::error::ApiError;
 use crate::job::{GenParams, JobInput};
-use crate::models::Models;
+use crate::models::{LoadedModel, Models};
 use sorrel_pipeline::Mode;
 
 /// A field's value as it arrived.
@@ -228,6 +228,35 @@ fn check_image_upload(
     ))
 }
 
+/// What a request that leaves a setting out gets, for one model: the server's `--default-*` flags, else the
+/// model's own defaults. `/v1/models` lists them so clients (the studio page) can show them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestDefaults {
+    /// Width and height.
+    pub size: (usize, usize),
+    /// Length in seconds.
+    pub seconds: u32,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    pub guidance: f64,
+}
+
+impl RequestDefaults {
+    /// The defaults for `model` on a server started with `defaults`.
+    pub fn of(model: &LoadedModel, defaults: &Defaults) -> Self {
+        let d = &model.pipe.info.defaults;
+        Self {
+            size: defaults.size.unwrap_or((d.width, d.height)),
+            seconds: defaults
+                .seconds
+                .unwrap_or(((d.frames as f64 / d.fps as f64).round() as u32).max(1)),
+            steps: defaults.steps.unwrap_or(d.steps),
+            guidance: defaults.guidance.unwrap_or(d.guidance),
+        }
+    }
+}
+
 /// Reads `POST /v1/videos`.
 pub fn parse_create(
     fields: Vec<(String, Field)>,
@@ -279,6 +308,7 @@ pub fn parse_create(
         .info
         .check_mode(mode)
         .map_err(|e| ApiError::invalid(param, e.to_string()))?;
+    let fallback = RequestDefaults::of(model, defaults);
     let seconds = f
         .whole(
             "seconds",
@@ -287,17 +317,9 @@ pub fn parse_create(
             " (this server's --max-seconds)",
         )?
         .map(|s| s as u32)
-        .unwrap_or_else(|| {
-            let d = &model.pipe.info.defaults;
-            defaults
-                .seconds
-                .unwrap_or(((d.frames as f64 / d.fps as f64).round() as u32).max(1))
-        });
+        .unwrap_or(fallback.seconds);
     let (width, height) = match f.string("size")? {
-        None => defaults.size.unwrap_or((
-            model.pipe.info.defaults.width,
-            model.pipe.info.defaults.height,
-        )),
+        None => fallback.size,
         Some(s) => parse_size(&s, limits)?,
     };
     let steps = f
@@ -308,11 +330,9 @@ pub fn parse_create(
             " (this server's --max-steps)",
         )?
         .map(|s| s as usize)
-        .unwrap_or(defaults.steps.unwrap_or(model.pipe.info.defaults.steps));
+        .unwrap_or(fallback.steps);
     let guidance = match f.number("guidance")? {
-        None => defaults
-            .guidance
-            .unwrap_or(model.pipe.info.defaults.guidance),
+        None => fallback.guidance,
         Some((g, _)) if (0.0..=100.0).contains(&g) => g,
         Some((_, text)) => {
             return Err(ApiError::invalid(

@@ -1,5 +1,5 @@
 //! The HTTP routes: OpenAI's `/v1/videos` family plus Sorrel's extras (`/events`, `/logs`, `/v1/models`,
-//! `/health`).
+//! `/health`, `/credentials`) and the studio page at `/`.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use crate::job::{is_valid_id, new_id, now, Job, JobInput, JobStatus};
 use crate::params::{self, Field, Variant};
 use crate::store::{Inserted, JobStore};
 use crate::App;
+use sorrel_pipeline::Mode;
 
 /// The router with every route, auth and the body limit.
 pub fn router<S: JobStore>(app: Arc<App<S>>) -> Router {
@@ -28,6 +29,7 @@ pub fn router<S: JobStore>(app: Arc<App<S>>) -> Router {
         .route("/v1/videos/{id}/remix", post(remix::<S>))
         .route("/v1/videos/{id}/events", get(events::<S>))
         .route("/v1/videos/{id}/logs", get(logs::<S>))
+        .route("/v1/videos/{id}/credentials", get(credentials::<S>))
         .route("/v1/models", get(models::<S>))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
@@ -36,6 +38,7 @@ pub fn router<S: JobStore>(app: Arc<App<S>>) -> Router {
         ));
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .merge(crate::studio::router())
         .merge(api)
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -447,12 +450,91 @@ async fn logs<S: JobStore>(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
+/// OpenAI's model list, with Sorrel extras a client needs to build a form: what each model can be asked
+/// (`modes`: `text_to_video`, `image_to_video` with `input_reference`, `video_to_video` by remixing) and what
+/// a request that leaves a setting out gets (`defaults`), plus this server's `limits`.
 async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Response {
+    let limits = &app.config.limits;
     let data: Vec<_> = app
         .models
         .names()
         .into_iter()
-        .map(|name| json!({"id": name, "object": "model", "created": app.started_at, "owned_by": "sorrel"}))
+        .filter_map(|name| app.models.get(name))
+        .map(|model| {
+            let info = &model.pipe.info;
+            let modes: Vec<&str> = [
+                (Mode::TextToVideo, "text_to_video"),
+                (Mode::ImageToVideo, "image_to_video"),
+                (Mode::VideoToVideo, "video_to_video"),
+            ]
+            .into_iter()
+            .filter(|(mode, _)| info.can(*mode))
+            .map(|(_, name)| name)
+            .collect();
+            let d = params::RequestDefaults::of(model, &app.config.defaults);
+            json!({
+                "id": model.name,
+                "object": "model",
+                "created": app.started_at,
+                "owned_by": "sorrel",
+                "modes": modes,
+                "fps": model.pipe.native_fps(),
+                "defaults": {
+                    "size": format!("{}x{}", d.size.0, d.size.1),
+                    "seconds": d.seconds,
+                    "steps": d.steps,
+                    "guidance": d.guidance,
+                },
+                "limits": {
+                    "max_seconds": limits.max_seconds,
+                    "max_steps": limits.max_steps,
+                    "max_size": format!("{}x{}", limits.max_width, limits.max_height),
+                    "max_prompt_chars": limits.max_prompt_chars,
+                    "max_upload_bytes": limits.max_body_bytes,
+                },
+            })
+        })
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/videos/{id}/credentials` (a Sorrel extra): what `sorrel verify --json` says about the finished
+/// video, checked now against the file on disk with this server's trust anchor and watermark key.
+async fn credentials<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&app, &owner, &id).await?;
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::conflict(format!(
+            "Video '{id}' is {}: its credentials can be checked once its status is 'completed'.",
+            job.status.as_str()
+        )));
+    }
+    let path = app.data.job_dir(&id).join(Variant::Video.file_name());
+    let anchor = app.identity.anchor_pem.clone();
+    let key = app.config.watermark.clone();
+    let verdict = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::video_not_found(&id),
+            _ => ApiError::internal(format!("{}: {e}", path.display())),
+        })?;
+        let credentials = sorrel_provenance::verify(&bytes, "video/mp4", anchor.as_deref())
+            .map_err(|e| ApiError::internal(format!("cannot read the credentials: {e}")))?;
+        let (pixels, key) = match key {
+            Some(key) => (
+                sorrel_media::read_video(&path).map_err(|e| e.to_string()),
+                key,
+            ),
+            None => (
+                Err("this server was started with --no-watermark".to_string()),
+                Default::default(),
+            ),
+        };
+        Ok(sorrel_provenance::Verdict::judge(Some(credentials), pixels, &key).to_json())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the credentials check stopped: {e}")))??;
+    Ok(Json(verdict).into_response())
 }

@@ -1106,3 +1106,99 @@ async fn remix_restyles_the_video_on_a_text_to_video_model() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_studio_page_needs_no_key_but_its_api_calls_do() {
+    let s = TestServer::fresh(|c| c.api_keys = vec!["k1".into()]).await;
+    for (path, ctype) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/studio/studio.js", "text/javascript; charset=utf-8"),
+        ("/studio/studio.css", "text/css; charset=utf-8"),
+        ("/studio/icon.svg", "image/svg+xml"),
+    ] {
+        let res = s.req(Method::GET, path).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["content-type"], ctype, "{path}");
+        // Nothing from elsewhere: the page works offline and cannot be framed.
+        let policy = res.headers()["content-security-policy"].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'self'"), "{policy}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        let body = res.text().await.unwrap();
+        if !path.ends_with(".svg") {
+            // (An SVG names its XML namespace by URL, which loads nothing.)
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{path} loads nothing from elsewhere"
+            );
+        }
+    }
+    let (status, v) = s.get_json("/v1/models").await;
+    openai_error(status, 401, &v);
+    let s = s.with_key("k1");
+    let (status, v) = s.get_json("/v1/models").await;
+    assert_eq!(status, 200, "{v}");
+    let tiny = &v["data"][0];
+    assert_eq!(tiny["id"], "tiny");
+    // A Wan2.1 text-to-video model also restyles a video (a remix with a strength), but takes no picture.
+    assert_eq!(
+        tiny["modes"],
+        json!(["text_to_video", "video_to_video"]),
+        "{tiny}"
+    );
+    // The server's --default-* flags, which a request without those fields gets.
+    assert_eq!(
+        tiny["defaults"],
+        json!({"size": "32x32", "seconds": 1, "steps": 4, "guidance": 5.0})
+    );
+    assert_eq!(tiny["limits"]["max_seconds"], 8);
+    assert_eq!(tiny["limits"]["max_size"], "256x256");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_say_what_sorrel_verify_says() {
+    let s = TestServer::fresh(|_| {}).await;
+    // 256x256: the smallest frames the watermark is made for.
+    let (status, v) = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "a red ball", "size": "256x256", "seconds": 1, "steps": 2, "seed": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (status, v) = s.get_json(&format!("/v1/videos/{id}/credentials")).await;
+    if status != 200 {
+        // Still queued or running: a 409 that says when to ask.
+        let message = openai_error(status, 409, &v)["message"].as_str().unwrap();
+        assert!(message.contains("once its status is 'completed'"), "{v}");
+    }
+    assert_eq!(
+        s.wait(&id, Duration::from_secs(120)).await["status"],
+        "completed"
+    );
+    let (status, v) = s.get_json(&format!("/v1/videos/{id}/credentials")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "Trusted", "{v}");
+    assert_eq!(v["ai_generated"], true, "{v}");
+    assert_eq!(v["origin_established"], true, "{v}");
+    assert_eq!(v["watermark"]["detected"], true, "{v}");
+    assert_eq!(v["watermark"]["matches_credentials"], true, "{v}");
+    assert!(v["signer"].as_str().unwrap().contains("Sorrel"), "{v}");
+    assert_eq!(v["generation"]["seed"], "3", "{v}");
+
+    // The check reads the file now: one changed byte in the stored video and the credentials are invalid.
+    let path = s.app.data.job_dir(&id).join("video.mp4");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let (status, v) = s.get_json(&format!("/v1/videos/{id}/credentials")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "Invalid", "{v}");
+    assert_eq!(v["origin_established"], false, "{v}");
+
+    let (status, v) = s
+        .get_json("/v1/videos/video_00000000000000000000000000000000/credentials")
+        .await;
+    openai_error(status, 404, &v);
+}

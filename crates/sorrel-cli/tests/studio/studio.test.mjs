@@ -1,0 +1,277 @@
+// Drives the studio page in headless Debian Chromium (Playwright) against real `sorrel serve` processes with
+// the embedded model, as a person would: type, watch, play, download, check the credentials, delete; lose the
+// server mid-job and see the page reconnect; meet a key-protected server. crates/sorrel-cli/tests/studio.rs
+// runs it with SORREL_BIN set; SORREL_STUDIO_SCREENSHOT=PATH also saves the README's screenshot.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.SORREL_BIN;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOT = process.env.SORREL_STUDIO_SCREENSHOT;
+const PROMPT = 'a red ball bounces on a blue floor';
+
+function check(cond, what) {
+  if (!cond) throw new Error(`FAILED: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+const servers = [];
+
+/** Starts `sorrel serve` (embedded model) and resolves with its URL once it listens. */
+function serve(dataDir, args = []) {
+  const env = { ...process.env, RUST_LOG: 'warn' };
+  delete env.SORREL_API_KEYS;
+  const proc = spawn(BIN, ['serve', '--data-dir', dataDir, '--poll-after-ms', '50', ...args], {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  servers.push(proc);
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: proc.stdout });
+    lines.once('line', (line) => {
+      const url = line.replace(/^listening on /, '').trim();
+      if (!url.startsWith('http://')) reject(new Error(`sorrel serve printed ${line}`));
+      resolve({ proc, url, port: new URL(url).port });
+    });
+    proc.once('exit', (code) => reject(new Error(`sorrel serve exited with ${code} before listening`)));
+  });
+}
+
+/** What the API itself answers to a create request with these form fields (for comparing messages). */
+async function apiCreate(url, fields, key) {
+  const form = new FormData();
+  for (const [k, v] of Object.entries(fields)) form.append(k, v);
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  const res = await fetch(`${url}/v1/videos`, { method: 'POST', body: form, headers });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Waits until `fn` (run in the page) returns a truthy value. */
+async function until(page, fn, arg, timeout = 60_000) {
+  return (await page.waitForFunction(fn, arg, { timeout, polling: 100 })).jsonValue();
+}
+
+/** Records every value a card's progress bar takes, from before the video is created. */
+async function recordProgress(page) {
+  await page.evaluate(() => {
+    window.progressSeen = {};
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const bar = r.target;
+        if (bar.tagName !== 'PROGRESS') continue;
+        const id = bar.closest('li').dataset.id;
+        (window.progressSeen[id] ||= []).push(Number(bar.getAttribute('value')));
+      }
+    }).observe(document.getElementById('gallery'), { subtree: true, attributes: true, attributeFilter: ['value'] });
+  });
+}
+
+const newestCard = (page) => page.locator('#gallery li').first();
+
+async function studioWithoutKeys(browser, dir) {
+  const { url } = await serve(join(dir, 'open'), ['--port', '0']);
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(url);
+  await page.locator('#model option[value="sorrel-toyworld"]').waitFor({ state: 'attached' });
+  check(await page.locator('#size').getAttribute('placeholder') === '32x32', 'the form shows the model\'s default size');
+  check(await page.locator('#input_reference-field').isVisible(), 'the picture upload is offered: the embedded model does image to video');
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea, button')]
+    .filter((el) => el.offsetParent !== null)
+    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+    .map((el) => el.id || el.outerHTML.slice(0, 60)));
+  check(unlabelled.length === 0, `every visible control has a label (${unlabelled.join(', ') || 'none missing'})`);
+
+  // Bad input: the API's own message, next to the field it names.
+  await page.click('#generate');
+  const empty = await apiCreate(url, { prompt: '' });
+  await page.locator('#prompt-error').waitFor();
+  check(empty.status === 400 && await page.locator('#prompt-error').textContent() === empty.body.error.message,
+    `an empty prompt shows the API's message next to the prompt: "${empty.body.error.message}"`);
+  check(await page.evaluate(() => document.activeElement.id) === 'prompt', 'focus moves to the field in error');
+  await page.fill('#prompt', PROMPT);
+  await page.fill('#size', '100x');
+  await page.click('#generate');
+  const badSize = await apiCreate(url, { prompt: PROMPT, size: '100x' });
+  await page.locator('#size-error').waitFor();
+  check(badSize.status === 400 && await page.locator('#size-error').textContent() === badSize.body.error.message,
+    `a bad size shows the API's message next to the size: "${badSize.body.error.message}"`);
+  check(await page.locator('#prompt-error').isHidden(), 'the earlier error is cleared');
+  await page.fill('#size', '');
+
+  // Create with the keyboard and watch the progress.
+  await recordProgress(page);
+  await page.focus('#generate');
+  await page.keyboard.press('Enter');
+  const card = newestCard(page);
+  await card.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 60_000 });
+  const id = await card.getAttribute('data-id');
+  const seen = await page.evaluate((i) => window.progressSeen[i] || [], id);
+  check(seen.at(-1) === 100 && seen.every((v, i) => i === 0 || v >= seen[i - 1]),
+    `the progress bar rose to 100 % without going back (${seen.join(' ')})`);
+
+  // Play it to the end in the page.
+  await card.locator('video').waitFor({ state: 'visible' });
+  const played = await card.locator('video').evaluate((v) => new Promise((resolve, reject) => {
+    const go = () => {
+      v.addEventListener('ended', () => resolve({
+        ended: v.ended, time: v.currentTime, duration: v.duration, width: v.videoWidth, height: v.videoHeight,
+        frames: v.getVideoPlaybackQuality().totalVideoFrames,
+      }), { once: true });
+      v.addEventListener('error', () => reject(new Error(`video error ${v.error && v.error.code}`)), { once: true });
+      v.play().catch(reject);
+    };
+    if (v.readyState >= 1) go(); else v.addEventListener('loadedmetadata', go, { once: true });
+  }));
+  check(played.ended && played.width === 32 && played.height === 32 && Math.abs(played.duration - 1) < 0.01
+    && played.frames >= 8, `the video plays to the end in the page (${JSON.stringify(played)})`);
+
+  // The credentials badge says what `sorrel verify` says.
+  const badge = card.locator('.badge');
+  await badge.locator('text=/Content credentials/').waitFor();
+  const badgeText = await badge.textContent();
+  check(/^✔ Content credentials: trusted · signed by Sorrel local signer/.test(badgeText) && badgeText.includes('AI-generated')
+    && badgeText.includes('watermark not checkable at this size'), `the credentials badge: "${badgeText}"`);
+
+  // Downloads are the API's files, byte for byte.
+  const api = async (variant) => Buffer.from(await (await fetch(`${url}/v1/videos/${id}/content?variant=${variant}`)).arrayBuffer());
+  for (const [variant, button, magic] of [['video', 'Download video', 'ftyp'], ['thumbnail', 'Thumbnail', 'WEBP']]) {
+    const [download] = await Promise.all([page.waitForEvent('download'), card.getByRole('button', { name: button }).click()]);
+    const saved = join(dir, download.suggestedFilename());
+    await download.saveAs(saved);
+    const bytes = readFileSync(saved);
+    check(bytes.equals(await api(variant)) && bytes.includes(magic),
+      `"${button}" saves ${download.suggestedFilename()} (${bytes.length} bytes, the API's ${variant})`);
+  }
+
+  // The settings and the exact seed come back into the form.
+  const raw = await (await fetch(`${url}/v1/videos/${id}`)).text();
+  const seed = raw.match(/"seed":(\d+)/)[1];
+  await card.getByRole('button', { name: 'Use these settings' }).click();
+  check(await page.inputValue('#seed') === seed && await page.inputValue('#prompt') === PROMPT,
+    `"Use these settings" fills the form with the prompt and the exact 64-bit seed ${seed}`);
+
+  // A phone-width screen: nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(wide <= 390, `at 390 px wide the page does not scroll sideways (${wide} px)`);
+  await page.setViewportSize({ width: 1280, height: 860 });
+
+  if (SHOT) {
+    // A second take for the picture, then back to the top.
+    await page.fill('#prompt', 'a large green box moves to the left');
+    await page.fill('#seed', '5');
+    const before = await page.locator('#gallery li').count();
+    await page.click('#generate');
+    await page.locator('#gallery li').nth(before).waitFor();
+    await newestCard(page).locator('.badge', { hasText: /^✔ Content credentials: trusted/ }).waitFor({ timeout: 60_000 });
+    await page.fill('#prompt', 'a blue sphere rolls across the ground');
+    await until(page, () => [...document.querySelectorAll('#gallery video')].every((v) => v.readyState >= 2));
+    // Show each take at its middle, and let the players' loading indicators go.
+    await page.evaluate(() => Promise.all([...document.querySelectorAll('#gallery video')].map((v) => new Promise((r) => {
+      v.addEventListener('seeked', r, { once: true });
+      v.currentTime = v.duration / 2;
+    }))));
+    await page.waitForTimeout(1000);
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: SHOT });
+    console.log(`saved the screenshot ${SHOT}`);
+  }
+
+  // Delete, after the page asks.
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await page.locator(`#gallery li[data-id="${id}"]`).getByRole('button', { name: /^Delete/ }).click();
+  await page.locator(`#gallery li[data-id="${id}"]`).waitFor({ state: 'detached' });
+  const gone = await fetch(`${url}/v1/videos/${id}`);
+  check(asked.startsWith('Delete') && gone.status === 404, `Delete asks first ("${asked}") and the API no longer has the video`);
+  check(pageErrors.length === 0, `no script errors (${pageErrors.join('; ') || 'none'})`);
+  await context.close();
+}
+
+async function reconnects(browser, dir) {
+  const data = join(dir, 'restart');
+  let server = await serve(data, ['--port', '0']);
+  const page = await browser.newPage();
+  await page.goto(server.url);
+  await page.locator('#model option').first().waitFor({ state: 'attached' });
+  // Long enough (about 10 s) to lose the server in the middle.
+  await page.fill('#prompt', 'a yellow ball moves to the right');
+  await page.fill('#size', '64x64');
+  await page.fill('#seconds', '2');
+  await page.fill('#steps', '50');
+  await recordProgress(page);
+  await page.click('#generate');
+  const card = newestCard(page);
+  const id = await card.getAttribute('data-id');
+  await until(page, (i) => (window.progressSeen[i] || []).some((v) => v >= 10), id);
+  server.proc.kill('SIGKILL');
+  await card.locator('.status', { hasText: 'Reconnecting' }).waitFor({ timeout: 20_000 });
+  check(true, 'killing the server mid-job shows "Reconnecting…" on the card');
+  server = await serve(data, ['--port', server.port]);
+  await card.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 120_000 });
+  await card.locator('video').waitFor({ state: 'visible' });
+  check(await page.locator('#gallery li').count() === 1 && await card.locator('progress').getAttribute('value') === '100',
+    'after the restart the same card follows the re-queued job to 100 % and shows the video, without a reload');
+  await page.close();
+}
+
+async function withKeys(browser, dir) {
+  const key = 'studio-test-key';
+  const { url } = await serve(join(dir, 'keys'), ['--port', '0', '--api-key', key]);
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(url);
+  const dialog = page.locator('#key-dialog');
+  await dialog.locator('#key-input').waitFor({ state: 'visible' });
+  const missing = await (await fetch(`${url}/v1/models`)).json();
+  check(await page.locator('#key-error').textContent() === missing.error.message,
+    `a key-protected server: the page asks for the key with the API's reason ("${missing.error.message}")`);
+  check(await page.locator('#model option').count() === 0, 'nothing loads without the key');
+  await page.fill('#key-input', 'not-the-key');
+  await page.keyboard.press('Enter');
+  const wrong = await (await fetch(`${url}/v1/models`, { headers: { Authorization: 'Bearer not-the-key' } })).json();
+  await page.locator('#key-error', { hasText: wrong.error.message }).waitFor();
+  check(await dialog.isVisible(), `a wrong key shows the API's error: "${wrong.error.message}"`);
+  await page.fill('#key-input', key);
+  await page.click('#key-save');
+  await dialog.waitFor({ state: 'hidden' });
+  await page.locator('#model option[value="sorrel-toyworld"]').waitFor({ state: 'attached' });
+  check(true, 'the right key closes the dialog and the models load');
+  await page.reload();
+  await page.locator('#model option[value="sorrel-toyworld"]').waitFor({ state: 'attached' });
+  check(!(await dialog.isVisible()), 'after a reload the key is remembered (no dialog)');
+  await page.fill('#prompt', PROMPT);
+  await page.click('#generate');
+  await newestCard(page).locator('.badge', { hasText: /^✔ Content credentials: trusted/ }).waitFor({ timeout: 60_000 });
+  check(true, 'with the key a video is made, and its credentials (read with the key) are trusted');
+  await context.close();
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'sorrel-studio-'));
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--no-sandbox', '--autoplay-policy=no-user-gesture-required', '--mute-audio'],
+});
+let failed = false;
+try {
+  await studioWithoutKeys(browser, dir);
+  await reconnects(browser, dir);
+  await withKeys(browser, dir);
+} catch (e) {
+  failed = true;
+  console.error(e.stack || e);
+} finally {
+  await browser.close();
+  servers.forEach((p) => p.kill('SIGKILL'));
+  rmSync(dir, { recursive: true, force: true });
+}
+writeFileSync(1, failed ? 'STUDIO FAILED\n' : 'STUDIO PASSED\n');
+process.exit(failed ? 1 : 0);
