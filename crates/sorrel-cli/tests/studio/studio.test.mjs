@@ -110,9 +110,11 @@ async function studioWithoutKeys(browser, dir) {
   await recordProgress(page);
   await page.focus('#generate');
   await page.keyboard.press('Enter');
-  const card = newestCard(page);
+  await newestCard(page).waitFor();
+  const id = await newestCard(page).getAttribute('data-id');
+  // Fixed to this video: newer cards go in front of it.
+  const card = page.locator(`#gallery li[data-id="${id}"]`);
   await card.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 60_000 });
-  const id = await card.getAttribute('data-id');
   const seen = await page.evaluate((i) => window.progressSeen[i] || [], id);
   check(seen.at(-1) === 100 && seen.every((v, i) => i === 0 || v >= seen[i - 1]),
     `the progress bar rose to 100 % without going back (${seen.join(' ')})`);
@@ -157,6 +159,57 @@ async function studioWithoutKeys(browser, dir) {
   await card.getByRole('button', { name: 'Use these settings' }).click();
   check(await page.inputValue('#seed') === seed && await page.inputValue('#prompt') === PROMPT,
     `"Use these settings" fills the form with the prompt and the exact 64-bit seed ${seed}`);
+
+  // Image to video: the saved thumbnail uploaded as the first frame; the new video starts on that picture.
+  const picture = join(dir, `${id}-thumbnail.webp`);
+  await page.fill('#prompt', PROMPT);
+  await page.setInputFiles('#input_reference', picture);
+  await page.click('#generate');
+  await page.locator('#gallery li').nth(1).waitFor();
+  const i2v = newestCard(page);
+  await i2v.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 60_000 });
+  await i2v.locator('video').waitFor({ state: 'visible' });
+  // The first frame against the picture, and (as a yardstick) the text-to-video clip's first frame against it.
+  const psnr = await page.evaluate(async ([ids, webp]) => {
+    const img = new Image();
+    img.src = URL.createObjectURL(new Blob([Uint8Array.from(atob(webp), (c) => c.charCodeAt(0))], { type: 'image/webp' }));
+    await img.decode();
+    const pixels = (source) => {
+      const c = document.createElement('canvas');
+      c.width = 32; c.height = 32;
+      const g = c.getContext('2d');
+      g.drawImage(source, 0, 0, 32, 32);
+      return g.getImageData(0, 0, 32, 32).data;
+    };
+    const b = pixels(img);
+    const out = [];
+    for (const i of ids) {
+      const v = document.querySelector(`#gallery li[data-id="${i}"] video`);
+      if (v.readyState < 2) await new Promise((r) => v.addEventListener('loadeddata', r, { once: true }));
+      v.pause();
+      await new Promise((r) => { v.addEventListener('seeked', r, { once: true }); v.currentTime = 0; });
+      const a = pixels(v);
+      let se = 0; let n = 0;
+      for (let k = 0; k < a.length; k += 4) for (let c = 0; c < 3; c++) { se += (a[k + c] - b[k + c]) ** 2; n++; }
+      out.push(10 * Math.log10(255 ** 2 / (se / n)));
+    }
+    return out;
+  }, [[await i2v.getAttribute('data-id'), id], readFileSync(picture).toString('base64')]);
+  check(psnr[0] > 25 && psnr[0] > psnr[1] + 6, `an uploaded picture becomes the first frame (${psnr[0].toFixed(1)} dB `
+    + `from the picture; the text-to-video clip's first frame: ${psnr[1].toFixed(1)} dB)`);
+  await page.setInputFiles('#input_reference', []);
+
+  // A remix of the first video, from its card.
+  const remixForm = page.locator(`#gallery li[data-id="${id}"] form.remix`);
+  await remixForm.getByLabel('New prompt for a remix').fill('a red ball bounces on a green floor');
+  await remixForm.getByLabel('Strength').fill('0.5');
+  await remixForm.getByRole('button', { name: 'Remix' }).click();
+  await page.locator('#gallery li').nth(2).waitFor();
+  const remixCard = newestCard(page);
+  await remixCard.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 60_000 });
+  const remixed = await (await fetch(`${url}/v1/videos/${await remixCard.getAttribute('data-id')}`)).json();
+  check(remixed.remixed_from_video_id === id && remixed.prompt === 'a red ball bounces on a green floor',
+    'Remix on a card makes a new video from that one, with the new prompt');
 
   // A phone-width screen: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
