@@ -4,7 +4,8 @@
 //! loops: measured on the toy-world video VAE, about 60 % of a training step, 14x slower than PyTorch's
 //! backward (`docs/benchmarks.md`). When a gradient will flow (CPU, f32, no groups or dilation), this
 //! computes the convolution as im2col followed by one matrix product, so the backward pass is two matrix
-//! products (candle's, through `gemm`) and a col2im. Not tracked, it is candle's `conv2d`, unchanged.
+//! products (candle's, through `gemm`) and a col2im. Not tracked, a stride-1 convolution is
+//! [`crate::shifted_conv`]'s (no gather at all), anything else candle's `conv2d`.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -14,8 +15,18 @@ use crate::ops::{contiguous_f32, is_cpu_f32};
 /// `x` (B, Cin, H, W) convolved with `w` (Cout, Cin, kh, kw): symmetric zero `padding`, `stride`.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let tracked = x.track_op() || w.track_op();
-    if !tracked || !is_cpu_f32(x) || !is_cpu_f32(w) {
+    if !is_cpu_f32(x) || !is_cpu_f32(w) {
         return x.conv2d(w, padding, stride, 1, 1);
+    }
+    if !tracked {
+        let (kh, kw) = (w.dim(2)?, w.dim(3)?);
+        // candle's 1x1 path is already one matrix product; strided ones are rare (the VAE encoder's
+        // downsampling) and stay candle's.
+        return if stride == 1 && kh * kw > 1 {
+            crate::shifted_conv::conv2d_shifted(x, w, padding)
+        } else {
+            x.conv2d(w, padding, stride, 1, 1)
+        };
     }
     let (b, cin, h, wd) = x.dims4()?;
     let (cout, cin_w, kh, kw) = w.dims4()?;
@@ -250,13 +261,18 @@ mod tests {
         }
     }
 
-    /// Without a gradient it is candle's kernel, bit for bit.
+    /// Without a gradient: candle's kernel bit for bit when strided, the shifted-GEMM one at stride 1.
     #[test]
     fn untracked_conv_is_candles() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap();
+        // Strided: candle's, exactly.
+        let ours = conv2d(&x, &w, 1, 2).unwrap();
+        assert!(max_diff(&ours, &x.conv2d(&w, 1, 2, 1, 1).unwrap()) == 0.0);
+        // Stride 1: the shifted-GEMM convolution (its own test bounds it against candle's).
         let ours = conv2d(&x, &w, 1, 1).unwrap();
-        assert!(max_diff(&ours, &x.conv2d(&w, 1, 1, 1, 1).unwrap()) == 0.0);
+        let shifted = crate::shifted_conv::conv2d_shifted(&x, &w, 1).unwrap();
+        assert!(max_diff(&ours, &shifted) == 0.0);
     }
 }

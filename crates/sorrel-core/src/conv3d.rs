@@ -2,10 +2,16 @@
 //!
 //! The temporal taps are folded into the conv2d input channels: for output frame `t`, the input frames
 //! `t*s .. t*s+kt` are stacked along channels, so one conv2d with a `(Cout, kt*Cin, kh, kw)` kernel computes the
-//! whole 3D convolution. On CPU candle's conv2d is tiled, so the only extra memory is the `kt`x stacked input.
+//! whole 3D convolution. candle's CPU conv2d builds its im2col in tiles of 512 output pixels, so the extra
+//! memory is the stacked input, `kt` times the frames it stacks: output frames are taken in groups of at most
+//! [`STACK_BUDGET`] stacked elements instead of all at once (for four 256x256 frames of the Wan VAE's 96
+//! channels, 302 MB stacked at once became 75 MB per frame).
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+/// The most elements of stacked taps one convolution call takes: 16 Mi, 64 MB in f32.
+pub const STACK_BUDGET: usize = 16 << 20;
 
 /// A 3D convolution that pads time only at the front (causal), optionally replacing that padding with cached
 /// frames from the previous chunk, so a video can be processed chunk by chunk with the same result as in one go.
@@ -97,6 +103,16 @@ impl CausalConv3d {
     /// front padding frames (ignored, as in diffusers, when the layer has no temporal padding).
     /// Returns (B, Cout, T', H', W').
     pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_in_budget(x, cache, STACK_BUDGET)
+    }
+
+    /// [`Self::forward`] stacking at most `budget` elements of taps at a time (tests use small ones).
+    fn forward_in_budget(
+        &self,
+        x: &Tensor,
+        cache: Option<&Tensor>,
+        budget: usize,
+    ) -> Result<Tensor> {
         let (b, c, _, _, _) = x.dims5()?;
         if c != self.in_channels {
             candle_core::bail!(
@@ -160,28 +176,39 @@ impl CausalConv3d {
         // (B, T, C, H, W) so each output frame's taps are contiguous channel blocks.
         let xt = x.permute((0, 2, 1, 3, 4))?.contiguous()?;
         let (h, w) = (xt.dim(3)?, xt.dim(4)?);
-        let stacked = if kt == 1 && self.stride_t == 1 {
-            xt
-        } else {
-            let taps = (0..kt)
-                .map(|k| {
-                    if self.stride_t == 1 {
-                        xt.narrow(1, k, t_out)
-                    } else {
-                        let ids: Vec<u32> =
-                            (0..t_out).map(|i| (k + i * self.stride_t) as u32).collect();
-                        let ids = Tensor::new(ids.as_slice(), xt.device())?;
-                        xt.index_select(&ids, 1)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&taps, 2)?
-        };
-        let frames = stacked.reshape((b * t_out, kt * c, h, w))?;
-        let y = crate::conv2d::conv2d(&frames, &kernel2d, conv_pad, 1)?;
-        let y = crate::ops::broadcast_add(&y, &self.bias.reshape((1, self.out_channels, 1, 1))?)?;
-        let (ho, wo) = (y.dim(2)?, y.dim(D::Minus1)?);
-        y.reshape((b, t_out, self.out_channels, ho, wo))?
+        let per_frame = b * kt * c * h * w;
+        let group = (budget / per_frame.max(1)).clamp(1, t_out);
+        let bias = self.bias.reshape((1, self.out_channels, 1, 1))?;
+        let parts = (0..t_out)
+            .step_by(group)
+            .map(|t0| {
+                let n = group.min(t_out - t0);
+                let stacked = if kt == 1 && self.stride_t == 1 {
+                    xt.narrow(1, t0, n)?
+                } else {
+                    let taps = (0..kt)
+                        .map(|k| {
+                            if self.stride_t == 1 {
+                                xt.narrow(1, t0 + k, n)
+                            } else {
+                                let ids: Vec<u32> = (t0..t0 + n)
+                                    .map(|i| (k + i * self.stride_t) as u32)
+                                    .collect();
+                                let ids = Tensor::new(ids.as_slice(), xt.device())?;
+                                xt.index_select(&ids, 1)
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&taps, 2)?
+                };
+                let frames = stacked.reshape((b * n, kt * c, h, w))?;
+                let y = crate::conv2d::conv2d(&frames, &kernel2d, conv_pad, 1)?;
+                let y = crate::ops::broadcast_add(&y, &bias)?;
+                let (ho, wo) = (y.dim(2)?, y.dim(D::Minus1)?);
+                y.reshape((b, n, self.out_channels, ho, wo))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)?
             .permute((0, 2, 1, 3, 4))?
             .contiguous()
     }
@@ -310,8 +337,27 @@ mod tests {
         ts.insert("bias".to_string(), bias.clone());
         let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
         let conv = CausalConv3d::new(ci, co, kernel, padding, stride_t, vb).unwrap();
-        let y = conv.forward(&x, cache.as_ref()).unwrap();
-        let (shape, want) = naive(&x, cache.as_ref(), &weight, &bias, padding, stride_t);
+        // All output frames stacked at once, and (budget 1) one frame at a time.
+        for budget in [STACK_BUDGET, 1] {
+            let y = conv
+                .forward_in_budget(&x, cache.as_ref(), budget)
+                .unwrap();
+            compare(&y, &x, cache.as_ref(), &weight, &bias, padding, stride_t);
+        }
+    }
+
+    fn compare(
+        y: &Tensor,
+        x: &Tensor,
+        cache: Option<&Tensor>,
+        weight: &Tensor,
+        bias: &Tensor,
+        padding: (usize, usize, usize),
+        stride_t: usize,
+    ) {
+        let kernel = weight.dims();
+        let cache_t = cache.map(|c| c.dim(2).unwrap());
+        let (shape, want) = naive(x, cache, weight, bias, padding, stride_t);
         assert_eq!(
             y.dims(),
             shape.as_slice(),

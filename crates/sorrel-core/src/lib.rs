@@ -10,6 +10,7 @@ pub mod error;
 pub mod gguf;
 pub mod lora;
 pub mod ops;
+pub mod shifted_conv;
 pub mod weights;
 
 pub use config::read_config;
