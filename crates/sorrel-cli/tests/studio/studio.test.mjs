@@ -273,6 +273,17 @@ async function reconnects(browser, dir) {
   await card.locator('video').waitFor({ state: 'visible' });
   check(await page.locator('#gallery li').count() === 1 && await card.locator('progress').getAttribute('value') === '100',
     'after the restart the same card follows the re-queued job to 100 % and shows the video, without a reload');
+
+  // Cancel a running video from its card: no question asked, the card goes, and so does the job.
+  await page.click('#generate');
+  await page.locator('#gallery li').nth(1).waitFor();
+  const runningId = await newestCard(page).getAttribute('data-id');
+  const running = page.locator(`#gallery li[data-id="${runningId}"]`);
+  await until(page, (i) => (window.progressSeen[i] || []).some((v) => v > 0), runningId);
+  await running.getByRole('button', { name: /^Cancel/ }).click();
+  await running.waitFor({ state: 'detached' });
+  const cancelled = await fetch(`${server.url}/v1/videos/${runningId}`);
+  check(cancelled.status === 404, 'Cancel on a running video stops it and removes it');
   await page.close();
 }
 
