@@ -339,9 +339,7 @@ mod tests {
         let conv = CausalConv3d::new(ci, co, kernel, padding, stride_t, vb).unwrap();
         // All output frames stacked at once, and (budget 1) one frame at a time.
         for budget in [STACK_BUDGET, 1] {
-            let y = conv
-                .forward_in_budget(&x, cache.as_ref(), budget)
-                .unwrap();
+            let y = conv.forward_in_budget(&x, cache.as_ref(), budget).unwrap();
             compare(&y, &x, cache.as_ref(), &weight, &bias, padding, stride_t);
         }
     }

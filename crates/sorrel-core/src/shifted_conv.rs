@@ -69,12 +69,15 @@ impl CustomOp2 for ShiftedConv {
         let threads = rayon::current_num_threads();
         for i in 0..b {
             let image = &x[i * cin * h * wd..(i + 1) * cin * h * wd];
-            padded.par_chunks_mut(plane).enumerate().for_each(|(c, dst)| {
-                for y in 0..h {
-                    let from = &image[(c * h + y) * wd..(c * h + y + 1) * wd];
-                    dst[(y + p) * wp + p..(y + p) * wp + p + wd].copy_from_slice(from);
-                }
-            });
+            padded
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(c, dst)| {
+                    for y in 0..h {
+                        let from = &image[(c * h + y) * wd..(c * h + y + 1) * wd];
+                        dst[(y + p) * wp + p..(y + p) * wp + p + wd].copy_from_slice(from);
+                    }
+                });
             for t in 0..kh * kw {
                 let offset = (t / kw) * wp + t % kw;
                 // SAFETY: every pointer and stride stays inside its buffer: acc is Cout rows of `wide`; the
@@ -141,9 +144,18 @@ mod tests {
             let want = x.conv2d(&w, pad, 1, 1, 1).unwrap();
             let got = conv2d_shifted(&x, &w, pad).unwrap();
             assert_eq!(got.dims(), want.dims(), "{xs:?} * {ws:?} pad {pad}");
-            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let d = max_abs_diff(&got, &want);
-            assert!(d <= 1e-5 * scale, "{xs:?} * {ws:?} pad {pad}: {d} (scale {scale})");
+            assert!(
+                d <= 1e-5 * scale,
+                "{xs:?} * {ws:?} pad {pad}: {d} (scale {scale})"
+            );
         }
     }
 }

@@ -85,6 +85,24 @@ async fn owned_job<S: JobStore>(app: &App<S>, owner: &Owner, id: &str) -> Result
     }
 }
 
+/// The caller's finished job `id`; an unfinished one is a 409 saying that `what` (e.g. "its content can be
+/// downloaded") waits for `completed`.
+async fn completed_job<S: JobStore>(
+    app: &App<S>,
+    owner: &Owner,
+    id: &str,
+    what: &str,
+) -> Result<Job, ApiError> {
+    let job = owned_job(app, owner, id).await?;
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::conflict(format!(
+            "Video '{id}' is {}: {what} once its status is 'completed'.",
+            job.status.as_str()
+        )));
+    }
+    Ok(job)
+}
+
 /// The body's fields, from JSON or multipart/form-data (what the OpenAI SDKs send for `create`). `limit` is
 /// the body limit (enforced by the router's `DefaultBodyLimit`), named in the 413.
 async fn body_fields(req: Request, limit: usize) -> Result<Vec<(String, Field)>, ApiError> {
@@ -311,13 +329,7 @@ async fn content<S: JobStore>(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let variant = params::parse_variant(&query_pairs(q)?)?;
-    let job = owned_job(&app, &owner, &id).await?;
-    if job.status != JobStatus::Completed {
-        return Err(ApiError::conflict(format!(
-            "Video '{id}' is {}: its content can be downloaded once its status is 'completed'.",
-            job.status.as_str()
-        )));
-    }
+    completed_job(&app, &owner, &id, "its content can be downloaded").await?;
     let path = app.data.job_dir(&id).join(variant.file_name());
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,
@@ -505,13 +517,7 @@ async fn credentials<S: JobStore>(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&app, &owner, &id).await?;
-    if job.status != JobStatus::Completed {
-        return Err(ApiError::conflict(format!(
-            "Video '{id}' is {}: its credentials can be checked once its status is 'completed'.",
-            job.status.as_str()
-        )));
-    }
+    completed_job(&app, &owner, &id, "its credentials can be checked").await?;
     let path = app.data.job_dir(&id).join(Variant::Video.file_name());
     let anchor = app.identity.anchor_pem.clone();
     let key = app.config.watermark.clone();
