@@ -57,6 +57,8 @@ pub struct App<S: JobStore> {
     pub changes: broadcast::Sender<String>,
     /// Wakes an idle worker when a job is queued.
     pub wake: Notify,
+    /// Wakes the webhook outbox when a job ends.
+    pub outbox_wake: Notify,
     /// Cancel flags of running jobs.
     pub running: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Becomes true when the server is stopping.
@@ -139,6 +141,7 @@ impl Server {
             data,
             changes,
             wake: Notify::new(),
+            outbox_wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             started_at: job::now(),
@@ -177,6 +180,7 @@ impl Server {
             .map(|i| tokio::spawn(worker::run(app.clone(), i)))
             .collect();
         let cleaner = tokio::spawn(clean_expired(app.clone()));
+        let outbox = tokio::spawn(webhook::run_outbox(app.clone()));
         let shared = app.clone();
         axum::serve(self.listener, router(app.clone()))
             .with_graceful_shutdown(async move {
@@ -191,6 +195,7 @@ impl Server {
             let _ = w.await;
         }
         cleaner.abort();
+        let _ = outbox.await;
         Ok(())
     }
 }

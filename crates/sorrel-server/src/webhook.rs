@@ -1,6 +1,8 @@
 //! Webhook delivery of `video.completed` and `video.failed`, signed the way Standard Webhooks (and OpenAI's
 //! webhooks) are: headers `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of
-//! "id.timestamp.body">`, so receivers can use the same verification libraries.
+//! "id.timestamp.body">`, so receivers can use the same verification libraries. Events wait in the store's
+//! outbox, recorded in the same transaction as the job's end, until they are delivered: at least once, with
+//! one `webhook-id` on every attempt, across restarts.
 
 use std::time::Duration;
 
@@ -10,8 +12,12 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
+use std::sync::Arc;
+
 use crate::config::WebhookConfig;
-use crate::job::{now, Job, JobStatus};
+use crate::job::{now, JobStatus};
+use crate::store::{JobStore, OutboxEvent, StoreResult};
+use crate::App;
 
 /// A webhook sender.
 #[derive(Clone)]
@@ -60,12 +66,13 @@ impl Webhook {
         signature(&self.key, id, timestamp, body)
     }
 
-    /// Sends the event for a finished job in the background, retrying with back-off.
-    pub fn announce(&self, job: &Job) {
-        let kind = match job.status {
+    /// The event announcing that job `id` ended with `status` (`video.completed` or `video.failed`), to be
+    /// recorded in the outbox with the job's change; `None` for other statuses.
+    pub fn event_for(&self, id: &str, status: JobStatus) -> Option<OutboxEvent> {
+        let kind = match status {
             JobStatus::Completed => "video.completed",
             JobStatus::Failed => "video.failed",
-            _ => return,
+            _ => return None,
         };
         let event_id = format!("evt_{:032x}", rand::random::<u128>());
         let body = json!({
@@ -73,45 +80,85 @@ impl Webhook {
             "object": "event",
             "type": kind,
             "created_at": now(),
-            "data": {"id": job.id},
+            "data": {"id": id},
         })
         .to_string();
-        let this = self.clone();
-        tokio::spawn(async move { this.deliver(event_id, body).await });
+        Some(OutboxEvent {
+            id: event_id,
+            body,
+            attempts: 0,
+        })
     }
 
-    async fn deliver(&self, event_id: String, body: String) {
-        let mut delay = self.config.first_retry;
-        for attempt in 1..=self.config.attempts.max(1) {
-            let ts = now();
-            let res = self
-                .client
-                .post(&self.config.url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &event_id)
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", self.sign(&event_id, ts, &body))
-                .body(body.clone())
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => return,
-                Ok(r) => tracing::warn!(
-                    "webhook {event_id} attempt {attempt}: receiver answered {}",
-                    r.status()
-                ),
-                Err(e) => tracing::warn!("webhook {event_id} attempt {attempt}: {e}"),
-            }
-            if attempt < self.config.attempts {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
+    /// One delivery attempt, freshly timestamped and signed.
+    async fn attempt(&self, event: &OutboxEvent) -> Result<(), String> {
+        let ts = now();
+        let res = self
+            .client
+            .post(&self.config.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", self.sign(&event.id, ts, &event.body))
+            .body(event.body.clone())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("receiver answered {}", r.status())),
+            Err(e) => Err(e.to_string()),
         }
-        tracing::error!(
-            "webhook {event_id}: gave up after {} attempts",
-            self.config.attempts
-        );
     }
+
+    /// Delivers `event` once and records the outcome: gone from the outbox when delivered or out of attempts,
+    /// else due again after the back-off (`first_retry`, doubling).
+    async fn deliver<S: JobStore>(&self, store: &S, event: &OutboxEvent) -> StoreResult<()> {
+        let attempts = event.attempts + 1;
+        match self.attempt(event).await {
+            Ok(()) => return store.forget_event(&event.id).await,
+            Err(e) => tracing::warn!("webhook {} attempt {attempts}: {e}", event.id),
+        }
+        if attempts >= self.config.attempts.max(1) {
+            tracing::error!("webhook {}: gave up after {attempts} attempts", event.id);
+            return store.forget_event(&event.id).await;
+        }
+        let delay = self.config.first_retry * 2u32.saturating_pow(attempts - 1);
+        let next = now_ms() + delay.as_millis().min(i64::MAX as u128) as i64;
+        store.retry_event(&event.id, attempts, next).await
+    }
+}
+
+/// Delivers the outbox until the server stops: events recorded by this process or left by an earlier one
+/// (a restart resumes their retries with the same ids), woken when a job ends and at least every second.
+pub async fn run_outbox<S: JobStore>(app: Arc<App<S>>) {
+    let Some(hook) = app.webhook.clone() else {
+        return;
+    };
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        match app.store.due_events(now_ms(), 32).await {
+            Ok(events) => {
+                for event in &events {
+                    if let Err(e) = hook.deliver(&app.store, event).await {
+                        tracing::error!("webhook {}: cannot record the attempt: {e}", event.id);
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot read the webhook outbox: {e}"),
+        }
+        tokio::select! {
+            _ = app.outbox_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")).

@@ -14,9 +14,9 @@ use sorrel_pipeline::{Conditioning, Event, Picture, WanPipeline};
 use sorrel_provenance::watermark;
 use tokio::sync::mpsc;
 
-use crate::job::{now, GenParams, Job, JobError, JobInput};
+use crate::job::{now, GenParams, Job, JobError, JobInput, JobStatus};
 use crate::params::{to_request, Variant};
-use crate::store::JobStore;
+use crate::store::{JobStore, OutboxEvent};
 use crate::App;
 
 /// Why a generation did not produce files.
@@ -117,11 +117,16 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                 let t = now();
                 if app
                     .store
-                    .complete(&id, t, t + app.config.retention.as_secs() as i64)
+                    .complete(
+                        &id,
+                        t,
+                        t + app.config.retention.as_secs() as i64,
+                        event(app, &id, JobStatus::Completed).as_ref(),
+                    )
                     .await?
                 {
                     tracing::info!("worker {worker}: {id} completed");
-                    announce(app, &id).await;
+                    app.outbox_wake.notify_one();
                 } else {
                     // Deleted while it ran: its files must not outlive the record.
                     app.data.remove_job(&id)?;
@@ -139,8 +144,13 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                 tracing::warn!("worker {worker}: {id} failed: {}", err.message);
                 let t = now();
                 let expires = t + app.config.retention.as_secs() as i64;
-                if app.store.fail(&id, &err, t, expires).await? {
-                    announce(app, &id).await;
+                let event = event(app, &id, JobStatus::Failed);
+                if app
+                    .store
+                    .fail(&id, &err, t, expires, event.as_ref())
+                    .await?
+                {
+                    app.outbox_wake.notify_one();
                 } else {
                     app.data.remove_job(&id)?;
                 }
@@ -154,14 +164,9 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
     app.changed(&id);
 }
 
-async fn announce<S: JobStore>(app: &Arc<App<S>>, id: &str) {
-    if let Some(hook) = &app.webhook {
-        match app.store.get(id).await {
-            Ok(Some(job)) => hook.announce(&job),
-            Ok(None) => {}
-            Err(e) => tracing::error!("webhook for {id}: {e}"),
-        }
-    }
+/// The webhook event for job `id` ending with `status`, when a webhook is configured.
+fn event<S: JobStore>(app: &App<S>, id: &str, status: JobStatus) -> Option<OutboxEvent> {
+    app.webhook.as_ref()?.event_for(id, status)
 }
 
 async fn generate_job<S: JobStore>(

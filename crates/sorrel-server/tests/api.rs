@@ -657,6 +657,88 @@ async fn webhooks_are_signed_and_retried() {
     s.stop().await;
 }
 
+/// A completion event whose deliveries fail until the server stops is not lost: the next server on the same
+/// data folder delivers it, with the same `webhook-id` and body as the failed attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_events_outlive_a_restart() {
+    use axum::http::HeaderMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // (webhook-id, body, accepted) of every attempt.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, String, bool)>>>;
+    let seen: Seen = Default::default();
+    let accept = Arc::new(AtomicBool::new(false));
+    let (log, open) = (seen.clone(), accept.clone());
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let ok = open.load(Ordering::SeqCst);
+            let id = headers["webhook-id"].to_str().unwrap().to_string();
+            log.lock().unwrap().push((id, body, ok));
+            async move {
+                if ok {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = common::config(dir.path().to_path_buf());
+        c.webhook = Some(sorrel_server::WebhookConfig {
+            url: url.clone(),
+            secret: "s3cret".into(),
+            attempts: 20,
+            first_retry: Duration::from_millis(100),
+        });
+        c
+    };
+    let s = TestServer::start(config()).await;
+    let (_, v) = s.post_json("/v1/videos", json!({"prompt": "hooked"})).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    s.wait(&id, Duration::from_secs(60)).await;
+    let t0 = std::time::Instant::now();
+    while seen.lock().unwrap().len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no retries");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+    let refused = seen.lock().unwrap().clone();
+    accept.store(true, Ordering::SeqCst);
+
+    let s = TestServer::start(config()).await;
+    let t0 = std::time::Instant::now();
+    let delivered = loop {
+        if let Some(hit) = seen.lock().unwrap().iter().find(|h| h.2).cloned() {
+            break hit;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never delivered after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused
+            .iter()
+            .all(|(i, b, _)| (i, b) == (&delivered.0, &delivered.1)),
+        "{refused:?} vs {delivered:?}"
+    );
+    let event: Value = serde_json::from_str(&delivered.1).unwrap();
+    assert_eq!(event["type"], "video.completed");
+    assert_eq!(event["data"]["id"], id.as_str());
+    assert_eq!(event["id"], delivered.0.as_str());
+    // Delivered once: nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen.lock().unwrap().iter().filter(|h| h.2).count(), 1);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_videos_expire() {
     let s = TestServer::fresh(|c| c.retention = Duration::from_secs(1)).await;

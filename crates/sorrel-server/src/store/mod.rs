@@ -34,6 +34,18 @@ pub enum Inserted {
     OverLimit,
 }
 
+/// A webhook event waiting in the store's outbox: kept until it is delivered (or its attempts run out), so a
+/// restart neither loses it nor changes its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// The event id, sent as `webhook-id` on every attempt.
+    pub id: String,
+    /// The JSON body, fixed when the event was recorded.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
 /// A job store. Implementations are shared by the HTTP handlers and the workers.
 pub trait JobStore: Send + Sync + 'static {
     /// Queues `job` unless its owner already has `max_unfinished` queued or running jobs.
@@ -66,22 +78,44 @@ pub trait JobStore: Send + Sync + 'static {
         progress: u8,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// Marks a running job completed. `false` if it was deleted meanwhile.
+    /// Marks a running job completed and, in the same transaction, records `event` (its webhook) in the
+    /// outbox. `false` if it was deleted meanwhile (and then no event is recorded).
     fn complete(
         &self,
         id: &str,
         completed_at: i64,
         expires_at: i64,
+        event: Option<&OutboxEvent>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// Marks a running job failed. `false` if it was deleted meanwhile.
+    /// Marks a running job failed, recording `event` as [`JobStore::complete`] does. `false` if it was
+    /// deleted meanwhile.
     fn fail(
         &self,
         id: &str,
         error: &JobError,
         at: i64,
         expires_at: i64,
+        event: Option<&OutboxEvent>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Outbox events due for a delivery attempt at `now_ms` (Unix milliseconds), oldest first.
+    fn due_events(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<OutboxEvent>>> + Send;
+
+    /// Removes an event from the outbox: delivered, or given up on.
+    fn forget_event(&self, event_id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Records a failed attempt: `attempts` made so far, the next one due at `next_ms`.
+    fn retry_event(
+        &self,
+        event_id: &str,
+        attempts: u32,
+        next_ms: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Puts a running job back in the queue (the server is shutting down while it runs).
     fn requeue(&self, id: &str) -> impl Future<Output = StoreResult<bool>> + Send;

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::{Inserted, JobStore, Order, StoreResult};
+use super::{Inserted, JobStore, Order, OutboxEvent, StoreResult};
 use crate::error::StoreError;
 use crate::job::{Job, JobError, JobStatus};
 
@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT    NOT NULL UNIQUE,
+    body     TEXT    NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (next_ms, seq);
 ";
 
 /// Jobs in a SQLite database file.
@@ -70,6 +78,24 @@ impl SqliteStore {
             .await?;
         Ok(Self { read, write })
     }
+}
+
+/// Records `event` in the outbox if the job's change took effect (`changed`), and commits both together: a
+/// finished job always has its event, and a deleted one never gets one.
+async fn finish_with_event(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    changed: bool,
+    event: Option<&OutboxEvent>,
+) -> StoreResult<bool> {
+    if let (true, Some(event)) = (changed, event) {
+        sqlx::query("INSERT INTO outbox (event_id, body, attempts, next_ms) VALUES (?1, ?2, 0, 0)")
+            .bind(&event.id)
+            .bind(&event.body)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
 }
 
 fn row_to_job(row: &SqliteRow) -> StoreResult<Job> {
@@ -189,7 +215,14 @@ impl JobStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn complete(&self, id: &str, completed_at: i64, expires_at: i64) -> StoreResult<bool> {
+    async fn complete(
+        &self,
+        id: &str,
+        completed_at: i64,
+        expires_at: i64,
+        event: Option<&OutboxEvent>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?2, expires_at = ?3
              WHERE id = ?1 AND status = 'in_progress'",
@@ -197,9 +230,9 @@ impl JobStore for SqliteStore {
         .bind(id)
         .bind(completed_at)
         .bind(expires_at)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        finish_with_event(tx, done.rows_affected() == 1, event).await
     }
 
     async fn fail(
@@ -208,9 +241,11 @@ impl JobStore for SqliteStore {
         error: &JobError,
         at: i64,
         expires_at: i64,
+        event: Option<&OutboxEvent>,
     ) -> StoreResult<bool> {
         let error = serde_json::to_string(error)
             .map_err(|e| StoreError::Corrupt(format!("error does not serialise: {e}")))?;
+        let mut tx = self.write.begin().await?;
         let done = sqlx::query(
             "UPDATE jobs SET status = 'failed', completed_at = ?2, expires_at = ?3, error = ?4
              WHERE id = ?1 AND status = 'in_progress'",
@@ -219,9 +254,46 @@ impl JobStore for SqliteStore {
         .bind(at)
         .bind(expires_at)
         .bind(error)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        finish_with_event(tx, done.rows_affected() == 1, event).await
+    }
+
+    async fn due_events(&self, now_ms: i64, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        let rows = sqlx::query(
+            "SELECT event_id, body, attempts FROM outbox WHERE next_ms <= ?1 ORDER BY next_ms, seq LIMIT ?2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEvent {
+                    id: r.try_get("event_id")?,
+                    body: r.try_get("body")?,
+                    attempts: r.try_get::<i64, _>("attempts")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_event(&self, event_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM outbox WHERE event_id = ?1")
+            .bind(event_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry_event(&self, event_id: &str, attempts: u32, next_ms: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET attempts = ?2, next_ms = ?3 WHERE event_id = ?1")
+            .bind(event_id)
+            .bind(attempts)
+            .bind(next_ms)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     async fn requeue(&self, id: &str) -> StoreResult<bool> {
