@@ -42,7 +42,7 @@ pub use npy::npy_header;
 pub use options::{EncodeOptions, VideoCodec, MAX_BITRATE_KBPS};
 pub use output::{encode, write_video, Format};
 pub use png_sequence::PngSequence;
-pub use read::{read_image, read_video};
+pub use read::{native_video_extension, read_image, read_video, read_video_bytes};
 pub use still::{
     encode_still, sprite_sheet, thumbnail, write_still, FrameFeed, SpriteSheet, StillFormat,
     StillFrames, ThumbnailFrame,

@@ -55,37 +55,80 @@ fn sniff(bytes: &[u8]) -> Kind {
 /// give an error naming the fix when it is not.
 pub fn read_video(path: &Path) -> Result<Clip> {
     let bytes = fs::read(path).map_err(|e| MediaError::io("cannot read", path, e))?;
-    let other = match sniff(&bytes) {
-        Kind::Mp4 => match mp4::read(&bytes)? {
-            mp4::Mp4Contents::Decoded(clip) => return Ok(clip),
-            mp4::Mp4Contents::OtherCodec(name) => format!("an MP4 with {name} video"),
-        },
-        Kind::Gif => {
-            return read_animation(
-                image::codecs::gif::GifDecoder::new(Cursor::new(&bytes)),
-                path,
-            )
-        }
-        Kind::Png => {
-            let dec = image::codecs::png::PngDecoder::new(Cursor::new(&bytes))
-                .map_err(|e| bad_file(path, e))?;
-            if dec.is_apng().map_err(|e| bad_file(path, e))? {
-                return read_animation(dec.apng(), path);
-            }
-            return Clip::new(vec![read_image(path)?], 1);
-        }
-        Kind::WebP => return read_webp(&bytes, path),
-        Kind::Other => "a video format Sorrel does not decode itself".to_string(),
+    let other = match decode_native(&bytes, path)? {
+        Ok(clip) => return Ok(clip),
+        Err(other) => other,
     };
     if ffmpeg::available() {
         return ffmpeg::read(path);
     }
-    Err(MediaError::Unsupported(format!(
-        "{} is {other}: Sorrel decodes H.264 MP4, GIF, APNG and WebP itself; install ffmpeg (Sorrel \
-         then uses it for everything else) or convert the file with \
+    Err(not_native(
+        path,
+        &other,
+        "install ffmpeg (Sorrel then uses it for everything else) or convert",
+    ))
+}
+
+/// Decodes a video held in memory (an upload), in the formats Sorrel decodes itself: H.264 MP4, GIF, APNG
+/// and WebP. `name` names it in messages. Other formats are refused with the command that converts them
+/// (ffmpeg reads files, not memory).
+pub fn read_video_bytes(bytes: &[u8], name: &Path) -> Result<Clip> {
+    match decode_native(bytes, name)? {
+        Ok(clip) => Ok(clip),
+        Err(other) => Err(not_native(name, &other, "convert")),
+    }
+}
+
+/// The file extension of a video format Sorrel decodes itself (`mp4`, `gif`, `png` for APNG, `webp`), from
+/// the first bytes; `None` for anything else.
+pub fn native_video_extension(bytes: &[u8]) -> Option<&'static str> {
+    match sniff(bytes) {
+        Kind::Mp4 => Some("mp4"),
+        Kind::Gif => Some("gif"),
+        Kind::Png => Some("png"),
+        Kind::WebP => Some("webp"),
+        Kind::Other => None,
+    }
+}
+
+/// The clip, if the bytes are a format decoded here; else what they are, for the message.
+fn decode_native(bytes: &[u8], path: &Path) -> Result<std::result::Result<Clip, String>> {
+    let other = match sniff(bytes) {
+        Kind::Mp4 => match mp4::read(bytes)? {
+            mp4::Mp4Contents::Decoded(clip) => return Ok(Ok(clip)),
+            mp4::Mp4Contents::OtherCodec(name) => format!("an MP4 with {name} video"),
+        },
+        Kind::Gif => {
+            return read_animation(
+                image::codecs::gif::GifDecoder::new(Cursor::new(bytes)),
+                path,
+            )
+            .map(Ok)
+        }
+        Kind::Png => {
+            let dec = image::codecs::png::PngDecoder::new(Cursor::new(bytes))
+                .map_err(|e| bad_file(path, e))?;
+            if dec.is_apng().map_err(|e| bad_file(path, e))? {
+                return read_animation(dec.apng(), path).map(Ok);
+            }
+            let img = image::load_from_memory(bytes)
+                .map_err(|e| bad_file(path, e))?
+                .into_rgb8();
+            let frame = Frame::new(img.width(), img.height(), img.into_raw())?;
+            return Clip::new(vec![frame], 1).map(Ok);
+        }
+        Kind::WebP => return read_webp(bytes, path).map(Ok),
+        Kind::Other => "a video format Sorrel does not decode itself".to_string(),
+    };
+    Ok(Err(other))
+}
+
+fn not_native(path: &Path, what: &str, fix: &str) -> MediaError {
+    MediaError::Unsupported(format!(
+        "{} is {what}: Sorrel decodes H.264 MP4, GIF, APNG and WebP itself; {fix} the file with \
          `ffmpeg -i INPUT -c:v libx264 -pix_fmt yuv420p OUTPUT.mp4`",
         path.display()
-    )))
+    ))
 }
 
 fn bad_file(path: &Path, e: impl std::fmt::Display) -> MediaError {

@@ -376,6 +376,45 @@ fn reading_unknown_files_names_the_problem() {
     assert!(e.contains("use a PNG, JPEG, WebP or GIF"), "{e}");
 }
 
+/// A clip held in memory (an upload) decodes as the same file does, in every format Sorrel decodes itself, and
+/// anything else is refused with the command that converts it.
+#[test]
+fn videos_in_memory_decode_as_their_files_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = moving_clip(48, 32, 9, 8);
+    for (ext, want) in [
+        ("mp4", "mp4"),
+        ("gif", "gif"),
+        ("apng", "png"),
+        ("webp", "webp"),
+    ] {
+        let path = dir.path().join(format!("clip.{ext}"));
+        write_video(&path, &clip, &opts()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(native_video_extension(&bytes), Some(want), "{ext}");
+        let from_file = read_video(&path).unwrap();
+        let from_memory = read_video_bytes(&bytes, Path::new("upload")).unwrap();
+        assert_eq!(from_memory.len(), from_file.len(), "{ext}");
+        assert!(
+            from_memory
+                .frames()
+                .iter()
+                .zip(from_file.frames())
+                .all(|(a, b)| a.rgb == b.rgb),
+            "{ext}"
+        );
+    }
+    let junk = b"this is not a video at all";
+    assert_eq!(native_video_extension(junk), None);
+    let e = read_video_bytes(junk, Path::new("junk.mov"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("junk.mov") && e.contains("ffmpeg -i INPUT"),
+        "{e}"
+    );
+}
+
 /// Finished outputs are ordinary files, readable by others (a web server, another user), not private
 /// like the temporary file they were written through.
 #[cfg(unix)]

@@ -178,7 +178,7 @@ pub struct CreateRequest {
     pub model: String,
     /// The settings.
     pub params: GenParams,
-    /// An uploaded picture to start from, stored under the name `params.input` gives.
+    /// An uploaded picture or clip to start from, stored under the name `params.input` gives.
     pub upload: Option<axum::body::Bytes>,
 }
 
@@ -279,6 +279,26 @@ pub fn parse_create(
             ))
         }
     };
+    let clip = match f.take("input_video") {
+        None => None,
+        Some(Field::File { filename, bytes }) => {
+            if upload.is_some() {
+                return Err(ApiError::invalid(
+                    "input_video",
+                    "Send 'input_reference' (a picture to start from) or 'input_video' (a clip to restyle), \
+                     not both.",
+                ));
+            }
+            let (ext, clip) = check_video_upload(&bytes, filename.as_deref())?;
+            Some((ext, clip, bytes))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "input_video",
+                "'input_video' must be a clip sent as a file in a multipart/form-data body.",
+            ))
+        }
+    };
     let prompt = f
         .string("prompt")?
         .ok_or_else(|| ApiError::invalid("prompt", "Missing required parameter: 'prompt'."))?;
@@ -299,9 +319,10 @@ pub fn parse_create(
         })?,
     };
     // A request the model cannot run is refused here, not after the job is queued.
-    let (mode, param) = match upload {
-        Some(_) => (Mode::ImageToVideo, "input_reference"),
-        None => (Mode::TextToVideo, "model"),
+    let (mode, param) = match (&upload, &clip) {
+        (Some(_), _) => (Mode::ImageToVideo, "input_reference"),
+        (_, Some(_)) => (Mode::VideoToVideo, "input_video"),
+        _ => (Mode::TextToVideo, "model"),
     };
     model
         .pipe
@@ -316,8 +337,25 @@ pub fn parse_create(
             limits.max_seconds as u64,
             " (this server's --max-seconds)",
         )?
-        .map(|s| s as u32)
-        .unwrap_or(fallback.seconds);
+        .map(|s| s as u32);
+    let fps = model.pipe.native_fps();
+    let frames_of = |seconds: u32| {
+        frames_for(
+            seconds,
+            fps,
+            model.pipe.compression().1,
+            model.pipe.transformer_config().patch_size[0],
+        )
+    };
+    let seconds = match (seconds, &clip) {
+        (Some(s), _) => s,
+        // Restyling a clip: as long as the clip, in the whole seconds whose frames it holds.
+        (None, Some((_, c, _))) => (1..=limits.max_seconds)
+            .take_while(|&s| frames_of(s) <= c.len())
+            .last()
+            .unwrap_or(1),
+        (None, None) => fallback.seconds,
+    };
     let (width, height) = match f.string("size")? {
         None => fallback.size,
         Some(s) => parse_size(&s, limits)?,
@@ -346,33 +384,66 @@ pub fn parse_create(
     let seed = f
         .whole("seed", 0, u64::MAX, "")?
         .unwrap_or_else(rand::random::<u64>);
+    let strength = match &clip {
+        Some(_) => parse_strength(&mut f)?.unwrap_or(REMIX_STRENGTH),
+        None if f.number("strength")?.is_some() => {
+            return Err(ApiError::invalid(
+                "strength",
+                "'strength' says how much to change a clip: send it with 'input_video'.",
+            ))
+        }
+        None => 0.0,
+    };
     f.finish()?;
 
-    let fps = model.pipe.native_fps();
     let params = GenParams {
         prompt,
         negative_prompt,
         width,
         height,
         seconds,
-        frames: frames_for(
-            seconds,
-            fps,
-            model.pipe.compression().1,
-            model.pipe.transformer_config().patch_size[0],
-        ),
+        frames: frames_of(seconds),
         fps,
         steps,
         guidance,
         seed,
-        input: upload.as_ref().map(|(ext, _, _)| JobInput::Image {
-            file: format!("input.{ext}"),
-        }),
+        input: match (&upload, &clip) {
+            (Some((ext, _, _)), _) => Some(JobInput::Image {
+                file: format!("input.{ext}"),
+            }),
+            (_, Some((ext, _, _))) => Some(JobInput::Video {
+                file: format!("input.{ext}"),
+                strength,
+            }),
+            _ => None,
+        },
     };
-    let (conditioning, upload) = match upload {
-        Some((_, first, bytes)) => (Conditioning::Image { first, last: None }, Some(bytes)),
-        None => (Conditioning::None, None),
+    let (conditioning, upload) = match (upload, clip) {
+        (Some((_, first, bytes)), _) => (Conditioning::Image { first, last: None }, Some(bytes)),
+        (_, Some((_, clip, bytes))) => (
+            Conditioning::Video {
+                frames: clip.frames().iter().cloned().map(picture).collect(),
+                strength,
+            },
+            Some(bytes),
+        ),
+        _ => (Conditioning::None, None),
     };
+    if let Conditioning::Video { frames, strength } = &conditioning {
+        check_strength_runs(*strength, params.steps, "its")?;
+        if frames.len() < params.frames {
+            return Err(ApiError::invalid(
+                "input_video",
+                format!(
+                    "The clip has {} frames, and {} seconds of this model's video take {}: send a longer \
+                     clip or fewer 'seconds'.",
+                    frames.len(),
+                    params.seconds,
+                    params.frames
+                ),
+            ));
+        }
+    }
     // What the model itself cannot do (its patch grid, positional range) is a 400 now, not a failed job later.
     to_request(&params, conditioning)
         .validate(&model.pipe)
@@ -404,38 +475,20 @@ pub fn parse_remix(
         .ok_or_else(|| ApiError::invalid("prompt", "Missing required parameter: 'prompt'."))?;
     check_prompt("prompt", &prompt, limits, true)?;
     let seed = f.whole("seed", 0, u64::MAX, "")?.unwrap_or(source.seed);
-    let strength = match f.number("strength")? {
-        None => REMIX_STRENGTH,
-        Some((s, _)) if restyles && s > 0.0 && s <= 1.0 => s,
-        Some((_, text)) if restyles => {
-            return Err(ApiError::invalid(
-                "strength",
-                format!(
-                    "Invalid 'strength': '{text}'. Expected a number in (0, 1]: 0.3 stays close to the \
-                     source video, 1 ignores it."
-                ),
-            ))
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "strength",
-                "'strength' needs a model that restyles video (a text-to-video model); this one remixes by \
-                 generating again with the new prompt.",
-            ))
-        }
-    };
-    f.finish()?;
-    let run = sorrel_pipeline::strength_steps(source.steps, strength);
-    if restyles && run == 0 {
+    let strength = if restyles {
+        parse_strength(&mut f)?.unwrap_or(REMIX_STRENGTH)
+    } else if f.number("strength")?.is_some() {
         return Err(ApiError::invalid(
             "strength",
-            format!(
-                "'strength' {strength} with the source's {} steps runs no denoising step: raise it to at \
-                 least {:.2}.",
-                source.steps,
-                1.0 / source.steps as f64
-            ),
+            "'strength' needs a model that restyles video (a text-to-video model); this one remixes by \
+             generating again with the new prompt.",
         ));
+    } else {
+        REMIX_STRENGTH
+    };
+    f.finish()?;
+    if restyles {
+        check_strength_runs(strength, source.steps, "the source's")?;
     }
     Ok(GenParams {
         prompt,
@@ -450,6 +503,66 @@ pub fn parse_remix(
         },
         ..source.clone()
     })
+}
+
+/// The `strength` of a video-to-video request, if given: a number in (0, 1].
+fn parse_strength(f: &mut Fields) -> Result<Option<f64>, ApiError> {
+    match f.number("strength")? {
+        None => Ok(None),
+        Some((s, _)) if s > 0.0 && s <= 1.0 => Ok(Some(s)),
+        Some((_, text)) => Err(ApiError::invalid(
+            "strength",
+            format!(
+                "Invalid 'strength': '{text}'. Expected a number in (0, 1]: 0.3 stays close to the source \
+                 video, 1 ignores it."
+            ),
+        )),
+    }
+}
+
+/// A decoded frame as the pipeline's picture.
+pub fn picture(frame: sorrel_media::Frame) -> Picture {
+    Picture {
+        width: frame.width as usize,
+        height: frame.height as usize,
+        rgb: frame.rgb,
+    }
+}
+
+/// Refuses a `strength` so small that `steps` steps run no denoising step at all.
+fn check_strength_runs(strength: f64, steps: usize, whose: &str) -> Result<(), ApiError> {
+    if sorrel_pipeline::strength_steps(steps, strength) == 0 {
+        return Err(ApiError::invalid(
+            "strength",
+            format!(
+                "'strength' {strength} with {whose} {steps} steps runs no denoising step: raise it to at \
+                 least {:.2}.",
+                1.0 / steps as f64
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes an `input_video` upload (H.264 MP4, GIF, APNG or WebP); returns the file extension to store it under
+/// and the clip.
+fn check_video_upload(
+    bytes: &[u8],
+    filename: Option<&str>,
+) -> Result<(&'static str, sorrel_media::Clip), ApiError> {
+    let name = filename.unwrap_or("the upload");
+    let Some(ext) = sorrel_media::native_video_extension(bytes) else {
+        return Err(ApiError::invalid(
+            "input_video",
+            format!(
+                "'{name}' is not an MP4, GIF, APNG or WebP clip: convert it with \
+                  `ffmpeg -i INPUT -c:v libx264 -pix_fmt yuv420p OUTPUT.mp4`."
+            ),
+        ));
+    };
+    let clip = sorrel_media::read_video_bytes(bytes, std::path::Path::new(name))
+        .map_err(|e| ApiError::invalid("input_video", format!("Cannot read '{name}': {e}.")))?;
+    Ok((ext, clip))
 }
 
 /// How much a remix changes its source video when the request does not say.

@@ -139,7 +139,7 @@ async fn body_fields(req: Request, limit: usize) -> Result<Vec<(String, Field)>,
         {
             let name = field.name().unwrap_or("").to_string();
             let filename = field.file_name().map(str::to_string);
-            let is_file = filename.is_some() || name == "input_reference";
+            let is_file = filename.is_some() || name == "input_reference" || name == "input_video";
             let bytes = field
                 .bytes()
                 .await
@@ -229,7 +229,9 @@ async fn create<S: JobStore>(
         &app.config.defaults,
     )?;
     let id = new_id();
-    if let (Some(bytes), Some(JobInput::Image { file })) = (&parsed.upload, &parsed.params.input) {
+    if let (Some(bytes), Some(JobInput::Image { file } | JobInput::Video { file, .. })) =
+        (&parsed.upload, &parsed.params.input)
+    {
         store_input(&app, &id, file, bytes)?;
     }
     let job = Job {

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sorrel_media::{EncodeOptions, FrameFeed, StillFormat};
-use sorrel_pipeline::{Conditioning, Event, Picture, WanPipeline};
+use sorrel_pipeline::{Conditioning, Event, WanPipeline};
 use sorrel_provenance::watermark;
 use tokio::sync::mpsc;
 
 use crate::job::{now, GenParams, Job, JobError, JobInput, JobStatus};
-use crate::params::{to_request, Variant};
+use crate::params::{picture, to_request, Variant};
 use crate::store::{JobStore, OutboxEvent};
 use crate::App;
 
@@ -308,11 +308,6 @@ fn read_input(params: &GenParams, in_dir: &Path) -> Result<Conditioning, Failure
             "input_missing",
             format!("cannot read the job's input {file}: {e}"),
         )
-    };
-    let picture = |f: sorrel_media::Frame| Picture {
-        width: f.width as usize,
-        height: f.height as usize,
-        rgb: f.rgb,
     };
     Ok(match &params.input {
         None => Conditioning::None,

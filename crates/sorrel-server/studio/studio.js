@@ -130,7 +130,8 @@ function clearError(field) {
   if (input) input.removeAttribute('aria-invalid');
 }
 
-const FORM_FIELDS = ['prompt', 'negative_prompt', 'input_reference', 'model', 'size', 'seconds', 'steps', 'guidance', 'seed'];
+const FORM_FIELDS = ['prompt', 'negative_prompt', 'input_reference', 'input_video', 'strength', 'model', 'size',
+  'seconds', 'steps', 'guidance', 'seed'];
 
 function clearFormErrors() {
   [...FORM_FIELDS, 'form'].forEach(clearError);
@@ -165,7 +166,11 @@ function modelChanged() {
   const image = modes.includes('image_to_video');
   $('#input_reference-field').hidden = !image;
   if (!image) $('#input_reference').value = '';
-  const names = { text_to_video: 'text to video', image_to_video: 'image to video', video_to_video: 'remixing a video' };
+  const restyles = modes.includes('video_to_video');
+  $('#input_video-field').hidden = !restyles;
+  $('#strength-field').hidden = !restyles;
+  if (!restyles) $('#input_video').value = '';
+  const names = { text_to_video: 'text to video', image_to_video: 'image to video', video_to_video: 'video to video' };
   $('#model-modes').textContent = `Does ${modes.map((m) => names[m] || m).join(', ')}; blank fields use the defaults shown.`;
 }
 
@@ -198,6 +203,11 @@ async function submit(event) {
   }
   const file = $('#input_reference').files[0];
   if (file && !$('#input_reference-field').hidden) form.append('input_reference', file, file.name);
+  const clip = $('#input_video').files[0];
+  if (clip && !$('#input_video-field').hidden) {
+    form.append('input_video', clip, clip.name);
+    if (text('strength') !== '') form.append('strength', text('strength'));
+  }
   const button = $('#generate');
   button.disabled = true;
   try {

@@ -739,6 +739,111 @@ async fn webhook_events_outlive_a_restart() {
     s.stop().await;
 }
 
+/// A clip uploaded as `input_video` is restyled (video to video at `strength`), as long as the clip by default;
+/// a clip too short for the asked length, a file that is no clip, a strength out of range or without a clip
+/// are 400s naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_clip_is_restyled() {
+    // The embedded model, trained, so that a low strength visibly keeps the clip (as in the remix test).
+    let toyworld = tiny_model().join("../../../../models/sorrel-toyworld");
+    let s = TestServer::fresh(|c| {
+        c.models.insert(
+            0,
+            sorrel_server::ModelSpec {
+                name: "toyworld".into(),
+                dir: toyworld,
+            },
+        );
+        c.defaults = Default::default();
+    })
+    .await;
+    let (_, v) = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "a small red ball moves to the right on a blue floor", "seed": 5, "steps": 20}),
+        )
+        .await;
+    let source_id = v["id"].as_str().unwrap().to_string();
+    let done = s.wait(&source_id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let mp4 = s
+        .req(Method::GET, &format!("/v1/videos/{source_id}/content"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let source = download(&s, &source_id).await;
+    let create = |fields: Vec<(&'static str, String)>, clip: Option<Vec<u8>>| {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k, v);
+        }
+        if let Some(bytes) = clip {
+            form = form.part(
+                "input_video",
+                reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4"),
+            );
+        }
+        let req = s.req(Method::POST, "/v1/videos").multipart(form).send();
+        async move { json_of(req.await.unwrap()).await }
+    };
+    let prompt = || {
+        (
+            "prompt",
+            "a small red ball moves to the left on a blue floor".to_string(),
+        )
+    };
+    let mut psnr = vec![];
+    for strength in ["0.1", "1"] {
+        let fields = vec![
+            prompt(),
+            ("strength", strength.into()),
+            ("seed", "9".into()),
+        ];
+        let (status, v) = create(fields, Some(mp4.clone())).await;
+        assert_eq!(status, 200, "{v}");
+        // The clip is 8 frames at 8 fps: one second, the length it gets when none is asked.
+        assert_eq!(
+            (v["seconds"].as_str(), v["frames"].as_u64()),
+            (Some("1"), Some(8))
+        );
+        let id = v["id"].as_str().unwrap().to_string();
+        assert!(s.app.data.input_dir(&id).join("input.mp4").exists());
+        let done = s.wait(&id, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let frames = download(&s, &id).await;
+        let p = frames
+            .iter()
+            .zip(&source)
+            .map(|(a, b)| sorrel_testkit::psnr(a, b))
+            .sum::<f64>()
+            / source.len() as f64;
+        println!("uploaded clip restyled at strength {strength}: {p:.1} dB from the clip");
+        psnr.push(p);
+    }
+    assert!(
+        psnr[0] > psnr[1] + 6.0,
+        "strength 0.1 keeps the clip: {psnr:?}"
+    );
+
+    let (status, e) = create(vec![prompt(), ("seconds", "2".into())], Some(mp4.clone())).await;
+    let e = openai_error(status, 400, &e);
+    assert_eq!(e["param"], "input_video");
+    assert!(e["message"].as_str().unwrap().contains("8 frames"), "{e}");
+    let (status, e) = create(vec![prompt()], Some(b"not a video at all".to_vec())).await;
+    assert_eq!(openai_error(status, 400, &e)["param"], "input_video");
+    for bad in ["1.5", "0", "0.01"] {
+        let (status, e) = create(vec![prompt(), ("strength", bad.into())], Some(mp4.clone())).await;
+        assert_eq!(openai_error(status, 400, &e)["param"], "strength", "{bad}");
+    }
+    let (status, e) = create(vec![prompt(), ("strength", "0.5".into())], None).await;
+    assert_eq!(openai_error(status, 400, &e)["param"], "strength");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_videos_expire() {
     let s = TestServer::fresh(|c| c.retention = Duration::from_secs(1)).await;

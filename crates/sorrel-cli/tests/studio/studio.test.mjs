@@ -211,6 +211,22 @@ async function studioWithoutKeys(browser, dir) {
   check(remixed.remixed_from_video_id === id && remixed.prompt === 'a red ball bounces on a green floor',
     'Remix on a card makes a new video from that one, with the new prompt');
 
+  // Video to video: the saved MP4 uploaded as a clip to restyle; its length comes from the clip.
+  check(await page.locator('#input_video-field').isVisible(), 'the clip upload is offered: the embedded model does video to video');
+  await page.fill('#prompt', 'a red ball bounces on a blue floor');
+  await page.fill('#seconds', '');
+  await page.setInputFiles('#input_video', join(dir, `${id}.mp4`));
+  await page.fill('#strength', '0.5');
+  await page.click('#generate');
+  await page.locator('#gallery li').nth(3).waitFor();
+  const v2v = newestCard(page);
+  await v2v.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 60_000 });
+  const restyled = await (await fetch(`${url}/v1/videos/${await v2v.getAttribute('data-id')}`)).json();
+  check(restyled.status === 'completed' && restyled.frames === 8 && restyled.seconds === '1',
+    `an uploaded clip is restyled (${restyled.frames} frames, ${restyled.seconds} s, as long as the clip)`);
+  await page.setInputFiles('#input_video', []);
+  await page.fill('#strength', '');
+
   // A phone-width screen: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
   const wide = await page.evaluate(() => document.documentElement.scrollWidth);
@@ -233,8 +249,10 @@ async function studioWithoutKeys(browser, dir) {
       v.currentTime = v.duration / 2;
     }))));
     await page.waitForTimeout(1000);
+    await page.setViewportSize({ width: 1280, height: 1120 });
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: SHOT });
+    await page.setViewportSize({ width: 1280, height: 860 });
     console.log(`saved the screenshot ${SHOT}`);
   }
 
