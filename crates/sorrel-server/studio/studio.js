@@ -308,10 +308,30 @@ function update(li, video) {
   remove.textContent = done || video.status === 'failed' ? 'Delete' : 'Cancel';
   remove.setAttribute('aria-label', `${remove.textContent} “${video.prompt}”`);
   if (done && was !== 'completed') {
-    loadVideo(li);
-    checkCredentials(li);
+    // Fetched when the card comes into view: a long gallery does not download every video at once.
+    whenVisible(li, () => {
+      loadVideo(li);
+      checkCredentials(li);
+    });
     if (was) announce(`Finished: ${video.prompt}`);
   }
+}
+
+const onVisible = new WeakMap();
+const visibility = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (!e.isIntersecting) continue;
+    visibility.unobserve(e.target);
+    const run = onVisible.get(e.target);
+    onVisible.delete(e.target);
+    if (run) run();
+  }
+}, { rootMargin: '400px' });
+
+/** Runs `fn` once, when the card is on (or near) the screen. */
+function whenVisible(li, fn) {
+  onVisible.set(li, fn);
+  visibility.observe(li);
 }
 
 function keepBlob(id, url) {

@@ -233,6 +233,21 @@ async function studioWithoutKeys(browser, dir) {
   check(wide <= 390, `at 390 px wide the page does not scroll sideways (${wide} px)`);
   await page.setViewportSize({ width: 1280, height: 860 });
 
+  // The gallery on a phone, opened afresh: the oldest card, screens below, fetches its video only when
+  // scrolled to.
+  const phone = await context.newPage();
+  await phone.setViewportSize({ width: 390, height: 844 });
+  await phone.goto(url);
+  await phone.locator('#gallery li').nth(3).waitFor();
+  await newestCard(phone).locator('video').waitFor({ state: 'visible' });
+  const oldest = phone.locator('#gallery li').last();
+  const below = await oldest.evaluate((li) => li.getBoundingClientRect().top);
+  const waited = await oldest.locator('video').isHidden();
+  await oldest.scrollIntoViewIfNeeded();
+  await oldest.locator('video').waitFor({ state: 'visible' });
+  check(below > 2 * 844 && waited, `a card ${Math.round(below)} px down loads its video only when scrolled to`);
+  await phone.close();
+
   if (SHOT) {
     // A second take for the picture, then back to the top.
     await page.fill('#prompt', 'a large green box moves to the left');
@@ -242,9 +257,10 @@ async function studioWithoutKeys(browser, dir) {
     await page.locator('#gallery li').nth(before).waitFor();
     await newestCard(page).locator('.badge', { hasText: /^✔ Content credentials: trusted/ }).waitFor({ timeout: 60_000 });
     await page.fill('#prompt', 'a blue sphere rolls across the ground');
-    await until(page, () => [...document.querySelectorAll('#gallery video')].every((v) => v.readyState >= 2));
+    // (Videos load when their card comes into view: the ones on screen.)
+    await until(page, () => [...document.querySelectorAll('#gallery video:not([hidden])')].every((v) => v.readyState >= 2));
     // Show each take at its middle, and let the players' loading indicators go.
-    await page.evaluate(() => Promise.all([...document.querySelectorAll('#gallery video')].map((v) => new Promise((r) => {
+    await page.evaluate(() => Promise.all([...document.querySelectorAll('#gallery video:not([hidden])')].map((v) => new Promise((r) => {
       v.addEventListener('seeked', r, { once: true });
       v.currentTime = v.duration / 2;
     }))));
