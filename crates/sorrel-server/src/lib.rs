@@ -195,7 +195,8 @@ impl Server {
             let _ = w.await;
         }
         cleaner.abort();
-        let _ = outbox.await;
+        // Pending events are in the database: an attempt cut short here is made again at the next start.
+        outbox.abort();
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! outbox, recorded in the same transaction as the job's end, until they are delivered: at least once, with
 //! one `webhook-id` on every attempt, across restarts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -11,8 +12,6 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
-
-use std::sync::Arc;
 
 use crate::config::WebhookConfig;
 use crate::job::{now, JobStatus};
