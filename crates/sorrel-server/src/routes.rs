@@ -222,12 +222,18 @@ async fn create<S: JobStore>(
     req: Request,
 ) -> Result<Response, ApiError> {
     let fields = body_fields(req, app.config.limits.max_body_bytes).await?;
-    let parsed = params::parse_create(
-        fields,
-        &app.models,
-        &app.config.limits,
-        &app.config.defaults,
-    )?;
+    // Checking an upload decodes it (a picture, or every frame of a clip): off the async workers.
+    let shared = app.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        params::parse_create(
+            fields,
+            &shared.models,
+            &shared.config.limits,
+            &shared.config.defaults,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("checking the request stopped: {e}")))??;
     let id = new_id();
     if let (Some(bytes), Some(JobInput::Image { file } | JobInput::Video { file, .. })) =
         (&parsed.upload, &parsed.params.input)

@@ -60,9 +60,7 @@ function parseJson(text) {
 
 // ---- the key ----------------------------------------------------------------------------------------------
 
-let keyWaiters = [];
-
-/** Opens the key dialog with the API's reason; resolves once a key the API accepts is saved. */
+/** Opens the key dialog with the API's reason; saving a key the API accepts starts the page again. */
 function askForKey(reason) {
   const dialog = $('#key-dialog');
   $('#key-why').textContent = apiKey()
@@ -72,7 +70,6 @@ function askForKey(reason) {
   $('#key-input').setAttribute('aria-invalid', 'true');
   if (!dialog.open) dialog.showModal();
   $('#key-input').focus();
-  return new Promise((resolve) => keyWaiters.push(resolve));
 }
 
 async function saveKey(event) {
@@ -82,16 +79,13 @@ async function saveKey(event) {
     showError('key', 'Enter the API key this server was started with.');
     return;
   }
-  const before = apiKey();
-  localStorage.setItem(KEY_STORE, key);
   const button = $('#key-save');
   button.disabled = true;
   try {
-    // Check the key on a cheap call before closing: a wrong key shows the API's message here.
+    // Check the key on a cheap call before keeping it: a wrong key shows the API's message here.
     const res = await fetch('/v1/models', { headers: { Authorization: `Bearer ${key}` } });
     if (!res.ok) {
       const body = await res.json().catch(() => null);
-      if (before) localStorage.setItem(KEY_STORE, before); else localStorage.removeItem(KEY_STORE);
       showError('key', new ApiError(res.status, body).message);
       $('#key-input').setAttribute('aria-invalid', 'true');
       $('#key-input').select();
@@ -103,13 +97,11 @@ async function saveKey(event) {
   } finally {
     button.disabled = false;
   }
+  localStorage.setItem(KEY_STORE, key);
   clearError('key');
   $('#key-input').value = '';
   $('#key-dialog').close();
   announce('API key saved.');
-  const waiters = keyWaiters;
-  keyWaiters = [];
-  waiters.forEach((w) => w());
   start();
 }
 
