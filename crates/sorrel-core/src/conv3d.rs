@@ -10,6 +10,8 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::ops::is_cpu_f32;
+
 /// The most elements of stacked taps one convolution call takes: 16 Mi, 64 MB in f32.
 pub const STACK_BUDGET: usize = 16 << 20;
 
@@ -103,16 +105,20 @@ impl CausalConv3d {
     /// front padding frames (ignored, as in diffusers, when the layer has no temporal padding).
     /// Returns (B, Cout, T', H', W').
     pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
-        self.forward_in_budget(x, cache, STACK_BUDGET)
+        self.forward_with(x, cache, Some(STACK_BUDGET), true)
     }
 
-    /// [`Self::forward`] stacking at most `budget` elements of taps at a time (tests use small ones).
-    fn forward_in_budget(
+    /// [`Self::forward`]; `shifted`: without gradients, run every tap as GEMMs over the padded frames
+    /// ([`crate::shifted_conv`]); otherwise (and always while training) stack at most `budget` elements of
+    /// taps at a time for one conv2d (tests use small budgets).
+    fn forward_with(
         &self,
         x: &Tensor,
         cache: Option<&Tensor>,
-        budget: usize,
+        budget: Option<usize>,
+        shifted: bool,
     ) -> Result<Tensor> {
+        let budget = budget.unwrap_or(STACK_BUDGET);
         let (b, c, _, _, _) = x.dims5()?;
         if c != self.in_channels {
             candle_core::bail!(
@@ -170,6 +176,14 @@ impl CausalConv3d {
         if t_in < kt {
             candle_core::bail!(
                 "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
+            );
+        }
+        let untracked = !x.track_op() && !self.weight.track_op();
+        if shifted && untracked && is_cpu_f32(&x) && is_cpu_f32(&self.weight) {
+            let y = crate::shifted_conv::conv3d_shifted(&x, &self.weight, self.stride_t, conv_pad)?;
+            return crate::ops::broadcast_add(
+                &y,
+                &self.bias.reshape((1, self.out_channels, 1, 1, 1))?,
             );
         }
         let t_out = (t_in - kt) / self.stride_t + 1;
@@ -337,9 +351,12 @@ mod tests {
         ts.insert("bias".to_string(), bias.clone());
         let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
         let conv = CausalConv3d::new(ci, co, kernel, padding, stride_t, vb).unwrap();
-        // All output frames stacked at once, and (budget 1) one frame at a time.
-        for budget in [STACK_BUDGET, 1] {
-            let y = conv.forward_in_budget(&x, cache.as_ref(), budget).unwrap();
+        // Shifted GEMMs (inference), and taps stacked for all output frames at once or (budget 1) one frame at
+        // a time (training's path).
+        for (budget, shifted) in [(None, true), (Some(STACK_BUDGET), false), (Some(1), false)] {
+            let y = conv
+                .forward_with(&x, cache.as_ref(), budget, shifted)
+                .unwrap();
             compare(&y, &x, cache.as_ref(), &weight, &bias, padding, stride_t);
         }
     }

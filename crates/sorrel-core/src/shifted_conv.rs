@@ -1,4 +1,5 @@
-//! A stride-1 2D convolution as kh·kw matrix products over shifted views of the padded image, with no im2col.
+//! Stride-1 2D (and causal 3D) convolutions as kh·kw (kt·kh·kw) matrix products over shifted views of the
+//! padded image, with no im2col.
 //!
 //! candle 0.11's CPU conv2d gathers every output pixel's kh·kw·Cin inputs into a column tile, one element at
 //! a time, before its matrix product: for the Wan VAE's 3x3 convolutions over 288 tap-channels the gathering,
@@ -18,17 +19,31 @@ use crate::ops::contiguous_f32;
 /// `x` (B, Cin, H, W) convolved with `w` (Cout, Cin, kh, kw), stride 1, symmetric zero `padding`; f32 on the
 /// CPU, not tracked for gradients (the caller checks).
 pub fn conv2d_shifted(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&w.contiguous()?, &ShiftedConv { padding })
+    let y = conv3d_shifted(&x.unsqueeze(2)?, &w.unsqueeze(2)?, 1, padding)?;
+    y.squeeze(2)
+}
+
+/// `x` (B, Cin, T, H, W) convolved with `w` (Cout, Cin, kt, kh, kw): no temporal padding (the caller puts the
+/// causal padding or cache in `x`), temporal stride `stride_t`, spatial stride 1 with symmetric zero `padding`.
+/// Each output frame is kt·kh·kw GEMMs accumulated in place, so the temporal taps need no stacked copy either.
+pub fn conv3d_shifted(x: &Tensor, w: &Tensor, stride_t: usize, padding: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        &w.contiguous()?,
+        &ShiftedConv {
+            padding,
+            stride_t: stride_t.max(1),
+        },
+    )
 }
 
 struct ShiftedConv {
     padding: usize,
+    stride_t: usize,
 }
 
 impl CustomOp2 for ShiftedConv {
     fn name(&self) -> &'static str {
-        "shifted-gemm-conv2d"
+        "shifted-gemm-conv"
     }
 
     fn cpu_fwd(
@@ -40,82 +55,100 @@ impl CustomOp2 for ShiftedConv {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, self.name())?;
         let w = contiguous_f32(ws, wl, self.name())?;
-        let (b, cin, h, wd) = xl.shape().dims4()?;
-        let (cout, cin_w, kh, kw) = wl.shape().dims4()?;
-        let p = self.padding;
-        if cin != cin_w || h + 2 * p < kh || wd + 2 * p < kw {
+        let (b, cin, t_in, h, wd) = xl.shape().dims5()?;
+        let (cout, cin_w, kt, kh, kw) = wl.shape().dims5()?;
+        let (p, s) = (self.padding, self.stride_t);
+        if cin != cin_w || t_in < kt || h + 2 * p < kh || wd + 2 * p < kw {
             candle_core::bail!(
-                "conv2d: input (.., {cin}, {h}, {wd}) and kernel ({cout}, {cin_w}, {kh}, {kw}) with padding {p} do not fit"
+                "conv: input (.., {cin}, {t_in}, {h}, {wd}) and kernel ({cout}, {cin_w}, {kt}, {kh}, {kw}) with \
+                 padding {p} do not fit"
             );
         }
+        let t_out = (t_in - kt) / s + 1;
         let (ho, wo) = (h + 2 * p - kh + 1, wd + 2 * p - kw + 1);
         let wp = wd + 2 * p;
         // One spare row at the bottom: the last tap's run reaches kw - 1 elements past the padded image.
         let hp = h + 2 * p + 1;
         let plane = hp * wp;
-        // taps[t] = w[:, :, dy, dx] as a (Cout, Cin) matrix, t = dy·kw + dx.
-        let mut taps = vec![0f32; kh * kw * cout * cin];
+        let spatial = kh * kw;
+        // taps[k·spatial + t] = w[:, :, k, dy, dx] as a (Cout, Cin) matrix, t = dy·kw + dx.
+        let mut taps = vec![0f32; kt * spatial * cout * cin];
         for co in 0..cout {
             for ci in 0..cin {
-                for t in 0..kh * kw {
-                    taps[(t * cout + co) * cin + ci] = w[(co * cin + ci) * kh * kw + t];
+                for tap in 0..kt * spatial {
+                    taps[(tap * cout + co) * cin + ci] = w[(co * cin + ci) * kt * spatial + tap];
                 }
             }
         }
         let wide = ho * wp;
-        let mut padded = vec![0f32; cin * plane];
+        // Every input frame of one batch item, padded: (T, Cin, Hp, Wp).
+        let mut padded = vec![0f32; t_in * cin * plane];
         let mut acc = vec![0f32; cout * wide];
-        let mut out = vec![0f32; b * cout * ho * wo];
+        let mut out = vec![0f32; b * cout * t_out * ho * wo];
         let threads = rayon::current_num_threads();
         for i in 0..b {
-            let image = &x[i * cin * h * wd..(i + 1) * cin * h * wd];
+            let item = &x[i * cin * t_in * h * wd..(i + 1) * cin * t_in * h * wd];
             padded
                 .par_chunks_mut(plane)
                 .enumerate()
-                .for_each(|(c, dst)| {
+                .for_each(|(fc, dst)| {
+                    let (f, c) = (fc / cin, fc % cin);
+                    let src = &item[(c * t_in + f) * h * wd..(c * t_in + f + 1) * h * wd];
                     for y in 0..h {
-                        let from = &image[(c * h + y) * wd..(c * h + y + 1) * wd];
-                        dst[(y + p) * wp + p..(y + p) * wp + p + wd].copy_from_slice(from);
+                        dst[(y + p) * wp + p..(y + p) * wp + p + wd]
+                            .copy_from_slice(&src[y * wd..(y + 1) * wd]);
                     }
                 });
-            for t in 0..kh * kw {
-                let offset = (t / kw) * wp + t % kw;
-                // SAFETY: every pointer and stride stays inside its buffer: acc is Cout rows of `wide`; the
-                // tap matrix is Cout rows of Cin; the shifted input is Cin rows of `wide` elements starting at
-                // c·plane + offset, and offset + wide <= (kh - 1)·wp + kw - 1 + ho·wp < plane (the spare row).
-                unsafe {
-                    gemm::gemm(
-                        cout,
-                        wide,
-                        cin,
-                        acc.as_mut_ptr(),
-                        1,
-                        wide as isize,
-                        t > 0,
-                        taps[t * cout * cin..].as_ptr(),
-                        1,
-                        cin as isize,
-                        padded[offset..].as_ptr(),
-                        1,
-                        plane as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::Rayon(threads),
-                    );
+            for to in 0..t_out {
+                for tap in 0..kt * spatial {
+                    let (k, t) = (tap / spatial, tap % spatial);
+                    let frame = &padded[(to * s + k) * cin * plane..(to * s + k + 1) * cin * plane];
+                    let offset = (t / kw) * wp + t % kw;
+                    // SAFETY: every pointer and stride stays inside its buffer: acc is Cout rows of `wide`;
+                    // the tap matrix is Cout rows of Cin; the shifted input is Cin rows of `wide` elements
+                    // starting at c·plane + offset within `frame`, and offset + wide <= (kh - 1)·wp + kw - 1 +
+                    // ho·wp < plane (the spare row).
+                    unsafe {
+                        gemm::gemm(
+                            cout,
+                            wide,
+                            cin,
+                            acc.as_mut_ptr(),
+                            1,
+                            wide as isize,
+                            tap > 0,
+                            taps[tap * cout * cin..].as_ptr(),
+                            1,
+                            cin as isize,
+                            frame[offset..].as_ptr(),
+                            1,
+                            plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::Rayon(threads),
+                        );
+                    }
                 }
+                // (B, Cout, T', Ho, Wo): this frame's rows of every output channel.
+                let frame_out = ho * wo;
+                let item_out =
+                    &mut out[i * cout * t_out * frame_out..(i + 1) * cout * t_out * frame_out];
+                item_out
+                    .par_chunks_mut(t_out * frame_out)
+                    .enumerate()
+                    .for_each(|(co, d)| {
+                        let d = &mut d[to * frame_out..(to + 1) * frame_out];
+                        for y in 0..ho {
+                            let row = &acc[co * wide + y * wp..co * wide + y * wp + wo];
+                            d[y * wo..(y + 1) * wo].copy_from_slice(row);
+                        }
+                    });
             }
-            let dst = &mut out[i * cout * ho * wo..(i + 1) * cout * ho * wo];
-            dst.par_chunks_mut(ho * wo).enumerate().for_each(|(co, d)| {
-                for y in 0..ho {
-                    let row = &acc[co * wide + y * wp..co * wide + y * wp + wo];
-                    d[y * wo..(y + 1) * wo].copy_from_slice(row);
-                }
-            });
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, cout, ho, wo))))
+        Ok((CpuStorage::F32(out), Shape::from((b, cout, t_out, ho, wo))))
     }
 }
 
