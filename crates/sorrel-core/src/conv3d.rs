@@ -351,44 +351,26 @@ mod tests {
         ts.insert("bias".to_string(), bias.clone());
         let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
         let conv = CausalConv3d::new(ci, co, kernel, padding, stride_t, vb).unwrap();
+        let (shape, want) = naive(&x, cache.as_ref(), &weight, &bias, padding, stride_t);
         // Shifted GEMMs (inference), and taps stacked for all output frames at once or (budget 1) one frame at
         // a time (training's path).
         for (budget, shifted) in [(None, true), (Some(STACK_BUDGET), false), (Some(1), false)] {
             let y = conv
                 .forward_with(&x, cache.as_ref(), budget, shifted)
                 .unwrap();
-            compare(&y, &x, cache.as_ref(), &weight, &bias, padding, stride_t);
+            let case = format!(
+                "kernel {kernel:?} padding {padding:?} cache {cache_t:?} budget {budget:?} shifted {shifted}"
+            );
+            assert_eq!(y.dims(), shape.as_slice(), "{case}");
+            let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // fp32 sums of at most 81 products of values in [-1, 1): only accumulation order differs.
+            assert!(err < 1e-5, "{case}: max abs error {err}");
         }
-    }
-
-    fn compare(
-        y: &Tensor,
-        x: &Tensor,
-        cache: Option<&Tensor>,
-        weight: &Tensor,
-        bias: &Tensor,
-        padding: (usize, usize, usize),
-        stride_t: usize,
-    ) {
-        let kernel = weight.dims();
-        let cache_t = cache.map(|c| c.dim(2).unwrap());
-        let (shape, want) = naive(x, cache, weight, bias, padding, stride_t);
-        assert_eq!(
-            y.dims(),
-            shape.as_slice(),
-            "kernel {kernel:?} padding {padding:?} cache {cache_t:?}"
-        );
-        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        // fp32 sums of at most 81 products of values in [-1, 1): only accumulation order differs.
-        assert!(
-            err < 1e-5,
-            "kernel {kernel:?} padding {padding:?} cache {cache_t:?}: max abs error {err}"
-        );
     }
 
     #[test]
