@@ -2,10 +2,11 @@
 //!
 //! The temporal taps are folded into the conv2d input channels: for output frame `t`, the input frames
 //! `t*s .. t*s+kt` are stacked along channels, so one conv2d with a `(Cout, kt*Cin, kh, kw)` kernel computes the
-//! whole 3D convolution. candle's CPU conv2d builds its im2col in tiles of 512 output pixels, so the extra
-//! memory is the stacked input, `kt` times the frames it stacks: output frames are taken in groups of at most
-//! [`STACK_BUDGET`] stacked elements instead of all at once (for four 256x256 frames of the Wan VAE's 96
-//! channels, 302 MB stacked at once became 75 MB per frame).
+//! whole 3D convolution. That is the training path (its gradients are conv2d's); candle's CPU conv2d builds its
+//! im2col in tiles of 512 output pixels, so the extra memory is the stacked input, `kt` times the frames it
+//! stacks, and output frames are taken in groups of at most [`STACK_BUDGET`] stacked elements. Without
+//! gradients (inference) every tap is instead a GEMM over the padded frames ([`crate::shifted_conv`]), with no
+//! stacked copy at all.
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -105,7 +106,7 @@ impl CausalConv3d {
     /// front padding frames (ignored, as in diffusers, when the layer has no temporal padding).
     /// Returns (B, Cout, T', H', W').
     pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
-        self.forward_with(x, cache, Some(STACK_BUDGET), true)
+        self.forward_with(x, cache, STACK_BUDGET, true)
     }
 
     /// [`Self::forward`]; `shifted`: without gradients, run every tap as GEMMs over the padded frames
@@ -115,10 +116,9 @@ impl CausalConv3d {
         &self,
         x: &Tensor,
         cache: Option<&Tensor>,
-        budget: Option<usize>,
+        budget: usize,
         shifted: bool,
     ) -> Result<Tensor> {
-        let budget = budget.unwrap_or(STACK_BUDGET);
         let (b, c, _, _, _) = x.dims5()?;
         if c != self.in_channels {
             candle_core::bail!(
@@ -334,6 +334,16 @@ mod tests {
         (vec![b, co, t_out, h_out, w_out], out)
     }
 
+    /// Largest absolute difference between `y` and the direct loop's values (same length, checked by shape).
+    fn max_err(y: &Tensor, want: &[f32]) -> f32 {
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     fn check(
         kernel: (usize, usize, usize),
         padding: (usize, usize, usize),
@@ -354,7 +364,7 @@ mod tests {
         let (shape, want) = naive(&x, cache.as_ref(), &weight, &bias, padding, stride_t);
         // Shifted GEMMs (inference), and taps stacked for all output frames at once or (budget 1) one frame at
         // a time (training's path).
-        for (budget, shifted) in [(None, true), (Some(STACK_BUDGET), false), (Some(1), false)] {
+        for (budget, shifted) in [(STACK_BUDGET, true), (STACK_BUDGET, false), (1, false)] {
             let y = conv
                 .forward_with(&x, cache.as_ref(), budget, shifted)
                 .unwrap();
@@ -362,12 +372,7 @@ mod tests {
                 "kernel {kernel:?} padding {padding:?} cache {cache_t:?} budget {budget:?} shifted {shifted}"
             );
             assert_eq!(y.dims(), shape.as_slice(), "{case}");
-            let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_err(&y, &want);
             // fp32 sums of at most 81 products of values in [-1, 1): only accumulation order differs.
             assert!(err < 1e-5, "{case}: max abs error {err}");
         }
@@ -413,12 +418,7 @@ mod tests {
         weight.set(&(weight.as_tensor() * 2.0).unwrap()).unwrap();
         let after = conv.forward(&x, None).unwrap();
         let (_, want) = naive(&x, None, weight.as_tensor(), &bias, (1, 1, 1), 1);
-        let got: Vec<f32> = after.flatten_all().unwrap().to_vec1().unwrap();
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = max_err(&after, &want);
         assert!(err < 1e-5, "stale kernel after an update: {err}");
         assert!(sorrel_core_diff(&before, &after) > 0.1);
     }

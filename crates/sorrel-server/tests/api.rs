@@ -814,13 +814,7 @@ async fn an_uploaded_clip_is_restyled() {
         assert!(s.app.data.input_dir(&id).join("input.mp4").exists());
         let done = s.wait(&id, Duration::from_secs(60)).await;
         assert_eq!(done["status"], "completed", "{done}");
-        let frames = download(&s, &id).await;
-        let p = frames
-            .iter()
-            .zip(&source)
-            .map(|(a, b)| sorrel_testkit::psnr(a, b))
-            .sum::<f64>()
-            / source.len() as f64;
+        let p = mean_psnr(&download(&s, &id).await, &source);
         println!("uploaded clip restyled at strength {strength}: {p:.1} dB from the clip");
         psnr.push(p);
     }
@@ -1108,6 +1102,17 @@ fn png_48x32(v: u8) -> Vec<u8> {
     out.into_inner()
 }
 
+/// Mean PSNR of a video's frames against a source of the same length.
+fn mean_psnr(frames: &[Vec<u8>], source: &[Vec<u8>]) -> f64 {
+    assert_eq!(frames.len(), source.len());
+    frames
+        .iter()
+        .zip(source)
+        .map(|(a, b)| sorrel_testkit::psnr(a, b))
+        .sum::<f64>()
+        / source.len() as f64
+}
+
 async fn download(s: &TestServer, id: &str) -> Vec<Vec<u8>> {
     let res = s
         .req(Method::GET, &format!("/v1/videos/{id}/content"))
@@ -1264,14 +1269,7 @@ async fn remix_restyles_the_video_on_a_text_to_video_model() {
         let rid = r["id"].as_str().unwrap().to_string();
         let done = s.wait(&rid, Duration::from_secs(60)).await;
         assert_eq!(done["status"], "completed", "{done}");
-        let remix = download(&s, &rid).await;
-        assert_eq!(remix.len(), source.len());
-        let p: f64 = remix
-            .iter()
-            .zip(&source)
-            .map(|(a, b)| sorrel_testkit::psnr(a, b))
-            .sum::<f64>()
-            / source.len() as f64;
+        let p = mean_psnr(&download(&s, &rid).await, &source);
         println!("remix at strength {strength}: mean PSNR against the source {p:.1} dB");
         psnr.push(p);
     }
