@@ -68,5 +68,125 @@ pub(crate) fn mux(stream: &Av1Stream, (width, height): (u32, u32), fps: u32) -> 
     let writer = segment
         .finalize(Some(duration_ms))
         .map_err(|_| MediaError::codec("WebM muxer", "libwebm could not finish the file"))?;
-    Ok(writer.into_inner().into_inner())
+    let mut file = writer.into_inner().into_inner();
+    pin_track_uid(&mut file, stream)?;
+    Ok(file)
+}
+
+/// Track elements' IDs, as written in the file (their length marker included).
+const TRACKS: u32 = 0x1654_AE6B;
+const TRACK_ENTRY: u32 = 0xAE;
+const TRACK_UID: u32 = 0x73C5;
+
+/// Replaces libwebm's random TrackUID with one made from the stream itself.
+///
+/// libwebm draws the UID from `rand_r` seeded with the current second and `webm` offers no way to set it,
+/// so the same clip written twice gave different bytes whenever the writes straddled a second: a render
+/// was not reproducible and the streamed and whole-clip writers disagreed. The value keeps the element's
+/// length, so nothing else in the file moves; hashing the stream keeps different clips' UIDs distinct.
+fn pin_track_uid(file: &mut [u8], stream: &Av1Stream) -> Result<()> {
+    let missing = || MediaError::codec("WebM muxer", "libwebm wrote no TrackUID to pin");
+    // Level-1 elements follow the EBML header and the Segment's ID and size.
+    let mut pos = element_end(file, 0).ok_or_else(missing)?;
+    let (_, _, segment_data) = element(file, pos).ok_or_else(missing)?;
+    pos = segment_data;
+    let (_, tracks_data) = find_child(file, &mut pos, TRACKS).ok_or_else(missing)?;
+    pos = tracks_data;
+    let (_, entry_data) = find_child(file, &mut pos, TRACK_ENTRY).ok_or_else(missing)?;
+    pos = entry_data;
+    let (uid_len, uid_data) = find_child(file, &mut pos, TRACK_UID).ok_or_else(missing)?;
+    let uid = file
+        .get_mut(uid_data..uid_data + uid_len)
+        .filter(|v| (1..=8).contains(&v.len()))
+        .ok_or_else(missing)?;
+    let hash = fnv1a(stream.units.iter().map(|u| u.data.as_slice())).to_be_bytes();
+    uid.copy_from_slice(&hash[8 - uid_len..]);
+    // A TrackUID must not be 0, and a leading zero byte would make the value shorter than its length.
+    uid[0] |= 1;
+    Ok(())
+}
+
+/// Walks siblings from `*pos` to the element with `id`; returns its data length and start.
+fn find_child(file: &[u8], pos: &mut usize, id: u32) -> Option<(usize, usize)> {
+    loop {
+        let (found, len, data) = element(file, *pos)?;
+        if found == id {
+            return Some((len, data));
+        }
+        *pos = data.checked_add(len)?;
+    }
+}
+
+/// The end of the element starting at `pos`.
+fn element_end(file: &[u8], pos: usize) -> Option<usize> {
+    let (_, len, data) = element(file, pos)?;
+    data.checked_add(len)
+}
+
+/// The element at `pos` as (ID, data length, data start); an unknown size reads as the rest of the file.
+fn element(file: &[u8], pos: usize) -> Option<(u32, usize, usize)> {
+    let (id, size_at) = vint(file, pos, true)?;
+    let (len, data) = vint(file, size_at, false)?;
+    let len = usize::try_from(len)
+        .ok()?
+        .min(file.len().saturating_sub(data));
+    Some((u32::try_from(id).ok()?, len, data))
+}
+
+/// An EBML variable-length integer at `pos` and where the next field starts. IDs keep their length marker;
+/// sizes drop it, and an all-ones size (unknown) reads as `u64::MAX`.
+fn vint(file: &[u8], pos: usize, keep_marker: bool) -> Option<(u64, usize)> {
+    let first = *file.get(pos)?;
+    let len = first.leading_zeros() as usize + 1;
+    let bytes = file.get(pos..pos + len).filter(|_| len <= 8)?;
+    let mut value = bytes.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b));
+    if !keep_marker {
+        let bits = 7 * len as u32;
+        value &= (1u64 << bits) - 1;
+        if value == (1u64 << bits) - 1 {
+            value = u64::MAX;
+        }
+    }
+    Some((value, pos + len))
+}
+
+/// 64-bit FNV-1a over the stream's bytes: a cheap, stable fingerprint, not a security hash.
+fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
+    parts.flatten().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::Frame;
+
+    /// libwebm seeds its UIDs with the clock; two writes a second apart must still be the same file.
+    #[test]
+    fn the_same_clip_gives_the_same_file_a_second_later() {
+        let frames = (0..3u8)
+            .map(|i| Frame::new(32, 16, vec![i * 60; 32 * 16 * 3]).unwrap())
+            .collect();
+        let clip = Clip::new(frames, 8).unwrap();
+        let opts = EncodeOptions {
+            av1_speed: 10,
+            ..EncodeOptions::default()
+        };
+        let first = encode(&clip, &opts).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(first, encode(&clip, &opts).unwrap());
+        let other =
+            Clip::new(vec![Frame::new(32, 16, vec![200; 32 * 16 * 3]).unwrap()], 8).unwrap();
+        assert_ne!(
+            track_uid(&first),
+            track_uid(&encode(&other, &opts).unwrap())
+        );
+    }
+
+    fn track_uid(file: &[u8]) -> Vec<u8> {
+        let at = file.windows(2).position(|w| w == [0x73, 0xC5]).unwrap();
+        let len = (file[at + 2] & 0x7F) as usize;
+        file[at + 3..at + 3 + len].to_vec()
+    }
 }
