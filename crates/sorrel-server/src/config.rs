@@ -78,8 +78,14 @@ pub struct WebhookConfig {
 /// Everything `sorrel serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Holds `jobs.db`, `videos/<id>/` and the lock file.
+    /// Holds `jobs.db`, `videos/<id>/` and the lock file. With a shared store, every node names the same
+    /// folder (a network file system for nodes on several machines): outputs are written there.
     pub data_dir: PathBuf,
+    /// Where the jobs live.
+    pub store: crate::store::StoreUrl,
+    /// How long a worker's claim on a job lasts without a renewal; renewed every third of it. A job whose
+    /// worker died goes back to the queue this long after its last renewal.
+    pub lease: Duration,
     /// Address to listen on.
     pub host: IpAddr,
     /// Port (0 picks a free one; the chosen address is printed).
@@ -93,7 +99,7 @@ pub struct ServerConfig {
     /// Weights beside every served model's folder: LoRAs and single-file components (its `dtype` and
     /// `device` are not used: `dtype` above and the CPU are).
     pub weights: sorrel_pipeline::LoadOptions,
-    /// Jobs generated at once.
+    /// Jobs generated at once by this process; 0 (an API-only node) needs a shared store.
     pub workers: usize,
     /// Request limits.
     pub limits: Limits,
@@ -118,6 +124,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("sorrel-data"),
+            store: crate::store::StoreUrl::DataDir,
+            lease: Duration::from_secs(30),
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8000,
             api_keys: Vec::new(),

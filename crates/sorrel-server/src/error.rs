@@ -180,6 +180,20 @@ pub enum StoreError {
     /// A stored record could not be read back.
     #[error("job database holds a malformed record: {0}")]
     Corrupt(String),
+    /// The database server could not be reached or refused the login.
+    #[error(
+        "cannot connect to the job database {url}: {message} (check the --store URL, that PostgreSQL \
+         runs there and that the user may log in)"
+    )]
+    Connect {
+        /// The URL, password hidden.
+        url: String,
+        /// The driver's reason.
+        message: String,
+    },
+    /// The database was made by a newer sorrel.
+    #[error("the job database cannot be used: {0}")]
+    Incompatible(String),
     /// A file in the data folder could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -1,9 +1,10 @@
 //! `sorrel serve`: an OpenAI `/v1/videos`-compatible HTTP server over a durable job queue.
 //!
-//! Requests are validated and stored (SQLite by default) before they are answered, so an accepted job
-//! survives a crash; workers take jobs from the store, generate them with the loaded pipelines, and write
-//! their files atomically into the data folder. A job that was running when the process died is put back in
-//! the queue at the next start.
+//! Requests are validated and stored (SQLite by default, or a PostgreSQL database shared by many nodes)
+//! before they are answered, so an accepted job survives a crash; workers take jobs from the store under a
+//! lease, generate them with the loaded pipelines, and write their files atomically into the data folder. A
+//! job that was running when its process died goes back to the queue: at the next start with SQLite, when
+//! its lease runs out with PostgreSQL.
 
 pub mod auth;
 pub mod config;
@@ -32,7 +33,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use config::{Defaults, Limits, ModelSpec, ServerConfig, WebhookConfig};
 pub use error::{ApiError, ServeError, StoreError};
 pub use routes::router;
-pub use store::{JobStore, SqliteStore};
+pub use store::{JobStore, PgStore, SqliteStore, Store, StoreUrl};
 
 use auth::Keys;
 use files::DataDir;
@@ -78,9 +79,9 @@ impl<S: JobStore> App<S> {
 
 /// A server ready to run: store opened, abandoned jobs re-queued, models loaded, port bound.
 pub struct Server {
-    app: Arc<App<SqliteStore>>,
+    app: Arc<App<Store>>,
     listener: tokio::net::TcpListener,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl Server {
@@ -93,8 +94,12 @@ impl Server {
                 config.host
             )));
         }
-        if config.workers == 0 {
-            return Err(ServeError::Config("--workers must be at least 1".into()));
+        if config.workers == 0 && !config.store.is_shared() {
+            return Err(ServeError::Config(
+                "--workers 0 (an API-only node) needs a store that worker processes share: \
+                 pass --store postgres://..., or give this server at least one worker"
+                    .into(),
+            ));
         }
         let webhook = config
             .webhook
@@ -103,16 +108,24 @@ impl Server {
             .transpose()
             .map_err(ServeError::Config)?;
         let data = DataDir::create(&config.data_dir)?;
-        let lock = take_lock(&data)?;
+        // A shared store is shared on purpose; a SQLite one belongs to one server, which re-queues what it
+        // finds running at start.
+        let lock = match &config.store {
+            StoreUrl::DataDir => Some(take_lock(&data.lock_file(), data.root())?),
+            StoreUrl::Sqlite(path) => Some(take_lock(&lock_beside(path), path)?),
+            StoreUrl::Postgres(_) => None,
+        };
         let identity = match &config.signing {
             Some((cert, key)) => sorrel_provenance::SigningIdentity::from_files(cert, key),
             None => sorrel_provenance::SigningIdentity::local(&data.root().join("c2pa")),
         }
         .map_err(|e| ServeError::Config(format!("content credentials: {e}")))?;
-        let store = SqliteStore::open(&data.database()).await?;
-        let requeued = store.requeue_abandoned().await?;
-        if requeued > 0 {
-            tracing::warn!("{requeued} job(s) were running when the last server stopped; they are queued again");
+        let store = Store::open(&config.store, &data.database()).await?;
+        if let Store::Sqlite(sqlite) = &store {
+            let requeued = sqlite.requeue_abandoned().await?;
+            if requeued > 0 {
+                tracing::warn!("{requeued} job(s) were running when the last server stopped; they are queued again");
+            }
         }
         let specs = config.models.clone();
         let opts = LoadOptions {
@@ -161,7 +174,7 @@ impl Server {
     }
 
     /// The shared state (for tests).
-    pub fn app(&self) -> Arc<App<SqliteStore>> {
+    pub fn app(&self) -> Arc<App<Store>> {
         self.app.clone()
     }
 
@@ -181,6 +194,7 @@ impl Server {
             .collect();
         let cleaner = tokio::spawn(clean_expired(app.clone()));
         let outbox = tokio::spawn(webhook::run_outbox(app.clone()));
+        let relay = tokio::spawn(relay_notifications(app.clone()));
         let shared = app.clone();
         axum::serve(self.listener, router(app.clone()))
             .with_graceful_shutdown(async move {
@@ -195,15 +209,24 @@ impl Server {
             let _ = w.await;
         }
         cleaner.abort();
+        relay.abort();
         // Pending events are in the database: an attempt cut short here is made again at the next start.
         outbox.abort();
         Ok(())
     }
 }
 
-/// One server per data folder: a second one would re-queue the first one's running jobs.
-fn take_lock(data: &DataDir) -> Result<File, ServeError> {
-    let path = data.lock_file();
+/// `PATH.lock` beside a SQLite file.
+fn lock_beside(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
+/// One server per SQLite store: a second one would re-queue the first one's running jobs. `what` is the
+/// folder or file the lock guards, for the message.
+fn take_lock(path: &std::path::Path, what: &std::path::Path) -> Result<File, ServeError> {
+    let path = path.to_path_buf();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -220,8 +243,9 @@ fn take_lock(data: &DataDir) -> Result<File, ServeError> {
             Ok(file)
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Config(format!(
-            "another `sorrel serve` is using the data folder {} (see {}); stop it or pass another --data-dir",
-            data.root().display(),
+            "another `sorrel serve` is using {} (see {}); stop it, pass another --data-dir, or share jobs \
+             between servers with --store postgres://...",
+            what.display(),
             path.display()
         ))),
         Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io { path, source }.into()),
@@ -246,6 +270,45 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// Carries a shared store's notifications into this process: a job changed by any node reaches this node's
+/// event streams, and a newly queued job wakes this node's idle workers. Reconnects after a lost connection
+/// (workers also poll every second, so a gap delays nothing by more than that).
+async fn relay_notifications(app: Arc<App<Store>>) {
+    let Store::Postgres(pg) = &app.store else {
+        return;
+    };
+    loop {
+        match pg.listen().await {
+            Ok(mut listener) => loop {
+                match listener.recv().await {
+                    Ok(n) if n.channel() == store::postgres::QUEUE_CHANNEL => app.wake.notify_one(),
+                    Ok(n) => {
+                        app.changed(n.payload());
+                        cancel_if_gone(&app, n.payload()).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!("job notifications: {e}; reconnecting");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::warn!("cannot listen for job notifications: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Stops this node's worker on job `id` at once if another node deleted it (the worker would otherwise learn
+/// at its next progress report).
+async fn cancel_if_gone(app: &App<Store>, id: &str) {
+    let flag = app.running.lock().expect("running map").get(id).cloned();
+    if let Some(flag) = flag {
+        if let Ok(None) = app.store.get(id).await {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

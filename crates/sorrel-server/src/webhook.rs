@@ -14,7 +14,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 use crate::config::WebhookConfig;
-use crate::job::{now, JobStatus};
+use crate::job::{now, now_ms, JobStatus};
 use crate::store::{JobStore, OutboxEvent, StoreResult};
 use crate::App;
 
@@ -151,13 +151,6 @@ pub async fn run_outbox<S: JobStore>(app: Arc<App<S>>) {
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// Unix milliseconds now.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")).

@@ -45,7 +45,11 @@ pub async fn run<S: JobStore>(app: Arc<App<S>>, index: usize) {
         if *shutdown.borrow() {
             break;
         }
-        match app.store.claim_next().await {
+        match app
+            .store
+            .claim_next(&app.models.names(), app.config.lease)
+            .await
+        {
             Ok(Some(job)) => run_job(&app, job, index).await,
             Ok(None) => {
                 tokio::select! {
@@ -101,7 +105,8 @@ impl Percent {
 
 async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
     let id = job.id.clone();
-    tracing::info!("worker {worker}: starting {id} (attempt {})", job.attempts);
+    let attempt = job.attempts;
+    tracing::info!("worker {worker}: starting {id} (attempt {attempt})");
     let cancel = Arc::new(AtomicBool::new(false));
     app.running
         .lock()
@@ -119,6 +124,7 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                     .store
                     .complete(
                         &id,
+                        attempt,
                         t,
                         t + app.config.retention.as_secs() as i64,
                         event(app, &id, JobStatus::Completed).as_ref(),
@@ -128,16 +134,15 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                     tracing::info!("worker {worker}: {id} completed");
                     app.outbox_wake.notify_one();
                 } else {
-                    // Deleted while it ran: its files must not outlive the record.
-                    app.data.remove_job(&id)?;
+                    remove_if_deleted(app, &id).await?;
                 }
             }
             Err(Failure::Cancelled) if shutting_down => {
-                app.store.requeue(&id).await?;
+                app.store.requeue(&id, attempt).await?;
                 tracing::info!("worker {worker}: {id} interrupted by shutdown, back in the queue");
             }
             Err(Failure::Cancelled) => {
-                app.data.remove_job(&id)?;
+                remove_if_deleted(app, &id).await?;
                 tracing::info!("worker {worker}: {id} cancelled");
             }
             Err(Failure::Failed(err)) => {
@@ -147,12 +152,12 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
                 let event = event(app, &id, JobStatus::Failed);
                 if app
                     .store
-                    .fail(&id, &err, t, expires, event.as_ref())
+                    .fail(&id, attempt, &err, t, expires, event.as_ref())
                     .await?
                 {
                     app.outbox_wake.notify_one();
                 } else {
-                    app.data.remove_job(&id)?;
+                    remove_if_deleted(app, &id).await?;
                 }
             }
         }
@@ -162,6 +167,21 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
         tracing::error!("worker {worker}: cannot record the end of {id}: {e}");
     }
     app.changed(&id);
+}
+
+/// Removes job `id`'s files once its record is gone (deleted while it ran: the files must not outlive it).
+/// A job this worker lost to another (its lease ran out and another worker claimed it) keeps its folder:
+/// the other worker is writing there.
+async fn remove_if_deleted<S: JobStore>(
+    app: &App<S>,
+    id: &str,
+) -> Result<(), crate::error::StoreError> {
+    if app.store.get(id).await?.is_none() {
+        app.data.remove_job(id)?;
+    } else {
+        tracing::warn!("{id} was claimed by another worker after this one's lease ran out");
+    }
+    Ok(())
 }
 
 /// The webhook event for job `id` ending with `status`, when a webhook is configured.
@@ -246,18 +266,27 @@ async fn generate_job<S: JobStore>(
     if *shutdown.borrow() {
         cancel.store(true, Ordering::Relaxed);
     }
+    let lease = app.config.lease;
+    // Renewed between progress reports too: one step of a large model can outlast the lease.
+    let mut renewal = tokio::time::interval(lease / 3);
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some((p, text)) => {
                     log.line(&text);
-                    match app.store.set_progress(&job.id, p).await {
+                    match app.store.set_progress(&job.id, job.attempts, p, lease).await {
                         Ok(true) => app.changed(&job.id),
                         Ok(false) => cancel.store(true, Ordering::Relaxed),
                         Err(e) => tracing::warn!("progress of {}: {e}", job.id),
                     }
                 }
                 None => break,
+            },
+            _ = renewal.tick() => match app.store.renew(&job.id, job.attempts, lease).await {
+                Ok(true) => {}
+                Ok(false) => cancel.store(true, Ordering::Relaxed),
+                Err(e) => tracing::warn!("lease of {}: {e}", job.id),
             },
             _ = shutdown.changed() => cancel.store(true, Ordering::Relaxed),
         }

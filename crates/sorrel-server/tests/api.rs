@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{json_of, openai_error, tiny_model, TestServer};
+use common::{json_of, openai_error, tiny_model, Backend, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -14,9 +14,8 @@ use serde_json::{json, Value};
 const VERY_SLOW: fn() -> Value =
     || json!({"prompt": "a very slow one", "size": "128x128", "seconds": 7, "steps": 60});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_poll_download_list_delete() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn create_poll_download_list_delete(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     let (status, v) = s
         .post_json("/v1/videos", json!({"prompt": "a red ball", "model": "tiny", "seconds": "1", "size": "32x32", "seed": 7}))
         .await;
@@ -142,9 +141,8 @@ async fn create_poll_download_list_delete() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multipart_create_and_remix() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn multipart_create_and_remix(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     let form = reqwest::multipart::Form::new()
         .text("prompt", "a green box")
         .text("seconds", "1")
@@ -215,9 +213,8 @@ async fn multipart_create_and_remix() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_openai_errors() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn bad_requests_get_openai_errors(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     let raw = |body: &'static str, ctype: &'static str| {
         s.req(Method::POST, "/v1/videos")
             .header("content-type", ctype)
@@ -406,9 +403,11 @@ async fn bad_requests_get_openai_errors() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_keep_videos_apart() {
-    let s = TestServer::fresh(|c| c.api_keys = vec!["sk-alice".into(), "sk-bob".into()]).await;
+async fn keys_keep_videos_apart(backend: Backend) {
+    let s = TestServer::fresh(backend, |c| {
+        c.api_keys = vec!["sk-alice".into(), "sk-bob".into()]
+    })
+    .await;
     let (status, v) = s.post_json("/v1/videos", json!({"prompt": "x"})).await;
     assert_eq!(openai_error(status, 401, &v)["code"], "invalid_api_key");
     let res = s
@@ -473,9 +472,8 @@ async fn keys_keep_videos_apart() {
     alice.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pagination_walks_every_video_once() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn pagination_walks_every_video_once(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let (status, v) = s
@@ -511,9 +509,8 @@ async fn pagination_walks_every_video_once() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_cancels_a_running_job_and_the_queue_limit_holds() {
-    let s = TestServer::fresh(|c| c.limits.max_queued_per_key = 2).await;
+async fn delete_cancels_a_running_job_and_the_queue_limit_holds(backend: Backend) {
+    let s = TestServer::fresh(backend, |c| c.limits.max_queued_per_key = 2).await;
     let (_, a) = s.post_json("/v1/videos", VERY_SLOW()).await;
     let (_, b) = s.post_json("/v1/videos", json!({"prompt": "second"})).await;
     let (status, v) = s.post_json("/v1/videos", json!({"prompt": "third"})).await;
@@ -563,9 +560,8 @@ async fn delete_cancels_a_running_job_and_the_queue_limit_holds() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_stream_reports_each_step_then_ends() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn events_stream_reports_each_step_then_ends(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     let (_, v) = s
         .post_json("/v1/videos", json!({"prompt": "streamed", "steps": 6}))
         .await;
@@ -597,8 +593,7 @@ async fn events_stream_reports_each_step_then_ends() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_are_signed_and_retried() {
+async fn webhooks_are_signed_and_retried(backend: Backend) {
     use axum::http::HeaderMap;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(HeaderMap, String)>();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -622,7 +617,7 @@ async fn webhooks_are_signed_and_retried() {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let s = TestServer::fresh(|c| {
+    let s = TestServer::fresh(backend, |c| {
         c.webhook = Some(sorrel_server::WebhookConfig {
             url,
             secret: secret.into(),
@@ -659,8 +654,7 @@ async fn webhooks_are_signed_and_retried() {
 
 /// A completion event whose deliveries fail until the server stops is not lost: the next server on the same
 /// data folder delivers it, with the same `webhook-id` and body as the failed attempts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_events_outlive_a_restart() {
+async fn webhook_events_outlive_a_restart(backend: Backend) {
     use axum::http::HeaderMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -688,8 +682,9 @@ async fn webhook_events_outlive_a_restart() {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
+    let first = common::config_on(backend, dir.path().to_path_buf());
     let config = || {
-        let mut c = common::config(dir.path().to_path_buf());
+        let mut c = first.clone();
         c.webhook = Some(sorrel_server::WebhookConfig {
             url: url.clone(),
             secret: "s3cret".into(),
@@ -742,11 +737,10 @@ async fn webhook_events_outlive_a_restart() {
 /// A clip uploaded as `input_video` is restyled (video to video at `strength`), as long as the clip by default;
 /// a clip too short for the asked length, a file that is no clip, a strength out of range or without a clip
 /// are 400s naming the field.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_uploaded_clip_is_restyled() {
+async fn an_uploaded_clip_is_restyled(backend: Backend) {
     // The embedded model, trained, so that a low strength visibly keeps the clip (as in the remix test).
     let toyworld = tiny_model().join("../../../../models/sorrel-toyworld");
-    let s = TestServer::fresh(|c| {
+    let s = TestServer::fresh(backend, |c| {
         c.models.insert(
             0,
             sorrel_server::ModelSpec {
@@ -838,9 +832,8 @@ async fn an_uploaded_clip_is_restyled() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_videos_expire() {
-    let s = TestServer::fresh(|c| c.retention = Duration::from_secs(1)).await;
+async fn finished_videos_expire(backend: Backend) {
+    let s = TestServer::fresh(backend, |c| c.retention = Duration::from_secs(1)).await;
     let (_, v) = s.post_json("/v1/videos", json!({"prompt": "brief"})).await;
     let id = v["id"].as_str().unwrap().to_string();
     s.wait(&id, Duration::from_secs(60)).await;
@@ -861,16 +854,19 @@ async fn finished_videos_expire() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_requeues_the_running_job_and_a_restart_finishes_it() {
+async fn shutdown_requeues_the_running_job_and_a_restart_finishes_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(common::config(dir.path().to_path_buf())).await;
-    // A second server cannot take the same data folder while the first runs.
-    let err = sorrel_server::Server::start(common::config(dir.path().to_path_buf()))
-        .await
-        .err()
-        .expect("the folder is locked");
-    assert!(err.to_string().contains("another `sorrel serve`"), "{err}");
+    let config = common::config_on(backend, dir.path().to_path_buf());
+    let s = TestServer::start(config.clone()).await;
+    if backend == Backend::Sqlite {
+        // A second server cannot take the same SQLite store while the first runs (PostgreSQL is shared on
+        // purpose).
+        let err = sorrel_server::Server::start(config.clone())
+            .await
+            .err()
+            .expect("the folder is locked");
+        assert!(err.to_string().contains("another `sorrel serve`"), "{err}");
+    }
 
     // The longest job the limits allow, stopped as soon as it is denoising: on a loaded 2-core machine a
     // shorter one (6 s) once finished before the stop reached it, and the test then proved nothing.
@@ -891,7 +887,7 @@ async fn shutdown_requeues_the_running_job_and_a_restart_finishes_it() {
         "the first run must have been interrupted, not finished: {log}"
     );
 
-    let s = TestServer::start(common::config(dir.path().to_path_buf())).await;
+    let s = TestServer::start(config).await;
     let v = s.wait(&id, Duration::from_secs(240)).await;
     assert_eq!(v["status"], "completed", "{v}");
     let log = std::fs::read_to_string(s.app.data.job_dir(&id).join("log.txt")).unwrap();
@@ -902,11 +898,10 @@ async fn shutdown_requeues_the_running_job_and_a_restart_finishes_it() {
 /// The server's videos carry the invisible watermark; its payload is the job id's hash, and the video's
 /// credentials name the same payload. With the watermark off, the credentials say so and the pixels hold
 /// none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn videos_carry_the_watermark_their_credentials_name() {
+async fn videos_carry_the_watermark_their_credentials_name(backend: Backend) {
     use sorrel_provenance::watermark::{payload_for, Detector, WatermarkKey};
     for on in [true, false] {
-        let s = TestServer::fresh(|c| {
+        let s = TestServer::fresh(backend, |c| {
             if !on {
                 c.watermark = None;
             }
@@ -940,9 +935,8 @@ async fn videos_carry_the_watermark_their_credentials_name() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_and_unsafe_configs() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn models_and_unsafe_configs(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     let (status, v) = s.get_json("/v1/models").await;
     assert_eq!(status, 200);
     assert_eq!(v["data"][0]["id"], "tiny");
@@ -960,6 +954,16 @@ async fn models_and_unsafe_configs() {
         "{err}"
     );
     let mut cfg = common::config(dir.path().to_path_buf());
+    cfg.workers = 0;
+    let err = sorrel_server::Server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("--workers 0") && err.to_string().contains("--store postgres://"),
+        "{err}"
+    );
+    let mut cfg = common::config(dir.path().to_path_buf());
     cfg.models[0].dir = dir.path().join("missing");
     let err = sorrel_server::Server::start(cfg)
         .await
@@ -973,9 +977,10 @@ async fn models_and_unsafe_configs() {
 
 /// A small version of the load benchmark (`examples/load.rs`): many clients creating and polling at once get
 /// no 5xx, and every video they created completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_clients_lose_nothing() {
-    let s = std::sync::Arc::new(TestServer::fresh(|c| c.limits.max_queued_per_key = 1000).await);
+async fn concurrent_clients_lose_nothing(backend: Backend) {
+    let s = std::sync::Arc::new(
+        TestServer::fresh(backend, |c| c.limits.max_queued_per_key = 1000).await,
+    );
     let tasks: Vec<_> = (0..40)
         .map(|n| {
             let s = s.clone();
@@ -1016,14 +1021,14 @@ async fn concurrent_clients_lose_nothing() {
 
 /// A video that has been started MAX_ATTEMPTS times without finishing (the process died under it each time)
 /// is failed with a reason, not run again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_video_that_keeps_killing_the_server_is_failed() {
+async fn a_video_that_keeps_killing_the_server_is_failed(backend: Backend) {
     use sorrel_server::job::{GenParams, Job, JobStatus};
     use sorrel_server::store::{Inserted, JobStore};
     let dir = tempfile::tempdir().unwrap();
+    let config = common::config_on(backend, dir.path().to_path_buf());
     let id = sorrel_server::job::new_id();
     {
-        let store = sorrel_server::SqliteStore::open(&dir.path().join("jobs.db"))
+        let store = sorrel_server::Store::open(&config.store, &dir.path().join("jobs.db"))
             .await
             .unwrap();
         let job = Job {
@@ -1053,22 +1058,23 @@ async fn a_video_that_keeps_killing_the_server_is_failed() {
             attempts: 0,
         };
         assert_eq!(store.insert(&job, 10).await.unwrap(), Inserted::Yes);
-        for _ in 0..sorrel_server::worker::MAX_ATTEMPTS {
-            assert_eq!(store.claim_next().await.unwrap().unwrap().id, id);
-            assert_eq!(store.requeue_abandoned().await.unwrap(), 1);
+        // Each claim's worker "dies": a lease of 0 runs out at once and the job is claimed again.
+        for attempt in 1..=sorrel_server::worker::MAX_ATTEMPTS {
+            let job = store.claim_next(&["tiny"], Duration::ZERO).await.unwrap();
+            assert_eq!(job.map(|j| (j.id, j.attempts)), Some((id.clone(), attempt)));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let s = TestServer::start(common::config(dir.path().to_path_buf())).await;
+    let s = TestServer::start(config).await;
     let v = s.wait(&id, Duration::from_secs(60)).await;
     assert_eq!(v["status"], "failed");
     assert_eq!(v["error"]["code"], "too_many_attempts");
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_text_request_to_an_image_to_video_model_is_refused_at_create_time() {
+async fn a_text_request_to_an_image_to_video_model_is_refused_at_create_time(backend: Backend) {
     let i2v = tiny_model().join("../../wan-tiny-i2v/pipeline");
-    let s = TestServer::fresh(|c| {
+    let s = TestServer::fresh(backend, |c| {
         c.models.push(sorrel_server::ModelSpec {
             name: "i2v".into(),
             dir: i2v,
@@ -1148,10 +1154,9 @@ async fn create_with_image(s: &TestServer, model: &str, png: Vec<u8>, seed: u64)
     json_of(res).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_reference_runs_image_to_video_and_its_file_goes_with_the_job() {
+async fn input_reference_runs_image_to_video_and_its_file_goes_with_the_job(backend: Backend) {
     let i2v = tiny_model().join("../../wan-tiny-i2v/pipeline");
-    let s = TestServer::fresh(|c| {
+    let s = TestServer::fresh(backend, |c| {
         c.models.push(sorrel_server::ModelSpec {
             name: "i2v".into(),
             dir: i2v,
@@ -1230,12 +1235,11 @@ async fn input_reference_runs_image_to_video_and_its_file_goes_with_the_job() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remix_restyles_the_video_on_a_text_to_video_model() {
+async fn remix_restyles_the_video_on_a_text_to_video_model(backend: Backend) {
     // The embedded model: a trained one, whose low-strength remix keeps the source (a random one's output
     // hardly depends on its input, 29.7 dB either way).
     let toyworld = tiny_model().join("../../../../models/sorrel-toyworld");
-    let s = TestServer::fresh(|c| {
+    let s = TestServer::fresh(backend, |c| {
         c.models.push(sorrel_server::ModelSpec {
             name: "toyworld".into(),
             dir: toyworld,
@@ -1292,9 +1296,8 @@ async fn remix_restyles_the_video_on_a_text_to_video_model() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_studio_page_needs_no_key_but_its_api_calls_do() {
-    let s = TestServer::fresh(|c| c.api_keys = vec!["k1".into()]).await;
+async fn the_studio_page_needs_no_key_but_its_api_calls_do(backend: Backend) {
+    let s = TestServer::fresh(backend, |c| c.api_keys = vec!["k1".into()]).await;
     for (path, ctype) in [
         ("/", "text/html; charset=utf-8"),
         ("/studio/studio.js", "text/javascript; charset=utf-8"),
@@ -1339,9 +1342,8 @@ async fn the_studio_page_needs_no_key_but_its_api_calls_do() {
     assert_eq!(tiny["limits"]["max_size"], "256x256");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_say_what_sorrel_verify_says() {
-    let s = TestServer::fresh(|_| {}).await;
+async fn credentials_say_what_sorrel_verify_says(backend: Backend) {
+    let s = TestServer::fresh(backend, |_| {}).await;
     // 256x256: the smallest frames the watermark is made for.
     let (status, v) = s
         .post_json(
@@ -1387,3 +1389,27 @@ async fn credentials_say_what_sorrel_verify_says() {
         .await;
     openai_error(status, 404, &v);
 }
+
+on_both_stores!(
+    webhook_events_outlive_a_restart,
+    shutdown_requeues_the_running_job_and_a_restart_finishes_it,
+    a_video_that_keeps_killing_the_server_is_failed,
+    create_poll_download_list_delete,
+    multipart_create_and_remix,
+    bad_requests_get_openai_errors,
+    keys_keep_videos_apart,
+    pagination_walks_every_video_once,
+    delete_cancels_a_running_job_and_the_queue_limit_holds,
+    events_stream_reports_each_step_then_ends,
+    webhooks_are_signed_and_retried,
+    an_uploaded_clip_is_restyled,
+    finished_videos_expire,
+    videos_carry_the_watermark_their_credentials_name,
+    models_and_unsafe_configs,
+    concurrent_clients_lose_nothing,
+    a_text_request_to_an_image_to_video_model_is_refused_at_create_time,
+    input_reference_runs_image_to_video_and_its_file_goes_with_the_job,
+    remix_restyles_the_video_on_a_text_to_video_model,
+    the_studio_page_needs_no_key_but_its_api_calls_do,
+    credentials_say_what_sorrel_verify_says,
+);

@@ -2,6 +2,8 @@
 //! and run metadata, the error measures the tests assert on, and Debian's ffprobe as the independent
 //! judge of written video files. A dev-dependency only.
 
+pub mod postgres;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,17 +1,33 @@
-//! The durable job store, behind a small trait so a second backend (PostgreSQL, for many workers on many
-//! machines, claiming with `FOR UPDATE SKIP LOCKED`) can sit beside the embedded SQLite one.
+//! The durable job store, behind a small trait with two backends: the embedded SQLite file (one server
+//! process) and PostgreSQL (many workers on many machines, claiming with `FOR UPDATE SKIP LOCKED`).
 //!
-//! Every state change is one conditional update, so a worker that lost its job (deleted, or re-queued after a
-//! restart) finds out from the update's result instead of overwriting someone else's state.
+//! A worker holds a claimed job under a lease it renews while it works; a job whose lease ran out (its worker
+//! died) can be claimed again. Every state change is one conditional update on the job's id *and* attempt
+//! number, so a worker that lost its job (deleted, re-queued, or claimed again by another worker after its
+//! lease ran out) finds out from the update's result instead of overwriting someone else's state.
 
+mod any;
+pub(crate) mod postgres;
+mod row;
 mod sqlite;
 
 use std::future::Future;
+use std::time::Duration;
 
+pub use any::{Store, StoreUrl};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::StoreError;
 use crate::job::{Job, JobError};
+
+/// How long an event handed out by [`JobStore::due_events`] is held before another node may try it.
+pub const EVENT_HOLD_MS: i64 = 60_000;
+
+/// Unix milliseconds `lease` from now.
+fn lease_end(lease: Duration) -> i64 {
+    crate::job::now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
 
 /// Result with [`StoreError`].
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -67,39 +83,62 @@ pub trait JobStore: Send + Sync + 'static {
         order: Order,
     ) -> impl Future<Output = StoreResult<(Vec<Job>, bool)>> + Send;
 
-    /// Takes the oldest queued job for a worker, marking it in progress, or `None` when the queue is empty.
-    fn claim_next(&self) -> impl Future<Output = StoreResult<Option<Job>>> + Send;
+    /// Takes the oldest job for one of `models` that is queued, or running under a lease that ran out; marks
+    /// it in progress under a lease of `lease` and counts the attempt (the returned job's `attempts` is the
+    /// claim's number, which every later update names). `None` when there is none.
+    fn claim_next(
+        &self,
+        models: &[&str],
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<Option<Job>>> + Send;
 
-    /// Records progress of a running job. `false` means the job is no longer this worker's to run
-    /// (deleted meanwhile): the worker must stop.
+    /// Records progress of attempt `attempt` of a running job and renews its lease for `lease`. `false`
+    /// means the job is no longer this claim's to run (deleted, or claimed again after the lease ran out):
+    /// the worker must stop.
     fn set_progress(
         &self,
         id: &str,
+        attempt: u32,
         progress: u8,
+        lease: Duration,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// Marks a running job completed and, in the same transaction, records `event` (its webhook) in the
-    /// outbox. `false` if it was deleted meanwhile (and then no event is recorded).
+    /// Renews the lease of attempt `attempt` without recording progress (a step can outlast a lease);
+    /// `false` as for [`JobStore::set_progress`].
+    fn renew(
+        &self,
+        id: &str,
+        attempt: u32,
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Marks attempt `attempt` of a running job completed and, in the same transaction, records `event` (its
+    /// webhook) in the outbox. `false` if it is no longer this claim's (and then no event is recorded).
     fn complete(
         &self,
         id: &str,
+        attempt: u32,
         completed_at: i64,
         expires_at: i64,
         event: Option<&OutboxEvent>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// Marks a running job failed, recording `event` as [`JobStore::complete`] does. `false` if it was
-    /// deleted meanwhile.
+    /// Marks attempt `attempt` of a running job failed, recording `event` as [`JobStore::complete`] does.
+    /// `false` if it is no longer this claim's.
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         id: &str,
+        attempt: u32,
         error: &JobError,
         at: i64,
         expires_at: i64,
         event: Option<&OutboxEvent>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// Outbox events due for a delivery attempt at `now_ms` (Unix milliseconds), oldest first.
+    /// Outbox events due for a delivery attempt at `now_ms` (Unix milliseconds), oldest first. Each is held
+    /// for this caller for a minute (its next attempt moved on), so nodes sharing the store do not deliver
+    /// it at once; [`JobStore::forget_event`] or [`JobStore::retry_event`] settles it.
     fn due_events(
         &self,
         now_ms: i64,
@@ -117,11 +156,8 @@ pub trait JobStore: Send + Sync + 'static {
         next_ms: i64,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Puts a running job back in the queue (the server is shutting down while it runs).
-    fn requeue(&self, id: &str) -> impl Future<Output = StoreResult<bool>> + Send;
-
-    /// Puts every job left running by a previous process back in the queue; returns how many.
-    fn requeue_abandoned(&self) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Puts attempt `attempt` of a running job back in the queue (its worker is shutting down).
+    fn requeue(&self, id: &str, attempt: u32) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Removes a job, whatever its state; `false` if there was none.
     fn delete(&self, id: &str) -> impl Future<Output = StoreResult<bool>> + Send;

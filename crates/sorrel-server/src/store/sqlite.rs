@@ -2,21 +2,21 @@
 //! (a committed job survives the process being killed; only a power cut can lose the last commits).
 //!
 //! One server process owns a data folder (the server holds a lock file), so jobs found `in_progress` at start
-//! were abandoned by a dead process and go back to the queue.
+//! were abandoned by a dead process and go back to the queue at once ([`SqliteStore::requeue_abandoned`])
+//! rather than when their leases run out.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::Row;
 
-use super::{Inserted, JobStore, Order, OutboxEvent, StoreResult};
+use super::{lease_end, row, Inserted, JobStore, Order, OutboxEvent, StoreResult, EVENT_HOLD_MS};
 use crate::error::StoreError;
-use crate::job::{Job, JobError, JobStatus};
+use crate::job::{Job, JobError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     expires_at   INTEGER,
     error        TEXT,
     remixed_from TEXT,
-    attempts     INTEGER NOT NULL DEFAULT 0
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    lease_until_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
@@ -72,11 +73,34 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&write).await?;
+        // Databases made before leases existed gain the column (SQLite has no ADD COLUMN IF NOT EXISTS).
+        let has_lease: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'lease_until_ms'",
+        )
+        .fetch_one(&write)
+        .await?;
+        if has_lease == 0 {
+            sqlx::query("ALTER TABLE jobs ADD COLUMN lease_until_ms INTEGER")
+                .execute(&write)
+                .await?;
+        }
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(Self { read, write })
+    }
+
+    /// Puts every job left running by a previous process back in the queue; returns how many. Only for a
+    /// store one process owns: with many, the others' running jobs would be taken from them.
+    pub async fn requeue_abandoned(&self) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', progress = 0, lease_until_ms = NULL
+             WHERE status = 'in_progress'",
+        )
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
 
@@ -96,30 +120,6 @@ async fn finish_with_event(
     }
     tx.commit().await?;
     Ok(changed)
-}
-
-fn row_to_job(row: &SqliteRow) -> StoreResult<Job> {
-    let id: String = row.try_get("id")?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("job {id}: {what}"));
-    let params: String = row.try_get("params")?;
-    let status: String = row.try_get("status")?;
-    let error: Option<String> = row.try_get("error")?;
-    Ok(Job {
-        owner: row.try_get("owner")?,
-        model: row.try_get("model")?,
-        params: serde_json::from_str(&params).map_err(|e| corrupt(&format!("params: {e}")))?,
-        status: JobStatus::parse(&status).ok_or_else(|| corrupt(&format!("status `{status}`")))?,
-        progress: row.try_get::<i64, _>("progress")?.clamp(0, 100) as u8,
-        created_at: row.try_get("created_at")?,
-        completed_at: row.try_get("completed_at")?,
-        expires_at: row.try_get("expires_at")?,
-        error: error
-            .map(|e| serde_json::from_str(&e).map_err(|x| corrupt(&format!("error: {x}"))))
-            .transpose()?,
-        remixed_from: row.try_get("remixed_from")?,
-        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
-        id,
-    })
 }
 
 impl JobStore for SqliteStore {
@@ -154,7 +154,7 @@ impl JobStore for SqliteStore {
             .fetch_optional(&self.read)
             .await?
             .as_ref()
-            .map(row_to_job)
+            .map(row::job)
             .transpose()
     }
 
@@ -182,54 +182,87 @@ impl JobStore for SqliteStore {
             .bind(limit as i64 + 1)
             .fetch_all(&self.read)
             .await?;
-        let mut jobs = rows
-            .iter()
-            .map(row_to_job)
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut jobs = rows.iter().map(row::job).collect::<StoreResult<Vec<_>>>()?;
         let more = jobs.len() > limit as usize;
         jobs.truncate(limit as usize);
         Ok((jobs, more))
     }
 
-    async fn claim_next(&self) -> StoreResult<Option<Job>> {
+    async fn claim_next(&self, models: &[&str], lease: Duration) -> StoreResult<Option<Job>> {
+        let models = serde_json::to_string(models)
+            .map_err(|e| StoreError::Corrupt(format!("model names do not serialise: {e}")))?;
+        let now_ms = crate::job::now_ms();
         sqlx::query(
-            "UPDATE jobs SET status = 'in_progress', progress = 0, started_at = ?1, attempts = attempts + 1
-             WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)
+            "UPDATE jobs SET status = 'in_progress', progress = 0, started_at = ?1,
+                             attempts = attempts + 1, lease_until_ms = ?2
+             WHERE seq = (SELECT seq FROM jobs
+                          WHERE model IN (SELECT value FROM json_each(?3))
+                            AND (status = 'queued' OR (status = 'in_progress' AND lease_until_ms < ?4))
+                          ORDER BY seq LIMIT 1)
              RETURNING *",
         )
         .bind(crate::job::now())
+        .bind(lease_end(lease))
+        .bind(models)
+        .bind(now_ms)
         .fetch_optional(&self.write)
         .await?
         .as_ref()
-        .map(row_to_job)
+        .map(row::job)
         .transpose()
     }
 
-    async fn set_progress(&self, id: &str, progress: u8) -> StoreResult<bool> {
-        let done =
-            sqlx::query("UPDATE jobs SET progress = ?2 WHERE id = ?1 AND status = 'in_progress'")
-                .bind(id)
-                .bind(progress as i64)
-                .execute(&self.write)
-                .await?;
+    async fn set_progress(
+        &self,
+        id: &str,
+        attempt: u32,
+        progress: u8,
+        lease: Duration,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET progress = ?3, lease_until_ms = ?4
+             WHERE id = ?1 AND attempts = ?2 AND status = 'in_progress'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(progress as i64)
+        .bind(lease_end(lease))
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn renew(&self, id: &str, attempt: u32, lease: Duration) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until_ms = ?3
+             WHERE id = ?1 AND attempts = ?2 AND status = 'in_progress'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(lease_end(lease))
+        .execute(&self.write)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn complete(
         &self,
         id: &str,
+        attempt: u32,
         completed_at: i64,
         expires_at: i64,
         event: Option<&OutboxEvent>,
     ) -> StoreResult<bool> {
         let mut tx = self.write.begin().await?;
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?2, expires_at = ?3
-             WHERE id = ?1 AND status = 'in_progress'",
+            "UPDATE jobs SET status = 'completed', progress = 100, completed_at = ?2, expires_at = ?3,
+                             lease_until_ms = NULL
+             WHERE id = ?1 AND attempts = ?4 AND status = 'in_progress'",
         )
         .bind(id)
         .bind(completed_at)
         .bind(expires_at)
+        .bind(attempt)
         .execute(&mut *tx)
         .await?;
         finish_with_event(tx, done.rows_affected() == 1, event).await
@@ -238,6 +271,7 @@ impl JobStore for SqliteStore {
     async fn fail(
         &self,
         id: &str,
+        attempt: u32,
         error: &JobError,
         at: i64,
         expires_at: i64,
@@ -247,13 +281,15 @@ impl JobStore for SqliteStore {
             .map_err(|e| StoreError::Corrupt(format!("error does not serialise: {e}")))?;
         let mut tx = self.write.begin().await?;
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'failed', completed_at = ?2, expires_at = ?3, error = ?4
-             WHERE id = ?1 AND status = 'in_progress'",
+            "UPDATE jobs SET status = 'failed', completed_at = ?2, expires_at = ?3, error = ?4,
+                             lease_until_ms = NULL
+             WHERE id = ?1 AND attempts = ?5 AND status = 'in_progress'",
         )
         .bind(id)
         .bind(at)
         .bind(expires_at)
         .bind(error)
+        .bind(attempt)
         .execute(&mut *tx)
         .await?;
         finish_with_event(tx, done.rows_affected() == 1, event).await
@@ -261,21 +297,22 @@ impl JobStore for SqliteStore {
 
     async fn due_events(&self, now_ms: i64, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
         let rows = sqlx::query(
-            "SELECT event_id, body, attempts FROM outbox WHERE next_ms <= ?1 ORDER BY next_ms, seq LIMIT ?2",
+            "UPDATE outbox SET next_ms = ?2
+             WHERE seq IN (SELECT seq FROM outbox WHERE next_ms <= ?1 ORDER BY next_ms, seq LIMIT ?3)
+             RETURNING seq, event_id, body, attempts",
         )
         .bind(now_ms)
+        .bind(now_ms + EVENT_HOLD_MS)
         .bind(limit)
-        .fetch_all(&self.read)
+        .fetch_all(&self.write)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxEvent {
-                    id: r.try_get("event_id")?,
-                    body: r.try_get("body")?,
-                    attempts: r.try_get::<i64, _>("attempts")? as u32,
-                })
-            })
-            .collect()
+        let mut events = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>("seq")?, row::event(r)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // RETURNING gives rows in no particular order; oldest first, as they were recorded.
+        events.sort_by_key(|(seq, _)| *seq);
+        Ok(events.into_iter().map(|(_, e)| e).collect())
     }
 
     async fn forget_event(&self, event_id: &str) -> StoreResult<()> {
@@ -296,23 +333,16 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn requeue(&self, id: &str) -> StoreResult<bool> {
+    async fn requeue(&self, id: &str, attempt: u32) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'queued', progress = 0 WHERE id = ?1 AND status = 'in_progress'",
+            "UPDATE jobs SET status = 'queued', progress = 0, lease_until_ms = NULL
+             WHERE id = ?1 AND attempts = ?2 AND status = 'in_progress'",
         )
         .bind(id)
+        .bind(attempt)
         .execute(&self.write)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    async fn requeue_abandoned(&self) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'queued', progress = 0 WHERE status = 'in_progress'",
-        )
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected())
     }
 
     async fn delete(&self, id: &str) -> StoreResult<bool> {

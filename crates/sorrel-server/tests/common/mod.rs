@@ -1,4 +1,5 @@
-//! An in-process server on a free loopback port, serving the tiny random-weight fixture model.
+//! An in-process server on a free loopback port, serving the tiny random-weight fixture model, on either
+//! job store: the data folder's SQLite file or a database of its own on the test process's PostgreSQL.
 
 #![allow(dead_code)]
 
@@ -7,13 +8,70 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sorrel_server::{App, Defaults, Limits, ModelSpec, Server, ServerConfig, SqliteStore};
+use sorrel_server::{App, Defaults, Limits, ModelSpec, Server, ServerConfig, Store, StoreUrl};
 
 pub fn tiny_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan-tiny-unipc/pipeline")
 }
 
-/// A fast default request: 32x32, 1 s (17 frames), 4 steps.
+/// Which job store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `jobs.db` in the data folder.
+    Sqlite,
+    /// A fresh database on the test process's PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// The store URL for a new test: the data folder's, or a database nobody else uses. `None` where
+    /// PostgreSQL is not installed (outside CI; the test is then skipped).
+    pub fn store(self) -> Option<StoreUrl> {
+        match self {
+            Self::Sqlite => Some(StoreUrl::DataDir),
+            Self::Postgres => Some(StoreUrl::Postgres(
+                sorrel_testkit::postgres::postgres()?.new_database(),
+            )),
+        }
+    }
+}
+
+/// Makes `#[tokio::test]`s `sqlite::NAME` and `postgres::NAME` that run `async fn NAME(backend: Backend)`
+/// on each store (the PostgreSQL one is skipped where PostgreSQL is not installed, outside CI).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if super::common::Backend::Postgres.store().is_some() {
+                        super::$name(super::common::Backend::Postgres).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A fast default request on `backend`: 32x32, 1 s (17 frames), 4 steps. Each call on PostgreSQL makes a
+/// new database: a test that restarts its server reuses the first config.
+pub fn config_on(backend: Backend, data_dir: PathBuf) -> ServerConfig {
+    ServerConfig {
+        store: backend.store().expect("PostgreSQL is installed"),
+        ..config(data_dir)
+    }
+}
+
+/// [`config_on`] the SQLite store.
 pub fn config(data_dir: PathBuf) -> ServerConfig {
     ServerConfig {
         data_dir,
@@ -44,7 +102,7 @@ pub fn config(data_dir: PathBuf) -> ServerConfig {
 
 pub struct TestServer {
     pub base: String,
-    pub app: Arc<App<SqliteStore>>,
+    pub app: Arc<App<Store>>,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
@@ -77,10 +135,10 @@ impl TestServer {
         }
     }
 
-    /// A server with its own temporary data folder.
-    pub async fn fresh(edit: impl FnOnce(&mut ServerConfig)) -> Self {
+    /// A server on `backend` with its own temporary data folder.
+    pub async fn fresh(backend: Backend, edit: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = config(dir.path().to_path_buf());
+        let mut cfg = config_on(backend, dir.path().to_path_buf());
         edit(&mut cfg);
         let mut s = Self::start(cfg).await;
         s.dir = Some(dir);
