@@ -29,9 +29,19 @@ pub struct ServeArgs {
     /// Accepted bearer API key; repeat for several. Also read from SORREL_API_KEYS (comma-separated).
     #[arg(long = "api-key")]
     api_keys: Vec<String>,
-    /// Jobs generated at the same time (each uses all cores; more than 1 helps only on big machines).
+    /// Where the jobs live: postgres://user:password@host:port/database (shared by many servers: every node
+    /// then names the same --data-dir, on a shared file system across machines), or sqlite:PATH (default:
+    /// jobs.db in the data folder). Also read from SORREL_STORE.
+    #[arg(long, env = "SORREL_STORE")]
+    store: Option<String>,
+    /// Jobs generated at the same time (each uses all cores; more than 1 helps only on big machines). 0 makes
+    /// an API-only node, which needs a shared --store.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Seconds a worker's claim on a job lasts unrenewed (renewed every third of it): a job whose worker
+    /// died is run again this long after its last renewal.
+    #[arg(long, default_value_t = 30.0)]
+    lease_secs: f64,
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -205,6 +215,11 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         data_dir: args
             .data_dir
             .unwrap_or_else(crate::provenance::default_data_dir),
+        store: match &args.store {
+            Some(url) => sorrel_server::StoreUrl::parse(url).map_err(anyhow::Error::msg)?,
+            None => sorrel_server::StoreUrl::DataDir,
+        },
+        lease: lease_duration(args.lease_secs)?,
         host: args.host,
         port: args.port,
         api_keys,
@@ -279,4 +294,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         server.run().await?;
         Ok(())
     })
+}
+
+/// `--lease-secs` as a duration: at least a second (renewals come every third of it), at most a day.
+fn lease_duration(secs: f64) -> anyhow::Result<Duration> {
+    if !(1.0..=86_400.0).contains(&secs) {
+        bail!("--lease-secs must be between 1 and 86400 (got {secs})");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
