@@ -210,8 +210,16 @@ impl Server {
         }
         cleaner.abort();
         relay.abort();
-        // Pending events are in the database: an attempt cut short here is made again at the next start.
-        outbox.abort();
+        // The outbox stops after the attempts under way, which records their outcome (a shared store would
+        // otherwise hold those events for a minute); one still hanging is cut short after the webhook
+        // timeout and made again later: pending events are in the database.
+        let mut outbox = outbox;
+        if tokio::time::timeout(Duration::from_secs(16), &mut outbox)
+            .await
+            .is_err()
+        {
+            outbox.abort();
+        }
         Ok(())
     }
 }

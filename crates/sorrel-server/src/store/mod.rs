@@ -136,9 +136,10 @@ pub trait JobStore: Send + Sync + 'static {
         event: Option<&OutboxEvent>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// Outbox events due for a delivery attempt at `now_ms` (Unix milliseconds), oldest first. Each is held
-    /// for this caller for a minute (its next attempt moved on), so nodes sharing the store do not deliver
-    /// it at once; [`JobStore::forget_event`] or [`JobStore::retry_event`] settles it.
+    /// Outbox events due for a delivery attempt at `now_ms` (Unix milliseconds), oldest first. A store that
+    /// nodes share holds each for this caller for [`EVENT_HOLD_MS`] (its next attempt moved on), so two
+    /// nodes do not deliver it at once; [`JobStore::forget_event`] or [`JobStore::retry_event`] settles it.
+    /// A node killed mid-attempt thus delays that event's next attempt by the hold.
     fn due_events(
         &self,
         now_ms: i64,

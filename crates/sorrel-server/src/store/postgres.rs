@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::Row;
 
 use super::{lease_end, row, Inserted, JobStore, Order, OutboxEvent, StoreResult, EVENT_HOLD_MS};
 use crate::error::StoreError;
@@ -212,15 +211,7 @@ impl JobStore for PgStore {
         limit: u32,
         order: Order,
     ) -> StoreResult<(Vec<Job>, bool)> {
-        let (cmp, dir, start) = match order {
-            Order::Asc => (">", "ASC", i64::MIN),
-            Order::Desc => ("<", "DESC", i64::MAX),
-        };
-        let sql = format!(
-            "SELECT * FROM sorrel_jobs WHERE owner = $1 AND seq {cmp} COALESCE(
-                 (SELECT seq FROM sorrel_jobs WHERE id = $2 AND owner = $1), $3)
-             ORDER BY seq {dir} LIMIT $4"
-        );
+        let (sql, start) = row::list_sql("sorrel_jobs", order, ["$1", "$2", "$3", "$4"]);
         let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(after)
@@ -228,10 +219,8 @@ impl JobStore for PgStore {
             .bind(i64::from(limit) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let mut jobs = rows.iter().map(row::job).collect::<StoreResult<Vec<_>>>()?;
-        let more = jobs.len() > limit as usize;
-        jobs.truncate(limit as usize);
-        Ok((jobs, more))
+        let jobs = rows.iter().map(row::job).collect::<StoreResult<Vec<_>>>()?;
+        Ok(row::page(jobs, limit))
     }
 
     async fn claim_next(&self, models: &[&str], lease: Duration) -> StoreResult<Option<Job>> {
@@ -369,12 +358,7 @@ impl JobStore for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut events = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<i64, _>("seq")?, row::event(r)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        events.sort_by_key(|(seq, _)| *seq);
-        Ok(events.into_iter().map(|(_, e)| e).collect())
+        row::oldest_first(&rows)
     }
 
     async fn forget_event(&self, event_id: &str) -> StoreResult<()> {

@@ -5,7 +5,7 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{OutboxEvent, StoreResult};
+use super::{Order, OutboxEvent, StoreResult};
 use crate::error::StoreError;
 use crate::job::{Job, JobStatus};
 
@@ -74,4 +74,39 @@ pub(super) fn event(row: &impl Columns) -> StoreResult<OutboxEvent> {
             .unwrap_or(0)
             .clamp(0, i64::from(u32::MAX)) as u32,
     })
+}
+
+/// Keyset pagination on the jobs table `table` with the backend's placeholders `p` (owner, after, start,
+/// limit): the query, and the cursor start for a missing `after`. One more row than asked says whether more
+/// follow ([`page`]).
+pub(super) fn list_sql(table: &str, order: Order, p: [&str; 4]) -> (String, i64) {
+    let (cmp, dir, start) = match order {
+        Order::Asc => (">", "ASC", i64::MIN),
+        Order::Desc => ("<", "DESC", i64::MAX),
+    };
+    let [owner, after, first, limit] = p;
+    let sql = format!(
+        "SELECT * FROM {table} WHERE owner = {owner} AND seq {cmp} COALESCE(
+             (SELECT seq FROM {table} WHERE id = {after} AND owner = {owner}), {first})
+         ORDER BY seq {dir} LIMIT {limit}"
+    );
+    (sql, start)
+}
+
+/// The first `limit` jobs of a [`list_sql`] result, and whether more followed.
+pub(super) fn page(mut jobs: Vec<Job>, limit: u32) -> (Vec<Job>, bool) {
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    (jobs, more)
+}
+
+/// Events returned with their `seq` (an `UPDATE ... RETURNING` gives rows in no particular order), oldest
+/// first, as they were recorded.
+pub(super) fn oldest_first<R: Columns>(rows: &[R]) -> StoreResult<Vec<OutboxEvent>> {
+    let mut events = rows
+        .iter()
+        .map(|r| Ok((required(r.int("seq")?, "seq")?, event(r)?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    events.sort_by_key(|(seq, _)| *seq);
+    Ok(events.into_iter().map(|(_, e)| e).collect())
 }

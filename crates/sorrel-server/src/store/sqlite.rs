@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::{lease_end, row, Inserted, JobStore, Order, OutboxEvent, StoreResult, EVENT_HOLD_MS};
+use super::{lease_end, row, Inserted, JobStore, Order, OutboxEvent, StoreResult};
 use crate::error::StoreError;
 use crate::job::{Job, JobError};
 
@@ -166,15 +166,7 @@ impl JobStore for SqliteStore {
         order: Order,
     ) -> StoreResult<(Vec<Job>, bool)> {
         // The cursor is the job's insertion sequence; a missing `after` starts from either end.
-        let (cmp, dir, start) = match order {
-            Order::Asc => (">", "ASC", i64::MIN),
-            Order::Desc => ("<", "DESC", i64::MAX),
-        };
-        let sql = format!(
-            "SELECT * FROM jobs WHERE owner = ?1 AND seq {cmp} COALESCE(
-                 (SELECT seq FROM jobs WHERE id = ?2 AND owner = ?1), ?3)
-             ORDER BY seq {dir} LIMIT ?4"
-        );
+        let (sql, start) = row::list_sql("jobs", order, ["?1", "?2", "?3", "?4"]);
         let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(after)
@@ -182,10 +174,8 @@ impl JobStore for SqliteStore {
             .bind(limit as i64 + 1)
             .fetch_all(&self.read)
             .await?;
-        let mut jobs = rows.iter().map(row::job).collect::<StoreResult<Vec<_>>>()?;
-        let more = jobs.len() > limit as usize;
-        jobs.truncate(limit as usize);
-        Ok((jobs, more))
+        let jobs = rows.iter().map(row::job).collect::<StoreResult<Vec<_>>>()?;
+        Ok(row::page(jobs, limit))
     }
 
     async fn claim_next(&self, models: &[&str], lease: Duration) -> StoreResult<Option<Job>> {
@@ -296,23 +286,16 @@ impl JobStore for SqliteStore {
     }
 
     async fn due_events(&self, now_ms: i64, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        // One server owns this store, so nothing needs holding; an attempt cut short by a crash is simply
+        // made again at the next start.
         let rows = sqlx::query(
-            "UPDATE outbox SET next_ms = ?2
-             WHERE seq IN (SELECT seq FROM outbox WHERE next_ms <= ?1 ORDER BY next_ms, seq LIMIT ?3)
-             RETURNING seq, event_id, body, attempts",
+            "SELECT event_id, body, attempts FROM outbox WHERE next_ms <= ?1 ORDER BY next_ms, seq LIMIT ?2",
         )
         .bind(now_ms)
-        .bind(now_ms + EVENT_HOLD_MS)
         .bind(limit)
-        .fetch_all(&self.write)
+        .fetch_all(&self.read)
         .await?;
-        let mut events = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<i64, _>("seq")?, row::event(r)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        // RETURNING gives rows in no particular order; oldest first, as they were recorded.
-        events.sort_by_key(|(seq, _)| *seq);
-        Ok(events.into_iter().map(|(_, e)| e).collect())
+        rows.iter().map(row::event).collect()
     }
 
     async fn forget_event(&self, event_id: &str) -> StoreResult<()> {
