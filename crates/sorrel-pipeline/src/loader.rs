@@ -478,6 +478,7 @@ impl WanPipeline {
             defaults,
             compression,
             patch: tr_cfg.patch_size,
+            rope_max_seq_len: tr_cfg.rope_max_seq_len,
             modes: modes_of(
                 dir,
                 &tr_cfg,

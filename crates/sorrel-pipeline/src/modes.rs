@@ -12,7 +12,8 @@ use crate::request::{strength_steps, Conditioning, GenerateRequest, Picture};
 use sorrel_models::wan::transformer::{Context, Control, WanTransformer3DModel};
 
 /// A way to start a video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// A prompt alone.
     TextToVideo,
@@ -69,8 +70,9 @@ impl Mode {
 }
 
 /// What a model folder holds, read from its config files alone (no weights), so a request can be checked in
-/// milliseconds before a minutes-long load.
-#[derive(Debug, Clone)]
+/// milliseconds before a minutes-long load. Serializable: a worker publishes it so an API node that loads no
+/// weights checks requests for that model the same way.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     /// Defaults and limits of generation.
     pub defaults: ModelDefaults,
@@ -78,6 +80,8 @@ pub struct ModelInfo {
     pub compression: (usize, usize),
     /// The transformer's (t, h, w) patch.
     pub patch: [usize; 3],
+    /// Positions per axis of the transformer's RoPE table: the largest latent patch grid it takes.
+    pub rope_max_seq_len: usize,
     /// The modes it runs.
     pub modes: Vec<Mode>,
     /// The diffusers pipeline class it was published for (`WanPipeline`, `WanImageToVideoPipeline`, ...).

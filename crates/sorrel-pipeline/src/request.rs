@@ -143,18 +143,8 @@ impl Default for GenerateRequest {
 impl GenerateRequest {
     /// Checks the request against the loaded model; every error says what to change.
     pub fn validate(&self, pipe: &WanPipeline) -> Result<()> {
-        self.check()?;
-        self.check_for(&pipe.info)?;
-        let (t, h, w) = self.latent_size(pipe.info.compression);
-        // A rollout runs the transformer one window at a time.
-        let rolls = crate::rollout::applies(self, &pipe.info);
-        let t = if rolls {
-            crate::rollout::first_window_frames(self, &pipe.info)?
-        } else if pipe.info.diffusion_forcing.is_some() {
-            crate::forcing::first_window_frames(self, &pipe.info)?
-        } else {
-            t
-        };
+        let t = self.validate_described(&pipe.info)?;
+        let (_, h, w) = self.latent_size(pipe.info.compression);
         let z = pipe.vae_config.z_dim;
         if let Some(l) = &self.init_latents {
             let want = [1, z, t + self.reference_count(), h, w];
@@ -166,7 +156,7 @@ impl GenerateRequest {
                     self.height,
                     self.frames,
                     want,
-                    if rolls {
+                    if crate::rollout::applies(self, &pipe.info) {
                         " (the noise of the first window of this rollout)"
                     } else {
                         ""
@@ -174,10 +164,27 @@ impl GenerateRequest {
                 )));
             }
         }
-        pipe.transformer()?
-            .check_latent_size(t, h, w)
-            .map_err(Error::invalid)?;
         Ok(())
+    }
+
+    /// Every check [`GenerateRequest::validate`] makes that needs only the model's description (all but
+    /// the shape of given init latents), for a server that has not loaded the model. Returns the latent
+    /// frames of the transformer's first (or only) window.
+    pub fn validate_described(&self, info: &ModelInfo) -> Result<usize> {
+        self.check()?;
+        self.check_for(info)?;
+        let (t, h, w) = self.latent_size(info.compression);
+        // A rollout runs the transformer one window at a time.
+        let t = if crate::rollout::applies(self, info) {
+            crate::rollout::first_window_frames(self, info)?
+        } else if info.diffusion_forcing.is_some() {
+            crate::forcing::first_window_frames(self, info)?
+        } else {
+            t
+        };
+        sorrel_models::wan::config::check_latent_grid(info.patch, info.rope_max_seq_len, t, h, w)
+            .map_err(Error::invalid)?;
+        Ok(t)
     }
 
     /// Reference pictures, each taking one latent frame before the video's.

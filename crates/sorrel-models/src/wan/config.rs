@@ -271,3 +271,31 @@ impl WanTransformerConfig {
         Ok(())
     }
 }
+
+/// Checks that a latent of (frames `f`, height `h`, width `w`) can be cut into `patch` (t, h, w) patches and
+/// that its patch grid fits a RoPE table of `rope_max_seq_len` positions per axis. A free function so a
+/// server that only has a model's description (no weights) checks requests exactly as the loaded model does.
+pub fn check_latent_grid(
+    patch: [usize; 3],
+    rope_max_seq_len: usize,
+    f: usize,
+    h: usize,
+    w: usize,
+) -> std::result::Result<(), String> {
+    let [pt, ph, pw] = patch;
+    if !f.is_multiple_of(pt) || !h.is_multiple_of(ph) || !w.is_multiple_of(pw) {
+        return Err(format!(
+            "latent size {f}x{h}x{w} (frames x height x width) is not divisible by the patch size {pt}x{ph}x{pw}"
+        ));
+    }
+    let m = rope_max_seq_len;
+    if f / pt > m || h / ph > m || w / pw > m {
+        return Err(format!(
+            "latent grid {}x{}x{} exceeds the model's rope_max_seq_len {m}: use fewer frames or a smaller size",
+            f / pt,
+            h / ph,
+            w / pw
+        ));
+    }
+    Ok(())
+}

@@ -527,22 +527,7 @@ impl WanTransformer3DModel {
         h: usize,
         w: usize,
     ) -> std::result::Result<(), String> {
-        let [pt, ph, pw] = self.cfg.patch_size;
-        if !f.is_multiple_of(pt) || !h.is_multiple_of(ph) || !w.is_multiple_of(pw) {
-            return Err(format!(
-                "latent size {f}x{h}x{w} (frames x height x width) is not divisible by the patch size {pt}x{ph}x{pw}"
-            ));
-        }
-        let m = self.cfg.rope_max_seq_len;
-        if f / pt > m || h / ph > m || w / pw > m {
-            return Err(format!(
-                "latent grid {}x{}x{} exceeds the model's rope_max_seq_len {m}: use fewer frames or a smaller size",
-                f / pt,
-                h / ph,
-                w / pw
-            ));
-        }
-        Ok(())
+        super::config::check_latent_grid(self.cfg.patch_size, self.cfg.rope_max_seq_len, f, h, w)
     }
 
     /// VACE models: the number of VACE layers, each taking one control scale.
