@@ -37,7 +37,7 @@ pub use store::{JobStore, PgStore, SqliteStore, Store, StoreUrl};
 
 use auth::Keys;
 use files::DataDir;
-use models::Models;
+use models::{Catalog, Models};
 use webhook::Webhook;
 
 /// Everything the handlers and workers share.
@@ -68,6 +68,8 @@ pub struct App<S: JobStore> {
     pub started_at: i64,
     /// Signs every file the workers write (C2PA content credentials).
     pub identity: sorrel_provenance::SigningIdentity,
+    /// This process among the store's nodes (`host-pid-random`): named in job logs and the worker registry.
+    pub node_id: String,
 }
 
 impl<S: JobStore> App<S> {
@@ -75,19 +77,53 @@ impl<S: JobStore> App<S> {
     pub fn changed(&self, id: &str) {
         let _ = self.changes.send(id.to_string());
     }
+
+    /// The models requests may name now: this node's, then those workers published in a shared store.
+    pub async fn catalog(&self) -> Result<Catalog, StoreError> {
+        let registered = if self.store.is_shared() {
+            self.store.registered_models(job::now_ms()).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Catalog::new(&self.models, registered))
+    }
 }
 
-/// A server ready to run: store opened, abandoned jobs re-queued, models loaded, port bound.
+/// A node ready to run: store opened, abandoned jobs re-queued, models loaded, and, for a server, its port
+/// bound. A worker node (`sorrel worker`) listens on no port.
 pub struct Server {
     app: Arc<App<Store>>,
-    listener: tokio::net::TcpListener,
+    listener: Option<tokio::net::TcpListener>,
     _lock: Option<File>,
 }
 
 impl Server {
-    /// Checks the settings, takes the data folder, opens the store and loads the models.
+    /// Checks the settings, takes the data folder, opens the store, loads the models (none on an API-only
+    /// node, `workers` 0) and binds the port.
     pub async fn start(config: ServerConfig) -> Result<Self, ServeError> {
-        if config.api_keys.is_empty() && !config.host.is_loopback() {
+        Self::open(config, true).await
+    }
+
+    /// A worker node: takes jobs from a shared store for its models, publishes them there so API nodes
+    /// accept requests for them, and serves no HTTP.
+    pub async fn start_worker(config: ServerConfig) -> Result<Self, ServeError> {
+        if !config.store.is_shared() {
+            return Err(ServeError::Config(
+                "a worker takes jobs from a store that API nodes share: pass --store postgres://... \
+                 (or run `sorrel serve`, which generates its own jobs)"
+                    .into(),
+            ));
+        }
+        if config.workers == 0 {
+            return Err(ServeError::Config(
+                "--workers must be at least 1 for a worker".into(),
+            ));
+        }
+        Self::open(config, false).await
+    }
+
+    async fn open(config: ServerConfig, listen: bool) -> Result<Self, ServeError> {
+        if listen && config.api_keys.is_empty() && !config.host.is_loopback() {
             return Err(ServeError::Config(format!(
                 "no API key is configured, so Sorrel only listens on loopback (127.0.0.1 or ::1), not {}. \
                  Set SORREL_API_KEYS (comma-separated) or pass --api-key to serve other machines.",
@@ -127,23 +163,34 @@ impl Server {
                 tracing::warn!("{requeued} job(s) were running when the last server stopped; they are queued again");
             }
         }
-        let specs = config.models.clone();
-        let opts = LoadOptions {
-            dtype: config.dtype,
-            device: candle_core::Device::Cpu,
-            ..config.weights.clone()
+        // An API-only node checks requests against the models workers publish, and loads none.
+        let models = if config.workers == 0 {
+            Models::none()
+        } else {
+            let specs = config.models.clone();
+            let opts = LoadOptions {
+                dtype: config.dtype,
+                device: candle_core::Device::Cpu,
+                ..config.weights.clone()
+            };
+            tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
+                .await
+                .map_err(|e| ServeError::Config(format!("model loading crashed: {e}")))??
         };
-        let models = tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
-            .await
-            .map_err(|e| ServeError::Config(format!("model loading crashed: {e}")))??;
-        let listener = tokio::net::TcpListener::bind((config.host, config.port))
-            .await
-            .map_err(|e| {
-                ServeError::Config(format!(
-                    "cannot listen on {}:{}: {e} (pick another --port, or stop what uses it)",
-                    config.host, config.port
-                ))
-            })?;
+        let listener = if listen {
+            Some(
+                tokio::net::TcpListener::bind((config.host, config.port))
+                    .await
+                    .map_err(|e| {
+                        ServeError::Config(format!(
+                            "cannot listen on {}:{}: {e} (pick another --port, or stop what uses it)",
+                            config.host, config.port
+                        ))
+                    })?,
+            )
+        } else {
+            None
+        };
         let keys = Keys::new(&config.api_keys);
         let (changes, _) = broadcast::channel(1024);
         let app = Arc::new(App {
@@ -159,6 +206,12 @@ impl Server {
             shutdown: watch::channel(false).0,
             started_at: job::now(),
             identity,
+            node_id: format!(
+                "{}-{}-{:08x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
             config,
         });
         Ok(Self {
@@ -168,9 +221,12 @@ impl Server {
         })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The address actually bound (useful with port 0); an error for a worker node, which listens on none.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(std::io::Error::other("a worker node listens on no port")),
+        }
     }
 
     /// The shared state (for tests).
@@ -195,18 +251,31 @@ impl Server {
         let cleaner = tokio::spawn(clean_expired(app.clone()));
         let outbox = tokio::spawn(webhook::run_outbox(app.clone()));
         let relay = tokio::spawn(relay_notifications(app.clone()));
+        let publisher = tokio::spawn(publish_models(app.clone()));
         let shared = app.clone();
-        axum::serve(self.listener, router(app.clone()))
-            .with_graceful_shutdown(async move {
-                stop.await;
-                tracing::info!("shutting down: running jobs go back to the queue");
-                // Also ends open event streams, which would otherwise hold the shutdown open.
-                let _ = shared.shutdown.send(true);
-            })
-            .await?;
+        let stopping = async move {
+            stop.await;
+            tracing::info!("shutting down: running jobs go back to the queue");
+            // Also ends open event streams, which would otherwise hold the shutdown open.
+            let _ = shared.shutdown.send(true);
+        };
+        match self.listener {
+            Some(listener) => {
+                axum::serve(listener, router(app.clone()))
+                    .with_graceful_shutdown(stopping)
+                    .await?
+            }
+            None => stopping.await,
+        }
         let _ = app.shutdown.send(true);
         for w in workers {
             let _ = w.await;
+        }
+        publisher.abort();
+        if app.store.is_shared() && app.config.workers > 0 {
+            if let Err(e) = app.store.unregister_worker(&app.node_id).await {
+                tracing::warn!("cannot withdraw this worker from the store: {e}");
+            }
         }
         cleaner.abort();
         relay.abort();
@@ -316,7 +385,49 @@ async fn cancel_if_gone(app: &App<Store>, id: &str) {
     if let Some(flag) = flag {
         if let Ok(None) = app.store.get(id).await {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("{id} was deleted on another node: stopping it after this step");
         }
+    }
+}
+
+/// This machine's name, for worker ids in the store (`unknown` where it cannot be read).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Publishes this node's models in a shared store while it runs, renewed every third of a lease, so API
+/// nodes accept requests for them and know a worker runs them (a worker that stops renewing counts as gone
+/// a lease later). Nothing to do for a store one process owns, or for a node without workers.
+async fn publish_models(app: Arc<App<Store>>) {
+    if !app.store.is_shared() || app.config.workers == 0 {
+        return;
+    }
+    let cards: Vec<(String, String)> = app
+        .models
+        .cards()
+        .into_iter()
+        .filter_map(|c| match serde_json::to_string(&c.info) {
+            Ok(info) => Some((c.name, info)),
+            Err(e) => {
+                tracing::error!("cannot describe model '{}' for the store: {e}", c.name);
+                None
+            }
+        })
+        .collect();
+    let lease = i64::try_from(app.config.lease.as_millis()).unwrap_or(i64::MAX / 4);
+    loop {
+        if let Err(e) = app
+            .store
+            .register_worker(&app.node_id, &cards, job::now_ms() + lease)
+            .await
+        {
+            tracing::warn!("cannot publish this worker's models in the store: {e}");
+        }
+        tokio::time::sleep(app.config.lease / 3).await;
     }
 }
 
@@ -341,6 +452,14 @@ async fn clean_expired<S: JobStore>(app: Arc<App<S>>) {
                 }
             }
             Err(e) => tracing::warn!("expiry sweep: {e}"),
+        }
+        let retention = i64::try_from(app.config.retention.as_millis()).unwrap_or(i64::MAX / 4);
+        match app.store.prune_events(job::now_ms() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "dropped {n} webhook event(s) older than the retention period that no node delivered"
+            ),
+            Err(e) => tracing::warn!("outbox sweep: {e}"),
         }
         tokio::time::sleep(every).await;
     }

@@ -10,7 +10,7 @@ use sorrel_pipeline::{Conditioning, GenerateRequest, Picture};
 use crate::config::{Defaults, Limits};
 use crate::error::ApiError;
 use crate::job::{GenParams, JobInput};
-use crate::models::{LoadedModel, Models};
+use crate::models::{Catalog, ModelCard};
 use sorrel_pipeline::Mode;
 
 /// A field's value as it arrived.
@@ -244,8 +244,8 @@ pub struct RequestDefaults {
 
 impl RequestDefaults {
     /// The defaults for `model` on a server started with `defaults`.
-    pub fn of(model: &LoadedModel, defaults: &Defaults) -> Self {
-        let d = &model.pipe.info.defaults;
+    pub fn of(model: &ModelCard, defaults: &Defaults) -> Self {
+        let d = &model.info.defaults;
         Self {
             size: defaults.size.unwrap_or((d.width, d.height)),
             seconds: defaults
@@ -260,7 +260,7 @@ impl RequestDefaults {
 /// Reads `POST /v1/videos`.
 pub fn parse_create(
     fields: Vec<(String, Field)>,
-    models: &Models,
+    models: &Catalog,
     limits: &Limits,
     defaults: &Defaults,
 ) -> Result<CreateRequest, ApiError> {
@@ -307,14 +307,29 @@ pub fn parse_create(
     check_prompt("negative_prompt", &negative_prompt, limits, false)?;
 
     let model = match f.string("model")? {
-        None => models.default_model(),
-        Some(name) => models.get(&name).ok_or_else(|| {
+        None => models.default_model().ok_or_else(|| {
             ApiError::invalid(
                 "model",
-                format!(
-                    "Invalid 'model': '{name}'. This server has: {}.",
-                    models.names().join(", ")
-                ),
+                "No worker has published a model yet, so there is nothing to generate with: start \
+                 `sorrel worker --store ...` with the same store (it serves the embedded model without \
+                 --model).",
+            )
+        })?,
+        Some(name) => models.get(&name).ok_or_else(|| {
+            let has = models.names();
+            ApiError::invalid(
+                "model",
+                if has.is_empty() {
+                    format!(
+                        "Invalid 'model': '{name}'. No worker has published a model yet: start \
+                         `sorrel worker --store ... --model {name}=DIR` with the same store."
+                    )
+                } else {
+                    format!(
+                        "Invalid 'model': '{name}'. This server has: {}.",
+                        has.join(", ")
+                    )
+                },
             )
         })?,
     };
@@ -325,7 +340,6 @@ pub fn parse_create(
         _ => (Mode::TextToVideo, "model"),
     };
     model
-        .pipe
         .info
         .check_mode(mode)
         .map_err(|e| ApiError::invalid(param, e.to_string()))?;
@@ -338,15 +352,9 @@ pub fn parse_create(
             " (this server's --max-seconds)",
         )?
         .map(|s| s as u32);
-    let fps = model.pipe.native_fps();
-    let frames_of = |seconds: u32| {
-        frames_for(
-            seconds,
-            fps,
-            model.pipe.compression().1,
-            model.pipe.transformer_config().patch_size[0],
-        )
-    };
+    let fps = model.info.defaults.fps;
+    let frames_of =
+        |seconds: u32| frames_for(seconds, fps, model.info.compression.1, model.info.patch[0]);
     let seconds = match (seconds, &clip) {
         (Some(s), _) => s,
         // Restyling a clip: as long as the clip, in the whole seconds whose frames it holds.
@@ -446,7 +454,7 @@ pub fn parse_create(
     }
     // What the model itself cannot do (its patch grid, positional range) is a 400 now, not a failed job later.
     to_request(&params, conditioning)
-        .validate(&model.pipe)
+        .validate_described(&model.info)
         .map_err(|e| {
             ApiError::invalid(
                 "size",

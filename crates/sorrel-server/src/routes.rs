@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::auth::{require_key, Owner};
 use crate::error::ApiError;
 use crate::job::{is_valid_id, new_id, now, Job, JobInput, JobStatus};
+use crate::models::Catalog;
 use crate::params::{self, Field, Variant};
 use crate::store::{Inserted, JobStore};
 use crate::App;
@@ -222,12 +223,14 @@ async fn create<S: JobStore>(
     req: Request,
 ) -> Result<Response, ApiError> {
     let fields = body_fields(req, app.config.limits.max_body_bytes).await?;
+    let catalog = Arc::new(app.catalog().await?);
     // Checking an upload decodes it (a picture, or every frame of a clip): off the async workers.
     let shared = app.clone();
+    let models = catalog.clone();
     let parsed = tokio::task::spawn_blocking(move || {
         params::parse_create(
             fields,
-            &shared.models,
+            &models,
             &shared.config.limits,
             &shared.config.defaults,
         )
@@ -254,10 +257,14 @@ async fn create<S: JobStore>(
         remixed_from: None,
         attempts: 0,
     };
-    enqueue_or_clean(&app, job).await
+    enqueue_or_clean(&app, job, &catalog).await
 }
 
-async fn enqueue<S: JobStore>(app: &Arc<App<S>>, job: Job) -> Result<Response, ApiError> {
+async fn enqueue<S: JobStore>(
+    app: &Arc<App<S>>,
+    job: Job,
+    catalog: &Catalog,
+) -> Result<Response, ApiError> {
     match app
         .store
         .insert(&job, app.config.limits.max_queued_per_key)
@@ -266,6 +273,9 @@ async fn enqueue<S: JobStore>(app: &Arc<App<S>>, job: Job) -> Result<Response, A
         Inserted::Yes => {
             app.wake.notify_one();
             tracing::info!("queued {} ({})", job.id, job.model);
+            if !catalog.is_running(&job.model) {
+                note_no_worker(app, &job);
+            }
             Ok(video_response(&job, app.config.poll_after_ms))
         }
         Inserted::OverLimit => Err(ApiError::too_many_jobs(
@@ -367,7 +377,8 @@ async fn remix<S: JobStore>(
         )));
     }
     let fields = body_fields(req, app.config.limits.max_body_bytes).await?;
-    let Some(model) = app.models.get(&source.model) else {
+    let catalog = app.catalog().await?;
+    let Some(model) = catalog.get(&source.model) else {
         return Err(ApiError::invalid(
             "video_id",
             format!(
@@ -376,7 +387,7 @@ async fn remix<S: JobStore>(
             ),
         ));
     };
-    let restyles = model.pipe.info.can(sorrel_pipeline::Mode::VideoToVideo);
+    let restyles = model.info.can(sorrel_pipeline::Mode::VideoToVideo);
     let params = params::parse_remix(fields, &source.params, &app.config.limits, restyles)?;
     let new = new_id();
     // The remix keeps its own copy of what it starts from, so deleting the source cannot break it.
@@ -407,13 +418,34 @@ async fn remix<S: JobStore>(
         remixed_from: Some(source.id.clone()),
         attempts: 0,
     };
-    enqueue_or_clean(&app, job).await
+    enqueue_or_clean(&app, job, &catalog).await
+}
+
+/// Says in the job's log (and this node's) that no running worker has its model: the job waits for one
+/// rather than failing, and whoever looks at it learns why it does not start. The first attempt empties
+/// the log, so the note goes once a worker takes the job.
+fn note_no_worker<S: JobStore>(app: &App<S>, job: &Job) {
+    let msg = format!(
+        "waiting for a worker with model '{}': none of the running workers has it (start one with \
+         `sorrel worker --store ... --model {}=DIR`)",
+        job.model, job.model
+    );
+    tracing::warn!("{}: {msg}", job.id);
+    let dir = app.data.job_dir(&job.id);
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => crate::files::JobLog::open(&dir).line(&msg),
+        Err(e) => tracing::warn!("cannot create {}: {e}", dir.display()),
+    }
 }
 
 /// Queues the job; if it is refused, its stored inputs go too.
-async fn enqueue_or_clean<S: JobStore>(app: &Arc<App<S>>, job: Job) -> Result<Response, ApiError> {
+async fn enqueue_or_clean<S: JobStore>(
+    app: &Arc<App<S>>,
+    job: Job,
+    catalog: &Catalog,
+) -> Result<Response, ApiError> {
     let id = job.id.clone();
-    let res = enqueue(app, job).await;
+    let res = enqueue(app, job, catalog).await;
     if res.is_err() {
         if let Err(e) = app.data.remove_job(&id) {
             tracing::warn!("cannot remove the inputs of refused {id}: {e}");
@@ -473,15 +505,13 @@ async fn logs<S: JobStore>(
 /// OpenAI's model list, with Sorrel extras a client needs to build a form: what each model can be asked
 /// (`modes`: `text_to_video`, `image_to_video` with `input_reference`, `video_to_video` by remixing) and what
 /// a request that leaves a setting out gets (`defaults`), plus this server's `limits`.
-async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Response {
+async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
     let limits = &app.config.limits;
-    let data: Vec<_> = app
-        .models
-        .names()
-        .into_iter()
-        .filter_map(|name| app.models.get(name))
+    let catalog = app.catalog().await?;
+    let data: Vec<_> = catalog
+        .cards()
         .map(|model| {
-            let info = &model.pipe.info;
+            let info = &model.info;
             let modes: Vec<&str> = [
                 (Mode::TextToVideo, "text_to_video"),
                 (Mode::ImageToVideo, "image_to_video"),
@@ -498,7 +528,7 @@ async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Response {
                 "created": app.started_at,
                 "owned_by": "sorrel",
                 "modes": modes,
-                "fps": model.pipe.native_fps(),
+                "fps": info.defaults.fps,
                 "defaults": {
                     "size": format!("{}x{}", d.size.0, d.size.1),
                     "seconds": d.seconds,
@@ -515,7 +545,7 @@ async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Response {
             })
         })
         .collect();
-    Json(json!({"object": "list", "data": data})).into_response()
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
 /// `GET /v1/videos/{id}/credentials` (a Sorrel extra): what `sorrel verify --json` says about the finished

@@ -65,30 +65,6 @@ impl Webhook {
         signature(&self.key, id, timestamp, body)
     }
 
-    /// The event announcing that job `id` ended with `status` (`video.completed` or `video.failed`), to be
-    /// recorded in the outbox with the job's change; `None` for other statuses.
-    pub fn event_for(&self, id: &str, status: JobStatus) -> Option<OutboxEvent> {
-        let kind = match status {
-            JobStatus::Completed => "video.completed",
-            JobStatus::Failed => "video.failed",
-            _ => return None,
-        };
-        let event_id = format!("evt_{:032x}", rand::random::<u128>());
-        let body = json!({
-            "id": event_id,
-            "object": "event",
-            "type": kind,
-            "created_at": now(),
-            "data": {"id": id},
-        })
-        .to_string();
-        Some(OutboxEvent {
-            id: event_id,
-            body,
-            attempts: 0,
-        })
-    }
-
     /// One delivery attempt, freshly timestamped and signed.
     async fn attempt(&self, event: &OutboxEvent) -> Result<(), String> {
         let ts = now();
@@ -125,6 +101,31 @@ impl Webhook {
         let next = now_ms() + delay.as_millis().min(i64::MAX as u128) as i64;
         store.retry_event(&event.id, attempts, next).await
     }
+}
+
+/// The event announcing that job `id` ended with `status` (`video.completed` or `video.failed`), to be
+/// recorded in the outbox with the job's change; `None` for other statuses. It needs no secret (deliveries are
+/// signed when sent), so a worker records it even where another node delivers.
+pub fn event_for(id: &str, status: JobStatus) -> Option<OutboxEvent> {
+    let kind = match status {
+        JobStatus::Completed => "video.completed",
+        JobStatus::Failed => "video.failed",
+        _ => return None,
+    };
+    let event_id = format!("evt_{:032x}", rand::random::<u128>());
+    let body = json!({
+        "id": event_id,
+        "object": "event",
+        "type": kind,
+        "created_at": now(),
+        "data": {"id": id},
+    })
+    .to_string();
+    Some(OutboxEvent {
+        id: event_id,
+        body,
+        attempts: 0,
+    })
 }
 
 /// Delivers the outbox until the server stops: events recorded by this process or left by an earlier one

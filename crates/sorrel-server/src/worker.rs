@@ -184,9 +184,14 @@ async fn remove_if_deleted<S: JobStore>(
     Ok(())
 }
 
-/// The webhook event for job `id` ending with `status`, when a webhook is configured.
+/// The webhook event for job `id` ending with `status`, when this node delivers webhooks or shares its
+/// store (an API node elsewhere may deliver them; a shared store drops what nobody delivered after the
+/// retention period).
 fn event<S: JobStore>(app: &App<S>, id: &str, status: JobStatus) -> Option<OutboxEvent> {
-    app.webhook.as_ref()?.event_for(id, status)
+    if app.webhook.is_none() && !app.store.is_shared() {
+        return None;
+    }
+    crate::webhook::event_for(id, status)
 }
 
 async fn generate_job<S: JobStore>(
@@ -209,8 +214,9 @@ async fn generate_job<S: JobStore>(
         .map_err(|e| failed("storage_error", e.to_string()))?;
     let mut log = crate::files::JobLog::open(&dir);
     log.line(&format!(
-        "attempt {} with model {}: {}x{}, {} frames at {} fps, {} steps, guidance {}, seed {}",
+        "attempt {} on {} with model {}: {}x{}, {} frames at {} fps, {} steps, guidance {}, seed {}",
         job.attempts,
+        app.node_id,
         job.model,
         job.params.width,
         job.params.height,

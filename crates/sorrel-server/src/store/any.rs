@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Inserted, JobStore, Order, OutboxEvent, PgStore, SqliteStore, StoreResult};
+use super::{
+    Inserted, JobStore, Order, OutboxEvent, PgStore, Registered, SqliteStore, StoreResult,
+};
 use crate::job::{Job, JobError};
 
 /// Where the jobs live.
@@ -76,6 +78,29 @@ macro_rules! each {
 }
 
 impl JobStore for Store {
+    fn is_shared(&self) -> bool {
+        match self {
+            Store::Sqlite(s) => s.is_shared(),
+            Store::Postgres(s) => s.is_shared(),
+        }
+    }
+    async fn register_worker(
+        &self,
+        worker: &str,
+        models: &[(String, String)],
+        alive_until_ms: i64,
+    ) -> StoreResult<()> {
+        each!(self, s => s.register_worker(worker, models, alive_until_ms))
+    }
+    async fn unregister_worker(&self, worker: &str) -> StoreResult<()> {
+        each!(self, s => s.unregister_worker(worker))
+    }
+    async fn registered_models(&self, now_ms: i64) -> StoreResult<Vec<Registered>> {
+        each!(self, s => s.registered_models(now_ms))
+    }
+    async fn prune_events(&self, before_ms: i64) -> StoreResult<u64> {
+        each!(self, s => s.prune_events(before_ms))
+    }
     async fn insert(&self, job: &Job, max_unfinished: u32) -> StoreResult<Inserted> {
         each!(self, s => s.insert(job, max_unfinished))
     }

@@ -62,8 +62,62 @@ pub struct OutboxEvent {
     pub attempts: u32,
 }
 
+/// A model that a worker of a shared store published (see [`JobStore::register_worker`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The API name.
+    pub name: String,
+    /// Its description, `sorrel_pipeline::ModelInfo` as JSON: what an API node checks requests against.
+    pub info: String,
+    /// Whether a worker that runs it is alive now (its registration was renewed in time).
+    pub live: bool,
+}
+
 /// A job store. Implementations are shared by the HTTP handlers and the workers.
 pub trait JobStore: Send + Sync + 'static {
+    /// Whether processes on other machines share this store: then workers publish their models in it
+    /// ([`JobStore::register_worker`]), and every job's end is recorded for webhooks whether or not this
+    /// process delivers them (another node may).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Publishes that worker process `worker` runs `models` (API name, description JSON) and is alive until
+    /// `alive_until_ms`; called again before then to stay alive. A store one process owns needs no registry:
+    /// the default does nothing.
+    fn register_worker(
+        &self,
+        worker: &str,
+        models: &[(String, String)],
+        alive_until_ms: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = (worker, models, alive_until_ms);
+        async { Ok(()) }
+    }
+
+    /// Withdraws worker `worker` (it is stopping); its models stay known, and jobs for them wait.
+    fn unregister_worker(&self, worker: &str) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = worker;
+        async { Ok(()) }
+    }
+
+    /// Every model any worker ever published, in the order they were first published, each marked live
+    /// if a worker that runs it is alive at `now_ms`.
+    fn registered_models(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = StoreResult<Vec<Registered>>> + Send {
+        let _ = now_ms;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Drops outbox events recorded before `before_ms` that no node delivered: in a shared store every job's
+    /// end is recorded, and a cluster without webhooks must not keep them forever. Returns how many.
+    fn prune_events(&self, before_ms: i64) -> impl Future<Output = StoreResult<u64>> + Send {
+        let _ = before_ms;
+        async { Ok(0) }
+    }
+
     /// Queues `job` unless its owner already has `max_unfinished` queued or running jobs.
     fn insert(
         &self,

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
-use super::{lease_end, row, Inserted, JobStore, Order, OutboxEvent, StoreResult, EVENT_HOLD_MS};
+use super::{
+    lease_end, row, Inserted, JobStore, Order, OutboxEvent, Registered, StoreResult, EVENT_HOLD_MS,
+};
 use crate::error::StoreError;
 use crate::job::{Job, JobError};
 
@@ -23,7 +25,8 @@ pub const QUEUE_CHANNEL: &str = "sorrel_queue";
 
 /// Schema versions in order: a database at version `n` gets `MIGRATIONS[n..]`. Append; never edit one
 /// that has shipped.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE sorrel_jobs (
     seq            BIGSERIAL PRIMARY KEY,
     id             TEXT   NOT NULL UNIQUE,
@@ -52,7 +55,22 @@ CREATE TABLE sorrel_outbox (
     next_ms  BIGINT NOT NULL
 );
 CREATE INDEX sorrel_outbox_by_due ON sorrel_outbox (next_ms, seq);
-"];
+",
+    "
+CREATE TABLE sorrel_models (
+    seq  BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    info TEXT NOT NULL
+);
+CREATE TABLE sorrel_workers (
+    id             TEXT   PRIMARY KEY,
+    models         TEXT   NOT NULL,
+    alive_until_ms BIGINT NOT NULL
+);
+ALTER TABLE sorrel_outbox ADD COLUMN created_ms BIGINT NOT NULL
+    DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT;
+",
+];
 
 /// Jobs in a PostgreSQL database.
 #[derive(Clone)]
@@ -157,6 +175,95 @@ async fn finish_with_event(
 }
 
 impl JobStore for PgStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn register_worker(
+        &self,
+        worker: &str,
+        models: &[(String, String)],
+        alive_until_ms: i64,
+    ) -> StoreResult<()> {
+        let names: Vec<&str> = models.iter().map(|(name, _)| name.as_str()).collect();
+        let names = serde_json::to_string(&names)
+            .map_err(|e| StoreError::Corrupt(format!("model names do not serialise: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        for (name, info) in models {
+            // The newest description wins: a model folder upgraded on one worker describes it for all.
+            sqlx::query(
+                "INSERT INTO sorrel_models (name, info) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info
+                 WHERE sorrel_models.info IS DISTINCT FROM EXCLUDED.info",
+            )
+            .bind(name)
+            .bind(info)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO sorrel_workers (id, models, alive_until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET models = EXCLUDED.models,
+                                            alive_until_ms = EXCLUDED.alive_until_ms",
+        )
+        .bind(worker)
+        .bind(names)
+        .bind(alive_until_ms)
+        .execute(&mut *tx)
+        .await?;
+        // Workers killed without withdrawing leave a row; a day later nobody needs it.
+        sqlx::query("DELETE FROM sorrel_workers WHERE alive_until_ms < $1")
+            .bind(crate::job::now_ms() - 86_400_000)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unregister_worker(&self, worker: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM sorrel_workers WHERE id = $1")
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn registered_models(&self, now_ms: i64) -> StoreResult<Vec<Registered>> {
+        let models: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, info FROM sorrel_models ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?;
+        let live: Vec<String> =
+            sqlx::query_scalar("SELECT models FROM sorrel_workers WHERE alive_until_ms > $1")
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut running = std::collections::HashSet::new();
+        for names in &live {
+            let names: Vec<String> = serde_json::from_str(names)
+                .map_err(|e| StoreError::Corrupt(format!("a worker's model list: {e}")))?;
+            running.extend(names);
+        }
+        Ok(models
+            .into_iter()
+            .map(|(name, info)| Registered {
+                live: running.contains(&name),
+                name,
+                info,
+            })
+            .collect())
+    }
+
+    async fn prune_events(&self, before_ms: i64) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM sorrel_outbox WHERE created_ms < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     async fn insert(&self, job: &Job, max_unfinished: u32) -> StoreResult<Inserted> {
         let params = serde_json::to_string(&job.params)
             .map_err(|e| StoreError::Corrupt(format!("params do not serialise: {e}")))?;
