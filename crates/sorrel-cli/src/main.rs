@@ -48,6 +48,9 @@ enum Command {
     Connect(ConnectArgs),
     /// Serve the OpenAI-compatible /v1/videos API with a durable job queue.
     Serve(serve::ServeArgs),
+    /// Generate videos for API nodes that share a PostgreSQL store (`sorrel serve --store postgres://...`):
+    /// takes queued jobs for its models under a lease, and serves no HTTP.
+    Worker(serve::WorkerArgs),
     /// Check a file's content credentials (C2PA): who made it, with what, and whether it changed since.
     Verify(provenance::VerifyArgs),
     /// Train the embedded toy-world model from scratch.
@@ -837,6 +840,7 @@ fn main() -> ExitCode {
             Some((args.first.clone(), args.second.clone())),
         ),
         Command::Serve(args) => serve::serve(args),
+        Command::Worker(args) => serve::worker(args),
         Command::Train(args) => train::train(args),
         Command::Film(args) => film::film(args),
         Command::Eval(args) => eval::eval(args),

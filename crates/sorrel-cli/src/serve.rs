@@ -1,4 +1,4 @@
-//! `sorrel serve`: flags to [`ServerConfig`], then run the server until Ctrl-C or SIGTERM.
+//! `sorrel serve` and `sorrel worker`: flags to [`ServerConfig`], then run the node until Ctrl-C or SIGTERM.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -8,36 +8,25 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sorrel_server::{Defaults, Limits, ModelSpec, Server, ServerConfig, WebhookConfig};
 
-/// Options of `sorrel serve`.
+/// What every node needs, server or worker: its models, data folder, store and how it generates.
 #[derive(clap::Args)]
-pub struct ServeArgs {
+pub struct NodeArgs {
     /// A model to serve, as NAME=DIR (clients pass NAME as `model`), DIR (named after the folder) or a
     /// Hugging Face id (served under that id; from the Hugging Face cache, as `generate --model`). Repeat
     /// for several; the first is the default. Without any, the embedded toy-world model is served as
     /// `sorrel-toyworld`.
     #[arg(long, short = 'm')]
     model: Vec<String>,
-    /// Address to listen on. Without API keys only loopback addresses are allowed.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
-    /// Port; 0 picks a free one (the address is printed).
-    #[arg(long, default_value_t = 8000)]
-    port: u16,
     /// Folder for the job database and the videos (default: $XDG_DATA_HOME/sorrel or ~/.local/share/sorrel).
+    /// Nodes sharing a --store name the same folder (a network file system across machines): the videos
+    /// are written there and served from there.
     #[arg(long, env = "SORREL_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Accepted bearer API key; repeat for several. Also read from SORREL_API_KEYS (comma-separated).
-    #[arg(long = "api-key")]
-    api_keys: Vec<String>,
-    /// Where the jobs live: postgres://user:password@host:port/database (shared by many servers: every node
+    /// Where the jobs live: postgres://user:password@host:port/database (shared by many nodes: every node
     /// then names the same --data-dir, on a shared file system across machines), or sqlite:PATH (default:
     /// jobs.db in the data folder). Also read from SORREL_STORE.
     #[arg(long, env = "SORREL_STORE")]
     store: Option<String>,
-    /// Jobs generated at the same time (each uses all cores; more than 1 helps only on big machines). 0 makes
-    /// an API-only node, which needs a shared --store.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
     /// Seconds a worker's claim on a job lasts unrenewed (renewed every third of it): a job whose worker
     /// died is run again this long after its last renewal.
     #[arg(long, default_value_t = 30.0)]
@@ -48,6 +37,42 @@ pub struct ServeArgs {
     /// LoRAs and single-file components, applied to every served model (as `sorrel generate`'s flags).
     #[command(flatten)]
     weights: crate::weights::WeightArgs,
+    /// Hours a finished video (and its record) is kept before it expires and is removed.
+    #[arg(long, default_value_t = 24.0)]
+    retention_hours: f64,
+    #[command(flatten)]
+    sign: crate::provenance::SignArgs,
+}
+
+/// Options of `sorrel worker`.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Jobs generated at the same time by this process (each uses all cores).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+/// Options of `sorrel serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Address to listen on. Without API keys only loopback addresses are allowed.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port; 0 picks a free one (the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Accepted bearer API key; repeat for several. Also read from SORREL_API_KEYS (comma-separated).
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Jobs generated at the same time (each uses all cores; more than 1 helps only on big machines). 0 makes
+    /// an API-only node, which needs a shared --store, loads no model, and takes requests for the models
+    /// that `sorrel worker` processes publish there.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Longest prompt accepted, in characters.
     #[arg(long, default_value_t = 4000)]
     max_prompt_chars: usize,
@@ -79,9 +104,6 @@ pub struct ServeArgs {
     /// Guidance scale when a request gives none (default: the model's, 5 for Wan2.1).
     #[arg(long)]
     default_guidance: Option<f64>,
-    /// Hours a finished video (and its record) is kept before it expires and is removed.
-    #[arg(long, default_value_t = 24.0)]
-    retention_hours: f64,
     /// Sent to clients as `openai-poll-after-ms` while a video is unfinished.
     #[arg(long, default_value_t = 1000)]
     poll_after_ms: u64,
@@ -94,8 +116,6 @@ pub struct ServeArgs {
     /// Delivery attempts per webhook event.
     #[arg(long, default_value_t = 5)]
     webhook_attempts: u32,
-    #[command(flatten)]
-    sign: crate::provenance::SignArgs,
 }
 
 fn model_spec(s: &str) -> Result<ModelSpec> {
@@ -137,6 +157,51 @@ fn wxh(flag: &str, s: &str) -> Result<(usize, usize)> {
     ))
 }
 
+/// The settings every node shares, from its flags; `workers` 0 (an API-only node) loads no model.
+fn node_config(node: NodeArgs, workers: usize) -> Result<ServerConfig> {
+    let models: Vec<ModelSpec> = if workers == 0 {
+        if !node.model.is_empty() {
+            bail!(
+                "--workers 0 makes an API-only node, which loads no model: drop --model here and give it to \
+                 `sorrel worker` (the workers publish their models in the shared store)"
+            );
+        }
+        Vec::new()
+    } else if node.model.is_empty() {
+        vec![ModelSpec {
+            name: crate::embedded::NAME.to_string(),
+            dir: crate::embedded::model_dir()?,
+        }]
+    } else {
+        node.model
+            .iter()
+            .map(|m| model_spec(m))
+            .collect::<Result<_>>()?
+    };
+    if !(node.retention_hours.is_finite() && node.retention_hours > 0.0) {
+        bail!("--retention-hours must be a positive number");
+    }
+    Ok(ServerConfig {
+        data_dir: node
+            .data_dir
+            .unwrap_or_else(crate::provenance::default_data_dir),
+        store: match &node.store {
+            Some(url) => sorrel_server::StoreUrl::parse(url).map_err(anyhow::Error::msg)?,
+            None => sorrel_server::StoreUrl::DataDir,
+        },
+        lease: lease_duration(node.lease_secs)?,
+        models,
+        dtype: crate::parse_dtype(&node.dtype)?,
+        weights: node.weights.apply(Default::default()),
+        workers,
+        retention: Duration::from_secs_f64(node.retention_hours * 3600.0),
+        signing: node.sign.sign_cert.zip(node.sign.sign_key),
+        record_prompt: node.sign.record_prompt,
+        watermark: (!node.sign.watermark.no_watermark).then(|| node.sign.watermark.key.key()),
+        ..ServerConfig::default()
+    })
+}
+
 fn config(args: ServeArgs) -> Result<ServerConfig> {
     let mut api_keys = args.api_keys;
     if let Ok(env) = std::env::var("SORREL_API_KEYS") {
@@ -147,21 +212,13 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
                 .map(String::from),
         );
     }
+    let base = node_config(args.node, args.workers)?;
     let (max_width, max_height) = wxh("--max-size", &args.max_size)?;
-    let models: Vec<ModelSpec> = if args.model.is_empty() {
-        vec![ModelSpec {
-            name: crate::embedded::NAME.to_string(),
-            dir: crate::embedded::model_dir()?,
-        }]
-    } else {
-        args.model
-            .iter()
-            .map(|m| model_spec(m))
-            .collect::<Result<_>>()?
-    };
     let max_seconds = match args.max_seconds {
         Some(s) => s,
-        None => longest_seconds(&models),
+        // An API-only node does not know which models the workers will bring: the longest any makes.
+        None if base.models.is_empty() => API_NODE_MAX_SECONDS,
+        None => longest_seconds(&base.models),
     };
     let limits = Limits {
         max_prompt_chars: args.max_prompt_chars,
@@ -196,9 +253,6 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
             );
         }
     }
-    if !(args.retention_hours.is_finite() && args.retention_hours > 0.0) {
-        bail!("--retention-hours must be a positive number");
-    }
     let webhook = match (args.webhook_url, args.webhook_secret) {
         (Some(url), Some(secret)) => Some(WebhookConfig {
             url,
@@ -212,21 +266,9 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
         (None, _) => None,
     };
     Ok(ServerConfig {
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(crate::provenance::default_data_dir),
-        store: match &args.store {
-            Some(url) => sorrel_server::StoreUrl::parse(url).map_err(anyhow::Error::msg)?,
-            None => sorrel_server::StoreUrl::DataDir,
-        },
-        lease: lease_duration(args.lease_secs)?,
         host: args.host,
         port: args.port,
         api_keys,
-        models,
-        dtype: crate::parse_dtype(&args.dtype)?,
-        weights: args.weights.apply(Default::default()),
-        workers: args.workers,
         limits,
         defaults: Defaults {
             size,
@@ -234,14 +276,15 @@ fn config(args: ServeArgs) -> Result<ServerConfig> {
             steps: args.default_steps,
             guidance: args.default_guidance,
         },
-        retention: Duration::from_secs_f64(args.retention_hours * 3600.0),
         poll_after_ms: args.poll_after_ms,
         webhook,
-        signing: args.sign.sign_cert.zip(args.sign.sign_key),
-        record_prompt: args.sign.record_prompt,
-        watermark: (!args.sign.watermark.no_watermark).then(|| args.sign.watermark.key.key()),
+        ..base
     })
 }
+
+/// `--max-seconds` of an API-only node left without one: SkyReels-V2 diffusion forcing and the embedded
+/// model make clips this long; each request is still checked against its model's own description.
+const API_NODE_MAX_SECONDS: u32 = 600;
 
 /// The longest clip, in whole seconds, that any of `models` makes (its most frames at its rate), read from the
 /// folders' configs; a folder that cannot be described counts as 20 s (its load reports the problem).
@@ -256,8 +299,8 @@ fn longest_seconds(models: &[ModelSpec]) -> u32 {
         .unwrap_or(20)
 }
 
-/// Runs `sorrel serve`.
-pub fn serve(args: ServeArgs) -> Result<()> {
+/// Logs to stderr (`RUST_LOG` filters) and runs `node` on a multi-threaded runtime.
+fn run_node(node: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -266,12 +309,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = config(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+        .context("cannot start the async runtime")?
+        .block_on(node)
+}
+
+/// Runs `sorrel serve`.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let config = config(args)?;
+    run_node(async move {
         let open = config.api_keys.is_empty();
         let data_dir = config.data_dir.clone();
         let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
@@ -280,11 +328,18 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         // Tests and scripts read this line to find the port.
         println!("listening on http://{addr}");
         std::io::stdout().flush().ok();
-        eprintln!(
-            "serving {} from data folder {}",
-            models.join(", "),
-            data_dir.display()
-        );
+        if models.is_empty() {
+            eprintln!(
+                "API-only node: the models are those `sorrel worker` processes publish in the store; data folder {}",
+                data_dir.display()
+            );
+        } else {
+            eprintln!(
+                "serving {} from data folder {}",
+                models.join(", "),
+                data_dir.display()
+            );
+        }
         eprintln!("the studio (a page for making videos in a browser): http://{addr}/");
         if open {
             eprintln!(
@@ -292,6 +347,32 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             );
         }
         server.run().await?;
+        Ok(())
+    })
+}
+
+/// Runs `sorrel worker`.
+pub fn worker(args: WorkerArgs) -> Result<()> {
+    if args.node.store.is_none() {
+        bail!(
+            "a worker takes jobs from a store that API nodes share: pass --store postgres://user:password@host/db \
+             (or set SORREL_STORE), the same as `sorrel serve --store` on the API nodes"
+        );
+    }
+    let config = node_config(args.node, args.workers.max(1))?;
+    run_node(async move {
+        let data_dir = config.data_dir.clone();
+        let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+        let worker = Server::start_worker(config).await?;
+        // Tests and scripts read this line to know the models are loaded.
+        println!("worker ready: {}", models.join(", "));
+        std::io::stdout().flush().ok();
+        eprintln!(
+            "taking jobs for {} from the store; videos go to {}",
+            models.join(", "),
+            data_dir.display()
+        );
+        worker.run().await?;
         Ok(())
     })
 }
