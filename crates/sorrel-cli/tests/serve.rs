@@ -1,4 +1,6 @@
-//! `sorrel serve` as a process: driven by the official OpenAI Python SDK, and killed with SIGKILL mid-job.
+//! `sorrel serve` as a process: driven by the official OpenAI Python SDK, and killed with SIGKILL mid-job,
+//! each on both job stores (the data folder's SQLite file, and a database on the test process's
+//! PostgreSQL).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -113,9 +115,37 @@ fn sdk_python() -> Option<PathBuf> {
     found
 }
 
+/// Which store a test runs on: `None` for the data folder's SQLite file, or the URL of a fresh PostgreSQL
+/// database. `Err(())` when PostgreSQL is wanted but not installed (outside CI): the test is skipped.
+fn store_args(postgres: bool) -> Result<Vec<String>, ()> {
+    if !postgres {
+        return Ok(Vec::new());
+    }
+    let pg = sorrel_testkit::postgres::postgres().ok_or(())?;
+    // A short lease: with a shared store a killed server's job is claimed again when its lease runs out.
+    Ok(vec![
+        "--store".into(),
+        pg.new_database(),
+        "--lease-secs".into(),
+        "2".into(),
+    ])
+}
+
 #[test]
 fn the_official_openai_sdk_drives_the_server() {
+    sdk_drives_the_server(false);
+}
+
+#[test]
+fn the_official_openai_sdk_drives_the_server_on_postgres() {
+    sdk_drives_the_server(true);
+}
+
+fn sdk_drives_the_server(postgres: bool) {
     let Some(python) = sdk_python() else { return };
+    let Ok(store) = store_args(postgres) else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let i2v = format!(
@@ -125,10 +155,9 @@ fn the_official_openai_sdk_drives_the_server() {
             .display()
     );
     let toy = format!("toy={}", repo().join("models/sorrel-toyworld").display());
-    let serve = Serve::start(
-        data.path(),
-        &["--api-key", "sk-test", "--model", &i2v, "--model", &toy],
-    );
+    let mut args = vec!["--api-key", "sk-test", "--model", &i2v, "--model", &toy];
+    args.extend(store.iter().map(String::as_str));
+    let serve = Serve::start(data.path(), &args);
     // The pictures the script uploads as input_reference.
     let picture = |w: u32, h: u32| {
         image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]))
@@ -166,12 +195,26 @@ fn the_official_openai_sdk_drives_the_server() {
     );
 }
 
-/// SIGKILL while a job denoises, with more queued behind it: after a restart every job completes, each MP4
-/// is whole (ffprobe decodes every frame), and no temporary file is left in the data folder.
 #[test]
 fn a_killed_server_loses_no_job() {
+    killed_server_loses_no_job(false);
+}
+
+#[test]
+fn a_killed_server_loses_no_job_on_postgres() {
+    killed_server_loses_no_job(true);
+}
+
+/// SIGKILL while a job denoises, with more queued behind it: after a restart every job completes, each MP4
+/// is whole (ffprobe decodes every frame), and no temporary file is left in the data folder. With SQLite the
+/// restarted server re-queues the killed job at start; with PostgreSQL its lease runs out first.
+fn killed_server_loses_no_job(postgres: bool) {
+    let Ok(store) = store_args(postgres) else {
+        return;
+    };
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let data = tempfile::tempdir().unwrap();
-    let serve = Serve::start(data.path(), &[]);
+    let serve = Serve::start(data.path(), &store);
     let slow = serve
         .post(serde_json::json!({"prompt": "slow", "size": "128x128", "seconds": 4, "steps": 40}));
     let quick: Vec<_> = (0..3)
@@ -192,7 +235,7 @@ fn a_killed_server_loses_no_job() {
     serve.child.wait().unwrap();
     drop(serve);
 
-    let serve = Serve::start(data.path(), &[]);
+    let serve = Serve::start(data.path(), &store);
     let mut ids = vec![id.clone()];
     ids.extend(quick.iter().map(|v| v["id"].as_str().unwrap().to_string()));
     let t0 = Instant::now();
