@@ -471,3 +471,55 @@ fn nodes_refuse_settings_that_cannot_work() {
         "{err}"
     );
 }
+
+/// A worker started without `--model` serves the embedded model, as `sorrel serve` does, and an API node
+/// runs its jobs.
+#[test]
+fn a_worker_without_a_model_serves_the_embedded_one() {
+    let Some(pg) = sorrel_testkit::postgres::postgres() else {
+        return;
+    };
+    let store = pg.new_database();
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_api, url) = api_node(
+        &store,
+        data.path(),
+        "http://127.0.0.1:9/unused",
+        logs.path(),
+        "api",
+    );
+    let (_worker, line) = Node::start(
+        &[
+            "worker",
+            "--store",
+            &store,
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        logs.path(),
+        "worker",
+    );
+    assert_eq!(line, "worker ready: sorrel-toyworld");
+    wait_for(
+        Duration::from_secs(10),
+        "the embedded model is published",
+        || (get(&url, "/v1/models")["data"][0]["id"] == "sorrel-toyworld").then_some(()),
+    );
+    let id = post(
+        &url,
+        json!({"prompt": "a small red ball moves to the right", "seed": 5}),
+    );
+    let v = wait_for(
+        Duration::from_secs(120),
+        "the embedded model's video",
+        || {
+            let v = get(&url, &format!("/v1/videos/{id}"));
+            assert_ne!(v["status"], "failed", "{v}");
+            (v["status"] == "completed").then_some(v)
+        },
+    );
+    assert_eq!(v["model"], "sorrel-toyworld");
+    let p = sorrel_testkit::ffprobe(&data.path().join("videos").join(&id).join("video.mp4"));
+    assert_eq!(p.codec, "h264", "{v}");
+}
