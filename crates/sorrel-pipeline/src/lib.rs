@@ -9,6 +9,7 @@ pub mod film;
 pub mod forcing;
 pub mod hub;
 pub mod loader;
+pub mod memory;
 pub mod modes;
 pub mod noise;
 pub mod progress;

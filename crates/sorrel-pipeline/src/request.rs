@@ -173,18 +173,23 @@ impl GenerateRequest {
     pub fn validate_described(&self, info: &ModelInfo) -> Result<usize> {
         self.check()?;
         self.check_for(info)?;
-        let (t, h, w) = self.latent_size(info.compression);
-        // A rollout runs the transformer one window at a time.
-        let t = if crate::rollout::applies(self, info) {
+        let t = self.window_latent_frames(info)?;
+        let (_, h, w) = self.latent_size(info.compression);
+        sorrel_models::wan::config::check_latent_grid(info.patch, info.rope_max_seq_len, t, h, w)
+            .map_err(Error::invalid)?;
+        Ok(t)
+    }
+
+    /// Latent frames of one transformer forward: the first window of a video made window by window (a
+    /// rollout or diffusion forcing), else the whole video's.
+    pub fn window_latent_frames(&self, info: &ModelInfo) -> Result<usize> {
+        Ok(if crate::rollout::applies(self, info) {
             crate::rollout::first_window_frames(self, info)?
         } else if info.diffusion_forcing.is_some() {
             crate::forcing::first_window_frames(self, info)?
         } else {
-            t
-        };
-        sorrel_models::wan::config::check_latent_grid(info.patch, info.rope_max_seq_len, t, h, w)
-            .map_err(Error::invalid)?;
-        Ok(t)
+            self.latent_size(info.compression).0
+        })
     }
 
     /// Reference pictures, each taking one latent frame before the video's.

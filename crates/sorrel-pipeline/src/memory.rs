@@ -1,0 +1,270 @@
+//! Whether a generation fits in memory, checked before it starts. A request too large for the machine is
+//! refused with a message that names the sizes and what to change. Without the check, the process dies
+//! halfway through: Rust aborts on a failed allocation, and Linux's out-of-memory killer sends SIGKILL.
+//!
+//! The estimate counts the working memory beyond the loaded weights, at the two stages that dominate it:
+//! - one transformer block over the window's tokens (activations are freed block by block);
+//! - one piece of the VAE decode at full resolution (latent frames stream through the decoder).
+//!
+//! Both are sized from the configs, with constants measured by `sorrel-models/examples/memory_probe.rs`
+//! (numbers in `docs/benchmarks.md`).
+
+use sorrel_core::attention::SCORE_BUDGET;
+use sorrel_core::{Error, Result};
+
+use crate::denoise::BATCHED_GUIDANCE_TOKENS;
+use crate::loader::WanPipeline;
+use crate::request::{Conditioning, GenerateRequest};
+use sorrel_models::wan::config::WanTransformerConfig;
+use sorrel_models::wan::vae::VaeConfig;
+
+/// Live tensors of one transformer block's self-attention, in units of (batch x tokens x width) f32: the
+/// input, its normalised and modulated copy, q, k and v, rotated q and k, head-major copies, the blocks of
+/// the attention output and their concatenation, the projection. Fitted to `memory_probe transformer` on
+/// Wan2.1-1.3B's width at 7,800 and 32,760 tokens (17.8, rounded up): see `docs/benchmarks.md`.
+const ATTENTION_TENSORS: u64 = 18;
+
+/// Live full-resolution tensors in one piece of a VAE decode, in units of one (4 frames x height x width x
+/// the decoder's first-level channels) f32 tensor. `memory_probe vae` on the Wan2.1 VAE measured 20.1 to
+/// 23.9 from 832x480 down to 128x128: the largest, rounded up.
+const VAE_TENSORS: f64 = 24.0;
+
+/// What a generation needs beyond the loaded weights, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// The transformer's tokens per forward (of the first window, for a video made window by window).
+    pub tokens: usize,
+    /// One transformer block's activations over those tokens.
+    pub transformer: u64,
+    /// One piece of the VAE decode.
+    pub vae: u64,
+    /// Decoded frames held at once: one window's (the whole video's unless it is made window by window),
+    /// twice, and any clips given to continue.
+    pub frames: u64,
+}
+
+impl Need {
+    /// The most needed at once: the larger stage, with the frames made so far.
+    pub fn peak(&self) -> u64 {
+        self.transformer.max(self.vae) + self.frames
+    }
+
+    /// An error if `available` bytes cannot hold it, naming the stages' sizes and what to change.
+    pub fn check(&self, available: u64, req: &GenerateRequest) -> Result<()> {
+        if self.peak() <= available {
+            return Ok(());
+        }
+        let gb = |b: u64| b as f64 / 1e9;
+        let stage = if self.vae >= self.transformer {
+            "most of it to decode the frames".to_string()
+        } else {
+            format!("most of it for {} tokens in the transformer", self.tokens)
+        };
+        Err(Error::invalid(format!(
+            "a {}x{} video of {} frames needs about {:.1} GB of memory beyond the loaded model ({stage}), and \
+             {:.1} GB is available for it: ask for a smaller size or fewer frames, or free memory \
+             (SORREL_MEMORY_LIMIT sets what counts as available)",
+            req.width,
+            req.height,
+            req.frames,
+            gb(self.peak()),
+            gb(available)
+        )))
+    }
+}
+
+impl WanPipeline {
+    /// What generating `req` (a request already validated) needs beyond the loaded weights.
+    pub fn memory_need(&self, req: &GenerateRequest) -> Result<Need> {
+        let window = req.window_latent_frames(&self.info)?;
+        let (_, h, w) = req.latent_size(self.info.compression);
+        let [pt, ph, pw] = self.info.patch;
+        let tokens = (window + req.reference_count()).div_ceil(pt) * (h / ph) * (w / pw);
+        let guided = req.guidance.max(req.guidance_2.unwrap_or(0.0)) > 1.0;
+        let batch = if guided && tokens <= BATCHED_GUIDANCE_TOKENS {
+            2
+        } else {
+            1
+        };
+        let transformer = transformer_block(
+            &self.transformer_config,
+            self.transformer()?.dtype() == candle_core::DType::F32,
+            tokens,
+            batch,
+            self.info.defaults.max_sequence_length,
+        );
+        let given = match &req.conditioning {
+            Conditioning::Continue { before, after } => before.len() + after.len(),
+            _ => 0,
+        };
+        // The decoded frames of one window (the whole video unless it is made window by window: a
+        // window's frames go to the output before the next is made), and their copy as pictures for the
+        // encoder; clips given to continue are held whole.
+        let tc = self.info.compression.1;
+        let decoded = ((window.max(1) - 1) * tc + 1).min(req.frames);
+        let picture = (req.height * req.width * 3 * 4) as u64;
+        let frames = (2 * decoded + given) as u64 * picture;
+        Ok(Need {
+            tokens,
+            transformer,
+            vae: vae_piece(&self.vae_config, req.width, req.height),
+            frames,
+        })
+    }
+
+    /// Refuses `req` if it does not fit in `available` bytes (`None`: [`available`] now; `Ok` where that
+    /// cannot be read).
+    pub fn check_memory(&self, req: &GenerateRequest, available: Option<u64>) -> Result<()> {
+        match available.map_or_else(self::available, |b| Ok(Some(b)))? {
+            Some(bytes) => self.memory_need(req)?.check(bytes, req),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One transformer block's working memory over `tokens` tokens, `batch` at once (2 with batched
+/// guidance), against `text` tokens of prompt.
+pub fn transformer_block(
+    cfg: &WanTransformerConfig,
+    f32_weights: bool,
+    tokens: usize,
+    batch: u64,
+    text: usize,
+) -> u64 {
+    // A block computes in f32 whatever the weights' dtype (bf16 and f16 products are widened per layer),
+    // so activations count 4 bytes each, and a narrower model also holds one block's weights widened.
+    let width = (cfg.num_attention_heads * cfg.attention_head_dim) as u64;
+    let ffn_dim = cfg.ffn_dim as u64;
+    let widened = if f32_weights {
+        0
+    } else {
+        // Self- and cross-attention projections, and the feed-forward's two matrices.
+        (8 * width * width + 2 * width * ffn_dim) * 4
+    };
+    let heads = cfg.num_attention_heads as u64;
+    let rows = batch * tokens as u64;
+    // Scores and their softmax, one block of queries at a time (at least one row of keys).
+    let scores =
+        |keys: u64| 2 * (rows * heads * keys).min((SCORE_BUDGET as u64).max(batch * heads * keys));
+    let attention =
+        ATTENTION_TENSORS * rows * width + scores(tokens as u64).max(scores(text as u64));
+    let ffn = 3 * rows * width + 2 * rows * ffn_dim;
+    attention.max(ffn) * 4 + widened
+}
+
+/// One piece of a VAE decode to `width` x `height` frames (four frames at a time, at full resolution).
+pub fn vae_piece(cfg: &VaeConfig, width: usize, height: usize) -> u64 {
+    let patch = cfg.patch_size.unwrap_or(1);
+    let channels = cfg.decoder_base_dim.unwrap_or(cfg.base_dim) * cfg.dim_mult[0];
+    let piece = 4 * (height / patch) * (width / patch) * channels * 4;
+    (VAE_TENSORS * piece as f64) as u64
+}
+
+/// Bytes this process may still allocate: `SORREL_MEMORY_LIMIT` if set (`8G`, `512M`, or bytes), else the
+/// smaller of the kernel's `MemAvailable` and what the cgroup (a container's limit) leaves. `None` where
+/// neither can be read; an error for a `SORREL_MEMORY_LIMIT` that is not a size.
+pub fn available() -> Result<Option<u64>> {
+    if let Ok(limit) = std::env::var("SORREL_MEMORY_LIMIT") {
+        return match parse_bytes(&limit) {
+            Some(bytes) => Ok(Some(bytes)),
+            None => Err(Error::invalid(format!(
+                "SORREL_MEMORY_LIMIT={limit} is not a size: use bytes or a number with G, M or K, such as 8G"
+            ))),
+        };
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let cgroup = cgroup_room();
+    Ok(match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// What a cgroup v2 memory limit leaves (`memory.max` less `memory.current`), where there is one.
+fn cgroup_room() -> Option<u64> {
+    let read = |name: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max" (no limit) does not parse
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// `8G`, `512M`, `64K` (powers of 1024) or a plain number of bytes.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, scale) = match s.char_indices().last()? {
+        (i, 'G' | 'g') => (&s[..i], 1u64 << 30),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'K' | 'k') => (&s[..i], 1 << 10),
+        _ => (s, 1),
+    };
+    let value: f64 = digits.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some((value * scale as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wan2.1-1.3B's transformer.
+    fn wan13b() -> WanTransformerConfig {
+        serde_json::from_value(serde_json::json!({
+            "num_attention_heads": 12, "attention_head_dim": 128, "ffn_dim": 8960, "num_layers": 30,
+            "text_dim": 4096, "in_channels": 16, "out_channels": 16, "freq_dim": 256, "patch_size": [1, 2, 2],
+        }))
+        .unwrap()
+    }
+
+    /// The estimates cover what `memory_probe` measured on full-size Wan2.1 components (2026-12-06, working
+    /// memory in bytes) without asking for much more: at most 1.35x.
+    #[test]
+    fn estimates_cover_the_measured_working_memory() {
+        let gb = 1e9;
+        let cfg = wan13b();
+        // (tokens, batch, f32 weights, measured)
+        for (tokens, batch, f32_weights, measured) in [
+            (7_800, 1, true, 1.474 * gb),
+            (32_760, 1, true, 4.199 * gb),
+            (2_048, 2, true, 1.029 * gb),
+            (7_800, 1, false, 1.865 * gb),
+        ] {
+            let est = transformer_block(&cfg, f32_weights, tokens, batch, 512) as f64;
+            assert!(
+                (measured..=1.35 * measured).contains(&est),
+                "transformer at {tokens} x {batch} (f32 weights: {f32_weights}): estimate {:.3} GB, measured {:.3} GB",
+                est / gb,
+                measured / gb
+            );
+        }
+        let vae = VaeConfig::default();
+        for (w, h, measured) in [
+            (128, 128, 0.601 * gb),
+            (256, 256, 2.136 * gb),
+            (512, 256, 4.297 * gb),
+            (832, 480, 12.357 * gb),
+        ] {
+            let est = vae_piece(&vae, w, h) as f64;
+            assert!(
+                (measured..=1.35 * measured).contains(&est),
+                "VAE at {w}x{h}: estimate {:.3} GB, measured {:.3} GB",
+                est / gb,
+                measured / gb
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("8G"), Some(8 << 30));
+        assert_eq!(parse_bytes("1.5g"), Some(3 << 29));
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("-1G"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
+}
