@@ -327,6 +327,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
     let mut unknown: Vec<String> = Vec::new();
     let mut run = |req: &GenerateRequest, done: usize, label: String| -> Result<Tensor> {
         req.validate(&pipe)?;
+        pipe.check_memory(req, None)?;
         bar.set_message(label);
         let shot_frames = req.frames as u64;
         let mut on_event = |ev: &Event| {

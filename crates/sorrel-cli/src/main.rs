@@ -567,6 +567,8 @@ fn generate(
         }),
     )?;
     req.validate(&pipe)?;
+    // Refused now, with what to change, rather than killed by the kernel halfway through.
+    pipe.check_memory(&req, None)?;
     let load_time = t0.elapsed();
 
     let bar = if args.quiet {

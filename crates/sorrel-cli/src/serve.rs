@@ -40,6 +40,11 @@ pub struct NodeArgs {
     /// Hours a finished video (and its record) is kept before it expires and is removed.
     #[arg(long, default_value_t = 24.0)]
     retention_hours: f64,
+    /// Memory the workers may use for their jobs beyond the loaded models, shared equally (8G, 512M, or
+    /// bytes); a request that needs more is refused. Default: what the machine has available once the
+    /// models are loaded.
+    #[arg(long, env = "SORREL_MEMORY_LIMIT")]
+    memory_limit: Option<String>,
     #[command(flatten)]
     sign: crate::provenance::SignArgs,
 }
@@ -194,6 +199,15 @@ fn node_config(node: NodeArgs, workers: usize) -> Result<ServerConfig> {
         dtype: crate::parse_dtype(&node.dtype)?,
         weights: node.weights.apply(Default::default()),
         workers,
+        memory_limit: node
+            .memory_limit
+            .as_deref()
+            .map(|s| {
+                sorrel_pipeline::memory::parse_bytes(s).with_context(|| {
+                    format!("--memory-limit {s} is not a size: use bytes or a number with G, M or K, such as 8G")
+                })
+            })
+            .transpose()?,
         retention: Duration::from_secs_f64(node.retention_hours * 3600.0),
         signing: node.sign.sign_cert.zip(node.sign.sign_key),
         record_prompt: node.sign.record_prompt,

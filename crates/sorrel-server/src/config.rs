@@ -101,6 +101,10 @@ pub struct ServerConfig {
     pub weights: sorrel_pipeline::LoadOptions,
     /// Jobs generated at once by this process; 0 (an API-only node) needs a shared store.
     pub workers: usize,
+    /// Bytes this process's workers may use for their jobs beyond the loaded models, shared equally;
+    /// `None`: what the machine has available once the models are loaded. A request that needs more is
+    /// refused (400 at create time, or a failed job on a worker node).
+    pub memory_limit: Option<u64>,
     /// Request limits.
     pub limits: Limits,
     /// Request defaults.
@@ -133,6 +137,7 @@ impl Default for ServerConfig {
             dtype: DType::F32,
             weights: Default::default(),
             workers: 1,
+            memory_limit: None,
             limits: Limits::default(),
             defaults: Defaults::default(),
             retention: Duration::from_secs(24 * 3600),

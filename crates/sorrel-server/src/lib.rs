@@ -70,6 +70,9 @@ pub struct App<S: JobStore> {
     pub identity: sorrel_provenance::SigningIdentity,
     /// This process among the store's nodes (`host-pid-random`): named in job logs and the worker registry.
     pub node_id: String,
+    /// Bytes one job may use beyond the loaded models (the memory limit, or what was available after
+    /// loading, over the workers); `None` where it cannot be read.
+    pub memory_room: Option<u64>,
 }
 
 impl<S: JobStore> App<S> {
@@ -177,6 +180,12 @@ impl Server {
                 .await
                 .map_err(|e| ServeError::Config(format!("model loading crashed: {e}")))??
         };
+        let memory_room = match config.memory_limit {
+            Some(bytes) => Some(bytes),
+            None => sorrel_pipeline::memory::available()
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        }
+        .map(|bytes| bytes / config.workers.max(1) as u64);
         let listener = if listen {
             Some(
                 tokio::net::TcpListener::bind((config.host, config.port))
@@ -212,6 +221,7 @@ impl Server {
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            memory_room,
             config,
         });
         Ok(Self {

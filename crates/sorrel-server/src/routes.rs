@@ -237,6 +237,7 @@ async fn create<S: JobStore>(
     })
     .await
     .map_err(|e| ApiError::internal(format!("checking the request stopped: {e}")))??;
+    check_memory(&app, &parsed.model, &parsed.params)?;
     let id = new_id();
     if let (Some(bytes), Some(JobInput::Image { file } | JobInput::Video { file, .. })) =
         (&parsed.upload, &parsed.params.input)
@@ -419,6 +420,25 @@ async fn remix<S: JobStore>(
         attempts: 0,
     };
     enqueue_or_clean(&app, job, &catalog).await
+}
+
+/// Refuses a request too large for this node's memory, when this node runs the model (an API-only node
+/// cannot tell: the worker checks at the job's start).
+fn check_memory<S: JobStore>(
+    app: &App<S>,
+    model: &str,
+    params: &crate::job::GenParams,
+) -> Result<(), ApiError> {
+    let (Some(loaded), Some(room)) = (app.models.get(model), app.memory_room) else {
+        return Ok(());
+    };
+    let req = params::to_request(params, sorrel_pipeline::Conditioning::None);
+    let need = loaded
+        .pipe
+        .memory_need(&req)
+        .map_err(|e| ApiError::internal(format!("cannot size the request: {e}")))?;
+    need.check(room, &req)
+        .map_err(|e| ApiError::invalid("size", e.to_string()))
 }
 
 /// Says in the job's log (and this node's) that no running worker has its model: the job waits for one

@@ -262,8 +262,17 @@ async fn generate_job<S: JobStore>(
         },
         mark: watermark.map(|w| w.1),
     };
+    let room = app.memory_room;
     let task = tokio::task::spawn_blocking(move || {
-        generate(&pipe, &params, (&in_dir, &out_dir), &flag, &tx, &signing)
+        generate(
+            &pipe,
+            &params,
+            (&in_dir, &out_dir),
+            &flag,
+            &tx,
+            &signing,
+            room,
+        )
     });
 
     let mut shutdown = app.shutdown.subscribe();
@@ -371,8 +380,13 @@ fn generate(
     cancel: &AtomicBool,
     progress: &mpsc::UnboundedSender<(u8, String)>,
     signing: &Signing,
+    memory_room: Option<u64>,
 ) -> Result<(), Failure> {
     let req = to_request(params, read_input(params, in_dir)?);
+    // A job queued by a node that has not loaded the model (or before memory was taken by something
+    // else) is checked here: refused with the sizes, not killed halfway.
+    pipe.check_memory(&req, memory_room)
+        .map_err(|e| failed("insufficient_memory", e.to_string()))?;
     let mut bar = Percent::default();
     let mut on_event = |ev: &Event| {
         let _ = progress.send(bar.of(ev));

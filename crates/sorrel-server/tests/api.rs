@@ -935,6 +935,44 @@ async fn videos_carry_the_watermark_their_credentials_name(backend: Backend) {
     }
 }
 
+/// A request too large for the memory a worker has is a 400 at create time naming the size, not a job
+/// that kills the server; the same request fits a node with room for it.
+async fn a_request_too_large_for_memory_is_refused(backend: Backend) {
+    let s = TestServer::fresh(backend, |c| c.memory_limit = Some(16 << 20)).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "big", "size": "256x256", "seconds": 4}),
+        )
+        .await;
+    let e = openai_error(status, 400, &v);
+    assert_eq!(e["param"], "size", "{v}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("a 256x256 video of 65 frames needs about"),
+        "{msg}"
+    );
+    // Small requests still fit.
+    let (status, v) = s.post_json("/v1/videos", json!({"prompt": "small"})).await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.wait(&id, Duration::from_secs(60)).await["status"],
+        "completed"
+    );
+    s.stop().await;
+
+    let s = TestServer::fresh(backend, |c| c.memory_limit = Some(8 << 30)).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "big", "size": "256x256", "seconds": 4, "steps": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    s.stop().await;
+}
+
 async fn models_and_unsafe_configs(backend: Backend) {
     let s = TestServer::fresh(backend, |_| {}).await;
     let (status, v) = s.get_json("/v1/models").await;
@@ -1406,6 +1444,7 @@ on_both_stores!(
     finished_videos_expire,
     videos_carry_the_watermark_their_credentials_name,
     models_and_unsafe_configs,
+    a_request_too_large_for_memory_is_refused,
     concurrent_clients_lose_nothing,
     a_text_request_to_an_image_to_video_model_is_refused_at_create_time,
     input_reference_runs_image_to_video_and_its_file_goes_with_the_job,
