@@ -167,6 +167,15 @@ fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// Polls video `id` until it is completed (failing if it fails or takes longer than `limit`); its object.
+fn completed(url: &str, id: &str, limit: Duration) -> Value {
+    wait_for(limit, &format!("{id} completes"), || {
+        let v = get(url, &format!("/v1/videos/{id}"));
+        assert_ne!(v["status"], "failed", "{v}");
+        (v["status"] == "completed").then_some(v)
+    })
+}
+
 /// One delivery attempt the receiver saw.
 #[derive(Clone)]
 struct Attempt {
@@ -316,11 +325,7 @@ fn a_cluster_of_processes_finishes_every_job_exactly_once() {
 
     // Every job completes, each MP4 whole.
     for id in &ids {
-        let v = wait_for(Duration::from_secs(300), "every job completes", || {
-            let v = get(&url, &format!("/v1/videos/{id}"));
-            assert_ne!(v["status"], "failed", "{v}");
-            (v["status"] == "completed").then_some(v)
-        });
+        let v = completed(&url, id, Duration::from_secs(300));
         let mp4 = data.path().join("videos").join(id).join("video.mp4");
         let p = sorrel_testkit::ffprobe(&mp4);
         let frames = if *id == slow { 65 } else { 17 };
@@ -510,15 +515,7 @@ fn a_worker_without_a_model_serves_the_embedded_one() {
         &url,
         json!({"prompt": "a small red ball moves to the right", "seed": 5}),
     );
-    let v = wait_for(
-        Duration::from_secs(120),
-        "the embedded model's video",
-        || {
-            let v = get(&url, &format!("/v1/videos/{id}"));
-            assert_ne!(v["status"], "failed", "{v}");
-            (v["status"] == "completed").then_some(v)
-        },
-    );
+    let v = completed(&url, &id, Duration::from_secs(120));
     assert_eq!(v["model"], "sorrel-toyworld");
     let p = sorrel_testkit::ffprobe(&data.path().join("videos").join(&id).join("video.mp4"));
     assert_eq!(p.codec, "h264", "{v}");

@@ -428,11 +428,10 @@ async fn publish_models(app: Arc<App<Store>>) {
             }
         })
         .collect();
-    let lease = i64::try_from(app.config.lease.as_millis()).unwrap_or(i64::MAX / 4);
     loop {
         if let Err(e) = app
             .store
-            .register_worker(&app.node_id, &cards, job::now_ms() + lease)
+            .register_worker(&app.node_id, &cards, store::lease_end(app.config.lease))
             .await
         {
             tracing::warn!("cannot publish this worker's models in the store: {e}");

@@ -25,7 +25,7 @@ use crate::job::{Job, JobError};
 pub const EVENT_HOLD_MS: i64 = 60_000;
 
 /// Unix milliseconds `lease` from now.
-fn lease_end(lease: Duration) -> i64 {
+pub(crate) fn lease_end(lease: Duration) -> i64 {
     crate::job::now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
