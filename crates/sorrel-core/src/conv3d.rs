@@ -148,6 +148,34 @@ impl CausalConv3d {
             )?
             .unsqueeze(2);
         }
+        // Inference on the CPU: the cache and the zero frames are read straight into the convolution's
+        // padded buffer, so the input is never concatenated into a copy.
+        let untracked = !x.track_op() && !self.weight.track_op();
+        let cache_fits = cache.map_or(Ok(true), |c| c.dim(2).map(|tc| tc <= front))?;
+        if shifted
+            && untracked
+            && ph == pw
+            && cache_fits
+            && is_cpu_f32(x)
+            && is_cpu_f32(&self.weight)
+        {
+            let used = if front > 0 { cache } else { None };
+            let zeros = front - used.map_or(Ok(0), |c| c.dim(2))?;
+            if zeros + used.map_or(Ok(0), |c| c.dim(2))? + x.dim(2)? >= kt {
+                let y = crate::shifted_conv::conv3d_shifted_causal(
+                    x,
+                    &self.weight,
+                    self.stride_t,
+                    ph,
+                    zeros,
+                    used,
+                )?;
+                return crate::ops::broadcast_add(
+                    &y,
+                    &self.bias.reshape((1, self.out_channels, 1, 1, 1))?,
+                );
+            }
+        }
         let mut x = x.clone();
         if let Some(cache) = cache {
             if front > 0 {
@@ -178,7 +206,6 @@ impl CausalConv3d {
                 "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
             );
         }
-        let untracked = !x.track_op() && !self.weight.track_op();
         if shifted && untracked && is_cpu_f32(&x) && is_cpu_f32(&self.weight) {
             let y = crate::shifted_conv::conv3d_shifted(&x, &self.weight, self.stride_t, conv_pad)?;
             return crate::ops::broadcast_add(

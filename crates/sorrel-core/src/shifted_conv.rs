@@ -10,7 +10,7 @@
 //! itself. The Wp - Wo columns computed past each row's end are dropped. No maintained crate offers this
 //! for candle tensors (candle's own backends gather), hence the hand-written op.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -27,23 +27,48 @@ pub fn conv2d_shifted(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> 
 /// causal padding or cache in `x`), temporal stride `stride_t`, spatial stride 1 with symmetric zero `padding`.
 /// Each output frame is kt·kh·kw GEMMs accumulated in place, so the temporal taps need no stacked copy either.
 pub fn conv3d_shifted(x: &Tensor, w: &Tensor, stride_t: usize, padding: usize) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(
-        &w.contiguous()?,
-        &ShiftedConv {
-            padding,
-            stride_t: stride_t.max(1),
-        },
-    )
+    conv3d_shifted_causal(x, w, stride_t, padding, 0, None)
 }
+
+/// [`conv3d_shifted`] over `zeros` zero frames, then `cache`'s frames (B, Cin, Tc, H, W), then `x`'s: the
+/// causal padding of a chunked video, read straight into the padded buffer instead of concatenated into a
+/// copy of the input first (at full resolution in a VAE decode that copy is 1.5 times the chunk).
+pub fn conv3d_shifted_causal(
+    x: &Tensor,
+    w: &Tensor,
+    stride_t: usize,
+    padding: usize,
+    zeros: usize,
+    cache: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = ShiftedConv {
+        padding,
+        stride_t: stride_t.max(1),
+        zeros,
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match cache {
+        Some(c) => x.apply_op3_no_bwd(&w, &c.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&w, &op),
+    }
+}
+
+/// The ops' name, for errors and profiles.
+const NAME: &str = "shifted-gemm-conv";
 
 struct ShiftedConv {
     padding: usize,
     stride_t: usize,
+    /// Zero frames in front of the cache and the input.
+    zeros: usize,
 }
+
+/// A contiguous f32 video (B, C, T, H, W) and its dims.
+type Video<'a> = (&'a [f32], (usize, usize, usize, usize, usize));
 
 impl CustomOp2 for ShiftedConv {
     fn name(&self) -> &'static str {
-        "shifted-gemm-conv"
+        NAME
     }
 
     fn cpu_fwd(
@@ -53,10 +78,49 @@ impl CustomOp2 for ShiftedConv {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, self.name())?;
-        let w = contiguous_f32(ws, wl, self.name())?;
-        let (b, cin, t_in, h, wd) = xl.shape().dims5()?;
-        let (cout, cin_w, kt, kh, kw) = wl.shape().dims5()?;
+        let x = (contiguous_f32(xs, xl, NAME)?, xl.shape().dims5()?);
+        let w = (contiguous_f32(ws, wl, NAME)?, wl.shape().dims5()?);
+        self.run(x, w, None)
+    }
+}
+
+impl CustomOp3 for ShiftedConv {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = (contiguous_f32(xs, xl, NAME)?, xl.shape().dims5()?);
+        let w = (contiguous_f32(ws, wl, NAME)?, wl.shape().dims5()?);
+        let c = (contiguous_f32(cs, cl, NAME)?, cl.shape().dims5()?);
+        self.run(x, w, Some(c))
+    }
+}
+
+impl ShiftedConv {
+    fn run(&self, x: Video, w: Video, cache: Option<Video>) -> Result<(CpuStorage, Shape)> {
+        let (x, (b, cin, t_x, h, wd)) = x;
+        let (w, (cout, cin_w, kt, kh, kw)) = w;
+        let (cache, t_c) = match cache {
+            Some((c, (cb, cc, t_c, ch, cw))) => {
+                if (cb, cc, ch, cw) != (b, cin, h, wd) {
+                    candle_core::bail!(
+                        "conv: cache ({cb}, {cc}, {t_c}, {ch}, {cw}) does not match input ({b}, {cin}, .., {h}, {wd})"
+                    );
+                }
+                (c, t_c)
+            }
+            None => (&[][..], 0),
+        };
+        let t_in = self.zeros + t_c + t_x;
         let (p, s) = (self.padding, self.stride_t);
         if cin != cin_w || t_in < kt || h + 2 * p < kh || wd + 2 * p < kw {
             candle_core::bail!(
@@ -86,14 +150,23 @@ impl CustomOp2 for ShiftedConv {
         let mut acc = vec![0f32; cout * wide];
         let mut out = vec![0f32; b * cout * t_out * ho * wo];
         let threads = rayon::current_num_threads();
+        let zeros = self.zeros;
         for i in 0..b {
-            let item = &x[i * cin * t_in * h * wd..(i + 1) * cin * t_in * h * wd];
+            let item = &x[i * cin * t_x * h * wd..(i + 1) * cin * t_x * h * wd];
+            let cached = &cache[i * cin * t_c * h * wd..(i + 1) * cin * t_c * h * wd];
             padded
                 .par_chunks_mut(plane)
                 .enumerate()
+                .skip(zeros * cin)
                 .for_each(|(fc, dst)| {
-                    let (f, c) = (fc / cin, fc % cin);
-                    let src = &item[(c * t_in + f) * h * wd..(c * t_in + f + 1) * h * wd];
+                    // Frame f of the padded video: zeros, then the cache's frames, then the input's.
+                    let (f, c) = (fc / cin - zeros, fc % cin);
+                    let (video, t, f) = if f < t_c {
+                        (cached, t_c, f)
+                    } else {
+                        (item, t_x, f - t_c)
+                    };
+                    let src = &video[(c * t + f) * h * wd..(c * t + f + 1) * h * wd];
                     for y in 0..h {
                         dst[(y + p) * wp + p..(y + p) * wp + p + wd]
                             .copy_from_slice(&src[y * wd..(y + 1) * wd]);
