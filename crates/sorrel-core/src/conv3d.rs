@@ -129,7 +129,7 @@ impl CausalConv3d {
         let kt = self.kernel.0;
         let (_, ph, pw) = self.padding;
         let kernel2d = self.kernel2d()?;
-        let mut front = self.front_padding();
+        let front = self.front_padding();
         // One frame with only zero padding in front (an image, or a video's first frame): every tap but
         // the last multiplies zeros, so convolve with the last tap alone (kt times less work).
         if cache.is_none() && x.dim(2)? == 1 && front + 1 == kt && self.stride_t == 1 && kt > 1 {
@@ -148,50 +148,61 @@ impl CausalConv3d {
             )?
             .unsqueeze(2);
         }
-        // Inference on the CPU: the cache and the zero frames are read straight into the convolution's
-        // padded buffer, so the input is never concatenated into a copy.
+        // In front of x: the cache's frames (when there is causal padding to fill), then zero frames.
+        let used = if front > 0 { cache } else { None };
+        let tc = used.map_or(Ok(0), |c| c.dim(2))?;
+        if tc > front {
+            // diffusers would crop with a negative F.pad here; no Wan layer does that.
+            candle_core::bail!(
+                "CausalConv3d: cache of {tc} frames exceeds the {front} frames of padding"
+            );
+        }
+        let zeros = front - tc;
+        let t_in = zeros + tc + x.dim(2)?;
+        if t_in < kt {
+            candle_core::bail!(
+                "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
+            );
+        }
         let untracked = !x.track_op() && !self.weight.track_op();
-        let cache_fits = cache.map_or(Ok(true), |c| c.dim(2).map(|tc| tc <= front))?;
-        if shifted
-            && untracked
-            && ph == pw
-            && cache_fits
-            && is_cpu_f32(x)
-            && is_cpu_f32(&self.weight)
-        {
-            let used = if front > 0 { cache } else { None };
-            let zeros = front - used.map_or(Ok(0), |c| c.dim(2))?;
-            if zeros + used.map_or(Ok(0), |c| c.dim(2))? + x.dim(2)? >= kt {
-                let y = crate::shifted_conv::conv3d_shifted_causal(
+        if shifted && untracked && is_cpu_f32(x) && is_cpu_f32(&self.weight) {
+            // Inference on the CPU: the zeros and the cache are read straight into the convolution's padded
+            // buffer, so the input is never concatenated into a copy. Uneven spatial padding (no Wan layer
+            // has it) is added by hand first.
+            let y = if ph == pw {
+                crate::shifted_conv::conv3d_shifted_causal(
                     x,
                     &self.weight,
                     self.stride_t,
                     ph,
                     zeros,
                     used,
-                )?;
-                return crate::ops::broadcast_add(
-                    &y,
-                    &self.bias.reshape((1, self.out_channels, 1, 1, 1))?,
-                );
-            }
+                )?
+            } else {
+                let pad = |t: &Tensor| t.pad_with_zeros(3, ph, ph)?.pad_with_zeros(4, pw, pw);
+                let cached = used.map(pad).transpose()?;
+                crate::shifted_conv::conv3d_shifted_causal(
+                    &pad(x)?,
+                    &self.weight,
+                    self.stride_t,
+                    0,
+                    zeros,
+                    cached.as_ref(),
+                )?
+            };
+            return crate::ops::broadcast_add(
+                &y,
+                &self.bias.reshape((1, self.out_channels, 1, 1, 1))?,
+            );
         }
-        let mut x = x.clone();
-        if let Some(cache) = cache {
-            if front > 0 {
-                let tc = cache.dim(2)?;
-                if tc > front {
-                    // diffusers would crop with a negative F.pad here; no Wan layer does that.
-                    candle_core::bail!(
-                        "CausalConv3d: cache of {tc} frames exceeds the {front} frames of padding"
-                    );
-                }
-                x = Tensor::cat(&[cache, &x], 2)?;
-                front -= tc;
-            }
-        }
-        if front > 0 {
-            x = x.pad_with_zeros(2, front, 0)?;
+        // Otherwise (training, or another device or dtype): one copy with the cache and the zeros in front,
+        // stacked by taps below.
+        let mut x = match used {
+            Some(c) => Tensor::cat(&[c, x], 2)?,
+            None => x.clone(),
+        };
+        if zeros > 0 {
+            x = x.pad_with_zeros(2, zeros, 0)?;
         }
         // conv2d pads symmetrically with one value; pad by hand only when h and w differ.
         let conv_pad = if ph == pw {
@@ -200,19 +211,6 @@ impl CausalConv3d {
             x = x.pad_with_zeros(3, ph, ph)?.pad_with_zeros(4, pw, pw)?;
             0
         };
-        let t_in = x.dim(2)?;
-        if t_in < kt {
-            candle_core::bail!(
-                "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
-            );
-        }
-        if shifted && untracked && is_cpu_f32(&x) && is_cpu_f32(&self.weight) {
-            let y = crate::shifted_conv::conv3d_shifted(&x, &self.weight, self.stride_t, conv_pad)?;
-            return crate::ops::broadcast_add(
-                &y,
-                &self.bias.reshape((1, self.out_channels, 1, 1, 1))?,
-            );
-        }
         let t_out = (t_in - kt) / self.stride_t + 1;
         // (B, T, C, H, W) so each output frame's taps are contiguous channel blocks.
         let xt = x.permute((0, 2, 1, 3, 4))?.contiguous()?;
