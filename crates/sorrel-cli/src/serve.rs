@@ -202,11 +202,7 @@ fn node_config(node: NodeArgs, workers: usize) -> Result<ServerConfig> {
         memory_limit: node
             .memory_limit
             .as_deref()
-            .map(|s| {
-                sorrel_pipeline::memory::parse_bytes(s).with_context(|| {
-                    format!("--memory-limit {s} is not a size: use bytes or a number with G, M or K, such as 8G")
-                })
-            })
+            .map(|s| sorrel_pipeline::memory::parse_limit("--memory-limit ", s))
             .transpose()?,
         retention: Duration::from_secs_f64(node.retention_hours * 3600.0),
         signing: node.sign.sign_cert.zip(node.sign.sign_key),
@@ -367,12 +363,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 
 /// Runs `sorrel worker`.
 pub fn worker(args: WorkerArgs) -> Result<()> {
-    if args.node.store.is_none() {
-        bail!(
-            "a worker takes jobs from a store that API nodes share: pass --store postgres://user:password@host/db \
-             (or set SORREL_STORE), the same as `sorrel serve --store` on the API nodes"
-        );
-    }
     let config = node_config(args.node, args.workers.max(1))?;
     run_node(async move {
         let data_dir = config.data_dir.clone();

@@ -165,12 +165,7 @@ pub fn vae_piece(cfg: &VaeConfig, width: usize, height: usize) -> u64 {
 /// neither can be read; an error for a `SORREL_MEMORY_LIMIT` that is not a size.
 pub fn available() -> Result<Option<u64>> {
     if let Ok(limit) = std::env::var("SORREL_MEMORY_LIMIT") {
-        return match parse_bytes(&limit) {
-            Some(bytes) => Ok(Some(bytes)),
-            None => Err(Error::invalid(format!(
-                "SORREL_MEMORY_LIMIT={limit} is not a size: use bytes or a number with G, M or K, such as 8G"
-            ))),
-        };
+        return parse_limit("SORREL_MEMORY_LIMIT=", &limit).map(Some);
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         s.lines()
@@ -191,6 +186,16 @@ fn cgroup_room() -> Option<u64> {
     let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max" (no limit) does not parse
     let current: u64 = read("memory.current")?.trim().parse().ok()?;
     Some(max.saturating_sub(current))
+}
+
+/// A memory limit given as `what` followed by `s` (a flag or an environment variable), in bytes, or an error
+/// that names it and says what a size looks like.
+pub fn parse_limit(what: &str, s: &str) -> Result<u64> {
+    parse_bytes(s).ok_or_else(|| {
+        Error::invalid(format!(
+            "{what}{s} is not a size: use bytes or a number with G, M or K, such as 8G"
+        ))
+    })
 }
 
 /// `8G`, `512M`, `64K` (powers of 1024) or a plain number of bytes.

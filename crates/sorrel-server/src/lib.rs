@@ -112,8 +112,8 @@ impl Server {
     pub async fn start_worker(config: ServerConfig) -> Result<Self, ServeError> {
         if !config.store.is_shared() {
             return Err(ServeError::Config(
-                "a worker takes jobs from a store that API nodes share: pass --store postgres://... \
-                 (or run `sorrel serve`, which generates its own jobs)"
+                "a worker takes jobs from a store that API nodes share: pass --store postgres://... (or set \
+                 SORREL_STORE), the same as the API nodes', or run `sorrel serve`, which generates its own jobs"
                     .into(),
             ));
         }
