@@ -3,6 +3,7 @@
 //! Lower layer of the workspace: nothing here knows about pipelines, schedulers or the CLI.
 
 pub mod attention;
+pub mod bf16_matmul;
 pub mod config;
 pub mod conv2d;
 pub mod conv3d;
@@ -11,6 +12,7 @@ pub mod gguf;
 pub mod lora;
 pub mod ops;
 pub mod shifted_conv;
+pub mod simd;
 pub mod weights;
 
 pub use config::read_config;

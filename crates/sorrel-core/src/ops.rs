@@ -26,10 +26,15 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// GELU, tanh approximation (candle's `gelu`, diffusers' "gelu-approximate").
+/// GELU, tanh approximation (candle's `gelu`, diffusers' "gelu-approximate"). On the CPU, f32 and bf16 take
+/// the fused kernel: candle's calls libm's `tanhf` one element at a time, which was a third of a bf16 forward
+/// of the 1.3B transformer once its products were fast (perf, 1,280 tokens). bf16 is computed in f32 and
+/// rounded once, as PyTorch does.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() && is_cpu_f32(x) {
+    if is_cpu_f32(x) {
         x.contiguous()?.apply_op1(GeluTanh)
+    } else if x.device().is_cpu() && x.dtype() == candle_core::DType::BF16 && !x.track_op() {
+        x.contiguous()?.apply_op1_no_bwd(&GeluTanh)
     } else {
         x.gelu()
     }
@@ -50,6 +55,12 @@ pub struct Dense(Weight);
 #[derive(Debug, Clone)]
 enum Weight {
     Full(candle_nn::Linear),
+    /// A bf16 weight packed once for the AVX512-BF16 kernel ([`crate::bf16_matmul::PackedB`]), in place of
+    /// the weight itself.
+    PackedBf16 {
+        weight: std::sync::Arc<crate::bf16_matmul::PackedB>,
+        bias: Option<Tensor>,
+    },
     Quantized {
         weight: std::sync::Arc<candle_core::quantized::QTensor>,
         bias: Option<Tensor>,
@@ -75,7 +86,19 @@ pub fn dense(input: usize, output: usize, vb: candle_nn::VarBuilder) -> Result<D
         let lora = Default::default();
         return Ok(Dense(Weight::Quantized { weight, bias, lora }));
     }
-    Ok(Dense(Weight::Full(candle_nn::linear(input, output, vb)?)))
+    let linear = candle_nn::linear(input, output, vb)?;
+    let w = linear.weight();
+    // Inference weights (not training variables) in bf16 on a CPU with AVX512-BF16 are packed once here.
+    if w.dtype() == candle_core::DType::BF16
+        && w.device().is_cpu()
+        && !w.is_variable()
+        && crate::bf16_matmul::available()
+    {
+        let weight = std::sync::Arc::new(crate::bf16_matmul::PackedB::pack(w)?);
+        let bias = linear.bias().cloned();
+        return Ok(Dense(Weight::PackedBf16 { weight, bias }));
+    }
+    Ok(Dense(Weight::Full(linear)))
 }
 
 impl From<candle_nn::Linear> for Dense {
@@ -90,6 +113,7 @@ impl Dense {
     pub fn dtype(&self) -> Option<candle_core::DType> {
         match &self.0 {
             Weight::Full(l) => Some(l.weight().dtype()),
+            Weight::PackedBf16 { .. } => Some(candle_core::DType::BF16),
             Weight::Quantized { .. } => None,
         }
     }
@@ -97,27 +121,57 @@ impl Dense {
     /// x: (rows, in) -> (rows, out). candle-nn's `Linear` computes the same product and sum; the bias goes
     /// through [`broadcast_add`] so that training sums its gradient quickly.
     fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
-        let (y, bias) = match &self.0 {
-            Weight::Full(l) => (x.matmul(&l.weight().t()?)?, l.bias()),
+        match &self.0 {
+            Weight::Full(l) => linear_2d(x, l.weight(), l.bias()),
+            Weight::PackedBf16 { weight, bias } => weight.matmul(
+                &x.to_dtype(candle_core::DType::BF16)?,
+                bias.as_ref(),
+                candle_core::DType::BF16,
+            ),
             // Expanded for this product only, then dropped: memory holds the quantized matrices plus one
             // expanded at a time. ggml's own product (candle's QMatMul) quantizes the activations to 8 bits
             // as well, which on the Q8_0 fixture costs 9 dB (28.3 against 37.4 dB from the f32 frames);
             // expanding is what ComfyUI-GGUF does, and video's thousands of rows amortise it.
             Weight::Quantized { weight, bias, lora } => {
                 let w = weight.dequantize(x.device())?.to_dtype(x.dtype())?;
-                let y = x.matmul(&w.t()?)?;
-                let y = match lora.forward(x)? {
-                    Some(d) => (y + d)?,
-                    None => y,
-                };
-                (y, bias.as_ref())
+                match lora.forward(x)? {
+                    None => linear_2d(x, &w, bias.as_ref()),
+                    Some(d) => {
+                        let y = (linear_2d(x, &w, None)? + d)?;
+                        match bias {
+                            Some(b) => broadcast_add(&y, &b.to_dtype(y.dtype())?),
+                            None => Ok(y),
+                        }
+                    }
+                }
             }
-        };
-        match bias {
-            Some(b) => broadcast_add(&y, &b.to_dtype(y.dtype())?),
-            None => Ok(y),
         }
     }
+}
+
+/// x (rows, in) times the transpose of w (out, in), plus `bias` (out): the AVX512-BF16 kernel for bf16 on a
+/// CPU that has it (bias added before the one rounding, as PyTorch's bf16 linear), else candle's product and
+/// [`broadcast_add`].
+pub fn linear_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if bf16_product(x, w) {
+        return crate::bf16_matmul::matmul_nt_bias(x, w, bias, candle_core::DType::BF16);
+    }
+    let y = x.matmul(&w.t()?)?;
+    match bias {
+        Some(b) => broadcast_add(&y, &b.to_dtype(y.dtype())?),
+        None => Ok(y),
+    }
+}
+
+/// Whether `x` times `w`'s transpose takes the AVX512-BF16 kernel: both bf16 on a CPU that has it, and no
+/// gradient to track (the kernel has no backward pass).
+fn bf16_product(x: &Tensor, w: &Tensor) -> bool {
+    x.dtype() == candle_core::DType::BF16
+        && w.dtype() == candle_core::DType::BF16
+        && x.device().is_cpu()
+        && !x.track_op()
+        && !w.track_op()
+        && crate::bf16_matmul::available()
 }
 
 impl Module for Dense {
@@ -372,7 +426,7 @@ const GELU_C: f32 = 0.044_715;
 /// 0.5 (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3), written as sigmoid(2u) = 1 / (1 + exp(-2u)):
 /// the same function as the tanh form, with one exponential and no tanh.
 #[inline(always)]
-fn gelu_sigmoid(v: f32) -> f32 {
+pub(crate) fn gelu_sigmoid(v: f32) -> f32 {
     let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
     1.0 / (1.0 + exp_f32(-2.0 * u))
 }
@@ -412,12 +466,18 @@ impl CustomOp1 for GeluTanh {
         "sorrel-gelu-tanh"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let CpuStorage::BF16(v) = s {
+            let Some((from, to)) = l.contiguous_offsets() else {
+                candle_core::bail!("{}: the input must be contiguous", self.name());
+            };
+            let mut out = vec![half::bf16::ZERO; to - from];
+            out.par_chunks_mut(4096)
+                .zip(v[from..to].par_chunks(4096))
+                .for_each(|(o, x)| crate::simd::gelu_tanh_bf16(x, o));
+            return Ok((CpuStorage::BF16(out), l.shape().clone()));
+        }
         let x = contiguous_f32(s, l, self.name())?;
-        let out = rows2(x, x, 4096, |x, _, o| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = v * gelu_sigmoid(v);
-            }
-        });
+        let out = rows2(x, x, 4096, |x, _, o| crate::simd::gelu_tanh_f32(x, o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -456,6 +516,23 @@ impl CustomOp2 for GeluTanhGrad {
 
 /// RMS norm over the last dimension with a learned scale `alpha` (`x` contiguous or not).
 pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
+    let dt = x.dtype();
+    if matches!(dt, candle_core::DType::BF16 | candle_core::DType::F16)
+        && x.device().is_cpu()
+        && !(x.track_op() || alpha.track_op())
+    {
+        // As `torch.nn.RMSNorm` (Wan's q/k norms): normalised and scaled in f32, rounded once. candle's
+        // half-precision kernel rounds the divisor and every product.
+        let f32 = candle_core::DType::F32;
+        let n = x
+            .to_dtype(f32)?
+            .contiguous()?
+            .apply_op1_no_bwd(&Normalize {
+                eps,
+                centred: false,
+            })?;
+        return broadcast_mul(&n, &alpha.to_dtype(f32)?)?.to_dtype(dt);
+    }
     if !(x.track_op() || alpha.track_op()) {
         candle_nn::ops::rms_norm(&x.contiguous()?, alpha, eps)
     } else if is_cpu_f32(x) && is_cpu_f32(alpha) {
@@ -484,8 +561,15 @@ pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     xc.broadcast_div(&(var + eps)?.sqrt()?)
 }
 
-/// Interleaved rotary embedding. x: (B, H, S, D); cos, sin: (S, D/2).
+/// Interleaved rotary embedding. x: (B, H, S, D); cos, sin: (S, D/2). Half-precision inputs are rotated in
+/// f32 with f32 tables and rounded once, as PyTorch does (diffusers keeps Wan's RoPE tables in fp32): candle's
+/// bf16 kernel rounds every product.
 pub fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dt = x.dtype();
+    if matches!(dt, candle_core::DType::BF16 | candle_core::DType::F16) && !x.track_op() {
+        let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+        return rope_i(&f(x)?, &f(cos)?, &f(sin)?)?.to_dtype(dt);
+    }
     if !(x.track_op() || cos.track_op() || sin.track_op()) {
         candle_nn::rotary_emb::rope_i(x, cos, sin)
     } else if is_cpu_f32(x) && !cos.track_op() && !sin.track_op() {
@@ -816,8 +900,31 @@ mod tests {
                 max_diff(&g1, &g2)
             );
         }
-        // Not tracked: the inference kernels, untouched.
-        assert!(max_diff(&gelu_tanh(&x).unwrap(), &x.gelu().unwrap()) == 0.0);
+        // Not tracked: GELU's inference kernel is the same fused one, in f32 and in bf16 (computed in f32 and
+        // rounded once, so within half a bf16 ulp of candle's f32 value, 2^-9 relative).
+        let (fused, plain) = (gelu_tanh(&x).unwrap(), x.gelu().unwrap());
+        assert!(max_diff(&fused, &plain) < 1e-5, "gelu inference");
+        let x16 = x.to_dtype(candle_core::DType::BF16).unwrap();
+        let fused16 = gelu_tanh(&x16).unwrap();
+        assert_eq!(fused16.dtype(), candle_core::DType::BF16);
+        let plain16 = x16
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .gelu()
+            .unwrap();
+        let rel = ((fused16.to_dtype(candle_core::DType::F32).unwrap() - &plain16)
+            .unwrap()
+            .abs()
+            .unwrap()
+            / (plain16.abs().unwrap() + 1e-3).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!(rel <= 1.0 / 256.0, "bf16 gelu: {rel}");
     }
 
     /// The vectorisable exp against f64's over its whole unclamped range: within 2e-7 relative (under two

@@ -9,7 +9,9 @@ use sorrel_pipeline::{Conditioning, GenerateRequest, LoadOptions, Mode, Picture,
 mod common;
 use common::{check_steps, picture};
 
-use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference, reference_metadata};
+use sorrel_testkit::{
+    fixture, max_abs, max_abs_diff, mean_abs_diff, reference, reference_metadata,
+};
 
 fn request(
     meta: &HashMap<String, String>,
@@ -267,15 +269,46 @@ fn text_to_video_models_keep_their_modes_and_bf16_image_to_video_runs() {
             last: None,
         },
     );
-    let frames = pipe.generate(&req, &mut |_| true).unwrap().frames;
-    let err = max_abs_diff(&frames, &r["frames"].squeeze(0).unwrap());
-    // diffusers' own bf16 run of this fixture (transformer and text encoder in bf16, the rest f32) lands
-    // 0.148 from its f32 frames; Sorrel's lands 0.088 from them.
-    println!("{name}: bf16 frames max abs err {err:e} against the fp32 reference");
+    // One transformer forward (the denoiser's unit of work): diffusers' own bf16 forward of this fixture
+    // (`tools/reference/bf16_drift.py`: transformer and text encoder in bf16 with the modules diffusers keeps
+    // in fp32 kept fp32) lands 0.020292 (max) and 0.003708 (mean) from the fp32 output. Sorrel's bf16 must be
+    // no further.
+    let tr = pipe.transformer().unwrap();
+    let ctx = tr
+        .embed_context(
+            &r["unit.transformer.text"],
+            Some(&r["clip.hidden_states_penultimate"]),
+        )
+        .unwrap();
+    let t = Tensor::new(&[750f32], &candle_core::Device::Cpu).unwrap();
+    let out = tr
+        .forward_with_context(&r["unit.transformer.in"], &t, &ctx)
+        .unwrap();
+    let want = &r["unit.transformer.out"];
+    let (err, mean) = (max_abs_diff(&out, want), mean_abs_diff(&out, want));
+    println!("{name}: bf16 transformer forward max abs err {err}, mean {mean} (diffusers bf16: 0.020292, 0.003708)");
     assert!(
-        err < 0.15,
-        "bf16 image-to-video is further from fp32 than diffusers' bf16: {err}"
+        err <= 0.020292 && mean <= 0.003708,
+        "bf16 image-to-video forward further from fp32 than diffusers' bf16: {err}, {mean}"
     );
+    // Whole generations: the steps of this tiny random model amplify any rounding difference (diffusers' own
+    // bf16 frames land 0.121 (max) from its fp32 ones, or 0.369 when its norms are cast to bf16 too; its
+    // first step's latents 5.6e-3), so they only catch gross errors.
+    let mut steps = Vec::new();
+    let frames = pipe
+        .generate_observed(&req, &mut |_| true, &mut |i, latents| {
+            steps.push(max_abs_diff(latents, &r[&format!("step{i}.latents_after")]));
+        })
+        .unwrap()
+        .frames;
+    let err = max_abs_diff(&frames, &r["frames"].squeeze(0).unwrap());
+    println!("{name}: bf16 latents after each step, max abs err {steps:?}; frames {err}");
+    assert!(
+        steps[0] < 0.01,
+        "bf16 image-to-video's first step far from fp32: {}",
+        steps[0]
+    );
+    assert!(err < 0.2, "bf16 image-to-video frames far from fp32: {err}");
 }
 
 /// (F, H, W) u8 masks as pictures whose red channel is the mask.

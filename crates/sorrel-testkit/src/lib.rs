@@ -44,6 +44,21 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
 }
 
+/// Mean absolute difference between two tensors of the same shape, compared in f32.
+pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Largest absolute value, to show the scale an error is measured against.
 pub fn max_abs(a: &Tensor) -> f32 {
     a.to_dtype(DType::F32)

@@ -44,9 +44,12 @@ struct AffineLayerNorm {
 
 impl AffineLayerNorm {
     fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        // Read in f32 whatever the compute dtype: diffusers keeps these norms' weights fp32 (its
+        // `_keep_in_fp32_modules`); rounding them to bf16 first made a bf16 forward 14 % further from fp32.
+        let vb = vb.set_dtype(DType::F32);
         Ok(Self {
-            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
-            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
             eps,
         })
     }
@@ -315,9 +318,11 @@ impl Block {
                 None
             },
             ffn: FeedForward::new(dim, cfg.ffn_dim, vb.pp("ffn"))?,
+            // fp32 in diffusers too (see AffineLayerNorm::new).
             scale_shift_table: vb
-                .get((1, 6, dim), "scale_shift_table")?
-                .to_dtype(DType::F32)?,
+                .clone()
+                .set_dtype(DType::F32)
+                .get((1, 6, dim), "scale_shift_table")?,
             eps: cfg.eps,
         })
     }
@@ -374,7 +379,11 @@ pub(crate) fn patchify(
         .reshape((b * gf * gh * gw, c * pt * ph * pw))?;
     // One (B*N, K) x (K, D) product: a weight broadcast over the batch would, in training, sum B copies of its
     // gradient.
-    broadcast_add(&patches.matmul(&weight.t()?)?, bias)?.reshape((b, gf * gh * gw, ()))
+    sorrel_core::ops::linear_2d(&patches.contiguous()?, weight, Some(bias))?.reshape((
+        b,
+        gf * gh * gw,
+        (),
+    ))
 }
 
 /// x * (1 + scale) + shift, scale and shift broadcast over the tokens.
@@ -503,9 +512,11 @@ impl WanTransformer3DModel {
                 .transpose()?,
             blocks,
             proj_out: dense(d, cfg.out_channels * pt * ph * pw, vb.pp("proj_out"))?,
+            // fp32 in diffusers too (see AffineLayerNorm::new).
             scale_shift_table: vb
-                .get((1, 2, d), "scale_shift_table")?
-                .to_dtype(DType::F32)?,
+                .clone()
+                .set_dtype(DType::F32)
+                .get((1, 2, d), "scale_shift_table")?,
             dtype: vb.dtype(),
         })
     }
@@ -649,7 +660,13 @@ impl WanTransformer3DModel {
             None
         };
 
-        let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), dt, x.device())?;
+        // f32 tables whatever the compute dtype, as diffusers keeps its `rope` module in fp32.
+        let rope = rope_tables(
+            self.cfg.attention_head_dim,
+            (gf, gh, gw),
+            DType::F32,
+            x.device(),
+        )?;
         let hints = match (&self.vace, &context.control) {
             (Some(v), Some(c)) => Some(v.hints(&hs0, c, context, &tproj, &rope)?),
             (None, None) => None,
