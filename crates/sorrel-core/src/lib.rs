@@ -2,6 +2,7 @@
 //!
 //! Lower layer of the workspace: nothing here knows about pipelines, schedulers or the CLI.
 
+pub mod adaln;
 pub mod attention;
 pub mod bf16_matmul;
 pub mod config;

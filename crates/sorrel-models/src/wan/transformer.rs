@@ -6,16 +6,11 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use sorrel_core::adaln::{gated_residual, norm_affine};
 use sorrel_core::attention::attention;
-use sorrel_core::ops::{broadcast_add, broadcast_mul, dense, gelu_tanh, Dense};
+use sorrel_core::ops::{broadcast_add, dense, gelu_tanh, Dense};
 
 use super::config::WanTransformerConfig;
-
-/// torch's LayerNorm without affine parameters, computed in f32.
-/// x: (B, S, D) -> (B, S, D) f32
-fn layer_norm_f32(x: &Tensor, eps: f64) -> Result<Tensor> {
-    sorrel_core::ops::layer_norm(x, eps)
-}
 
 /// torch.nn.RMSNorm over the last dim with a learned scale.
 struct RmsNorm {
@@ -53,11 +48,9 @@ impl AffineLayerNorm {
             eps,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        broadcast_add(
-            &broadcast_mul(&layer_norm_f32(x, self.eps)?, &self.weight)?,
-            &self.bias,
-        )
+    /// x: (B, S, D) -> (B, S, D) in `out`, computed in f32.
+    fn forward(&self, x: &Tensor, out: DType) -> Result<Tensor> {
+        norm_affine(x, &self.weight, &self.bias, self.eps, out)
     }
 }
 
@@ -105,9 +98,9 @@ impl ImageEmbedding {
             }
             None => x,
         };
-        let h = self.norm1.forward(&x)?.to_dtype(dt)?;
+        let h = self.norm1.forward(&x, dt)?;
         let h = self.out.forward(&self.proj.forward(&h)?.gelu_erf()?)?;
-        self.norm2.forward(&h)?.to_dtype(dt)
+        self.norm2.forward(&h, dt)
     }
 }
 
@@ -343,22 +336,21 @@ impl Block {
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (c_shift, c_scale, c_gate) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let n = modulate(&layer_norm_f32(x, self.eps)?, &scale_msa, &shift_msa)?;
-        let a = self
-            .attn1
-            .forward(&n.to_dtype(dt)?, None, Some(rope), causal)?;
-        let x = (x.to_dtype(DType::F32)? + broadcast_mul(&a.to_dtype(DType::F32)?, &gate_msa)?)?
-            .to_dtype(dt)?;
+        // As diffusers: norms, modulation and gated residuals in f32, each result rounded to the compute
+        // dtype once (fused passes, see sorrel_core::adaln).
+        let n = norm_affine(x, &(scale_msa + 1.0)?, &shift_msa, self.eps, dt)?;
+        let a = self.attn1.forward(&n, None, Some(rope), causal)?;
+        let x = gated_residual(x, &a, &gate_msa, dt)?;
 
         let n = match &self.norm2 {
-            Some(norm) => norm.forward(&x)?.to_dtype(dt)?,
+            Some(norm) => norm.forward(&x, dt)?,
             None => x.clone(),
         };
         let x = (&x + self.attn2.forward(&n, Some(context), None, None)?)?;
 
-        let n = modulate(&layer_norm_f32(&x, self.eps)?, &c_scale, &c_shift)?;
-        let f = self.ffn.forward(&n.to_dtype(dt)?)?;
-        (x.to_dtype(DType::F32)? + broadcast_mul(&f.to_dtype(DType::F32)?, &c_gate)?)?.to_dtype(dt)
+        let n = norm_affine(&x, &(c_scale + 1.0)?, &c_shift, self.eps, dt)?;
+        let f = self.ffn.forward(&n)?;
+        gated_residual(&x, &f, &c_gate, dt)
     }
 }
 
@@ -384,11 +376,6 @@ pub(crate) fn patchify(
         gf * gh * gw,
         (),
     ))
-}
-
-/// x * (1 + scale) + shift, scale and shift broadcast over the tokens.
-fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-    broadcast_add(&broadcast_mul(x, &(scale + 1.0)?)?, shift)
 }
 
 /// Sinusoidal timestep features as diffusers' `Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)`.
@@ -691,8 +678,8 @@ impl WanTransformer3DModel {
             m.narrow(2, 0, 1)?.squeeze(2)?,
             m.narrow(2, 1, 1)?.squeeze(2)?,
         );
-        let hs = modulate(&layer_norm_f32(&hs, self.cfg.eps)?, &scale, &shift)?;
-        let out = self.proj_out.forward(&hs.to_dtype(dt)?)?; // (B, N, pt*ph*pw*Cout)
+        let hs = norm_affine(&hs, &(scale + 1.0)?, &shift, self.cfg.eps, dt)?;
+        let out = self.proj_out.forward(&hs)?; // (B, N, pt*ph*pw*Cout)
         let co = self.cfg.out_channels;
         // Un-patchify: (B, gf, gh, gw, pt, ph, pw, Co) -> (B, Co, gf, pt, gh, ph, gw, pw)
         out.reshape(&[b, gf, gh, gw, pt, ph, pw, co][..])?

@@ -1,0 +1,246 @@
+//! Adaptive LayerNorm at inference, fused: `LayerNorm(x) * mul + add` and the gated residual `x + a * gate`,
+//! each one parallel pass over the rows that reads bf16 or f32 and writes the compute dtype.
+//!
+//! Composed of candle ops, a block's norms, modulations and residuals were about twenty full-size passes,
+//! most of them on one thread, with an f32 copy of every bf16 input: with its products fast, that serial work
+//! left one of the two cores idle for a quarter of a bf16 forward of Wan2.1-1.3B (perf, per thread). The
+//! residual's arithmetic is the composition's, bit for bit; the norm's moments are summed in f64, within f32
+//! rounding of the composition (tests below).
+//! Tensors that take part in a gradient computation use the composition, which candle differentiates.
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+/// LayerNorm over the last dim without affine parameters (f32, eps inside the square root), times `mul`,
+/// plus `add`, in `out`. x: (B, S, D) bf16 or f32; mul, add: f32, (D,) or (B' , S', D) with B' in {1, B} and
+/// S' in {1, S}.
+pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64, out: DType) -> Result<Tensor> {
+    if !fusable(&[x, mul, add]) {
+        let n = crate::ops::layer_norm(x, eps)?;
+        return crate::ops::broadcast_add(&crate::ops::broadcast_mul(&n, mul)?, add)?.to_dtype(out);
+    }
+    let (b, s, d) = x.dims3()?;
+    let x = x.contiguous()?;
+    let (xg, xl) = x.storage_and_layout();
+    let xs = Rows::view(&xg, xl)?;
+    let (mul_v, mul_at) = table(mul, (b, s, d))?;
+    let (add_v, add_at) = table(add, (b, s, d))?;
+    write_rows(&x, out, d, |r, o| {
+        let mut row = vec![0f32; d];
+        xs.read(r, &mut row);
+        // Moments in f64: candle's composition sums in f32 with its own vector order and PyTorch with
+        // another; f64 is within a rounding of the exact value, which both approximate.
+        let w = d as f64;
+        let mean64 = row.iter().map(|&v| v as f64).sum::<f64>() / w;
+        let var = row
+            .iter()
+            .map(|&v| (v as f64 - mean64).powi(2))
+            .sum::<f64>()
+            / w;
+        let (mean, den) = (mean64 as f32, (var + eps).sqrt() as f32);
+        let (m, a) = (&mul_v[mul_at(r)..][..d], &add_v[add_at(r)..][..d]);
+        for (((o, &v), &m), &a) in o.iter_mut().zip(&row).zip(m).zip(a) {
+            *o = (v - mean) / den * m + a;
+        }
+    })
+}
+
+/// `x + a * gate` computed in f32, in `out`. x, a: (B, S, D) bf16 or f32; gate: f32, (B', S', D) as in
+/// [`norm_affine`].
+pub fn gated_residual(x: &Tensor, a: &Tensor, gate: &Tensor, out: DType) -> Result<Tensor> {
+    if !fusable(&[x, a, gate]) || x.dims() != a.dims() {
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        return (f(x)? + crate::ops::broadcast_mul(&f(a)?, gate)?)?.to_dtype(out);
+    }
+    let (b, s, d) = x.dims3()?;
+    let (x, a) = (x.contiguous()?, a.contiguous()?);
+    let ((xg, xl), (ag, al)) = (x.storage_and_layout(), a.storage_and_layout());
+    let (xs, as_) = (Rows::view(&xg, xl)?, Rows::view(&ag, al)?);
+    let (gate_v, gate_at) = table(gate, (b, s, d))?;
+    write_rows(&x, out, d, |r, o| {
+        let (mut xr, mut ar) = (vec![0f32; d], vec![0f32; d]);
+        xs.read(r, &mut xr);
+        as_.read(r, &mut ar);
+        let g = &gate_v[gate_at(r)..][..d];
+        for (((o, &x), &a), &g) in o.iter_mut().zip(&xr).zip(&ar).zip(g) {
+            *o = x + a * g;
+        }
+    })
+}
+
+/// Whether the fused kernels apply: CPU tensors, none tracked for gradients.
+fn fusable(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.device().is_cpu() && !t.track_op())
+}
+
+/// The values of a contiguous bf16 or f32 CPU tensor, borrowed from its storage.
+enum Rows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Rows<'a> {
+    /// The values behind `storage` (from `Tensor::storage_and_layout` of a contiguous tensor).
+    fn view(storage: &'a Storage, layout: &candle_core::Layout) -> Result<Self> {
+        let Some((from, to)) = layout.contiguous_offsets() else {
+            candle_core::bail!("adaln: the input must be contiguous");
+        };
+        Ok(match storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Rows::F32(&v[from..to]),
+            Storage::Cpu(CpuStorage::BF16(v)) => Rows::Bf16(&v[from..to]),
+            _ => candle_core::bail!("adaln: only bf16 and f32 CPU tensors are fused"),
+        })
+    }
+
+    /// Row `r` (of `out.len()` values) as f32.
+    fn read(&self, r: usize, out: &mut [f32]) {
+        let d = out.len();
+        match self {
+            Rows::F32(v) => out.copy_from_slice(&v[r * d..(r + 1) * d]),
+            Rows::Bf16(v) => {
+                for (o, x) in out.iter_mut().zip(&v[r * d..(r + 1) * d]) {
+                    *o = x.to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// A per-row table's f32 values and where row `r`'s D values start: (D,), (1 or B, 1 or S, D).
+#[allow(clippy::type_complexity)]
+fn table(
+    t: &Tensor,
+    (b, s, d): (usize, usize, usize),
+) -> Result<(Vec<f32>, Box<dyn Fn(usize) -> usize + Sync>)> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let at: Box<dyn Fn(usize) -> usize + Sync> = match t.dims() {
+        [dd] if *dd == d => Box::new(|_| 0),
+        [tb, ts, dd] if *dd == d && (*tb == 1 || *tb == b) && (*ts == 1 || *ts == s) => {
+            let (per_b, per_s) = ((*tb > 1) as usize * ts * d, (*ts > 1) as usize * d);
+            Box::new(move |r| (r / s) * per_b + (r % s) * per_s)
+        }
+        other => candle_core::bail!(
+            "adaln: a modulation table of shape {other:?} for activations ({b}, {s}, {d})"
+        ),
+    };
+    Ok((v, at))
+}
+
+/// A tensor shaped as `like` in `out` dtype whose row `r` (of `d` values) `f` computes in f32, rows in
+/// parallel.
+fn write_rows(
+    like: &Tensor,
+    out: DType,
+    d: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<Tensor> {
+    let n = like.elem_count();
+    let dev = like.device();
+    match out {
+        DType::F32 => {
+            let mut o = vec![0f32; n];
+            o.par_chunks_mut(d).enumerate().for_each(|(r, o)| f(r, o));
+            Tensor::from_vec(o, like.dims(), dev)
+        }
+        DType::BF16 => {
+            let mut o = vec![bf16::ZERO; n];
+            o.par_chunks_mut(d).enumerate().for_each_init(
+                || vec![0f32; d],
+                |row, (r, o)| {
+                    f(r, row);
+                    crate::simd::f32_to_bf16(row, o);
+                },
+            );
+            Tensor::from_vec(o, like.dims(), dev)
+        }
+        other => candle_core::bail!("adaln: results in bf16 or f32, not {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut x = seed;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn same(a: &Tensor, b: &Tensor) -> bool {
+        a.dtype() == b.dtype() && sorrel_testkit::max_abs_diff(a, b) == 0.0
+    }
+
+    #[test]
+    fn fused_results_match_the_compositions() {
+        let (b, s, d) = (2, 7, 24);
+        for x in [
+            rand(&[b, s, d], 1),
+            rand(&[b, s, d], 1).to_dtype(DType::BF16).unwrap(),
+        ] {
+            // Modulation tables of every accepted shape.
+            for shape in [
+                vec![d],
+                vec![1, 1, d],
+                vec![b, 1, d],
+                vec![1, s, d],
+                vec![b, s, d],
+            ] {
+                let (m, a) = (rand(&shape, 2), rand(&shape, 3));
+                for out in [DType::F32, DType::BF16] {
+                    let fused = norm_affine(&x, &m, &a, 1e-6, out).unwrap();
+                    assert_eq!(fused.dtype(), out);
+                    let n = crate::ops::layer_norm(&x, 1e-6).unwrap();
+                    let plain =
+                        crate::ops::broadcast_add(&crate::ops::broadcast_mul(&n, &m).unwrap(), &a)
+                            .unwrap();
+                    // f32: within a few f32 roundings of values below 16; bf16: the same f32 values
+                    // rounded, so at most one bf16 step (2^-8 relative) apart where a rounding flips.
+                    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                    let diff = (f(&fused) - f(&plain.to_dtype(out).unwrap()))
+                        .unwrap()
+                        .abs()
+                        .unwrap();
+                    let allowed = match out {
+                        DType::F32 => (plain.abs().unwrap() * 1e-6).unwrap() + 1e-6,
+                        _ => (plain.abs().unwrap() / 128.0).unwrap() + 1e-6,
+                    }
+                    .unwrap();
+                    let over = diff.ge(&allowed).unwrap().sum_all().unwrap();
+                    let over = over
+                        .to_dtype(DType::U32)
+                        .unwrap()
+                        .to_scalar::<u32>()
+                        .unwrap();
+                    assert_eq!(over, 0, "norm {shape:?} {out:?}");
+                    let y = rand(&[b, s, d], 4).to_dtype(x.dtype()).unwrap();
+                    let fused = gated_residual(&x, &y, &m, out).unwrap();
+                    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                    let plain = (f(&x) + crate::ops::broadcast_mul(&f(&y), &m).unwrap())
+                        .unwrap()
+                        .to_dtype(out)
+                        .unwrap();
+                    assert!(same(&fused, &plain), "residual {shape:?} {out:?}");
+                }
+            }
+        }
+        assert!(norm_affine(
+            &rand(&[b, s, d], 1),
+            &rand(&[3, 1, d], 2),
+            &rand(&[d], 3),
+            1e-6,
+            DType::F32
+        )
+        .is_err());
+    }
+}
