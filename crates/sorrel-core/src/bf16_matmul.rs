@@ -9,7 +9,7 @@
 //! Shape: `out[i, j] = sum_k a[i, k] * b[j, k]` ("NT": both operands keep `k` contiguous, the layout of a
 //! linear layer's `(out, in)` weight and of attention's keys). `b` is packed once per call into panels of
 //! [`NR`] columns holding pairs of `k` side by side, the layout `vdpbf16ps` reads; `a` is packed per block of
-//! [`MC`] rows into micro-panels of [`MR`] rows. The 12 x 32 micro-kernel keeps 24 accumulators in registers.
+//! [`MC`] rows (read in place when K is even) into micro-panels of [`MR`] rows. The 12 x 32 micro-kernel keeps 24 accumulators in registers.
 //! Machines without AVX512-BF16 get the f32 product of the widened operands, as candle does.
 
 use candle_core::backend::BackendStorage;
@@ -24,12 +24,14 @@ const NV: usize = 2;
 /// Columns of a micro-tile.
 const NR: usize = 16 * NV;
 /// Rows of `a` packed at a time (a multiple of [`MR`]).
-const MC: usize = 96;
+const MC: usize = 192;
+/// Rows of `a` a work item takes when the products are shallow (K < 512: attention's scores).
+const MC_SHALLOW: usize = 96;
 /// Depth of one pass over packed `a` and `b` (even): a `b` micro-panel of KC x NR bf16 (24 KB) and an `a` one
 /// (9 KB) stay in L1 (256 and 512 measured within 5 %).
 const KC: usize = 384;
 /// Panels of `b` one work item multiplies (see [`gemm_nt`]).
-const MAX_GROUP_PANELS: usize = 16;
+const MAX_GROUP_PANELS: usize = 32;
 
 /// Whether this CPU multiplies bf16 pairs natively.
 pub fn available() -> bool {
@@ -320,9 +322,13 @@ fn gemm_nt(
         return;
     }
     let panels = n.div_ceil(NR);
-    let m_blocks = m.div_ceil(MC);
+    // Each item streams its columns of `b` once per KC pass, so taller row blocks read `b` fewer times: 192
+    // rows took the FFN's products from 700-730 to 755-790 GFLOP/s (matmul_bench); shallow products, which
+    // stream little of `b`, keep 96 rows for more, smaller items (720 against 400-470 GFLOP/s).
+    let mc = if k >= 512 { MC } else { MC_SHALLOW };
+    let m_blocks = m.div_ceil(mc);
     // Columns are split into groups too: so that every thread has work when there are few row blocks (short
-    // sequences), and so that one item's f32 results (at most MC x 1024, 384 KB), which every KC pass reads and
+    // sequences), and so that one item's f32 results (at most MC x 1024, 768 KB), which every KC pass reads and
     // writes again, stay in L2. They go to `out` once, after the last pass: no (M, N) f32 copy.
     let threads = rayon::current_num_threads().max(1);
     let n_groups = (threads * 4)
@@ -337,7 +343,7 @@ fn gemm_nt(
     };
     (0..m_blocks * n_groups).into_par_iter().for_each(|item| {
         let (mb, g) = (item / n_groups, item % n_groups);
-        let rows = MC.min(m - mb * MC);
+        let rows = mc.min(m - mb * mc);
         let panel_range = g * panels_per_group..((g + 1) * panels_per_group).min(panels);
         let col0 = panel_range.start * NR;
         let width = (panel_range.end * NR).min(n) - col0;
@@ -347,14 +353,14 @@ fn gemm_nt(
         let mut pa = if direct {
             Vec::new()
         } else {
-            vec![bf16::ZERO; MC.div_ceil(MR) * MR * KC]
+            vec![bf16::ZERO; mc.div_ceil(MR) * MR * KC]
         };
         let mut tile = vec![0f32; rows * width];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let kc_pairs = kc.div_ceil(2);
             if !direct {
-                pack_a(&a[mb * MC * k..], k, rows, k0, kc, &mut pa);
+                pack_a(&a[mb * mc * k..], k, rows, k0, kc, &mut pa);
             }
             for j in panel_range.clone() {
                 let bp = &pb[(j * kp + k0 / 2) * NR * 2..];
@@ -364,7 +370,7 @@ fn gemm_nt(
                     let at = r * MR * width + (j * NR - col0);
                     let a_tile = if direct {
                         ATile {
-                            ptr: a[(mb * MC + r * MR) * k + k0..].as_ptr(),
+                            ptr: a[(mb * mc + r * MR) * k + k0..].as_ptr(),
                             row_stride: k,
                             pair_stride: 2,
                         }
@@ -377,7 +383,7 @@ fn gemm_nt(
                     };
                     // SAFETY: the micro-tile's `tile_rows` rows of `cols` values, `width` apart, start at `at`
                     // and end inside `tile` (rows x width); `a_tile` has `tile_rows` rows of kc_pairs pairs
-                    // (in place: rows of `a` from row mb·MC + r·MR, columns k0..k0 + kc; packed: a micro-panel)
+                    // (in place: rows of `a` from row mb·mc + r·MR, columns k0..k0 + kc; packed: a micro-panel)
                     // and `bp` kc_pairs pairs of its NR columns; `available()` held above.
                     unsafe {
                         micro_kernel(
@@ -401,7 +407,7 @@ fn gemm_nt(
             }
         }
         for (r, src) in tile.chunks(width).enumerate() {
-            let at = (mb * MC + r) * n + col0;
+            let at = (mb * mc + r) * n + col0;
             // SAFETY: each work item writes its own rows (mb) and columns (group g) of the (M, N) output.
             unsafe {
                 match out {
