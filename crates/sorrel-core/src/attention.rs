@@ -26,6 +26,10 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
             .iter()
             .all(|t| t.dtype() == DType::BF16 && !t.track_op())
         && crate::bf16_matmul::available();
+    let fast_f32 = q.device().is_cpu()
+        && [q, k, v]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && !t.track_op());
     let (kt, vt) = if fast_bf16 {
         // The bf16 kernel multiplies by transposes: keys as they are, values transposed once per call.
         (k.contiguous()?, v.transpose(2, 3)?.contiguous()?)
@@ -42,6 +46,10 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
             let out = crate::bf16_matmul::matmul_nt(&weights, &vt, DType::F32)?;
             return out.broadcast_div(&sums)?.to_dtype(DType::BF16);
         }
+        if fast_f32 {
+            // Scaling folded into one vectorised softmax pass (candle's calls libm's expf per score).
+            return softmax_rows_f32(&q.matmul(&kt)?, scale as f32)?.matmul(&vt);
+        }
         let scores = (q.matmul(&kt)? * scale)?;
         crate::ops::softmax_last_dim(&scores)?.matmul(&vt)
     };
@@ -54,6 +62,26 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
         .map(|i| block(&q.narrow(2, i, rows.min(s - i))?.contiguous()?))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 2)
+}
+
+/// The softmax over the last dim of `scale · scores`, f32 on the CPU, rows in parallel.
+fn softmax_rows_f32(scores: &Tensor, scale: f32) -> Result<Tensor> {
+    use candle_core::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    let scores = scores.contiguous()?;
+    let l = scores.dim(candle_core::D::Minus1)?.max(1);
+    let (storage, layout) = scores.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(v)), Some((from, to))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("attention: scores must be contiguous f32 on the CPU");
+    };
+    let mut out = vec![0f32; to - from];
+    out.par_chunks_mut(l)
+        .zip(v[from..to].par_chunks(l))
+        .for_each(|(o, row)| crate::simd::softmax_row_f32(row, scale, o));
+    drop(storage);
+    Tensor::from_vec(out, scores.dims(), scores.device())
 }
 
 /// For f32 `scores` (…, L) on the CPU: exp(scale · (row - row max)) rounded to bf16, and each row's sum of

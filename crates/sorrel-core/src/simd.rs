@@ -110,6 +110,28 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// One attention row in f32: `out[i] = exp(scale (row[i] - max row)) / sum`, the softmax of the scaled
+    /// scores.
+    fn softmax_row_f32(row: &[f32], scale: f32, out: &mut [f32]) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = crate::ops::exp_f32(scale * (x - max));
+        }
+        let mut lanes = [0f32; 16];
+        let mut chunks = out.chunks_exact(16);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += v;
+            }
+        }
+        let total = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        for o in out.iter_mut() {
+            *o /= total;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +175,26 @@ mod tests {
             } else {
                 assert_eq!(g.to_bits(), want.to_bits(), "{v} ({:#x})", v.to_bits());
             }
+        }
+    }
+
+    #[test]
+    fn softmax_rows_match_f64() {
+        let row: Vec<f32> = (0..53).map(|i| (i as f32 * 1.3).cos() * 30.0).collect();
+        let mut out = vec![0f32; 53];
+        softmax_row_f32(&row, 0.125, &mut out);
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = row
+            .iter()
+            .map(|&x| (0.125 * (x as f64 - max)).exp())
+            .collect();
+        let sum: f64 = e.iter().sum();
+        for (o, e) in out.iter().zip(&e) {
+            assert!(
+                (*o as f64 - e / sum).abs() <= 1e-6 * (e / sum) + 1e-9,
+                "{o} against {}",
+                e / sum
+            );
         }
     }
 
