@@ -780,30 +780,6 @@ fn rand_seed() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Fixes candle's thread counts for the process, before any thread exists.
-///
-/// Unless `RAYON_NUM_THREADS` is set, candle 0.11 works out its thread count again for every matrix product
-/// and parallel element-wise op by parsing `/proc/cpuinfo` (2 % of a training step's CPU time, perf); the
-/// count it finds is now found once. `train` also runs candle's element-wise ops on the calling thread
-/// (`CANDLE_NUM_THREADS=1`) unless told otherwise: their pool's workers spin while the matrix products run on
-/// the rayon pool, so on 2 cores four busy threads shared two cores, and a toy-world step took 0.435 s
-/// instead of 0.390 s (median of 3 runs of 20 steps each way).
-fn pin_thread_count(command: &Command) {
-    let set = |name: &str, value: String| {
-        if std::env::var_os(name).is_none() {
-            // SAFETY: called first thing in `main`, before any thread exists that could read the environment.
-            unsafe { std::env::set_var(name, value) };
-        }
-    };
-    set(
-        "RAYON_NUM_THREADS",
-        candle_core::utils::get_num_threads().to_string(),
-    );
-    if matches!(command, Command::Train(_)) {
-        set("CANDLE_NUM_THREADS", "1".into());
-    }
-}
-
 /// The stage timings as lines to print, the denoising steps summed into one line where they first appear
 /// (a minute-long rollout runs thousands of steps; one line each would bury the rest).
 fn timing_lines(timings: &[(String, std::time::Duration)]) -> Vec<String> {
@@ -833,7 +809,8 @@ fn timing_lines(timings: &[(String, std::time::Duration)]) -> Vec<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    pin_thread_count(&cli.command);
+    // SAFETY: first thing in `main` after parsing the arguments: no other thread exists yet.
+    unsafe { sorrel_core::threads::pin_thread_counts() };
     let result = match cli.command {
         Command::Generate(args) => generate(Some(&args.prompt), &args.opts, None),
         Command::Connect(args) => generate(

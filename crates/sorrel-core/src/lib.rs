@@ -14,6 +14,7 @@ pub mod lora;
 pub mod ops;
 pub mod shifted_conv;
 pub mod simd;
+pub mod threads;
 pub mod weights;
 
 pub use config::read_config;

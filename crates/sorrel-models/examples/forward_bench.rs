@@ -4,8 +4,9 @@
 //!
 //! `cargo run --release -p sorrel-models --example forward_bench -- TRANSFORMER_DIR WEIGHTS INPUTS f32|bf16 RUNS
 //! [OTHER.safetensors]` where WEIGHTS is TRANSFORMER_DIR itself or a .gguf file (`QUANT=q8_0` in the
-//! environment quantizes the matrices as they load, as `--quant` does), and OTHER holds another
-//! program's output on the same weights (`out`, as `tools/reference/bench_gguf.py` writes) to compare with.
+//! environment quantizes the matrices as they load, as `--quant` does; `LAYERS=N` keeps the first N blocks), and
+//! OTHER holds another program's output on the same weights (`out`, as `tools/reference/bench_gguf.py` writes)
+//! to compare with.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use sorrel_models::wan::convert::transformer_key_to_original;
 use sorrel_models::wan::transformer::WanTransformer3DModel;
 
 fn main() -> anyhow::Result<()> {
+    // As the `sorrel` binary runs, so the benchmark measures what users get.
+    // SAFETY: first thing in `main`, before any thread exists.
+    unsafe { sorrel_core::threads::pin_thread_counts() };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (args, other) = match args.len() {
         6 => (&args[..5], Some(args[5].clone())),
@@ -34,7 +38,11 @@ fn main() -> anyhow::Result<()> {
     };
     let dev = Device::Cpu;
     let t0 = Instant::now();
-    let cfg = WanTransformerConfig::from_diffusers_file(&Path::new(dir).join("config.json"))?;
+    let mut cfg = WanTransformerConfig::from_diffusers_file(&Path::new(dir).join("config.json"))?;
+    // LAYERS=N: the first N blocks only, as `bench_transformer.py --layers N` (long sequences).
+    if let Some(n) = std::env::var("LAYERS").ok().and_then(|v| v.parse().ok()) {
+        cfg.num_layers = n;
+    }
     let src = if weights.ends_with(".gguf") {
         TensorSource::open(&[PathBuf::from(weights)])?
             .with_rename(Arc::new(|n: &str| transformer_key_to_original(n)))

@@ -13,6 +13,9 @@ use sorrel_core::TensorSource;
 use sorrel_models::wan::vae::{AutoencoderKLWan, VaeConfig};
 
 fn main() -> anyhow::Result<()> {
+    // As the `sorrel` binary runs, so the benchmark measures what users get.
+    // SAFETY: first thing in `main`, before any thread exists.
+    unsafe { sorrel_core::threads::pin_thread_counts() };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir, inputs, other, runs] = &args[..] else {
         anyhow::bail!("usage: vae_decode_bench VAE_DIR INPUTS OTHER RUNS");
