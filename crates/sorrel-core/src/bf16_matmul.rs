@@ -18,18 +18,18 @@ use half::bf16;
 use rayon::prelude::*;
 
 /// Rows of a micro-tile.
-const MR: usize = 12;
+pub(crate) const MR: usize = 12;
 /// 16-lane f32 vectors in a micro-tile's row.
 const NV: usize = 2;
 /// Columns of a micro-tile.
-const NR: usize = 16 * NV;
+pub(crate) const NR: usize = 16 * NV;
 /// Rows of `a` packed at a time (a multiple of [`MR`]).
 const MC: usize = 192;
 /// Rows of `a` a work item takes when the products are shallow (K < 512: attention's scores).
 const MC_SHALLOW: usize = 96;
 /// Depth of one pass over packed `a` and `b` (even): a `b` micro-panel of KC x NR bf16 (24 KB) and an `a` one
 /// (9 KB) stay in L1 (256 and 512 measured within 5 %).
-const KC: usize = 384;
+pub(crate) const KC: usize = 384;
 /// Panels of `b` one work item multiplies (see [`gemm_nt`]).
 const MAX_GROUP_PANELS: usize = 32;
 
@@ -75,12 +75,12 @@ fn bias_values(bias: Option<&Tensor>, n: usize) -> Result<Option<Vec<f32>>> {
 /// block of queries.
 #[derive(Debug)]
 pub struct PackedB {
-    data: Vec<bf16>,
-    n: usize,
-    k: usize,
+    pub(crate) data: Vec<bf16>,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
     /// Matrices packed (each `stride` values): 1 for a weight, batch x heads for attention.
-    batch: usize,
-    stride: usize,
+    pub(crate) batch: usize,
+    pub(crate) stride: usize,
 }
 
 impl PackedB {
@@ -426,10 +426,10 @@ fn pack_a(a: &[bf16], k: usize, rows: usize, k0: usize, kc: usize, pa: &mut [bf1
 /// Where a micro-tile's rows of `a` are: row `i`'s pair `p` starts at `ptr + i·row_stride + p·pair_stride`
 /// (bf16 elements): `a` itself (row_stride K, pair_stride 2) or a packed micro-panel (2, MR·2).
 #[derive(Clone, Copy)]
-struct ATile {
-    ptr: *const bf16,
-    row_stride: usize,
-    pair_stride: usize,
+pub(crate) struct ATile {
+    pub(crate) ptr: *const bf16,
+    pub(crate) row_stride: usize,
+    pub(crate) pair_stride: usize,
 }
 
 /// A 12 x 32 tile of `c` (row stride `ldc`; only `rows` x `cols` of it are real) gets, or adds when
@@ -442,7 +442,7 @@ struct ATile {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_kernel(
+pub(crate) unsafe fn micro_kernel(
     kc_pairs: usize,
     a: ATile,
     bp: *const bf16,
@@ -492,7 +492,7 @@ unsafe fn micro_kernel(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_kernel(
+pub(crate) unsafe fn micro_kernel(
     _: usize,
     _: ATile,
     _: *const bf16,

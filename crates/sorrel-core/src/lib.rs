@@ -4,6 +4,7 @@
 
 pub mod adaln;
 pub mod attention;
+pub mod bf16_attention;
 pub mod bf16_matmul;
 pub mod config;
 pub mod conv2d;

@@ -132,6 +132,30 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// `weights[i] = bf16(exp(scale · row[i] - shift))` (both of one length); returns their f32 sum before
+    /// rounding (flash attention's tile, `shift` the running max of the scaled scores).
+    fn exp_row_shifted_bf16(row: &[f32], scale: f32, shift: f32, weights: &mut [bf16]) -> f32 {
+        let mut lanes = [0f32; 16];
+        let mut total = 0f32;
+        let mut w_chunks = weights.chunks_exact_mut(16);
+        let mut r_chunks = row.chunks_exact(16);
+        for (w, r) in (&mut w_chunks).zip(&mut r_chunks) {
+            for ((w, &x), l) in w.iter_mut().zip(r).zip(lanes.iter_mut()) {
+                let e = crate::ops::exp_f32(scale * x - shift);
+                *l += e;
+                *w = bf16::from_bits(to_bf16_bits(e));
+            }
+        }
+        for (w, &x) in w_chunks.into_remainder().iter_mut().zip(r_chunks.remainder()) {
+            let e = crate::ops::exp_f32(scale * x - shift);
+            total += e;
+            *w = bf16::from_bits(to_bf16_bits(e));
+        }
+        lanes.iter().sum::<f32>() + total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
