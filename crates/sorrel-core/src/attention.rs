@@ -46,6 +46,10 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
             return crate::bf16_attention::attention(q, pk, pv, scale as f32);
         }
     }
+    if fast_f32 {
+        // Fused as well: no score matrix, the tiles' products by gemm.
+        return crate::f32_attention::attention(q, k, v, scale as f32);
+    }
     let block = |q: &Tensor| -> Result<Tensor> {
         if let Some((pk, pv)) = &packed {
             // As PyTorch's CPU flash attention for bf16: scores in f32 from bf16 products; exp(score - row
@@ -55,10 +59,6 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
             let (weights, sums) = exp_rows_bf16(&scores, scale as f32)?;
             let out = pv.matmul(&weights, None, DType::F32)?;
             return out.broadcast_div(&sums)?.to_dtype(DType::BF16);
-        }
-        if fast_f32 {
-            // Scaling folded into one vectorised softmax pass (candle's calls libm's expf per score).
-            return softmax_rows_f32(&q.matmul(&kt)?, scale as f32)?.matmul(&vt);
         }
         let scores = (q.matmul(&kt)? * scale)?;
         crate::ops::softmax_last_dim(&scores)?.matmul(&vt)
@@ -72,26 +72,6 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
         .map(|i| block(&q.narrow(2, i, rows.min(s - i))?.contiguous()?))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 2)
-}
-
-/// The softmax over the last dim of `scale · scores`, f32 on the CPU, rows in parallel.
-fn softmax_rows_f32(scores: &Tensor, scale: f32) -> Result<Tensor> {
-    use candle_core::{CpuStorage, Storage};
-    use rayon::prelude::*;
-    let scores = scores.contiguous()?;
-    let l = scores.dim(candle_core::D::Minus1)?.max(1);
-    let (storage, layout) = scores.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(v)), Some((from, to))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        candle_core::bail!("attention: scores must be contiguous f32 on the CPU");
-    };
-    let mut out = vec![0f32; to - from];
-    out.par_chunks_mut(l)
-        .zip(v[from..to].par_chunks(l))
-        .for_each(|(o, row)| crate::simd::softmax_row_f32(row, scale, o));
-    drop(storage);
-    Tensor::from_vec(out, scores.dims(), scores.device())
 }
 
 /// For f32 `scores` (…, L) on the CPU: exp(scale · (row - row max)) rounded to bf16, and each row's sum of
@@ -154,7 +134,13 @@ mod tests {
     #[test]
     fn blocks_of_queries_give_the_whole_products_rows() {
         // Sizes that the blocks do not divide, self- and cross-attention, several head sizes.
-        for (b, h, s, l, d) in [(1, 2, 37, 37, 8), (2, 3, 50, 19, 16), (1, 1, 7, 300, 12)] {
+        // Over one tile of keys (256) and one block of queries (96) of the fused path as well.
+        for (b, h, s, l, d) in [
+            (1, 2, 37, 37, 8),
+            (2, 3, 50, 19, 16),
+            (1, 1, 7, 300, 12),
+            (1, 2, 150, 520, 20),
+        ] {
             let (q, k, v) = (
                 rand((b, h, s, d), 1),
                 rand((b, h, l, d), 2),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conv2d;
 pub mod conv3d;
 pub mod error;
+pub mod f32_attention;
 pub mod gguf;
 pub mod lora;
 pub mod ops;

@@ -111,24 +111,21 @@ dispatch! {
 }
 
 dispatch! {
-    /// One attention row in f32: `out[i] = exp(scale (row[i] - max row)) / sum`, the softmax of the scaled
-    /// scores.
-    fn softmax_row_f32(row: &[f32], scale: f32, out: &mut [f32]) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o = crate::ops::exp_f32(scale * (x - max));
+    /// `row[i] = exp(scale · row[i] - shift)` in place; returns their sum (flash attention's f32 tile,
+    /// `shift` the running max of the scaled scores).
+    fn exp_row_shifted_f32(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+        for x in row.iter_mut() {
+            *x = crate::ops::exp_f32(scale * *x - shift);
         }
+        // 16 partial sums so the additions vectorise (an f32 sum in order cannot be reordered).
         let mut lanes = [0f32; 16];
-        let mut chunks = out.chunks_exact(16);
+        let mut chunks = row.chunks_exact(16);
         for c in &mut chunks {
             for (l, &v) in lanes.iter_mut().zip(c) {
                 *l += v;
             }
         }
-        let total = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-        for o in out.iter_mut() {
-            *o /= total;
-        }
+        lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
     }
 }
 
@@ -203,21 +200,26 @@ mod tests {
     }
 
     #[test]
-    fn softmax_rows_match_f64() {
+    fn shifted_exp_rows_match_f64() {
         let row: Vec<f32> = (0..53).map(|i| (i as f32 * 1.3).cos() * 30.0).collect();
-        let mut out = vec![0f32; 53];
-        softmax_row_f32(&row, 0.125, &mut out);
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let e: Vec<f64> = row
+        let mut w = row.clone();
+        let sum = exp_row_shifted_f32(&mut w, 0.125, 3.0);
+        let want: Vec<f64> = row
             .iter()
-            .map(|&x| (0.125 * (x as f64 - max)).exp())
+            .map(|&x| (0.125 * x as f64 - 3.0).exp())
             .collect();
-        let sum: f64 = e.iter().sum();
-        for (o, e) in out.iter().zip(&e) {
+        let want_sum: f64 = want.iter().sum();
+        assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum);
+        for (g, w) in w.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-6 * w, "{g} against {w}");
+        }
+        let mut b = vec![bf16::ZERO; 53];
+        let sum16 = exp_row_shifted_bf16(&row, 0.125, 3.0, &mut b);
+        assert!((sum16 as f64 - want_sum).abs() <= 1e-6 * want_sum);
+        for (g, w) in b.iter().zip(&want) {
             assert!(
-                (*o as f64 - e / sum).abs() <= 1e-6 * (e / sum) + 1e-9,
-                "{o} against {}",
-                e / sum
+                (g.to_f32() as f64 - w).abs() <= w / 256.0,
+                "{g} against {w}"
             );
         }
     }

@@ -18,11 +18,19 @@ use crate::request::{Conditioning, GenerateRequest};
 use sorrel_models::wan::config::WanTransformerConfig;
 use sorrel_models::wan::vae::VaeConfig;
 
-/// Live tensors of one transformer block's self-attention, in units of (batch x tokens x width) f32: the
-/// input, its normalised and modulated copy, q, k and v, rotated q and k, head-major copies, the blocks of
-/// the attention output and their concatenation, the projection. Fitted to `memory_probe transformer` on
-/// Wan2.1-1.3B's width at 7,800 and 32,760 tokens (17.8, rounded up): see `docs/benchmarks.md`.
+/// Live tensors of one transformer block's self-attention on the unfused path (f16, or bf16 without
+/// AVX512-BF16), in units of (batch x tokens x width) f32: the input, its normalised and modulated copy, q, k
+/// and v, rotated q and k, head-major copies, the blocks of the attention output and their concatenation,
+/// the projection. Fitted to `memory_probe transformer` on Wan2.1-1.3B's width at 7,800 and 32,760 tokens
+/// before attention was fused (17.8, rounded up): see `docs/benchmarks.md`.
 const ATTENTION_TENSORS: u64 = 18;
+
+/// The fused path's (tokens x width) tensors and feed-forward chunks (`FFN_ROWS` x ffn_dim), in the compute
+/// dtype: `memory_probe transformer` on Wan2.1-1.3B (f32 at 7,800 and 32,760 tokens and 2,048 x 2; bf16 at
+/// 7,800 and 32,760) fits 10.1 and 1.5 (f32) and 9.3 and 2.6 (bf16); these cover every measurement within
+/// 1.35x (test below).
+const FUSED_TENSORS: f64 = 11.0;
+const FFN_CHUNK_TENSORS: f64 = 2.5;
 
 /// Live full-resolution tensors in one piece of a VAE decode, in units of one (4 frames x height x width x
 /// the decoder's first-level channels) f32 tensor. `memory_probe vae` on the Wan2.1 VAE measured 18.4 to
@@ -88,7 +96,7 @@ impl WanPipeline {
         };
         let transformer = transformer_block(
             &self.transformer_config,
-            self.transformer()?.dtype() == candle_core::DType::F32,
+            self.transformer()?.dtype(),
             tokens,
             batch,
             self.info.defaults.max_sequence_length,
@@ -123,26 +131,37 @@ impl WanPipeline {
 }
 
 /// One transformer block's working memory over `tokens` tokens, `batch` at once (2 with batched
-/// guidance), against `text` tokens of prompt.
+/// guidance), against `text` tokens of prompt, with weights (and compute) in `dtype`.
 pub fn transformer_block(
     cfg: &WanTransformerConfig,
-    f32_weights: bool,
+    dtype: candle_core::DType,
     tokens: usize,
     batch: u64,
     text: usize,
 ) -> u64 {
-    // A block computes in f32 whatever the weights' dtype (bf16 and f16 products are widened per layer),
-    // so activations count 4 bytes each, and a narrower model also holds one block's weights widened.
     let width = (cfg.num_attention_heads * cfg.attention_head_dim) as u64;
     let ffn_dim = cfg.ffn_dim as u64;
-    let widened = if f32_weights {
-        0
-    } else {
-        // Self- and cross-attention projections, and the feed-forward's two matrices.
-        (8 * width * width + 2 * width * ffn_dim) * 4
-    };
-    let heads = cfg.num_attention_heads as u64;
     let rows = batch * tokens as u64;
+    let fused = dtype == candle_core::DType::F32
+        || (dtype == candle_core::DType::BF16 && sorrel_core::bf16_matmul::available());
+    if fused {
+        // f32, and bf16 where the CPU multiplies it natively: attention holds no scores (flash attention)
+        // and the feed-forward takes `FFN_ROWS` tokens at a time, so the block holds FUSED_TENSORS (tokens x
+        // width) tensors and the hidden activations of one chunk, in the compute dtype.
+        let bytes = if dtype == candle_core::DType::F32 {
+            4
+        } else {
+            2
+        };
+        let chunk = rows.min(sorrel_models::wan::transformer::FFN_ROWS as u64);
+        return ((FUSED_TENSORS * (rows * width) as f64) as u64
+            + (FFN_CHUNK_TENSORS * (chunk * ffn_dim) as f64) as u64)
+            * bytes;
+    }
+    // Otherwise (f16, or bf16 without AVX512-BF16) a block computes in f32 (products are widened per layer),
+    // so activations count 4 bytes each, and the block also holds its weights widened.
+    let widened = (8 * width * width + 2 * width * ffn_dim) * 4;
+    let heads = cfg.num_attention_heads as u64;
     // Scores and their softmax, one block of queries at a time (at least one row of keys).
     let scores =
         |keys: u64| 2 * (rows * heads * keys).min((SCORE_BUDGET as u64).max(batch * heads * keys));
@@ -214,6 +233,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     /// Wan2.1-1.3B's transformer.
     fn wan13b() -> WanTransformerConfig {
@@ -225,22 +245,29 @@ mod tests {
     }
 
     /// The estimates cover what `memory_probe` measured on full-size Wan2.1 components (2026-12-06, working
-    /// memory in bytes) without asking for much more: at most 1.35x.
+    /// memory in bytes; the transformer's after attention was fused) without asking for much more: at most
+    /// 1.35x.
     #[test]
     fn estimates_cover_the_measured_working_memory() {
         let gb = 1e9;
         let cfg = wan13b();
-        // (tokens, batch, f32 weights, measured)
-        for (tokens, batch, f32_weights, measured) in [
-            (7_800, 1, true, 1.474 * gb),
-            (32_760, 1, true, 4.199 * gb),
-            (2_048, 2, true, 1.029 * gb),
-            (7_800, 1, false, 1.865 * gb),
+        // (tokens, batch, dtype, measured): f32 and bf16 with flash attention and the chunked feed-forward;
+        // the bf16 rows where the CPU has AVX512-BF16, which is what they measured.
+        let bf16_fused = sorrel_core::bf16_matmul::available();
+        for (tokens, batch, dtype, measured) in [
+            (7_800, 1, DType::F32, 0.700 * gb),
+            (32_760, 1, DType::F32, 2.247 * gb),
+            (2_048, 2, DType::F32, 0.596 * gb),
+            (7_800, 1, DType::BF16, 0.413 * gb),
+            (32_760, 1, DType::BF16, 1.126 * gb),
         ] {
-            let est = transformer_block(&cfg, f32_weights, tokens, batch, 512) as f64;
+            if dtype == DType::BF16 && !bf16_fused {
+                continue;
+            }
+            let est = transformer_block(&cfg, dtype, tokens, batch, 512) as f64;
             assert!(
                 (measured..=1.35 * measured).contains(&est),
-                "transformer at {tokens} x {batch} (f32 weights: {f32_weights}): estimate {:.3} GB, measured {:.3} GB",
+                "transformer at {tokens} x {batch} ({dtype:?}): estimate {:.3} GB, measured {:.3} GB",
                 est / gb,
                 measured / gb
             );
