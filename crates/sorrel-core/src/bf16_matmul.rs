@@ -7,9 +7,10 @@
 //! twice the f32 FMA rate on this Zen 5. Hence this hand-written, BLIS-shaped kernel.
 //!
 //! Shape: `out[i, j] = sum_k a[i, k] * b[j, k]` ("NT": both operands keep `k` contiguous, the layout of a
-//! linear layer's `(out, in)` weight and of attention's keys). `b` is packed once per call into panels of
-//! [`NR`] columns holding pairs of `k` side by side, the layout `vdpbf16ps` reads; `a` is packed per block of
-//! [`MC`] rows (read in place when K is even) into micro-panels of [`MR`] rows. The 12 x 32 micro-kernel keeps 24 accumulators in registers.
+//! linear layer's `(out, in)` weight and of attention's keys). `b` is packed ([`PackedB`]: once at load for a
+//! weight) into panels of [`NR`] columns holding pairs of `k` side by side, the layout `vdpbf16ps` reads; `a`
+//! is read in place (packed into micro-panels of [`MR`] rows only when K is odd). Work items take [`MC`] rows
+//! and up to [`MAX_GROUP_PANELS`] panels; the 12 x 32 micro-kernel keeps 24 accumulators in registers.
 //! Machines without AVX512-BF16 get the f32 product of the widened operands, as candle does.
 
 use candle_core::backend::BackendStorage;
@@ -23,7 +24,7 @@ pub(crate) const MR: usize = 12;
 const NV: usize = 2;
 /// Columns of a micro-tile.
 pub(crate) const NR: usize = 16 * NV;
-/// Rows of `a` packed at a time (a multiple of [`MR`]).
+/// Rows of `a` one work item takes (a multiple of [`MR`]).
 const MC: usize = 192;
 /// Rows of `a` a work item takes when the products are shallow (K < 512: attention's scores).
 const MC_SHALLOW: usize = 96;
