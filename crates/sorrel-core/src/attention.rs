@@ -1,10 +1,11 @@
 //! The attention seam: softmax(q k^T / sqrt(d)) v for every model family, in bounded memory.
 //!
 //! The score matrix of Wan2.1 at its own size (832x480, 81 frames: 32,760 tokens, 12 heads) is 12.9 G
-//! elements: 51 GB in f32, which aborted the process. Queries are taken in blocks so that no call holds more
-//! than [`SCORE_BUDGET`] scores; each query's softmax only reads its own row, so a block gives exactly the rows
-//! the whole product would. (A tiled online-softmax kernel that also tiles the keys is the performance
-//! issue's; this keeps the plain matrix products.)
+//! elements: 51 GB in f32, which aborted the process. On the CPU, f32 and bf16 (with AVX512-BF16 and an even
+//! head size) never hold it: flash attention tiles queries and keys ([`crate::f32_attention`],
+//! [`crate::bf16_attention`]). Everything else (f16, tensors tracked for gradients, other devices) takes the
+//! queries in blocks so that no call holds more than [`SCORE_BUDGET`] scores; each query's softmax only reads
+//! its own row, so a block gives exactly the rows the whole product would.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -16,7 +17,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     attention_in_blocks(q, k, v, SCORE_BUDGET)
 }
 
-/// [`attention`] with another budget (tests use small ones to exercise the blocks).
+/// [`attention`] with another budget for the blocked paths (tests use small ones to exercise the blocks).
 pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let l = k.dim(2)?;
@@ -154,8 +155,11 @@ mod tests {
                 .matmul(&v)
                 .unwrap();
             assert!(sorrel_testkit::max_abs_diff(&whole, &plain) <= 1e-6);
+            // Tracked queries take the blocked path (the fused kernels have no backward pass).
+            let tracked = candle_core::Var::from_tensor(&q).unwrap();
             for rows in [1, 5, 13] {
-                let blocked = attention_in_blocks(&q, &k, &v, rows * b * h * l).unwrap();
+                let blocked =
+                    attention_in_blocks(tracked.as_tensor(), &k, &v, rows * b * h * l).unwrap();
                 let err = sorrel_testkit::max_abs_diff(&blocked, &whole);
                 assert!(
                     err <= 1e-6,
