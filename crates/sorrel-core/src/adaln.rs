@@ -161,20 +161,9 @@ fn write_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut x = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        sorrel_testkit::lcg_tensor(shape, seed, 2.0)
     }
 
     fn same(a: &Tensor, b: &Tensor) -> bool {

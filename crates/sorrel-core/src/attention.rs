@@ -115,21 +115,9 @@ fn exp_rows_bf16(scores: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
-    fn rand(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        // A small LCG: reproducible values in [-2, 2) without a dependency.
-        let mut x = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    fn rand((a, b, c, d): (usize, usize, usize, usize), seed: u64) -> Tensor {
+        sorrel_testkit::lcg_tensor(&[a, b, c, d], seed, 2.0)
     }
 
     #[test]

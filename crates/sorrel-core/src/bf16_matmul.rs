@@ -555,18 +555,7 @@ mod tests {
     use candle_core::Device;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut x = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu)
-            .unwrap()
+        sorrel_testkit::lcg_tensor(shape, seed, 1.0)
             .to_dtype(DType::BF16)
             .unwrap()
     }

@@ -59,6 +59,22 @@ pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// A tensor of `shape` (f32, CPU) with reproducible values in [-amplitude, amplitude) from a small LCG: the
+/// same values on every machine, without a random-number dependency.
+pub fn lcg_tensor(shape: &[usize], seed: u64, amplitude: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut x = seed;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * amplitude - amplitude
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
 /// Largest absolute value, to show the scale an error is measured against.
 pub fn max_abs(a: &Tensor) -> f32 {
     a.to_dtype(DType::F32)
