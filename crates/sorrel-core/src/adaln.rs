@@ -12,6 +12,11 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::ops::{contiguous_bf16, contiguous_f32, cpu_storage};
+
+/// The kernels' name, for errors.
+const NAME: &str = "adaln";
+
 /// LayerNorm over the last dim without affine parameters (f32, eps inside the square root), times `mul`,
 /// plus `add`, in `out`. x: (B, S, D) bf16 or f32; mul, add: f32, (D,) or (B' , S', D) with B' in {1, B} and
 /// S' in {1, S}.
@@ -24,11 +29,9 @@ pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64, out: DType)
     let x = x.contiguous()?;
     let (xg, xl) = x.storage_and_layout();
     let xs = Rows::view(&xg, xl)?;
-    let (mul_v, mul_at) = table(mul, (b, s, d))?;
-    let (add_v, add_at) = table(add, (b, s, d))?;
-    write_rows(&x, out, d, |r, o| {
-        let mut row = vec![0f32; d];
-        xs.read(r, &mut row);
+    let (mul, add) = (Table::of(mul, (b, s, d))?, Table::of(add, (b, s, d))?);
+    write_rows(&x, out, d, |r, o, scratch| {
+        let row = xs.row(r, &mut scratch[..d]);
         // Moments in f64: candle's composition sums in f32 with its own vector order and PyTorch with
         // another; f64 is within a rounding of the exact value, which both approximate.
         let w = d as f64;
@@ -39,8 +42,7 @@ pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64, out: DType)
             .sum::<f64>()
             / w;
         let (mean, den) = (mean64 as f32, (var + eps).sqrt() as f32);
-        let (m, a) = (&mul_v[mul_at(r)..][..d], &add_v[add_at(r)..][..d]);
-        for (((o, &v), &m), &a) in o.iter_mut().zip(&row).zip(m).zip(a) {
+        for (((o, &v), &m), &a) in o.iter_mut().zip(row).zip(mul.row(r)).zip(add.row(r)) {
             *o = (v - mean) / den * m + a;
         }
     })
@@ -57,13 +59,11 @@ pub fn gated_residual(x: &Tensor, a: &Tensor, gate: &Tensor, out: DType) -> Resu
     let (x, a) = (x.contiguous()?, a.contiguous()?);
     let ((xg, xl), (ag, al)) = (x.storage_and_layout(), a.storage_and_layout());
     let (xs, as_) = (Rows::view(&xg, xl)?, Rows::view(&ag, al)?);
-    let (gate_v, gate_at) = table(gate, (b, s, d))?;
-    write_rows(&x, out, d, |r, o| {
-        let (mut xr, mut ar) = (vec![0f32; d], vec![0f32; d]);
-        xs.read(r, &mut xr);
-        as_.read(r, &mut ar);
-        let g = &gate_v[gate_at(r)..][..d];
-        for (((o, &x), &a), &g) in o.iter_mut().zip(&xr).zip(&ar).zip(g) {
+    let gate = Table::of(gate, (b, s, d))?;
+    write_rows(&x, out, d, |r, o, scratch| {
+        let (sx, sa) = scratch.split_at_mut(d);
+        let (xr, ar) = (xs.row(r, sx), as_.row(r, sa));
+        for (((o, &x), &a), &g) in o.iter_mut().zip(xr).zip(ar).zip(gate.row(r)) {
             *o = x + a * g;
         }
     })
@@ -83,78 +83,96 @@ enum Rows<'a> {
 impl<'a> Rows<'a> {
     /// The values behind `storage` (from `Tensor::storage_and_layout` of a contiguous tensor).
     fn view(storage: &'a Storage, layout: &candle_core::Layout) -> Result<Self> {
-        let Some((from, to)) = layout.contiguous_offsets() else {
-            candle_core::bail!("adaln: the input must be contiguous");
-        };
-        Ok(match storage {
-            Storage::Cpu(CpuStorage::F32(v)) => Rows::F32(&v[from..to]),
-            Storage::Cpu(CpuStorage::BF16(v)) => Rows::Bf16(&v[from..to]),
-            _ => candle_core::bail!("adaln: only bf16 and f32 CPU tensors are fused"),
+        let s = cpu_storage(storage, NAME)?;
+        Ok(match s {
+            CpuStorage::F32(_) => Rows::F32(contiguous_f32(s, layout, NAME)?),
+            CpuStorage::BF16(_) => Rows::Bf16(contiguous_bf16(s, layout, NAME)?),
+            _ => candle_core::bail!("{NAME}: only bf16 and f32 CPU tensors are fused"),
         })
     }
 
-    /// Row `r` (of `out.len()` values) as f32.
-    fn read(&self, r: usize, out: &mut [f32]) {
-        let d = out.len();
+    /// Row `r` (of `buf.len()` values) as f32: f32 rows as they are, bf16 ones widened into `buf`.
+    fn row<'b>(&'b self, r: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        let d = buf.len();
         match self {
-            Rows::F32(v) => out.copy_from_slice(&v[r * d..(r + 1) * d]),
+            Rows::F32(v) => &v[r * d..(r + 1) * d],
             Rows::Bf16(v) => {
-                for (o, x) in out.iter_mut().zip(&v[r * d..(r + 1) * d]) {
+                for (o, x) in buf.iter_mut().zip(&v[r * d..(r + 1) * d]) {
                     *o = x.to_f32();
                 }
+                buf
             }
         }
     }
 }
 
-/// A per-row table's f32 values and where row `r`'s D values start: (D,), (1 or B, 1 or S, D).
-#[allow(clippy::type_complexity)]
-fn table(
-    t: &Tensor,
-    (b, s, d): (usize, usize, usize),
-) -> Result<(Vec<f32>, Box<dyn Fn(usize) -> usize + Sync>)> {
-    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let at: Box<dyn Fn(usize) -> usize + Sync> = match t.dims() {
-        [dd] if *dd == d => Box::new(|_| 0),
-        [tb, ts, dd] if *dd == d && (*tb == 1 || *tb == b) && (*ts == 1 || *ts == s) => {
-            let (per_b, per_s) = ((*tb > 1) as usize * ts * d, (*ts > 1) as usize * d);
-            Box::new(move |r| (r / s) * per_b + (r % s) * per_s)
-        }
-        other => candle_core::bail!(
-            "adaln: a modulation table of shape {other:?} for activations ({b}, {s}, {d})"
-        ),
-    };
-    Ok((v, at))
+/// A per-row table's f32 values, (D,) or (1 or B, 1 or S, D), and where row `r` (of B x S) finds its D.
+struct Table {
+    values: Vec<f32>,
+    /// Values between batches and between tokens (0 where the table has one).
+    per_b: usize,
+    per_s: usize,
+    s: usize,
+    d: usize,
 }
 
-/// A tensor shaped as `like` in `out` dtype whose row `r` (of `d` values) `f` computes in f32, rows in
-/// parallel.
+impl Table {
+    fn of(t: &Tensor, (b, s, d): (usize, usize, usize)) -> Result<Self> {
+        let (per_b, per_s) = match t.dims() {
+            [dd] if *dd == d => (0, 0),
+            [tb, ts, dd] if *dd == d && (*tb == 1 || *tb == b) && (*ts == 1 || *ts == s) => {
+                ((*tb > 1) as usize * ts * d, (*ts > 1) as usize * d)
+            }
+            other => candle_core::bail!(
+                "{NAME}: a modulation table of shape {other:?} for activations ({b}, {s}, {d})"
+            ),
+        };
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            values,
+            per_b,
+            per_s,
+            s,
+            d,
+        })
+    }
+
+    fn row(&self, r: usize) -> &[f32] {
+        let at = (r / self.s) * self.per_b + (r % self.s) * self.per_s;
+        &self.values[at..at + self.d]
+    }
+}
+
+/// A tensor shaped as `like` in `out` dtype whose row `r` (of `d` values) `f` computes in f32 (with a
+/// scratch of 2 x `d` f32 per thread), rows in parallel.
 fn write_rows(
     like: &Tensor,
     out: DType,
     d: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
 ) -> Result<Tensor> {
     let n = like.elem_count();
     let dev = like.device();
     match out {
         DType::F32 => {
             let mut o = vec![0f32; n];
-            o.par_chunks_mut(d).enumerate().for_each(|(r, o)| f(r, o));
+            o.par_chunks_mut(d)
+                .enumerate()
+                .for_each_init(|| vec![0f32; 2 * d], |scratch, (r, o)| f(r, o, scratch));
             Tensor::from_vec(o, like.dims(), dev)
         }
         DType::BF16 => {
             let mut o = vec![bf16::ZERO; n];
             o.par_chunks_mut(d).enumerate().for_each_init(
-                || vec![0f32; d],
-                |row, (r, o)| {
-                    f(r, row);
+                || (vec![0f32; d], vec![0f32; 2 * d]),
+                |(row, scratch), (r, o)| {
+                    f(r, row, scratch);
                     crate::simd::f32_to_bf16(row, o);
                 },
             );
             Tensor::from_vec(o, like.dims(), dev)
         }
-        other => candle_core::bail!("adaln: results in bf16 or f32, not {other:?}"),
+        other => candle_core::bail!("{NAME}: results in bf16 or f32, not {other:?}"),
     }
 }
 

@@ -17,20 +17,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     attention_in_blocks(q, k, v, SCORE_BUDGET)
 }
 
+/// Whether attention in `dtype` on the CPU takes a fused path that holds no scores (for tensors not tracked
+/// for gradients; bf16 also needs an even head size): f32 always, bf16 where the CPU has AVX512-BF16.
+pub fn fused_on_cpu(dtype: DType) -> bool {
+    dtype == DType::F32 || (dtype == DType::BF16 && crate::bf16_matmul::available())
+}
+
 /// [`attention`] with another budget for the blocked paths (tests use small ones to exercise the blocks).
 pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let l = k.dim(2)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let fast_bf16 = q.device().is_cpu()
-        && [q, k, v]
-            .iter()
-            .all(|t| t.dtype() == DType::BF16 && !t.track_op())
-        && crate::bf16_matmul::available();
-    let fast_f32 = q.device().is_cpu()
-        && [q, k, v]
-            .iter()
-            .all(|t| t.dtype() == DType::F32 && !t.track_op());
+    let dt = q.dtype();
+    let fused = q.device().is_cpu()
+        && fused_on_cpu(dt)
+        && [q, k, v].iter().all(|t| t.dtype() == dt && !t.track_op());
+    let (fast_bf16, fast_f32) = (fused && dt == DType::BF16, fused && dt == DType::F32);
     // The bf16 kernel multiplies by transposes: the keys as they are and the values transposed, each head's
     // packed once here for every block of queries (at 32,760 tokens, 96 blocks).
     let packed = if fast_bf16 {
@@ -75,22 +77,16 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
     Tensor::cat(&parts, 2)
 }
 
-/// For f32 `scores` (…, L) on the CPU: exp(scale · (row - row max)) rounded to bf16, and each row's sum of
-/// the unrounded values (…, 1) in f32. One pass, with the vectorisable exp.
+/// For f32 `scores` (…, L) on the CPU: exp(scale · row - scale · row max) rounded to bf16, and each row's sum
+/// of the unrounded values (…, 1) in f32. One pass, with the vectorisable exp.
 fn exp_rows_bf16(scores: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
-    use candle_core::{CpuStorage, Storage};
     use rayon::prelude::*;
     let scores = scores.contiguous()?;
     let dims = scores.dims().to_vec();
     let l = *dims.last().unwrap_or(&1);
     let (storage, layout) = scores.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        candle_core::bail!("attention: scores must be f32 on the CPU");
-    };
-    let Some((from, to)) = layout.contiguous_offsets() else {
-        candle_core::bail!("attention: scores must be contiguous");
-    };
-    let v = &v[from..to];
+    let op = "attention";
+    let v = crate::ops::contiguous_f32(crate::ops::cpu_storage(&storage, op)?, layout, op)?;
     let rows = v.len() / l.max(1);
     let mut weights = vec![half::bf16::ZERO; v.len()];
     let mut sums = vec![0f32; rows];
@@ -98,10 +94,11 @@ fn exp_rows_bf16(scores: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
         .par_chunks_mut(l.max(1))
         .zip(sums.par_iter_mut())
         .zip(v.par_chunks(l.max(1)))
-        .for_each_init(
-            || vec![0f32; l],
-            |scratch, ((w, sum), row)| *sum = crate::simd::exp_row_bf16(row, scale, scratch, w),
-        );
+        .for_each(|((w, sum), row)| {
+            // The flash kernel's tile function with the row's own max as the shift (scaled scores).
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            *sum = crate::simd::exp_row_shifted_bf16(row, scale, scale * max, w);
+        });
     drop(storage);
     let mut sum_dims = dims.clone();
     *sum_dims.last_mut().unwrap_or(&mut 0) = 1;

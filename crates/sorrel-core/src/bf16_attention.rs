@@ -13,6 +13,10 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::bf16_matmul::{micro_kernel, ATile, PackedB, KC, MR, NR};
+use crate::ops::{contiguous_bf16, cpu_storage};
+
+/// The op's name, for errors.
+const NAME: &str = "bf16 attention";
 
 /// Query rows per work item.
 const QM: usize = 96;
@@ -41,13 +45,7 @@ pub(crate) fn attention(
     }
     let q = q.contiguous()?;
     let (storage, layout) = q.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(qv)) = &*storage else {
-        candle_core::bail!("bf16 attention: the queries must be bf16 on the CPU");
-    };
-    let Some((from, to)) = layout.contiguous_offsets() else {
-        candle_core::bail!("bf16 attention: the queries must be contiguous");
-    };
-    let qv = &qv[from..to];
+    let qv = contiguous_bf16(cpu_storage(&storage, NAME)?, layout, NAME)?;
     let mut out = vec![bf16::ZERO; b * h * s * d];
     out.par_chunks_mut(s * d)
         .enumerate()

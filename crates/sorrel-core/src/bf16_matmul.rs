@@ -13,10 +13,14 @@
 //! and up to [`MAX_GROUP_PANELS`] panels; the 12 x 32 micro-kernel keeps 24 accumulators in registers.
 //! Machines without AVX512-BF16 get the f32 product of the widened operands, as candle does.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
+
+use crate::ops::{contiguous_bf16, cpu_storage};
+
+/// The ops' name, for errors and profiles.
+const NAME: &str = "bf16 matmul";
 
 /// Rows of a micro-tile.
 pub(crate) const MR: usize = 12;
@@ -102,10 +106,7 @@ impl PackedB {
         let batch: usize = dims[..dims.len() - 2].iter().product();
         let w = w.contiguous()?;
         let (storage, layout) = w.storage_and_layout();
-        let candle_core::Storage::Cpu(s) = &*storage else {
-            candle_core::bail!("bf16 matmul: the operand must be on the CPU");
-        };
-        let src = bf16_slice(s, layout)?;
+        let src = contiguous_bf16(cpu_storage(&storage, NAME)?, layout, NAME)?;
         let stride = n.div_ceil(NR) * k.div_ceil(2) * NR * 2;
         let mut data = Vec::with_capacity(batch * stride);
         for i in 0..batch {
@@ -153,11 +154,11 @@ struct MatmulPacked {
 
 impl candle_core::CustomOp1 for MatmulPacked {
     fn name(&self) -> &'static str {
-        "sorrel-bf16-matmul-packed"
+        NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let a = bf16_slice(s, l)?;
+        let a = contiguous_bf16(s, l, NAME)?;
         let ad = l.dims();
         let (n, k, batch) = (self.b.n, self.b.k, self.b.batch);
         let Some((&ka, lead)) = ad.split_last() else {
@@ -207,20 +208,6 @@ impl candle_core::CustomOp1 for MatmulPacked {
             }
         };
         Ok((storage, Shape::from_dims(&dims)))
-    }
-}
-
-/// A contiguous bf16 slice from a storage, or the error naming what was given.
-fn bf16_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [bf16]> {
-    let CpuStorage::BF16(v) = s else {
-        candle_core::bail!(
-            "bf16 matmul: the operands must be bf16, got {:?}",
-            s.dtype()
-        );
-    };
-    match l.contiguous_offsets() {
-        Some((from, to)) => Ok(&v[from..to]),
-        None => candle_core::bail!("bf16 matmul: the operands must be contiguous"),
     }
 }
 

@@ -9,6 +9,11 @@ use candle_core::{Result, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::ops::{contiguous_f32, cpu_storage};
+
+/// The op's name, for errors.
+const NAME: &str = "f32 attention";
+
 /// Query rows per work item.
 const QM: usize = 96;
 /// Keys per tile.
@@ -22,9 +27,8 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resul
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
-    let qv = crate::ops::contiguous_f32(cpu(&qs)?, ql, "attention")?;
-    let kv = crate::ops::contiguous_f32(cpu(&ks)?, kl, "attention")?;
-    let vv = crate::ops::contiguous_f32(cpu(&vs)?, vl, "attention")?;
+    let values = |s, l| contiguous_f32(cpu_storage(s, NAME)?, l, NAME);
+    let (qv, kv, vv) = (values(&qs, ql)?, values(&ks, kl)?, values(&vs, vl)?);
     if kv.len() != b * h * l * d || vv.len() != kv.len() {
         candle_core::bail!(
             "attention: keys and values must both be (B, H, L, d) for queries {:?}",
@@ -61,13 +65,6 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resul
         );
     drop((qs, ks, vs));
     Tensor::from_vec(out, (b, h, s, d), q.device())
-}
-
-fn cpu(s: &candle_core::Storage) -> Result<&candle_core::CpuStorage> {
-    match s {
-        candle_core::Storage::Cpu(c) => Ok(c),
-        _ => candle_core::bail!("attention: this path is for CPU tensors"),
-    }
 }
 
 /// `rows` queries (rows, d) against `l` keys and values (l, d), into `out` (rows, d), which starts at zero.

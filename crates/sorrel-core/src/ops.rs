@@ -136,13 +136,7 @@ impl Dense {
                 let w = weight.dequantize(x.device())?.to_dtype(x.dtype())?;
                 match lora.forward(x)? {
                     None => linear_2d(x, &w, bias.as_ref()),
-                    Some(d) => {
-                        let y = (linear_2d(x, &w, None)? + d)?;
-                        match bias {
-                            Some(b) => broadcast_add(&y, &b.to_dtype(y.dtype())?),
-                            None => Ok(y),
-                        }
-                    }
+                    Some(d) => add_bias((linear_2d(x, &w, None)? + d)?, bias.as_ref()),
                 }
             }
         }
@@ -156,7 +150,11 @@ pub fn linear_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor
     if bf16_product(x, w) {
         return crate::bf16_matmul::matmul_nt_bias(x, w, bias, candle_core::DType::BF16);
     }
-    let y = x.matmul(&w.t()?)?;
+    add_bias(x.matmul(&w.t()?)?, bias)
+}
+
+/// `y` plus `bias` on every row (in `y`'s dtype), through [`broadcast_add`].
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         Some(b) => broadcast_add(&y, &b.to_dtype(y.dtype())?),
         None => Ok(y),
@@ -365,6 +363,29 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Res
     }
 }
 
+/// The bf16 values of a contiguous CPU tensor, or an error naming `op`.
+pub(crate) fn contiguous_bf16<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> Result<&'a [half::bf16]> {
+    let CpuStorage::BF16(v) = s else {
+        candle_core::bail!("{op}: only bf16 is supported on this path");
+    };
+    match l.contiguous_offsets() {
+        Some((from, to)) => Ok(&v[from..to]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// The CPU storage behind a tensor's storage (from `Tensor::storage_and_layout`), or an error naming `op`.
+pub(crate) fn cpu_storage<'a>(s: &'a candle_core::Storage, op: &str) -> Result<&'a CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("{op}: this path is for CPU tensors"),
+    }
+}
+
 /// Softmax over the last dimension whose backward pass is one fused row operation.
 struct Softmax;
 
@@ -466,13 +487,11 @@ impl CustomOp1 for GeluTanh {
         "sorrel-gelu-tanh"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        if let CpuStorage::BF16(v) = s {
-            let Some((from, to)) = l.contiguous_offsets() else {
-                candle_core::bail!("{}: the input must be contiguous", self.name());
-            };
-            let mut out = vec![half::bf16::ZERO; to - from];
+        if let CpuStorage::BF16(_) = s {
+            let x = contiguous_bf16(s, l, self.name())?;
+            let mut out = vec![half::bf16::ZERO; x.len()];
             out.par_chunks_mut(4096)
-                .zip(v[from..to].par_chunks(4096))
+                .zip(x.par_chunks(4096))
                 .for_each(|(o, x)| crate::simd::gelu_tanh_bf16(x, o));
             return Ok((CpuStorage::BF16(out), l.shape().clone()));
         }
@@ -912,18 +931,9 @@ mod tests {
             .unwrap()
             .gelu()
             .unwrap();
-        let rel = ((fused16.to_dtype(candle_core::DType::F32).unwrap() - &plain16)
-            .unwrap()
-            .abs()
-            .unwrap()
-            / (plain16.abs().unwrap() + 1e-3).unwrap())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+        let diff = (fused16.to_dtype(candle_core::DType::F32).unwrap() - &plain16).unwrap();
+        let rel =
+            sorrel_testkit::max_abs(&(diff / (plain16.abs().unwrap() + 1e-3).unwrap()).unwrap());
         assert!(rel <= 1.0 / 256.0, "bf16 gelu: {rel}");
     }
 

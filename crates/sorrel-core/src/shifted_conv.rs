@@ -66,6 +66,11 @@ struct ShiftedConv {
 /// A contiguous f32 video (B, C, T, H, W) and its dims.
 type Video<'a> = (&'a [f32], (usize, usize, usize, usize, usize));
 
+/// The op's input as a [`Video`] (a convolution's weight too: (Cout, Cin, kt, kh, kw)).
+fn video<'a>(s: &'a CpuStorage, l: &Layout) -> Result<Video<'a>> {
+    Ok((contiguous_f32(s, l, NAME)?, l.shape().dims5()?))
+}
+
 impl CustomOp2 for ShiftedConv {
     fn name(&self) -> &'static str {
         NAME
@@ -78,9 +83,7 @@ impl CustomOp2 for ShiftedConv {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = (contiguous_f32(xs, xl, NAME)?, xl.shape().dims5()?);
-        let w = (contiguous_f32(ws, wl, NAME)?, wl.shape().dims5()?);
-        self.run(x, w, None)
+        self.run(video(xs, xl)?, video(ws, wl)?, None)
     }
 }
 
@@ -98,10 +101,7 @@ impl CustomOp3 for ShiftedConv {
         cs: &CpuStorage,
         cl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = (contiguous_f32(xs, xl, NAME)?, xl.shape().dims5()?);
-        let w = (contiguous_f32(ws, wl, NAME)?, wl.shape().dims5()?);
-        let c = (contiguous_f32(cs, cl, NAME)?, cl.shape().dims5()?);
-        self.run(x, w, Some(c))
+        self.run(video(xs, xl)?, video(ws, wl)?, Some(video(cs, cl)?))
     }
 }
 

@@ -86,31 +86,6 @@ dispatch! {
 }
 
 dispatch! {
-    /// One attention row: `weights[i] = bf16(exp(scale (row[i] - max row)))` with `scratch` (at least the row's
-    /// length) for the f32 values; returns their f32 sum before rounding.
-    fn exp_row_bf16(row: &[f32], scale: f32, scratch: &mut [f32], weights: &mut [bf16]) -> f32 {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let e = &mut scratch[..row.len()];
-        for (e, &x) in e.iter_mut().zip(row) {
-            *e = crate::ops::exp_f32(scale * (x - max));
-        }
-        // 16 partial sums so the additions vectorise (an f32 sum in order cannot be reordered by the compiler).
-        let mut lanes = [0f32; 16];
-        let mut chunks = e.chunks_exact(16);
-        for c in &mut chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += v;
-            }
-        }
-        let total = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-        for (w, &v) in weights.iter_mut().zip(e.iter()) {
-            *w = bf16::from_bits(to_bf16_bits(v));
-        }
-        total
-    }
-}
-
-dispatch! {
     /// `row[i] = exp(scale · row[i] - shift)` in place; returns their sum (flash attention's f32 tile,
     /// `shift` the running max of the scaled scores).
     fn exp_row_shifted_f32(row: &mut [f32], scale: f32, shift: f32) -> f32 {
@@ -217,27 +192,6 @@ mod tests {
         let sum16 = exp_row_shifted_bf16(&row, 0.125, 3.0, &mut b);
         assert!((sum16 as f64 - want_sum).abs() <= 1e-6 * want_sum);
         for (g, w) in b.iter().zip(&want) {
-            assert!(
-                (g.to_f32() as f64 - w).abs() <= w / 256.0,
-                "{g} against {w}"
-            );
-        }
-    }
-
-    #[test]
-    fn exp_rows_match_the_softmax_numerator() {
-        let row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 5.0).collect();
-        let mut scratch = vec![0f32; 64];
-        let mut w = vec![bf16::ZERO; 37];
-        let sum = exp_row_bf16(&row, 0.5, &mut scratch, &mut w);
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let want: Vec<f64> = row
-            .iter()
-            .map(|&x| (0.5 * (x - max) as f64).exp())
-            .collect();
-        let want_sum: f64 = want.iter().sum();
-        assert!(((sum as f64) - want_sum).abs() <= 1e-5 * want_sum);
-        for (g, w) in w.iter().zip(&want) {
             assert!(
                 (g.to_f32() as f64 - w).abs() <= w / 256.0,
                 "{g} against {w}"

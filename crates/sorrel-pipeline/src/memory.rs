@@ -142,9 +142,7 @@ pub fn transformer_block(
     let width = (cfg.num_attention_heads * cfg.attention_head_dim) as u64;
     let ffn_dim = cfg.ffn_dim as u64;
     let rows = batch * tokens as u64;
-    let fused = dtype == candle_core::DType::F32
-        || (dtype == candle_core::DType::BF16 && sorrel_core::bf16_matmul::available());
-    if fused {
+    if sorrel_core::attention::fused_on_cpu(dtype) {
         // f32, and bf16 where the CPU multiplies it natively: attention holds no scores (flash attention)
         // and the feed-forward takes `FFN_ROWS` tokens at a time, so the block holds FUSED_TENSORS (tokens x
         // width) tensors and the hidden activations of one chunk, in the compute dtype.
@@ -253,7 +251,7 @@ mod tests {
         let cfg = wan13b();
         // (tokens, batch, dtype, measured): f32 and bf16 with flash attention and the chunked feed-forward;
         // the bf16 rows where the CPU has AVX512-BF16, which is what they measured.
-        let bf16_fused = sorrel_core::bf16_matmul::available();
+        let bf16_fused = sorrel_core::attention::fused_on_cpu(DType::BF16);
         for (tokens, batch, dtype, measured) in [
             (7_800, 1, DType::F32, 0.700 * gb),
             (32_760, 1, DType::F32, 2.247 * gb),

@@ -417,11 +417,11 @@ fn timestep_features(t: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 /// The 3D rotary tables: per token (frame, row, column) the concatenated per-axis angles.
-/// Returns (cos, sin), each (F*H*W, head_dim/2) in `dtype`. Angles are computed in f64 as diffusers does.
+/// Returns (cos, sin), each (F*H*W, head_dim/2) in f32 whatever the compute dtype, as diffusers keeps its
+/// `rope` module in fp32. Angles are computed in f64 as diffusers does.
 fn rope_tables(
     head_dim: usize,
     (f, h, w): (usize, usize, usize),
-    dtype: DType,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let hw_dim = 2 * (head_dim / 6);
@@ -451,9 +451,10 @@ fn rope_tables(
             }
         }
     }
-    let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
-    Ok((cos, sin))
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
+    ))
 }
 
 /// The Wan2.1 diffusion transformer.
@@ -665,13 +666,7 @@ impl WanTransformer3DModel {
             None
         };
 
-        // f32 tables whatever the compute dtype, as diffusers keeps its `rope` module in fp32.
-        let rope = rope_tables(
-            self.cfg.attention_head_dim,
-            (gf, gh, gw),
-            DType::F32,
-            x.device(),
-        )?;
+        let rope = rope_tables(self.cfg.attention_head_dim, (gf, gh, gw), x.device())?;
         let hints = match (&self.vace, &context.control) {
             (Some(v), Some(c)) => Some(v.hints(&hs0, c, context, &tproj, &rope)?),
             (None, None) => None,
