@@ -8,7 +8,6 @@ mod output;
 mod planner_chat;
 mod provenance;
 mod serve;
-mod storyboard;
 mod train;
 mod weights;
 
@@ -245,8 +244,8 @@ fn parse_size(args: &GenerateOptions, default: (usize, usize)) -> Result<(usize,
     ))
 }
 
-/// `--seconds` as a frame count at `fps`, rounded up to what a VAE compressing time `tc`x takes (1 + k tc), so
-/// the video lasts at least as long as asked (5 s at 16 fps: Wan's own 81 frames).
+/// `--seconds` as a frame count at `fps` ([`sorrel_pipeline::frames_covering`]), refusing lengths no model
+/// could make.
 fn seconds_to_frames(seconds: f64, fps: u32, tc: usize) -> Result<usize> {
     if !seconds.is_finite() || seconds <= 0.0 {
         bail!("--seconds {seconds} is not supported: give a positive length such as 5 or 60");
@@ -255,12 +254,7 @@ fn seconds_to_frames(seconds: f64, fps: u32, tc: usize) -> Result<usize> {
     if seconds > 1e6 {
         bail!("--seconds {seconds} is not supported: that is over eleven days of video");
     }
-    let frames = (seconds * fps as f64).round().max(1.0) as usize;
-    Ok(if tc > 1 {
-        frames.saturating_sub(1).div_ceil(tc) * tc + 1
-    } else {
-        frames
-    })
+    Ok(sorrel_pipeline::frames_covering(seconds, fps, tc))
 }
 
 pub(crate) fn parse_dtype(s: &str) -> Result<DType> {

@@ -1,10 +1,11 @@
 //! The flags that name weights beside `--model`: LoRA adapters and single-file components (ComfyUI's
 //! repackaged files, GGUF transformers). Shared by `generate`, `connect`, `film` and `serve`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
+use sorrel_film::{hash_ends, hex};
 use sorrel_pipeline::{LoadOptions, LoraSpec};
 
 /// `--lora`, `--transformer`, `--text-encoder`, `--vae`, `--image-encoder`.
@@ -95,25 +96,4 @@ impl WeightArgs {
         }
         Ok(out)
     }
-}
-
-/// Hashes a weights file's length and its first and last MiB (hashing 28 GB of a 14B model for every film
-/// would cost more than a shot; another file of the same shapes differs in those bytes).
-pub fn hash_ends(h: &mut Sha256, p: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
-    let len = f.metadata()?.len();
-    h.update(len.to_le_bytes());
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    f.read_exact(&mut buf)?;
-    h.update(&buf);
-    f.seek(SeekFrom::Start(len - buf.len() as u64))?;
-    f.read_exact(&mut buf)?;
-    h.update(&buf);
-    Ok(())
-}
-
-/// Lower-case hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

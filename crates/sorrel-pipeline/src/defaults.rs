@@ -156,3 +156,14 @@ impl ModelDefaults {
             .is_some_and(|m| m.iter().any(|m| m == "extend"))
     }
 }
+
+/// The frames that cover `seconds` (positive, finite) at `fps`, rounded up to what a VAE compressing time
+/// `tc`x takes (1 + k tc), so a video lasts at least as long as asked (5 s at 16 fps: Wan's own 81 frames).
+pub fn frames_covering(seconds: f64, fps: u32, tc: usize) -> usize {
+    let frames = (seconds * fps as f64).round().max(1.0) as usize;
+    if tc > 1 {
+        frames.saturating_sub(1).div_ceil(tc) * tc + 1
+    } else {
+        frames
+    }
+}

@@ -18,7 +18,7 @@ pub mod rollout;
 pub mod vace;
 
 pub use compose::Splice;
-pub use defaults::ModelDefaults;
+pub use defaults::{frames_covering, ModelDefaults};
 pub use denoise::{decoded_to_frames, fit, StepFn};
 pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
 pub use modes::{FrameSink, Mode, ModelInfo, Streamed, Video};

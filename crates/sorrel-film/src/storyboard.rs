@@ -1,9 +1,9 @@
 //! The film's storyboard: one row per shot, its middle frame beside its number, length, cut or
 //! continuation, and the story's line, as a PNG.
 
-use anyhow::Result;
 use candle_core::Tensor;
 use font8x8::UnicodeFonts;
+use sorrel_core::Result;
 use sorrel_pipeline::film::Plan;
 use sorrel_pipeline::Picture;
 
@@ -159,8 +159,9 @@ pub fn sheet(plan: &Plan, shots: &[Tensor], counts: &[usize], fps: u32) -> Resul
             c.text(x, y + 8 * SCALE + 4 + k * (8 * SCALE + 2), line, INK);
         }
     }
-    let frame = sorrel_media::Frame::new(width as u32, height as u32, c.rgb)?;
-    Ok(sorrel_media::encode_png(&frame)?)
+    let frame =
+        sorrel_media::Frame::new(width as u32, height as u32, c.rgb).map_err(crate::output)?;
+    sorrel_media::encode_png(&frame).map_err(crate::output)
 }
 
 #[cfg(test)]

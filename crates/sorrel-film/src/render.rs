@@ -1,0 +1,305 @@
+//! Rendering a plan shot by shot: each character's reference picture made once, cuts started from their lead
+//! character's picture where the model does image to video, continuous shots continued from the shot before,
+//! and every finished shot (and picture) cached under a SHA-256 of what made it, written atomically, so a
+//! crash or Ctrl-C resumes where it stopped and an edited plan re-renders only the shots that changed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+use sorrel_core::{Error, Result};
+use sorrel_pipeline::film::Plan;
+use sorrel_pipeline::{Conditioning, Event, Forcing, GenerateRequest, Picture, WanPipeline};
+
+use crate::fingerprint::hex;
+use crate::layout::FilmLayout;
+
+/// Where and for which model a film renders.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// The work folder: `plan.json`, `shots/` and `characters/` (the cache a rerun resumes from).
+    pub work: PathBuf,
+    /// The identity of the model and its adapters ([`crate::model_fingerprint`] and whatever else changes
+    /// the weights), part of every cache key.
+    pub fingerprint: String,
+    /// Refuse a shot that will not fit this many bytes of memory (`None`: what the machine has now).
+    pub memory_room: Option<u64>,
+}
+
+/// What a render reports as it goes.
+#[derive(Debug, Clone)]
+pub enum FilmEvent {
+    /// `done` of the film's frames are made (a shot in progress counts by its steps); `label` says what is
+    /// being made ("shot 3/6", or a character's name for its picture).
+    Frames {
+        /// Frames made so far.
+        done: usize,
+        /// What is being made.
+        label: String,
+    },
+    /// A line worth showing: a shot finished or taken from the cache.
+    Line(String),
+}
+
+/// A rendered film: each shot's frames, in order.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// Each shot's frames, (F, H, W, 3) f32 in [0, 1].
+    pub shots: Vec<Tensor>,
+    /// Each shot's cache key (hex SHA-256).
+    pub keys: Vec<String>,
+    /// The film's key, from its shots' keys: names this exact film (its watermark payload comes from it).
+    pub film_key: String,
+    /// Prompt words the model's tokenizer does not know, each once.
+    pub unknown_words: Vec<String>,
+    /// Each character's reference picture, by name.
+    pub characters: Vec<(String, Picture)>,
+}
+
+/// Frames (F, H, W, 3) f32 in [0, 1] as pictures.
+fn pictures(frames: &Tensor) -> Result<Vec<Picture>> {
+    let (f, h, w, _) = frames.dims4()?;
+    let data = frames.flatten_all()?.to_vec1::<f32>()?;
+    Ok((0..f)
+        .map(|i| Picture {
+            width: w,
+            height: h,
+            rgb: data[i * h * w * 3..(i + 1) * h * w * 3]
+                .iter()
+                .map(|&v| sorrel_media::to_u8(v))
+                .collect(),
+        })
+        .collect())
+}
+
+fn picture_hash(p: &Picture) -> String {
+    let mut h = Sha256::new();
+    h.update((p.width as u64).to_le_bytes());
+    h.update((p.height as u64).to_le_bytes());
+    h.update(&p.rgb);
+    hex(&h.finalize())
+}
+
+/// A cached shot's frames, or `None` when the cache has none (or a damaged one, which is redone).
+fn read_cached(path: &Path) -> Option<Tensor> {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+    t.remove("frames")
+}
+
+/// Writes frames to the cache atomically: a reader (or a resumed run) sees the whole shot or none of it.
+fn write_cached(path: &Path, frames: &Tensor) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    candle_core::safetensors::save(
+        &[("frames".to_string(), frames.clone())]
+            .into_iter()
+            .collect(),
+        &tmp,
+    )?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A name as a file name: letters and digits, the rest as `-`.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// Renders `plan` laid out as `layout` on `pipe`, reporting to `on` (which returns `false` to stop: the render
+/// then ends with [`Error::Cancelled`], keeping every shot already finished in the cache).
+pub fn render(
+    pipe: &WanPipeline,
+    plan: &Plan,
+    layout: &FilmLayout,
+    opts: &RenderOptions,
+    on: &mut dyn FnMut(FilmEvent) -> bool,
+) -> Result<Rendered> {
+    let work = &opts.work;
+    for sub in ["shots", "characters"] {
+        let d = work.join(sub);
+        std::fs::create_dir_all(&d).map_err(|source| Error::Io { path: d, source })?;
+    }
+    sorrel_media::write_file(&work.join("plan.json"), plan.to_json().as_bytes())
+        .map_err(crate::output)?;
+    let key = |parts: &[&str]| {
+        let mut h = Sha256::new();
+        h.update(b"sorrel-film-shot-v1");
+        h.update(opts.fingerprint.as_bytes());
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        hex(&h.finalize())
+    };
+    let request =
+        |prompt: String, frames: usize, seed: u64, conditioning: Conditioning| GenerateRequest {
+            prompt,
+            negative_prompt: String::new(),
+            width: layout.width,
+            height: layout.height,
+            frames,
+            steps: layout.steps,
+            guidance: layout.guidance,
+            guidance_2: None,
+            seed,
+            max_sequence_length: None,
+            scheduler: None,
+            flow_shift: None,
+            init_latents: None,
+            conditioning,
+            forcing: Forcing::default(),
+        };
+    let settings = layout.settings();
+    let mut unknown: Vec<String> = Vec::new();
+    let mut run = |req: &GenerateRequest,
+                   done: usize,
+                   label: String,
+                   on: &mut dyn FnMut(FilmEvent) -> bool|
+     -> Result<Tensor> {
+        req.validate(pipe)?;
+        pipe.check_memory(req, opts.memory_room)?;
+        let shot_frames = req.frames;
+        let mut on_event = |ev: &Event| match ev {
+            Event::Step { index, total, .. } => on(FilmEvent::Frames {
+                done: done + shot_frames * index / (*total).max(1),
+                label: label.clone(),
+            }),
+            _ => true,
+        };
+        let video = pipe.generate(req, &mut on_event)?;
+        for w in video.unknown_words {
+            if !unknown.contains(&w) {
+                unknown.push(w);
+            }
+        }
+        Ok(video.frames)
+    };
+
+    // Each character's reference picture: the first frame of its first shot as lead, made once.
+    let mut refs: Vec<(String, Picture)> = Vec::new();
+    if layout.references {
+        for c in &plan.characters {
+            let Some(first) = (0..plan.shots.len()).find(|&i| {
+                !plan.shots[i].continues && plan.shots[i].characters.first() == Some(&c.name)
+            }) else {
+                continue;
+            };
+            let seed = Plan::character_seed(c);
+            let prompt = plan.prompt_of(first);
+            let k = key(&["character", &prompt, &seed.to_string(), &settings]);
+            let path =
+                work.join("characters")
+                    .join(format!("{}-{}.safetensors", slug(&c.name), &k[..16]));
+            let frames = match read_cached(&path) {
+                Some(f) => f,
+                None => {
+                    let req = request(prompt, layout.character_frames, seed, Conditioning::None);
+                    let f = run(&req, 0, c.name.clone(), on)?.narrow(0, 0, 1)?;
+                    write_cached(&path, &f)?;
+                    f
+                }
+            };
+            let pic = pictures(&frames)?.remove(0);
+            let png =
+                sorrel_media::Frame::new(pic.width as u32, pic.height as u32, pic.rgb.clone())
+                    .and_then(|f| sorrel_media::encode_png(&f))
+                    .map_err(crate::output)?;
+            let png_path = work
+                .join("characters")
+                .join(format!("{}.png", slug(&c.name)));
+            sorrel_media::write_file(&png_path, &png).map_err(crate::output)?;
+            refs.push((c.name.clone(), pic));
+        }
+    }
+
+    let mut shots: Vec<Tensor> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
+    let mut done = 0usize;
+    let n = plan.shots.len();
+    for (i, s) in plan.shots.iter().enumerate() {
+        let seed = plan.shot_seed(i);
+        let prompt = plan.prompt_of(i);
+        let lead_ref = s
+            .characters
+            .first()
+            .and_then(|name| refs.iter().find(|(r, _)| r == name))
+            .map(|(_, p)| p);
+        let (conditioning, given) = if s.continues {
+            let before = pictures(&shots[i - 1])?;
+            (
+                Conditioning::Continue {
+                    before,
+                    after: vec![],
+                },
+                format!("continues {}", keys[i - 1]),
+            )
+        } else if let Some(p) = lead_ref {
+            (
+                Conditioning::Image {
+                    first: p.clone(),
+                    last: None,
+                },
+                format!("from {}", picture_hash(p)),
+            )
+        } else {
+            (Conditioning::None, "text".to_string())
+        };
+        let count = layout.frames[i];
+        let k = key(&[
+            "shot",
+            &prompt,
+            &count.to_string(),
+            &seed.to_string(),
+            &settings,
+            &given,
+        ]);
+        let path = work
+            .join("shots")
+            .join(format!("{:02}-{}.safetensors", i + 1, &k[..16]));
+        let frames = match read_cached(&path) {
+            Some(f) => {
+                on(FilmEvent::Line(format!(
+                    "shot {}/{n}: cached ({})",
+                    i + 1,
+                    path.display()
+                )));
+                f
+            }
+            None => {
+                let t = Instant::now();
+                let req = request(prompt, count, seed, conditioning);
+                let f = run(&req, done, format!("shot {}/{n}", i + 1), on)?;
+                write_cached(&path, &f)?;
+                on(FilmEvent::Line(format!(
+                    "shot {}/{n}: {} frames in {:.1} s: {}",
+                    i + 1,
+                    f.dim(0)?,
+                    t.elapsed().as_secs_f64(),
+                    s.text
+                )));
+                f
+            }
+        };
+        done += count;
+        if !on(FilmEvent::Frames {
+            done,
+            label: format!("shot {}/{n}", i + 1),
+        }) {
+            return Err(Error::Cancelled);
+        }
+        shots.push(frames);
+        keys.push(k);
+    }
+    let film_key = key(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+    Ok(Rendered {
+        shots,
+        keys,
+        film_key,
+        unknown_words: unknown,
+        characters: refs,
+    })
+}
