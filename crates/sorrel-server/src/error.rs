@@ -55,13 +55,24 @@ impl ApiError {
         }
     }
 
+    /// 404 for a film id that does not exist (or belongs to someone else).
+    pub fn film_not_found(id: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            message: format!("No film found with id '{id}'."),
+            param: Some("film_id".into()),
+            code: Some("film_not_found"),
+        }
+    }
+
     /// 404 for a path that is not part of the API.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
             kind: "invalid_request_error",
             message: format!(
-                "Invalid URL ({method} {path}): this server implements /v1/videos and /v1/models."
+                "Invalid URL ({method} {path}): this server implements /v1/videos, /v1/films and /v1/models."
             ),
             param: None,
             code: Some("unknown_url"),

@@ -1,4 +1,5 @@
-//! A video job as stored, and the OpenAI `Video` object it is shown as.
+//! A job as stored (a video, or a film: many shots from one plan), and the API object it is shown as: OpenAI's
+//! `Video`, or Sorrel's `Film`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -44,6 +45,50 @@ impl JobStatus {
     }
 }
 
+/// What a job makes: one video, or a film of many shots. The id's prefix says which, so a film's id is never
+/// found under `/v1/videos` (nor a video's under `/v1/films`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A video (`/v1/videos`, ids `video_...`).
+    Video,
+    /// A film (`/v1/films`, ids `film_...`).
+    Film,
+}
+
+impl Kind {
+    /// The id prefix, `video_` or `film_`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Kind::Video => "video_",
+            Kind::Film => "film_",
+        }
+    }
+
+    /// The API object's name, `video` or `film`.
+    pub fn object(self) -> &'static str {
+        match self {
+            Kind::Video => "video",
+            Kind::Film => "film",
+        }
+    }
+
+    /// The kind of a valid id.
+    pub fn of(id: &str) -> Option<Kind> {
+        [Kind::Video, Kind::Film]
+            .into_iter()
+            .find(|k| is_valid_id_of(id, *k))
+    }
+}
+
+/// A film job's plan (its shots, characters and lengths), checked when the job was created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilmParams {
+    /// The plan, as `sorrel film --plan-only` writes it.
+    pub plan: sorrel_pipeline::film::Plan,
+    /// Each shot's frame count on the job's model.
+    pub frames: Vec<usize>,
+}
+
 /// What to generate; stored as JSON so new fields do not need a schema change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenParams {
@@ -71,6 +116,9 @@ pub struct GenParams {
     /// What the video starts from besides the prompt (absent: text alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<JobInput>,
+    /// A film's plan (absent: a video). `frames` and `seconds` are then the whole film's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub film: Option<FilmParams>,
 }
 
 /// A job's input, a file in its input folder ([`crate::files::DataDir::input_dir`]).
@@ -103,7 +151,7 @@ pub struct JobError {
 /// One job as the store holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    /// `video_` + 32 hex digits.
+    /// `video_` or `film_`, and 32 hex digits.
     pub id: String,
     /// Who may see it: a hash of the API key, or `local` when the server has no keys.
     pub owner: String,
@@ -130,9 +178,18 @@ pub struct Job {
 }
 
 impl Job {
-    /// The OpenAI `Video` object, plus Sorrel's extras under their own names (`seed`, `steps`, ...).
+    /// What the job makes.
+    pub fn kind(&self) -> Kind {
+        Kind::of(&self.id).unwrap_or(Kind::Video)
+    }
+
+    /// The OpenAI `Video` object, plus Sorrel's extras under their own names (`seed`, `steps`, ...); for a
+    /// film, Sorrel's `Film` object: the same fields, with its shots and characters.
     pub fn to_api(&self) -> Value {
         let p = &self.params;
+        if let Some(film) = &p.film {
+            return self.film_api(film);
+        }
         json!({
             "id": self.id,
             "object": "video",
@@ -157,15 +214,74 @@ impl Job {
     }
 }
 
-/// A fresh job id: `video_` and 128 random bits in hex.
-pub fn new_id() -> String {
-    format!("video_{:032x}", rand::random::<u128>())
+impl Job {
+    fn film_api(&self, film: &FilmParams) -> Value {
+        let p = &self.params;
+        let plan = &film.plan;
+        let mut at = 0.0;
+        let shots: Vec<Value> = plan
+            .shots
+            .iter()
+            .zip(&film.frames)
+            .enumerate()
+            .map(|(i, (s, &frames))| {
+                let seconds = frames as f64 / p.fps as f64;
+                let v = json!({
+                    "index": i + 1,
+                    "text": s.text,
+                    "prompt": plan.prompt_of(i),
+                    "start": at,
+                    "seconds": seconds,
+                    "frames": frames,
+                    "continues": s.continues,
+                    "characters": s.characters,
+                    "seed": plan.shot_seed(i),
+                });
+                at += seconds;
+                v
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "object": "film",
+            "model": self.model,
+            "status": self.status.as_str(),
+            "progress": self.progress,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "expires_at": self.expires_at,
+            "error": self.error,
+            "seconds": p.frames as f64 / p.fps as f64,
+            "size": format!("{}x{}", p.width, p.height),
+            "frames": p.frames,
+            "fps": p.fps,
+            "steps": p.steps,
+            "guidance": p.guidance,
+            "characters": plan.characters,
+            "shots": shots,
+        })
+    }
 }
 
-/// True for ids this server could have issued. Everything else is refused before it reaches the
-/// database or the file system, so ids like `../x` never become paths.
+/// A fresh job id: `video_` (or `film_`) and 128 random bits in hex.
+pub fn new_id_of(kind: Kind) -> String {
+    format!("{}{:032x}", kind.prefix(), rand::random::<u128>())
+}
+
+/// A fresh video id.
+pub fn new_id() -> String {
+    new_id_of(Kind::Video)
+}
+
+/// True for ids this server could have issued, of either kind. Everything else is refused before it
+/// reaches the database or the file system, so ids like `../x` never become paths.
 pub fn is_valid_id(id: &str) -> bool {
-    id.strip_prefix("video_").is_some_and(|hex| {
+    Kind::of(id).is_some()
+}
+
+/// True for ids of `kind` this server could have issued.
+pub fn is_valid_id_of(id: &str, kind: Kind) -> bool {
+    id.strip_prefix(kind.prefix()).is_some_and(|hex| {
         hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     })
 }
@@ -202,9 +318,15 @@ mod tests {
             "video_0123456789abcdef0123456789abcde",
             "video_0123456789abcdef0123456789abcdef0",
             "vid_0123456789abcdef0123456789abcdef",
+            "film_../../../etc/passwd",
+            "film_0123456789abcdef0123456789abcde",
         ] {
             assert!(!is_valid_id(bad), "{bad}");
         }
+        let film = new_id_of(Kind::Film);
+        assert_eq!(Kind::of(&film), Some(Kind::Film));
+        assert!(!is_valid_id_of(&film, Kind::Video), "{film}");
+        assert!(!is_valid_id_of(&id, Kind::Film), "{id}");
     }
 
     #[test]

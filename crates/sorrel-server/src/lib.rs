@@ -11,6 +11,8 @@ pub mod config;
 pub mod error;
 mod events;
 pub mod files;
+mod film_job;
+pub mod film_params;
 pub mod job;
 pub mod models;
 pub mod params;

@@ -25,6 +25,8 @@ pub struct LoadedModel {
     pub name: String,
     /// The pipeline, shared by all workers.
     pub pipe: Arc<WanPipeline>,
+    /// The folder it was loaded from (a film's shot cache is keyed by its files).
+    pub dir: std::path::PathBuf,
 }
 
 impl LoadedModel {
@@ -72,6 +74,7 @@ impl Models {
             list.push(LoadedModel {
                 name: spec.name.clone(),
                 pipe: Arc::new(pipe),
+                dir: spec.dir.clone(),
             });
         }
         Ok(Self { list })

@@ -9,7 +9,7 @@ use sorrel_pipeline::{Conditioning, GenerateRequest, Picture};
 
 use crate::config::{Defaults, Limits};
 use crate::error::ApiError;
-use crate::job::{GenParams, JobInput};
+use crate::job::{GenParams, JobInput, Kind};
 use crate::models::{Catalog, ModelCard};
 use sorrel_pipeline::Mode;
 
@@ -306,33 +306,7 @@ pub fn parse_create(
     let negative_prompt = f.string("negative_prompt")?.unwrap_or_default();
     check_prompt("negative_prompt", &negative_prompt, limits, false)?;
 
-    let model = match f.string("model")? {
-        None => models.default_model().ok_or_else(|| {
-            ApiError::invalid(
-                "model",
-                "No worker has published a model yet, so there is nothing to generate with: start \
-                 `sorrel worker --store ...` with the same store (it serves the embedded model without \
-                 --model).",
-            )
-        })?,
-        Some(name) => models.get(&name).ok_or_else(|| {
-            let has = models.names();
-            ApiError::invalid(
-                "model",
-                if has.is_empty() {
-                    format!(
-                        "Invalid 'model': '{name}'. No worker has published a model yet: start \
-                         `sorrel worker --store ... --model {name}=DIR` with the same store."
-                    )
-                } else {
-                    format!(
-                        "Invalid 'model': '{name}'. This server has: {}.",
-                        has.join(", ")
-                    )
-                },
-            )
-        })?,
-    };
+    let model = resolve_model(models, f.string("model")?)?;
     // A request the model cannot run is refused here, not after the job is queued.
     let (mode, param) = match (&upload, &clip) {
         (Some(_), _) => (Mode::ImageToVideo, "input_reference"),
@@ -425,6 +399,7 @@ pub fn parse_create(
             }),
             _ => None,
         },
+        film: None,
     };
     let (conditioning, upload) = match (upload, clip) {
         (Some((_, first, bytes)), _) => (Conditioning::Image { first, last: None }, Some(bytes)),
@@ -709,6 +684,8 @@ pub enum Variant {
     Thumbnail,
     /// A grid of frames, JPEG.
     Spritesheet,
+    /// A film's storyboard: one frame per shot beside its line of text, PNG.
+    Storyboard,
 }
 
 impl Variant {
@@ -718,6 +695,7 @@ impl Variant {
             Variant::Video => "video.mp4",
             Variant::Thumbnail => "thumbnail.webp",
             Variant::Spritesheet => "spritesheet.jpg",
+            Variant::Storyboard => "storyboard.png",
         }
     }
 
@@ -727,12 +705,13 @@ impl Variant {
             Variant::Video => "video/mp4",
             Variant::Thumbnail => "image/webp",
             Variant::Spritesheet => "image/jpeg",
+            Variant::Storyboard => "image/png",
         }
     }
 }
 
-/// Reads the content query.
-pub fn parse_variant(query: &[(String, String)]) -> Result<Variant, ApiError> {
+/// Reads the content query of a job of `kind` (only films have a storyboard).
+pub fn parse_variant(query: &[(String, String)], kind: Kind) -> Result<Variant, ApiError> {
     let mut f = Fields::new(
         query
             .iter()
@@ -743,17 +722,52 @@ pub fn parse_variant(query: &[(String, String)]) -> Result<Variant, ApiError> {
         None | Some("video") => Variant::Video,
         Some("thumbnail") => Variant::Thumbnail,
         Some("spritesheet") => Variant::Spritesheet,
+        Some("storyboard") if kind == Kind::Film => Variant::Storyboard,
         Some(v) => {
+            let films = if kind == Kind::Film {
+                ", 'spritesheet' or 'storyboard'"
+            } else {
+                " or 'spritesheet'"
+            };
             return Err(ApiError::invalid(
                 "variant",
-                format!(
-                    "Invalid 'variant': '{v}'. Expected 'video', 'thumbnail' or 'spritesheet'."
-                ),
-            ))
+                format!("Invalid 'variant': '{v}'. Expected 'video', 'thumbnail'{films}."),
+            ));
         }
     };
     f.finish()?;
     Ok(v)
+}
+
+/// The model a request names (`None`: the default), or a 400 naming the models there are.
+pub fn resolve_model(models: &Catalog, name: Option<String>) -> Result<&ModelCard, ApiError> {
+    match name {
+        None => models.default_model().ok_or_else(|| {
+            ApiError::invalid(
+                "model",
+                "No worker has published a model yet, so there is nothing to generate with: start \
+                 `sorrel worker --store ...` with the same store (it serves the embedded model without \
+                 --model).",
+            )
+        }),
+        Some(name) => models.get(&name).ok_or_else(|| {
+            let has = models.names();
+            ApiError::invalid(
+                "model",
+                if has.is_empty() {
+                    format!(
+                        "Invalid 'model': '{name}'. No worker has published a model yet: start \
+                         `sorrel worker --store ... --model {name}=DIR` with the same store."
+                    )
+                } else {
+                    format!(
+                        "Invalid 'model': '{name}'. This server has: {}.",
+                        has.join(", ")
+                    )
+                },
+            )
+        }),
+    }
 }
 
 #[cfg(test)]

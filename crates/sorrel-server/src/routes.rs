@@ -1,5 +1,6 @@
 //! The HTTP routes: OpenAI's `/v1/videos` family plus Sorrel's extras (`/events`, `/logs`, `/v1/models`,
-//! `/health`, `/credentials`) and the studio page at `/`.
+//! `/health`, `/credentials`), films (`/v1/films`: the same job life, plus the storyboard and each shot) and
+//! the studio page at `/`.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use crate::auth::{require_key, Owner};
 use crate::error::ApiError;
-use crate::job::{is_valid_id, new_id, now, Job, JobInput, JobStatus};
+use crate::job::{is_valid_id_of, new_id, new_id_of, now, Job, JobInput, JobStatus, Kind};
 use crate::models::Catalog;
 use crate::params::{self, Field, Variant};
 use crate::store::{Inserted, JobStore};
@@ -23,7 +24,8 @@ use sorrel_pipeline::Mode;
 /// The router with every route, auth and the body limit.
 pub fn router<S: JobStore>(app: Arc<App<S>>) -> Router {
     let limit = app.config.limits.max_body_bytes;
-    let api = Router::new()
+    // Videos and films share their handlers; each route knows which kind of job its ids name.
+    let videos = Router::new()
         .route("/v1/videos", post(create::<S>).get(list::<S>))
         .route("/v1/videos/{id}", get(retrieve::<S>).delete(delete::<S>))
         .route("/v1/videos/{id}/content", get(content::<S>))
@@ -31,6 +33,19 @@ pub fn router<S: JobStore>(app: Arc<App<S>>) -> Router {
         .route("/v1/videos/{id}/events", get(events::<S>))
         .route("/v1/videos/{id}/logs", get(logs::<S>))
         .route("/v1/videos/{id}/credentials", get(credentials::<S>))
+        .route_layer(Extension(Kind::Video));
+    let films = Router::new()
+        .route("/v1/films", post(create_film::<S>).get(list::<S>))
+        .route("/v1/films/{id}", get(retrieve::<S>).delete(delete::<S>))
+        .route("/v1/films/{id}/content", get(content::<S>))
+        .route("/v1/films/{id}/shots/{n}/content", get(shot_content::<S>))
+        .route("/v1/films/{id}/events", get(events::<S>))
+        .route("/v1/films/{id}/logs", get(logs::<S>))
+        .route("/v1/films/{id}/credentials", get(credentials::<S>))
+        .route_layer(Extension(Kind::Film));
+    let api = Router::new()
+        .merge(videos)
+        .merge(films)
         .route("/v1/models", get(models::<S>))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
@@ -54,7 +69,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(method.as_str(), uri.path())
 }
 
-/// A Video object response, with the polling hint the SDKs' `poll` helpers read.
+/// A Video (or Film) object response, with the polling hint the SDKs' `poll` helpers read.
 fn video_response(job: &Job, poll_after_ms: u64) -> Response {
     let mut res = Json(job.to_api()).into_response();
     if !job.status.is_final() {
@@ -66,23 +81,41 @@ fn video_response(job: &Job, poll_after_ms: u64) -> Response {
     res
 }
 
-/// The caller's job `id`; malformed ids and other callers' jobs are both "not found" (never revealing that
-/// someone else's id exists).
-async fn owned_job<S: JobStore>(app: &App<S>, owner: &Owner, id: &str) -> Result<Job, ApiError> {
-    if !is_valid_id(id) {
+/// The caller's job `id` of `kind`; malformed ids and other callers' jobs are both "not found" (never
+/// revealing that someone else's id exists).
+async fn owned_job<S: JobStore>(
+    app: &App<S>,
+    owner: &Owner,
+    id: &str,
+    kind: Kind,
+) -> Result<Job, ApiError> {
+    if !is_valid_id_of(id, kind) {
+        let what = kind.object();
         return Err(ApiError {
-            code: Some("invalid_video_id"),
+            code: Some(match kind {
+                Kind::Video => "invalid_video_id",
+                Kind::Film => "invalid_film_id",
+            }),
             ..ApiError::invalid(
-                "video_id",
+                format!("{what}_id"),
                 format!(
-                    "Invalid video id '{id}': ids look like 'video_' followed by 32 hex digits."
+                    "Invalid {what} id '{id}': ids look like '{}' followed by 32 hex digits.",
+                    kind.prefix()
                 ),
             )
         });
     }
     match app.store.get(id).await? {
         Some(job) if job.owner == owner.0 => Ok(job),
-        _ => Err(ApiError::video_not_found(id)),
+        _ => Err(not_found(kind, id)),
+    }
+}
+
+/// 404 for a job of `kind` that does not exist (or is someone else's).
+fn not_found(kind: Kind, id: &str) -> ApiError {
+    match kind {
+        Kind::Video => ApiError::video_not_found(id),
+        Kind::Film => ApiError::film_not_found(id),
     }
 }
 
@@ -91,13 +124,17 @@ async fn owned_job<S: JobStore>(app: &App<S>, owner: &Owner, id: &str) -> Result
 async fn completed_job<S: JobStore>(
     app: &App<S>,
     owner: &Owner,
-    id: &str,
+    (id, kind): (&str, Kind),
     what: &str,
 ) -> Result<Job, ApiError> {
-    let job = owned_job(app, owner, id).await?;
+    let job = owned_job(app, owner, id, kind).await?;
     if job.status != JobStatus::Completed {
+        let name = match kind {
+            Kind::Video => "Video",
+            Kind::Film => "Film",
+        };
         return Err(ApiError::conflict(format!(
-            "Video '{id}' is {}: {what} once its status is 'completed'.",
+            "{name} '{id}' is {}: {what} once its status is 'completed'.",
             job.status.as_str()
         )));
     }
@@ -261,6 +298,38 @@ async fn create<S: JobStore>(
     enqueue_or_clean(&app, job, &catalog).await
 }
 
+/// `POST /v1/films` (a Sorrel extension): a story or plan, laid out and checked now, then queued as one job.
+async fn create_film<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let catalog = app.catalog().await?;
+    let parsed = crate::film_params::parse_film(&body, &catalog, &app.config.limits)?;
+    // Shots are made one at a time: the longest is what must fit.
+    let longest = crate::job::GenParams {
+        frames: parsed.longest_shot,
+        film: None,
+        ..parsed.params.clone()
+    };
+    check_memory(&app, &parsed.model, &longest)?;
+    let job = Job {
+        id: new_id_of(Kind::Film),
+        owner: owner.0,
+        model: parsed.model,
+        params: parsed.params,
+        status: JobStatus::Queued,
+        progress: 0,
+        created_at: now(),
+        completed_at: None,
+        expires_at: None,
+        error: None,
+        remixed_from: None,
+        attempts: 0,
+    };
+    enqueue_or_clean(&app, job, &catalog).await
+}
+
 async fn enqueue<S: JobStore>(
     app: &Arc<App<S>>,
     job: Job,
@@ -288,30 +357,35 @@ async fn enqueue<S: JobStore>(
 async fn retrieve<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&app, &owner, &id).await?;
+    let job = owned_job(&app, &owner, &id, kind).await?;
     Ok(video_response(&job, app.config.poll_after_ms))
 }
 
 async fn list<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = params::parse_list(&query_pairs(q)?)?;
     if let Some(after) = &q.after {
         // An unknown cursor would silently restart the listing; say so instead.
-        owned_job(&app, &owner, after).await.map_err(|_| {
+        owned_job(&app, &owner, after, kind).await.map_err(|_| {
             ApiError::invalid(
                 "after",
-                format!("Invalid 'after': no video '{after}' to continue after."),
+                format!(
+                    "Invalid 'after': no {} '{after}' to continue after.",
+                    kind.object()
+                ),
             )
         })?;
     }
     let (jobs, has_more) = app
         .store
-        .list(&owner.0, q.after.as_deref(), q.limit, q.order)
+        .list(&owner.0, kind, q.after.as_deref(), q.limit, q.order)
         .await?;
     let data: Vec<_> = jobs.iter().map(Job::to_api).collect();
     Ok(Json(json!({
@@ -327,9 +401,10 @@ async fn list<S: JobStore>(
 async fn delete<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&app, &owner, &id).await?;
+    let job = owned_job(&app, &owner, &id, kind).await?;
     if let Some(flag) = app.running.lock().expect("running map").get(&id) {
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -338,27 +413,67 @@ async fn delete<S: JobStore>(
     app.data.remove_job(&id)?;
     app.changed(&id);
     tracing::info!("deleted {id} (was {})", job.status.as_str());
-    Ok(Json(json!({"id": id, "object": "video.deleted", "deleted": true})).into_response())
+    let object = format!("{}.deleted", kind.object());
+    Ok(Json(json!({"id": id, "object": object, "deleted": true})).into_response())
 }
 
 async fn content<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let variant = params::parse_variant(&query_pairs(q)?)?;
-    completed_job(&app, &owner, &id, "its content can be downloaded").await?;
+    let variant = params::parse_variant(&query_pairs(q)?, kind)?;
+    completed_job(&app, &owner, (&id, kind), "its content can be downloaded").await?;
     let path = app.data.job_dir(&id).join(variant.file_name());
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::video_not_found(&id));
+    file_response(&path, variant.content_type(), not_found(kind, &id)).await
+}
+
+/// `GET /v1/films/{id}/shots/{n}/content`: shot `n` (from 1) of a finished film, as its own signed MP4.
+async fn shot_content<S: JobStore>(
+    State(app): State<Arc<App<S>>>,
+    Extension(owner): Extension<Owner>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = completed_job(
+        &app,
+        &owner,
+        (&id, Kind::Film),
+        "its shots can be downloaded",
+    )
+    .await?;
+    let shots = job.params.film.as_ref().map_or(0, |f| f.plan.shots.len());
+    let n = match n.parse::<usize>() {
+        Ok(n) if (1..=shots).contains(&n) => n,
+        _ => {
+            return Err(ApiError::invalid(
+                "shot",
+                format!("Invalid shot '{n}': film '{id}' has shots 1 to {shots}."),
+            ))
         }
+    };
+    let path = app
+        .data
+        .job_dir(&id)
+        .join("shots")
+        .join(crate::film_job::shot_file(n));
+    file_response(&path, "video/mp4", ApiError::film_not_found(&id)).await
+}
+
+/// A finished job's file; `missing` when it is gone (removed as the job expired).
+async fn file_response(
+    path: &std::path::Path,
+    content_type: &'static str,
+    missing: ApiError,
+) -> Result<Response, ApiError> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing),
         Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
     };
     Ok(Response::builder()
-        .header(header::CONTENT_TYPE, variant.content_type())
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, bytes.len())
         .body(Body::from(bytes))
         .expect("static headers"))
@@ -370,7 +485,7 @@ async fn remix<S: JobStore>(
     Path(id): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let source = owned_job(&app, &owner, &id).await?;
+    let source = owned_job(&app, &owner, &id, Kind::Video).await?;
     if source.status != JobStatus::Completed {
         return Err(ApiError::conflict(format!(
             "Video '{id}' is {}: only completed videos can be remixed.",
@@ -504,18 +619,20 @@ fn copy_input<S: JobStore>(
 async fn events<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    owned_job(&app, &owner, &id).await?;
+    owned_job(&app, &owner, &id, kind).await?;
     Ok(crate::events::stream(app, id).into_response())
 }
 
 async fn logs<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    owned_job(&app, &owner, &id).await?;
+    owned_job(&app, &owner, &id, kind).await?;
     let text = tokio::fs::read_to_string(app.data.job_dir(&id).join("log.txt"))
         .await
         .unwrap_or_default();
@@ -568,20 +685,21 @@ async fn models<S: JobStore>(State(app): State<Arc<App<S>>>) -> Result<Response,
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
-/// `GET /v1/videos/{id}/credentials` (a Sorrel extra): what `sorrel verify --json` says about the finished
+/// `GET /v1/videos/{id}/credentials` and `/v1/films/{id}/credentials` (Sorrel extras): what `sorrel verify --json` says about the finished
 /// video, checked now against the file on disk with this server's trust anchor and watermark key.
 async fn credentials<S: JobStore>(
     State(app): State<Arc<App<S>>>,
     Extension(owner): Extension<Owner>,
+    Extension(kind): Extension<Kind>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    completed_job(&app, &owner, &id, "its credentials can be checked").await?;
+    completed_job(&app, &owner, (&id, kind), "its credentials can be checked").await?;
     let path = app.data.job_dir(&id).join(Variant::Video.file_name());
     let anchor = app.identity.anchor_pem.clone();
     let key = app.config.watermark.clone();
     let verdict = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ApiError::video_not_found(&id),
+            std::io::ErrorKind::NotFound => not_found(kind, &id),
             _ => ApiError::internal(format!("{}: {e}", path.display())),
         })?;
         let credentials = sorrel_provenance::verify(&bytes, "video/mp4", anchor.as_deref())

@@ -103,13 +103,16 @@ impl Webhook {
     }
 }
 
-/// The event announcing that job `id` ended with `status` (`video.completed` or `video.failed`), to be
+/// The event announcing that job `id` ended with `status` (`video.completed`, `film.failed`, ...), to be
 /// recorded in the outbox with the job's change; `None` for other statuses. It needs no secret (deliveries are
 /// signed when sent), so a worker records it even where another node delivers.
 pub fn event_for(id: &str, status: JobStatus) -> Option<OutboxEvent> {
+    let object = crate::job::Kind::of(id)
+        .unwrap_or(crate::job::Kind::Video)
+        .object();
     let kind = match status {
-        JobStatus::Completed => "video.completed",
-        JobStatus::Failed => "video.failed",
+        JobStatus::Completed => format!("{object}.completed"),
+        JobStatus::Failed => format!("{object}.failed"),
         _ => return None,
     };
     let event_id = format!("evt_{:032x}", rand::random::<u128>());

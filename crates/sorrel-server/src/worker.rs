@@ -20,14 +20,14 @@ use crate::store::{JobStore, OutboxEvent};
 use crate::App;
 
 /// Why a generation did not produce files.
-enum Failure {
+pub(crate) enum Failure {
     /// Asked to stop (deleted, or shutdown).
     Cancelled,
     /// The job cannot succeed; the code and message are shown to the client.
     Failed(JobError),
 }
 
-fn failed(code: &str, message: impl Into<String>) -> Failure {
+pub(crate) fn failed(code: &str, message: impl Into<String>) -> Failure {
     Failure::Failed(JobError {
         code: code.into(),
         message: message.into(),
@@ -203,8 +203,9 @@ async fn generate_job<S: JobStore>(
         return Err(failed(
             "too_many_attempts",
             format!(
-                "the server stopped {MAX_ATTEMPTS} times while generating this video; it is not retried again \
-                 (see the server's log for a crash or an out-of-memory kill)"
+                "the server stopped {MAX_ATTEMPTS} times while generating this {}; it is not retried again \
+                 (see the server's log for a crash or an out-of-memory kill)",
+                job.kind().object()
             ),
         ));
     }
@@ -263,17 +264,29 @@ async fn generate_job<S: JobStore>(
         mark: watermark.map(|w| w.1),
     };
     let room = app.memory_room;
-    let task = tokio::task::spawn_blocking(move || {
-        generate(
-            &pipe,
-            &params,
-            (&in_dir, &out_dir),
-            &flag,
-            &tx,
-            &signing,
-            room,
-        )
-    });
+    let task = match params.film.clone() {
+        Some(film) => {
+            let dirs = crate::film_job::FilmDirs {
+                work: in_dir.join("film"),
+                out: out_dir,
+                model: model.dir.clone(),
+            };
+            tokio::task::spawn_blocking(move || {
+                crate::film_job::make(&pipe, &params, &film, &dirs, &flag, &tx, &signing, room)
+            })
+        }
+        None => tokio::task::spawn_blocking(move || {
+            generate(
+                &pipe,
+                &params,
+                (&in_dir, &out_dir),
+                &flag,
+                &tx,
+                &signing,
+                room,
+            )
+        }),
+    };
 
     let mut shutdown = app.shutdown.subscribe();
     // A shutdown that came before this subscription (between taking the job and here) is not a change the
@@ -322,24 +335,44 @@ async fn generate_job<S: JobStore>(
 }
 
 /// Who signs a job's files, what the credentials say, and the watermark to embed (if on).
-struct Signing {
-    identity: sorrel_provenance::SigningIdentity,
-    generation: sorrel_provenance::Generation,
-    mark: Option<watermark::Embedder>,
+pub(crate) struct Signing {
+    pub identity: sorrel_provenance::SigningIdentity,
+    pub generation: sorrel_provenance::Generation,
+    pub mark: Option<watermark::Embedder>,
 }
 
 impl Signing {
+    /// `bytes` of a file called `name` with signed credentials listing `ingredients` (a film's shots).
+    pub fn sign(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        ingredients: &[sorrel_provenance::Ingredient],
+    ) -> Result<Vec<u8>, Failure> {
+        sorrel_provenance::sign_named_with_ingredients(
+            bytes,
+            name,
+            &self.generation,
+            &self.identity,
+            ingredients,
+        )
+        .map_err(|e| failed("signing_failed", e.to_string()))?
+        .ok_or_else(|| {
+            failed(
+                "signing_failed",
+                format!("{name} cannot carry content credentials"),
+            )
+        })
+    }
+
     /// Signs `bytes` (named by `variant`) and writes them atomically into `dir`.
-    fn write(&self, dir: &Path, variant: Variant, bytes: &[u8]) -> Result<(), Failure> {
-        let name = variant.file_name();
-        let signed = sorrel_provenance::sign_named(bytes, name, &self.generation, &self.identity)
-            .map_err(|e| failed("signing_failed", e.to_string()))?
-            .ok_or_else(|| {
-                failed(
-                    "signing_failed",
-                    format!("{name} cannot carry content credentials"),
-                )
-            })?;
+    pub fn write(&self, dir: &Path, variant: Variant, bytes: &[u8]) -> Result<(), Failure> {
+        self.write_named(dir, variant.file_name(), bytes)
+    }
+
+    /// Signs `bytes` of a file called `name` and writes them atomically into `dir`.
+    pub fn write_named(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Failure> {
+        let signed = self.sign(bytes, name, &[])?;
         sorrel_media::write_file(&dir.join(name), &signed)
             .map_err(|e| failed("storage_error", e.to_string()))
     }

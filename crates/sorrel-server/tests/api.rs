@@ -1085,6 +1085,7 @@ async fn a_video_that_keeps_killing_the_server_is_failed(backend: Backend) {
                 guidance: 5.0,
                 seed: 0,
                 input: None,
+                film: None,
             },
             status: JobStatus::Queued,
             progress: 0,

@@ -110,11 +110,12 @@ impl JobStore for Store {
     async fn list(
         &self,
         owner: &str,
+        kind: crate::job::Kind,
         after: Option<&str>,
         limit: u32,
         order: Order,
     ) -> StoreResult<(Vec<Job>, bool)> {
-        each!(self, s => s.list(owner, after, limit, order))
+        each!(self, s => s.list(owner, kind, after, limit, order))
     }
     async fn claim_next(&self, models: &[&str], lease: Duration) -> StoreResult<Option<Job>> {
         each!(self, s => s.claim_next(models, lease))

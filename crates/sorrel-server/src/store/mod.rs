@@ -128,10 +128,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// The job with this id, whoever owns it.
     fn get(&self, id: &str) -> impl Future<Output = StoreResult<Option<Job>>> + Send;
 
-    /// One page of `owner`'s jobs after the job `after` (exclusive) in `order`, and whether more follow.
+    /// One page of `owner`'s jobs of `kind` after the job `after` (exclusive) in `order`, and whether more
+    /// follow.
     fn list(
         &self,
         owner: &str,
+        kind: crate::job::Kind,
         after: Option<&str>,
         limit: u32,
         order: Order,

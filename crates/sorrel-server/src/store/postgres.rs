@@ -314,11 +314,12 @@ impl JobStore for PgStore {
     async fn list(
         &self,
         owner: &str,
+        kind: crate::job::Kind,
         after: Option<&str>,
         limit: u32,
         order: Order,
     ) -> StoreResult<(Vec<Job>, bool)> {
-        let (sql, start) = row::list_sql("sorrel_jobs", order, ["$1", "$2", "$3", "$4"]);
+        let (sql, start) = row::list_sql("sorrel_jobs", kind, order, ["$1", "$2", "$3", "$4"]);
         let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(after)

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{Order, OutboxEvent, StoreResult};
 use crate::error::StoreError;
-use crate::job::{Job, JobStatus};
+use crate::job::{Job, JobStatus, Kind};
 
 /// The column reads a job needs, for both backends' rows.
 pub(super) trait Columns {
@@ -79,14 +79,16 @@ pub(super) fn event(row: &impl Columns) -> StoreResult<OutboxEvent> {
 /// Keyset pagination on the jobs table `table` with the backend's placeholders `p` (owner, after, start,
 /// limit): the query, and the cursor start for a missing `after`. One more row than asked says whether more
 /// follow ([`page`]).
-pub(super) fn list_sql(table: &str, order: Order, p: [&str; 4]) -> (String, i64) {
+pub(super) fn list_sql(table: &str, kind: Kind, order: Order, p: [&str; 4]) -> (String, i64) {
     let (cmp, dir, start) = match order {
         Order::Asc => (">", "ASC", i64::MIN),
         Order::Desc => ("<", "DESC", i64::MAX),
     };
     let [owner, after, first, limit] = p;
+    let prefix = kind.prefix();
     let sql = format!(
-        "SELECT * FROM {table} WHERE owner = {owner} AND seq {cmp} COALESCE(
+        // The prefix is one of two constants (`video_`, `film_`), never the caller's text.
+        "SELECT * FROM {table} WHERE owner = {owner} AND id LIKE '{prefix}%' AND seq {cmp} COALESCE(
              (SELECT seq FROM {table} WHERE id = {after} AND owner = {owner}), {first})
          ORDER BY seq {dir} LIMIT {limit}"
     );

@@ -161,12 +161,13 @@ impl JobStore for SqliteStore {
     async fn list(
         &self,
         owner: &str,
+        kind: crate::job::Kind,
         after: Option<&str>,
         limit: u32,
         order: Order,
     ) -> StoreResult<(Vec<Job>, bool)> {
         // The cursor is the job's insertion sequence; a missing `after` starts from either end.
-        let (sql, start) = row::list_sql("jobs", order, ["?1", "?2", "?3", "?4"]);
+        let (sql, start) = row::list_sql("jobs", kind, order, ["?1", "?2", "?3", "?4"]);
         let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(after)

@@ -175,9 +175,15 @@ impl TestServer {
 
     /// Polls until the video is completed or failed.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_at(&format!("/v1/videos/{id}"), timeout).await
+    }
+
+    /// Polls the job at `path` (`/v1/videos/ID` or `/v1/films/ID`) until it is completed or failed.
+    pub async fn wait_at(&self, path: &str, timeout: Duration) -> Value {
+        let id = path;
         let t0 = Instant::now();
         loop {
-            let (status, v) = self.get_json(&format!("/v1/videos/{id}")).await;
+            let (status, v) = self.get_json(path).await;
             assert_eq!(status, 200, "{v}");
             if v["status"] == "completed" || v["status"] == "failed" {
                 return v;
