@@ -209,13 +209,14 @@ impl TensorSource {
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         let stored = self.stored_name(name);
         let found = match &self.store {
-            Store::Safetensors(st) => {
-                if st.get(&stored).is_ok() {
-                    Some(st.load(&stored, dev)?)
-                } else {
-                    None
+            Store::Safetensors(st) => match st.get(&stored) {
+                Ok(view) => {
+                    let t = st.load(&stored, dev)?;
+                    release_pages(view.data());
+                    Some(t)
                 }
-            }
+                Err(_) => None,
+            },
             Store::Map(m) => m.get(&stored).map(|t| t.to_device(dev)).transpose()?,
             Store::Gguf(g) => {
                 if g.contains(&stored) {
@@ -273,6 +274,36 @@ impl TensorSource {
     pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), dtype, device.clone())
     }
+}
+
+/// Tells the kernel this process is done with a loaded tensor's pages of the memory map. candle copies each
+/// tensor out of the map, and the map lives until the whole model is built, so without this every page read
+/// stays resident beside its copy and loading peaks at twice the checkpoint (11.1 GB for the 5.7 GB 1.3B
+/// transformer). Released, the pages leave this process's resident memory and stay in the page cache; a
+/// later read of the same bytes (a renamed or LoRA'd weight read twice) faults them in again from the file.
+/// Why by hand: neither candle's `MmapedSafetensors` nor memmap2 offer releasing a range through it.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let start = bytes.as_ptr() as usize;
+        let begin = start / page * page;
+        let end = (start + bytes.len()).div_ceil(page) * page;
+        // SAFETY: the map starts on a page and covers the file's last page whole, so the range, rounded out to
+        // pages, lies within the read-only file mapping `bytes` came from. MADV_DONTNEED on a file mapping
+        // that is never written drops only this process's page-table entries; the bytes stay in the file and
+        // page cache, and a later read sees them unchanged. No reference into the range is used after this
+        // call except through such reads. A failure only means the pages stay resident.
+        unsafe {
+            libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_DONTNEED);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
 }
 
 impl SimpleBackend for TensorSource {
