@@ -38,6 +38,9 @@ pub struct FilmArgs {
     /// Length of shots whose sentence gives none ("for 30 seconds" gives one), in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub shot_seconds: f64,
+    /// Frame size, WIDTHxHEIGHT (default: the model's).
+    #[arg(long)]
+    pub size: Option<String>,
     /// Model folder or Hugging Face id, as `sorrel generate --model` (default: the embedded toy-world model).
     #[arg(long, short = 'm', env = "SORREL_MODEL")]
     pub model: Option<PathBuf>,
@@ -149,7 +152,8 @@ pub fn film(args: FilmArgs) -> Result<()> {
     });
     let info = WanPipeline::describe(&model)?;
     // What the plan needs from the model, said before any work.
-    let layout = FilmLayout::new(&info, &plan, &model_name, args.steps, args.guidance)?;
+    let size = args.size.as_deref().map(crate::parse_wxh).transpose()?;
+    let layout = FilmLayout::new(&info, &plan, &model_name, size, args.steps, args.guidance)?;
     let (width, height, fps, steps) = (layout.width, layout.height, layout.fps, layout.steps);
     let fingerprint = sorrel_film::model_fingerprint(&model)? + &args.weights.fingerprint()?;
     let pipe = WanPipeline::load(

@@ -223,20 +223,25 @@ struct GenerateOptions {
     sign: provenance::SignArgs,
 }
 
+/// `--size WIDTHxHEIGHT`.
+pub(crate) fn parse_wxh(s: &str) -> Result<(usize, usize)> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--size `{s}` is not WIDTHxHEIGHT (e.g. 832x480)"))?;
+    let w = w
+        .trim()
+        .parse()
+        .with_context(|| format!("--size `{s}`: width `{w}` is not a number"))?;
+    let h = h
+        .trim()
+        .parse()
+        .with_context(|| format!("--size `{s}`: height `{h}` is not a number"))?;
+    Ok((w, h))
+}
+
 fn parse_size(args: &GenerateOptions, default: (usize, usize)) -> Result<(usize, usize)> {
     if let Some(s) = &args.size {
-        let (w, h) = s
-            .split_once(['x', 'X'])
-            .with_context(|| format!("--size `{s}` is not WIDTHxHEIGHT (e.g. 832x480)"))?;
-        let w = w
-            .trim()
-            .parse()
-            .with_context(|| format!("--size `{s}`: width `{w}` is not a number"))?;
-        let h = h
-            .trim()
-            .parse()
-            .with_context(|| format!("--size `{s}`: height `{h}` is not a number"))?;
-        return Ok((w, h));
+        return parse_wxh(s);
     }
     Ok((
         args.width.unwrap_or(default.0),

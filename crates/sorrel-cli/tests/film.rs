@@ -520,3 +520,81 @@ fn a_chat_model_can_plan_the_film_and_its_bad_answers_are_named() {
         "a small red ball bounces on a blue floor"
     );
 }
+
+/// On a VACE model (the tiny random-weight fixture, 16 fps, 81-frame windows): each character's picture is a
+/// reference of the cuts it is in, and a continuous shot is made of extension windows from the shot before.
+/// Both are checked by what they change: the same cut without its character (same prompt, same seed) gives
+/// other frames, and a continuous shot changes when only the shot before it changes.
+#[test]
+fn a_vace_model_keeps_characters_by_reference_and_extends_continuous_shots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vace = fixture("wan-tiny-vace").join("pipeline");
+    let plan = |first_seed: u64, third_characters: &str| {
+        format!(
+            "{{\"sorrel_film\": 1, \"characters\": [{{\"name\": \"Ruby\", \"look\": \"a small red ball\"}}, \
+             {{\"name\": \"Twins\", \"look\": \"two blue boxes\"}}], \"shots\": [\
+             {{\"text\": \"Ruby bounces.\", \"prompt\": \"a small red ball bounces\", \"seconds\": 1, \
+               \"characters\": [\"Ruby\"], \"seed\": {first_seed}}}, \
+             {{\"text\": \"Ruby rolls on.\", \"prompt\": \"a small red ball rolls\", \"seconds\": 6, \
+               \"characters\": [\"Ruby\"], \"continues\": true, \"seed\": 5}}, \
+             {{\"text\": \"The Twins wait.\", \"prompt\": \"two blue boxes\", \"seconds\": 1, \
+               \"characters\": {third_characters}, \"seed\": 6}}]}}"
+        )
+    };
+    let render = |name: &str, body: String| -> PathBuf {
+        let p = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&p, body).unwrap();
+        let out = tmp.path().join(format!("{name}.mp4"));
+        let o = sorrel(
+            &[
+                "film",
+                p.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--model",
+                vace.to_str().unwrap(),
+                "--size",
+                "48x32",
+                "--steps",
+                "2",
+                "-q",
+            ],
+            tmp.path(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        // 17 frames, 96 new frames (two windows: 72 after 9 kept, then 24), 17 frames.
+        let probe = ffprobe(&out);
+        assert_eq!(probe.frames, 17 + 96 + 17, "{name}");
+        assert_eq!(probe.r_frame_rate, "16/1");
+        tmp.path().join(format!("{name}.film"))
+    };
+    let base = render("base", plan(1, "[\"Twins\", \"Ruby\"]"));
+    for who in ["Ruby", "Twins"] {
+        assert!(
+            base.join(format!("characters/{who}.png")).is_file(),
+            "{who}"
+        );
+    }
+    let without = render("without", plan(1, "[]"));
+    // Every character of a cut is a reference, not only its lead (whose picture a first frame would be).
+    let lead_only = render("lead", plan(1, "[\"Twins\"]"));
+    let reseeded = render("reseeded", plan(2, "[\"Twins\", \"Ruby\"]"));
+    let differ = |a: &Path, b: &Path, shot: usize| shot_frames(a, shot) != shot_frames(b, shot);
+    assert!(
+        differ(&base, &without, 2),
+        "the references must reach the model: shot 3 with and without its characters came out the same"
+    );
+    assert!(!differ(&base, &without, 0), "shot 1 did not change");
+    assert!(
+        differ(&base, &lead_only, 2),
+        "shot 3 showed only its lead: Ruby's reference did not reach the model"
+    );
+    assert!(
+        differ(&base, &reseeded, 1),
+        "the continuous shot must start from the shot before: it did not change when only shot 1 did"
+    );
+    assert!(
+        !differ(&base, &reseeded, 2),
+        "shot 3 (a cut) did not change"
+    );
+}

@@ -1,6 +1,7 @@
 //! Rendering a plan shot by shot: each character's reference picture made once, cuts started from their lead
-//! character's picture where the model does image to video, continuous shots continued from the shot before,
-//! and every finished shot (and picture) cached under a SHA-256 of what made it, written atomically, so a
+//! character's picture where the model does image to video (or shown every character's picture as VACE
+//! references), continuous shots continued from the shot before (a rollout, diffusion forcing, or VACE
+//! extension windows), and every finished shot (and picture) cached under a SHA-256 of what made it, written atomically, so a
 //! crash or Ctrl-C resumes where it stopped and an edited plan re-renders only the shots that changed.
 
 use std::path::{Path, PathBuf};
@@ -9,11 +10,14 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 use sorrel_core::{Error, Result};
+use sorrel_pipeline::compose::context_frames;
 use sorrel_pipeline::film::Plan;
-use sorrel_pipeline::{Conditioning, Event, Forcing, GenerateRequest, Picture, WanPipeline};
+use sorrel_pipeline::{
+    Conditioning, Event, Forcing, GenerateRequest, Picture, Splice, WanPipeline,
+};
 
 use crate::fingerprint::hex;
-use crate::layout::FilmLayout;
+use crate::layout::{Continuation, FilmLayout, References};
 
 /// Where and for which model a film renders.
 #[derive(Debug, Clone)]
@@ -102,6 +106,14 @@ fn write_cached(path: &Path, frames: &Tensor) -> Result<()> {
     })
 }
 
+/// What a shot's first generation starts from.
+enum Start {
+    /// One generation (text, a first frame, references, or a rollout or forcing continuation).
+    Generate(Conditioning),
+    /// VACE extension windows from these frames (the shot before).
+    Extend(Vec<Picture>),
+}
+
 /// A name as a file name: letters and digits, the rest as `-`.
 pub fn slug(name: &str) -> String {
     name.chars()
@@ -181,7 +193,7 @@ pub fn render(
 
     // Each character's reference picture: the first frame of its first shot as lead, made once.
     let mut refs: Vec<(String, Picture)> = Vec::new();
-    if layout.references {
+    if layout.references != References::None {
         for c in &plan.characters {
             let Some(first) = (0..plan.shots.len()).find(|&i| {
                 !plan.shots[i].continues && plan.shots[i].characters.first() == Some(&c.name)
@@ -220,35 +232,60 @@ pub fn render(
     let mut keys: Vec<String> = Vec::new();
     let mut done = 0usize;
     let n = plan.shots.len();
+    let tc = layout.time_compression;
     for (i, s) in plan.shots.iter().enumerate() {
         let seed = plan.shot_seed(i);
         let prompt = plan.prompt_of(i);
-        let lead_ref = s
-            .characters
-            .first()
-            .and_then(|name| refs.iter().find(|(r, _)| r == name))
-            .map(|(_, p)| p);
-        let (conditioning, given) = if s.continues {
-            let before = pictures(&shots[i - 1])?;
-            (
-                Conditioning::Continue {
-                    before,
-                    after: vec![],
-                },
-                format!("continues {}", keys[i - 1]),
-            )
-        } else if let Some(p) = lead_ref {
-            (
-                Conditioning::Image {
-                    first: p.clone(),
-                    last: None,
-                },
-                format!("from {}", picture_hash(p)),
-            )
-        } else {
-            (Conditioning::None, "text".to_string())
-        };
+        let label = format!("shot {}/{n}", i + 1);
         let count = layout.frames[i];
+        // The pictures of the shot's characters that have one, lead first.
+        let shown: Vec<&Picture> = s
+            .characters
+            .iter()
+            .filter_map(|name| refs.iter().find(|(r, _)| r == name).map(|(_, p)| p))
+            .collect();
+        let vace_refs: Vec<Picture> = match layout.references {
+            References::Vace => shown.iter().map(|p| (*p).clone()).collect(),
+            _ => vec![],
+        };
+        let refs_key = vace_refs
+            .iter()
+            .map(picture_hash)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // What the shot starts from, named for its cache key.
+        let (start, given) = if s.continues {
+            let given = format!("continues {} refs {refs_key}", keys[i - 1]);
+            match layout.continuation {
+                Continuation::VaceExtension => (Start::Extend(pictures(&shots[i - 1])?), given),
+                _ => (
+                    Start::Generate(Conditioning::Continue {
+                        before: pictures(&shots[i - 1])?,
+                        after: vec![],
+                    }),
+                    given,
+                ),
+            }
+        } else {
+            match (layout.references, shown.first()) {
+                (References::FirstFrame, Some(p)) => (
+                    Start::Generate(Conditioning::Image {
+                        first: (*p).clone(),
+                        last: None,
+                    }),
+                    format!("from {}", picture_hash(p)),
+                ),
+                (References::Vace, Some(_)) => (
+                    Start::Generate(Conditioning::Compose {
+                        video: None,
+                        mask: None,
+                        references: vace_refs.clone(),
+                    }),
+                    format!("refs {refs_key}"),
+                ),
+                _ => (Start::Generate(Conditioning::None), "text".to_string()),
+            }
+        };
         let k = key(&[
             "shot",
             &prompt,
@@ -263,20 +300,58 @@ pub fn render(
         let frames = match read_cached(&path) {
             Some(f) => {
                 on(FilmEvent::Line(format!(
-                    "shot {}/{n}: cached ({})",
-                    i + 1,
+                    "{label}: cached ({})",
                     path.display()
                 )));
                 f
             }
             None => {
                 let t = Instant::now();
-                let req = request(prompt, count, seed, conditioning);
-                let f = run(&req, done, format!("shot {}/{n}", i + 1), on)?;
+                let mut made = Vec::new();
+                let mut context = match start {
+                    Start::Generate(conditioning) => {
+                        let first = layout.first_window(count);
+                        let req = request(prompt.clone(), first, seed, conditioning);
+                        let f = run(&req, done, label.clone(), on)?;
+                        let c = pictures(&f)?;
+                        made.push(f);
+                        c
+                    }
+                    Start::Extend(before) => before,
+                };
+                // The rest of a shot the film makes window by window (VACE): each window keeps the last
+                // frames made so far (mask black) and generates the next ones.
+                let mut have: usize = made.iter().map(|f| f.dim(0).unwrap_or(0)).sum();
+                let mut window = 1u64;
+                while have < count && layout.continuation == Continuation::VaceExtension {
+                    let keep = context.len().min(context_frames(tc));
+                    let new = (count - have).min(layout.window.saturating_sub(keep).max(1));
+                    let mut splice = Splice::extend(
+                        &context[context.len() - keep..],
+                        new,
+                        false,
+                        tc,
+                        (layout.width, layout.height),
+                    )?;
+                    if let Conditioning::Compose { references, .. } = &mut splice.conditioning {
+                        references.clone_from(&vace_refs);
+                    }
+                    let req = request(
+                        prompt.clone(),
+                        splice.frames,
+                        seed.wrapping_add(window),
+                        splice.conditioning.clone(),
+                    );
+                    let f = splice.new_part(&run(&req, done + have, label.clone(), on)?)?;
+                    context = pictures(&f)?;
+                    have += f.dim(0)?;
+                    made.push(f);
+                    window += 1;
+                }
+                let f = Tensor::cat(&made, 0)?;
                 write_cached(&path, &f)?;
                 on(FilmEvent::Line(format!(
-                    "shot {}/{n}: {} frames in {:.1} s: {}",
-                    i + 1,
+                    "{label}: {} frames in {:.1} s: {}",
                     f.dim(0)?,
                     t.elapsed().as_secs_f64(),
                     s.text
@@ -285,10 +360,7 @@ pub fn render(
             }
         };
         done += count;
-        if !on(FilmEvent::Frames {
-            done,
-            label: format!("shot {}/{n}", i + 1),
-        }) {
+        if !on(FilmEvent::Frames { done, label }) {
             return Err(Error::Cancelled);
         }
         shots.push(frames);

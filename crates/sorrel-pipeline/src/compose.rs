@@ -178,6 +178,11 @@ impl Splice {
         self.new.len()
     }
 
+    /// The new frames alone, out of the generated window (F, H, W, 3).
+    pub fn new_part(&self, generated: &Tensor) -> Result<Tensor> {
+        Ok(generated.narrow(0, self.new.start, self.new.len())?)
+    }
+
     /// The whole clip: the inputs as given around the window's new frames. `generated`: (F, H, W, 3) in [0, 1]
     /// at the size the inputs have (their frames are kept as they are, not regenerated).
     pub fn assemble(&self, generated: &Tensor) -> Result<Tensor> {

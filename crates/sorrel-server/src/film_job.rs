@@ -75,6 +75,7 @@ pub(crate) fn make(
         &pipe.info,
         plan,
         model,
+        Some((params.width, params.height)),
         Some(params.steps),
         Some(params.guidance),
     )

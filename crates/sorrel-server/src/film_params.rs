@@ -23,6 +23,8 @@ struct FilmRequest {
     plan: Option<Value>,
     /// Length of shots whose sentence gives none, in seconds (default 2).
     shot_seconds: Option<f64>,
+    /// Frame size, `WIDTHxHEIGHT` (default: the model's).
+    size: Option<String>,
     /// Denoising steps per shot (default: the model's).
     steps: Option<usize>,
     /// Guidance scale (default: the model's).
@@ -46,8 +48,8 @@ pub fn parse_film(body: &[u8], models: &Catalog, limits: &Limits) -> Result<Pars
             "body",
             format!(
                 "Invalid film request: {e}. Send JSON with 'story' (plain text) or 'plan' (a plan as \
-                 `sorrel film --plan-only` writes it), and optionally 'model', 'shot_seconds', 'steps' \
-                 and 'guidance'."
+                 `sorrel film --plan-only` writes it), and optionally 'model', 'shot_seconds', 'size', \
+                 'steps' and 'guidance'."
             ),
         )
     })?;
@@ -109,8 +111,28 @@ pub fn parse_film(body: &[u8], models: &Catalog, limits: &Limits) -> Result<Pars
         }
     }
     let card = crate::params::resolve_model(models, req.model)?;
-    let layout = FilmLayout::new(&card.info, &plan, &card.name, req.steps, req.guidance)
+    let size = req
+        .size
+        .as_deref()
+        .map(|s| crate::params::parse_size(s, limits))
+        .transpose()?;
+    let layout = FilmLayout::new(&card.info, &plan, &card.name, size, req.steps, req.guidance)
         .map_err(|e| ApiError::invalid("model", e.to_string()))?;
+    if size.is_some() {
+        // The size against the model's own limits, as a video of its default length would be checked.
+        let probe = sorrel_pipeline::GenerateRequest {
+            prompt: plan.prompt_of(0),
+            width: layout.width,
+            height: layout.height,
+            frames: layout.character_frames,
+            steps: layout.steps,
+            guidance: layout.guidance,
+            ..Default::default()
+        };
+        probe
+            .validate_described(&card.info)
+            .map_err(|e| ApiError::invalid("size", e.to_string()))?;
+    }
     let prompt = plan
         .shots
         .iter()

@@ -298,6 +298,13 @@ async fn bad_films_are_refused_before_they_are_queued(backend: Backend) {
             "(0, 600]",
         ),
         (json!({"story": STORY, "steps": 0}), "steps", "1 to 60"),
+        (
+            json!({"story": STORY, "size": "40x32"}),
+            "size",
+            "multiples of 16",
+        ),
+        // Within the server's limits, beyond the model's.
+        (json!({"story": STORY, "size": "256x256"}), "size", "128"),
         (json!({"story": STORY, "model": "nope"}), "model", "nope"),
         // The tiny model makes text-to-video only: the continued shot is refused, naming what is missing.
         (
@@ -326,6 +333,18 @@ async fn bad_films_are_refused_before_they_are_queued(backend: Backend) {
     // Nothing was queued.
     let (_, list) = s.get_json("/v1/films").await;
     assert_eq!(list["data"], json!([]), "{list}");
+    // A size the model takes is kept.
+    let (status, v) = s
+        .post_json("/v1/films", json!({"story": STORY, "size": "64x32"}))
+        .await;
+    assert_eq!((status, v["size"].as_str()), (200, Some("64x32")), "{v}");
+    let id = v["id"].as_str().unwrap();
+    let res = s
+        .req(Method::DELETE, &format!("/v1/films/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     for (path, code) in [
         (
             "/v1/films/video_00000000000000000000000000000000",
