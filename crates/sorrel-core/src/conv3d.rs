@@ -23,8 +23,9 @@ pub struct CausalConv3d {
     /// (Cout, Cin, kt, kh, kw) as loaded: a variable while training, so updates to it must be seen.
     weight: Tensor,
     /// (Cout, kt*Cin, kh, kw): `weight` permuted so tap `k` of input channel `c` sits at channel `k*Cin + c`;
-    /// a copy made once, so used only when `weight` is not a training variable.
-    weight2d: Tensor,
+    /// a copy made on first use by the stacked path, and only when `weight` is not a training variable. The
+    /// CPU's f32 inference path reads `weight` itself, so a VAE run there never holds its weights twice.
+    weight2d: std::sync::OnceLock<Tensor>,
     bias: Tensor,
     in_channels: usize,
     out_channels: usize,
@@ -69,10 +70,9 @@ impl CausalConv3d {
                 bias.dims()
             );
         }
-        let weight2d = fold_taps(&weight)?;
         Ok(Self {
             weight,
-            weight2d,
+            weight2d: std::sync::OnceLock::new(),
             bias,
             in_channels,
             out_channels,
@@ -86,10 +86,13 @@ impl CausalConv3d {
     /// (the copy would go stale after the first optimiser step).
     fn kernel2d(&self) -> Result<Tensor> {
         if self.weight.is_variable() {
-            fold_taps(&self.weight)
-        } else {
-            Ok(self.weight2d.clone())
+            return fold_taps(&self.weight);
         }
+        if let Some(k) = self.weight2d.get() {
+            return Ok(k.clone());
+        }
+        let k = fold_taps(&self.weight)?;
+        Ok(self.weight2d.get_or_init(|| k).clone())
     }
 
     /// Temporal zero padding in front when no cache is given (`2 * pt`).
@@ -128,12 +131,11 @@ impl CausalConv3d {
         }
         let kt = self.kernel.0;
         let (_, ph, pw) = self.padding;
-        let kernel2d = self.kernel2d()?;
         let front = self.front_padding();
         // One frame with only zero padding in front (an image, or a video's first frame): every tap but
         // the last multiplies zeros, so convolve with the last tap alone (kt times less work).
         if cache.is_none() && x.dim(2)? == 1 && front + 1 == kt && self.stride_t == 1 && kt > 1 {
-            let tap = kernel2d.narrow(1, (kt - 1) * c, c)?.contiguous()?;
+            let tap = self.weight.narrow(2, kt - 1, 1)?.squeeze(2)?.contiguous()?;
             let mut frame = x.squeeze(2)?;
             let conv_pad = if ph == pw {
                 ph
@@ -197,6 +199,7 @@ impl CausalConv3d {
         }
         // Otherwise (training, or another device or dtype): one copy with the cache and the zeros in front,
         // stacked by taps below.
+        let kernel2d = self.kernel2d()?;
         let mut x = match used {
             Some(c) => Tensor::cat(&[c, x], 2)?,
             None => x.clone(),

@@ -38,6 +38,17 @@ impl FeatCache {
         self.idx = 0;
     }
 
+    /// The next slot's index, to come back to with [`FeatCache::seek`].
+    pub(super) fn position(&self) -> usize {
+        self.idx
+    }
+
+    /// Goes back to slot `idx`: the layers after it run again (on the chunk's next frame) through the same
+    /// slots.
+    pub(super) fn seek(&mut self, idx: usize) {
+        self.idx = idx;
+    }
+
     pub(super) fn next(&mut self) -> &mut Slot {
         if self.idx == self.slots.len() {
             self.slots.push(Slot::Empty);

@@ -36,6 +36,11 @@ impl UpBlock {
 }
 
 /// diffusers' `WanDecoder3d`, with Wan2.1's or Wan2.2's (`is_residual`) up blocks.
+///
+/// The levels after the last temporal upsampler (and the output head) run one frame at a time: from there on
+/// every layer works on each frame alone (convolutions that are causal in time through the cache, norms
+/// over channels, 2D upsampling), so a frame at a time gives the same video as the chunk at once, and the
+/// largest activations (full resolution, 96 channels) are held for one frame instead of four.
 #[derive(Debug, Clone)]
 pub(super) struct Decoder {
     conv_in: CausalConv3d,
@@ -43,6 +48,8 @@ pub(super) struct Decoder {
     up: Vec<UpLevel>,
     norm_out: RmsNorm,
     conv_out: CausalConv3d,
+    /// The first up level that runs frame by frame (`up.len()`: only the head).
+    frame_by_frame_from: usize,
 }
 
 impl Decoder {
@@ -109,10 +116,15 @@ impl Decoder {
             up.push(UpLevel::Plain(UpBlock { resnets, upsampler }));
         }
         let out_dim = dims[n];
+        // Wan2.2's residual levels have temporal shortcuts (and first-chunk frame drops) in every level that
+        // upsamples in time; Wan2.1's plain levels only in their upsampler.
+        let temporal = |i: usize| i != n - 1 && (temperal_upsample[i] || cfg.is_residual);
+        let frame_by_frame_from = (0..n).rev().find(|&i| temporal(i)).map_or(0, |i| i + 1);
         Ok(Self {
             conv_in,
             mid,
             up,
+            frame_by_frame_from,
             norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
             conv_out: CausalConv3d::new(
                 out_dim,
@@ -134,13 +146,35 @@ impl Decoder {
     ) -> Result<Tensor> {
         let x = cached_conv(&self.conv_in, x, cache)?;
         let mut x = self.mid.forward(&x, cache)?;
-        for level in &self.up {
-            x = match level {
-                UpLevel::Plain(b) => b.forward(&x, cache)?,
-                UpLevel::Residual(b) => b.forward(&x, cache, first_chunk)?,
-            };
+        let (chunked, framewise) = self.up.split_at(self.frame_by_frame_from);
+        for level in chunked {
+            x = self.level(level, &x, cache, first_chunk)?;
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
-        cached_conv(&self.conv_out, &x, cache)
+        let start = cache.position();
+        let t = x.dim(2)?;
+        let mut frames = Vec::with_capacity(t);
+        for f in 0..t {
+            cache.seek(start);
+            let mut y = x.narrow(2, f, 1)?;
+            for level in framewise {
+                y = self.level(level, &y, cache, first_chunk)?;
+            }
+            let y = self.norm_out.forward(&y)?.silu()?;
+            frames.push(cached_conv(&self.conv_out, &y, cache)?);
+        }
+        Tensor::cat(&frames, 2)
+    }
+
+    fn level(
+        &self,
+        level: &UpLevel,
+        x: &Tensor,
+        cache: &mut FeatCache,
+        first_chunk: bool,
+    ) -> Result<Tensor> {
+        match level {
+            UpLevel::Plain(b) => b.forward(x, cache),
+            UpLevel::Residual(b) => b.forward(x, cache, first_chunk),
+        }
     }
 }
