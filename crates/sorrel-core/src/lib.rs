@@ -6,6 +6,7 @@ pub mod adaln;
 pub mod attention;
 pub mod bf16_attention;
 pub mod bf16_matmul;
+pub mod channel_norm;
 pub mod config;
 pub mod conv2d;
 pub mod conv3d;

@@ -112,6 +112,21 @@ impl RmsNorm {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            return sorrel_core::channel_norm::channel_rms_norm(x, &self.gamma, self.scale, false);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The norm, then SiLU: one pass for f32 (what every residual block and the output head do).
+    pub(super) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            return sorrel_core::channel_norm::channel_rms_norm(x, &self.gamma, self.scale, true);
+        }
+        self.forward_composed(x)?.silu()
+    }
+
+    fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         // diffusers normalises half-precision input in fp32.
         let xf = if matches!(dt, DType::F16 | DType::BF16) {
@@ -164,9 +179,9 @@ impl ResidualBlock {
             Some(s) => s.forward(x, None)?,
             None => x.clone(),
         };
-        let y = self.norm1.forward(x)?.silu()?;
+        let y = self.norm1.forward_silu(x)?;
         let y = cached_conv(&self.conv1, &y, cache)?;
-        let y = self.norm2.forward(&y)?.silu()?;
+        let y = self.norm2.forward_silu(&y)?;
         let y = cached_conv(&self.conv2, &y, cache)?;
         y + h
     }

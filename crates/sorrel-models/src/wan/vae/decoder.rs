@@ -159,7 +159,7 @@ impl Decoder {
             for level in framewise {
                 y = self.level(level, &y, cache, first_chunk)?;
             }
-            let y = self.norm_out.forward(&y)?.silu()?;
+            let y = self.norm_out.forward_silu(&y)?;
             frames.push(cached_conv(&self.conv_out, &y, cache)?);
         }
         Tensor::cat(&frames, 2)

@@ -109,7 +109,7 @@ impl Encoder {
             };
         }
         let x = self.mid.forward(&x, cache)?;
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_silu(&x)?;
         cached_conv(&self.conv_out, &x, cache)
     }
 }
