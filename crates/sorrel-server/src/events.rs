@@ -1,5 +1,6 @@
-//! `GET /v1/videos/{id}/events` (a Sorrel extra): a server-sent-events stream of the Video object, one `video`
-//! event each time its status or progress changes, ending after `completed` or `failed` (or a `deleted` event).
+//! `GET /v1/videos/{id}/events` and `/v1/films/{id}/events` (Sorrel extras): a server-sent-events stream of the
+//! Video (Film) object, one `video` (`film`) event each time its status or progress changes, ending after
+//! `completed` or `failed` (or a `deleted` event).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -51,9 +52,9 @@ pub fn stream<S: JobStore>(
             };
             let Some(job) = job else {
                 w.done = true;
+                let object = format!("{}.deleted", kind_of(&w.id).object());
                 let ev = SseEvent::default().event("deleted").data(
-                    serde_json::json!({"id": w.id, "object": "video.deleted", "deleted": true})
-                        .to_string(),
+                    serde_json::json!({"id": w.id, "object": object, "deleted": true}).to_string(),
                 );
                 return Some((Ok(ev), w));
             };
@@ -62,7 +63,7 @@ pub fn stream<S: JobStore>(
                 w.last = Some(key);
                 w.done = job.status.is_final();
                 let ev = SseEvent::default()
-                    .event("video")
+                    .event(kind_of(&w.id).object())
                     .data(job.to_api().to_string());
                 return Some((Ok(ev), w));
             }
@@ -84,4 +85,9 @@ pub fn stream<S: JobStore>(
         }
     });
     Sse::new(s).keep_alive(KeepAlive::default())
+}
+
+/// The kind of job a (valid) id names.
+fn kind_of(id: &str) -> crate::job::Kind {
+    crate::job::Kind::of(id).unwrap_or(crate::job::Kind::Video)
 }

@@ -4,6 +4,16 @@
 const KEY_STORE = 'sorrel.apiKey';
 const $ = (sel, root = document) => root.querySelector(sel);
 
+/** Films are jobs like videos, under their own path; their ids say which. */
+const isFilm = (id) => id.startsWith('film_');
+const jobPath = (id) => `${isFilm(id) ? '/v1/films' : '/v1/videos'}/${id}`;
+/** A card's heading: a video's prompt, or a film's first line and length. */
+function titleOf(job) {
+  if (job.object !== 'film') return job.prompt;
+  const n = job.shots.length;
+  return `Film, ${n} shot${n === 1 ? '' : 's'}: ${job.shots[0].text}${n > 1 ? ' …' : ''}`;
+}
+
 const state = {
   models: new Map(), // id -> the /v1/models entry (modes, defaults, limits)
   watches: new Map(), // video id -> AbortController of its event stream
@@ -180,7 +190,44 @@ async function loadModels() {
     select.append(option);
   }
   if (state.models.has(chosen)) select.value = chosen;
+  const films = $('#film_model');
+  const filmChosen = films.value;
+  films.replaceChildren(...[...select.options].map((o) => o.cloneNode(true)));
+  if (state.models.has(filmChosen)) films.value = filmChosen;
   modelChanged();
+  filmModelChanged();
+}
+
+function filmModelChanged() {
+  const model = state.models.get($('#film_model').value);
+  $('#film_steps').placeholder = model?.defaults?.steps ?? '';
+}
+
+const FILM_FIELDS = { story: 'story', plan: 'story', model: 'film_model', shot_seconds: 'shot_seconds', steps: 'film_steps' };
+
+async function submitFilm(event) {
+  event.preventDefault();
+  [...Object.values(FILM_FIELDS), 'film-form'].forEach(clearError);
+  // The story is sent even when empty, so the API's own message says what is wrong.
+  const body = { story: $('#story').value, model: $('#film_model').value };
+  const number = (id) => $(`#${id}`).value.trim();
+  if (number('shot_seconds') !== '') body.shot_seconds = Number(number('shot_seconds'));
+  if (number('film_steps') !== '') body.steps = Number(number('film_steps'));
+  if (!body.model) delete body.model;
+  const button = $('#make-film');
+  button.disabled = true;
+  try {
+    const film = await api('/v1/films', { method: 'POST', body });
+    addCard(film, { first: true });
+    announce(`Queued: ${titleOf(film)}`);
+  } catch (err) {
+    if (err.status === 401) return;
+    const field = FILM_FIELDS[err.param] || 'film-form';
+    showError(field, err.message);
+    document.getElementById(field)?.focus();
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function submit(event) {
@@ -234,7 +281,7 @@ function reuse(video) {
 const STATUS_TEXT = { queued: 'Queued', in_progress: 'Generating', completed: 'Done', failed: 'Failed' };
 
 function card(id) {
-  return document.querySelector(`#gallery li[data-id="${CSS.escape(id)}"]`);
+  return document.querySelector(`.cards li[data-id="${CSS.escape(id)}"]`);
 }
 
 function addCard(video, { first = false } = {}) {
@@ -243,13 +290,21 @@ function addCard(video, { first = false } = {}) {
   li.dataset.id = video.id;
   li.setAttribute('aria-labelledby', `title-${video.id}`);
   $('.prompt', li).id = `title-${video.id}`;
-  $('.prompt', li).textContent = video.prompt;
-  $('progress', li).setAttribute('aria-label', `Progress of “${video.prompt}”`);
-  $('.reuse', li).addEventListener('click', () => reuse(li.video));
+  $('.prompt', li).textContent = titleOf(video);
+  $('progress', li).setAttribute('aria-label', `Progress of “${titleOf(video)}”`);
+  if (isFilm(video.id)) {
+    // A film is made again from its story, not remixed; its storyboard is one more file.
+    $('.reuse', li).remove();
+    $('.remix', li).remove();
+  } else {
+    $('.film-only', li).remove();
+  }
+  $('.reuse', li)?.addEventListener('click', () => reuse(li.video));
   $('.remove', li).addEventListener('click', () => remove(li));
   li.querySelectorAll('.download').forEach((b) => b.addEventListener('click', () => download(li, b.dataset.variant)));
-  $('.remix', li).addEventListener('submit', (e) => remix(e, li));
-  if (first) $('#gallery').prepend(li); else $('#gallery').append(li);
+  $('.remix', li)?.addEventListener('submit', (e) => remix(e, li));
+  const list = isFilm(video.id) ? $('#films') : $('#gallery');
+  if (first) list.prepend(li); else list.append(li);
   update(li, video);
   galleryChanged();
   if (video.status === 'queued' || video.status === 'in_progress') watch(li);
@@ -259,6 +314,9 @@ function galleryChanged() {
   const n = $('#gallery').children.length;
   $('#gallery-status').textContent = n ? '' : 'No videos yet: type a prompt and press Generate.';
   $('#gallery-status').hidden = n > 0;
+  const f = $('#films').children.length;
+  $('#films-status').textContent = f ? '' : 'No films yet: write a story and press Make film.';
+  $('#films-status').hidden = f > 0;
 }
 
 function setting(dl, name, value) {
@@ -282,7 +340,13 @@ function update(li, video) {
   dl.replaceChildren();
   setting(dl, 'Model', video.model);
   setting(dl, 'Size', video.size);
-  setting(dl, 'Length', `${video.seconds} s (${video.frames} frames at ${video.fps} fps)`);
+  if (video.object === 'film') {
+    setting(dl, 'Length', `${Number(video.seconds).toFixed(1)} s (${video.frames} frames at ${video.fps} fps)`);
+    setting(dl, 'Shots', video.shots.map((s) => `${s.index}. ${s.text} (${Number(s.seconds).toFixed(1)} s${s.continues ? ', continues' : ''})`).join('\n'));
+    setting(dl, 'Characters', video.characters.map((c) => `${c.name}: ${c.look}`).join('; '));
+  } else {
+    setting(dl, 'Length', `${video.seconds} s (${video.frames} frames at ${video.fps} fps)`);
+  }
   setting(dl, 'Steps', video.steps);
   setting(dl, 'Guidance', video.guidance);
   setting(dl, 'Seed', video.seed);
@@ -293,19 +357,23 @@ function update(li, video) {
   problem.textContent = video.error ? video.error.message : '';
   const done = video.status === 'completed';
   li.querySelectorAll('.download').forEach((b) => { b.hidden = !done; });
-  $('.remix', li).hidden = !done;
-  const restyles = (state.models.get(video.model)?.modes || []).includes('video_to_video');
-  $('.remix input[name="strength"]', li).closest('label').hidden = !restyles;
+  const remix = $('.remix', li);
+  if (remix) {
+    remix.hidden = !done;
+    const restyles = (state.models.get(video.model)?.modes || []).includes('video_to_video');
+    $('.remix input[name="strength"]', li).closest('label').hidden = !restyles;
+  }
   const remove = $('.remove', li);
   remove.textContent = done || video.status === 'failed' ? 'Delete' : 'Cancel';
-  remove.setAttribute('aria-label', `${remove.textContent} “${video.prompt}”`);
+  remove.setAttribute('aria-label', `${remove.textContent} “${titleOf(video)}”`);
   if (done && was !== 'completed') {
     // Fetched when the card comes into view: a long gallery does not download every video at once.
     whenVisible(li, () => {
       loadVideo(li);
       checkCredentials(li);
+      if (isFilm(li.dataset.id)) loadStoryboard(li);
     });
-    if (was) announce(`Finished: ${video.prompt}`);
+    if (was) announce(`Finished: ${titleOf(video)}`);
   }
 }
 
@@ -336,13 +404,13 @@ async function loadVideo(li) {
   const id = li.dataset.id;
   try {
     const [video, poster] = await Promise.all([
-      api(`/v1/videos/${id}/content`, { raw: true }).then((r) => r.blob()),
-      api(`/v1/videos/${id}/content?variant=thumbnail`, { raw: true }).then((r) => r.blob()).catch(() => null),
+      api(`${jobPath(id)}/content`, { raw: true }).then((r) => r.blob()),
+      api(`${jobPath(id)}/content?variant=thumbnail`, { raw: true }).then((r) => r.blob()).catch(() => null),
     ]);
     const el = $('video', li);
     if (poster) el.poster = keepBlob(id, URL.createObjectURL(poster));
     el.src = keepBlob(id, URL.createObjectURL(video));
-    el.setAttribute('aria-label', `Video: ${li.video.prompt}`);
+    el.setAttribute('aria-label', `Video: ${titleOf(li.video)}`);
     el.hidden = false;
     $('.placeholder', li).hidden = true;
   } catch (err) {
@@ -351,12 +419,27 @@ async function loadVideo(li) {
   }
 }
 
-const EXTENSION = { video: 'mp4', thumbnail: 'webp', spritesheet: 'jpg' };
+/** A film's storyboard on its card: one frame per shot beside its line of the story. */
+async function loadStoryboard(li) {
+  const id = li.dataset.id;
+  try {
+    const blob = await api(`${jobPath(id)}/content?variant=storyboard`, { raw: true }).then((r) => r.blob());
+    const img = $('.storyboard', li);
+    img.src = keepBlob(id, URL.createObjectURL(blob));
+    img.alt = `Storyboard: ${li.video.shots.map((s) => s.text).join(' ')}`;
+    img.hidden = false;
+  } catch (err) {
+    $('.problem', li).textContent = `Cannot load the storyboard: ${err.message}`;
+    $('.problem', li).hidden = false;
+  }
+}
+
+const EXTENSION = { video: 'mp4', thumbnail: 'webp', spritesheet: 'jpg', storyboard: 'png' };
 
 async function download(li, variant) {
   const id = li.dataset.id;
   try {
-    const res = await api(`/v1/videos/${id}/content?variant=${variant}`, { raw: true });
+    const res = await api(`${jobPath(id)}/content?variant=${variant}`, { raw: true });
     const url = URL.createObjectURL(await res.blob());
     const a = document.createElement('a');
     a.href = url;
@@ -378,7 +461,7 @@ async function checkCredentials(li) {
   badge.className = 'badge checking';
   badge.textContent = 'Checking content credentials…';
   try {
-    const v = await api(`/v1/videos/${li.dataset.id}/credentials`);
+    const v = await api(`${jobPath(li.dataset.id)}/credentials`);
     const parts = [];
     const states = {
       Trusted: 'Content credentials: trusted',
@@ -406,9 +489,9 @@ async function checkCredentials(li) {
 async function remove(li) {
   const video = li.video;
   const running = video.status === 'queued' || video.status === 'in_progress';
-  if (!running && !confirm(`Delete “${video.prompt}”? This cannot be undone.`)) return;
+  if (!running && !confirm(`Delete “${titleOf(video)}”? This cannot be undone.`)) return;
   try {
-    await api(`/v1/videos/${video.id}`, { method: 'DELETE' });
+    await api(jobPath(video.id), { method: 'DELETE' });
   } catch (err) {
     if (err.status !== 404) {
       $('.problem', li).textContent = err.message;
@@ -417,7 +500,7 @@ async function remove(li) {
     }
   }
   dropCard(li);
-  announce(running ? `Cancelled: ${video.prompt}` : `Deleted: ${video.prompt}`);
+  announce(running ? `Cancelled: ${titleOf(video)}` : `Deleted: ${titleOf(video)}`);
 }
 
 function dropCard(li) {
@@ -485,10 +568,10 @@ async function watch(li) {
   let finished = false;
   while (!finished && !abort.signal.aborted) {
     try {
-      const res = await api(`/v1/videos/${id}/events`, { raw: true, signal: abort.signal });
+      const res = await api(`${jobPath(id)}/events`, { raw: true, signal: abort.signal });
       li.classList.remove('reconnecting');
       await readEvents(res, (name, data) => {
-        if (name === 'video') {
+        if (name === 'video' || name === 'film') {
           const video = parseJson(data);
           update(li, video);
           delay = 500;
@@ -532,12 +615,26 @@ async function loadVideos({ more = false } = {}) {
   galleryChanged();
 }
 
+async function loadFilms() {
+  const list = await api('/v1/films?limit=30&order=desc');
+  for (const f of list.data) {
+    const li = card(f.id);
+    if (!li) addCard(f);
+    else {
+      update(li, f);
+      if (f.status === 'queued' || f.status === 'in_progress') watch(li);
+    }
+  }
+  galleryChanged();
+}
+
 // ---- start ------------------------------------------------------------------------------------------------------
 
 async function start() {
   try {
     await loadModels();
     await loadVideos();
+    await loadFilms();
   } catch (err) {
     if (err.status !== 401) {
       $('#gallery-status').hidden = false;
@@ -549,6 +646,8 @@ async function start() {
 $('#create-form').addEventListener('submit', submit);
 $('#create-form').addEventListener('reset', () => setTimeout(() => { clearFormErrors(); modelChanged(); }));
 $('#model').addEventListener('change', modelChanged);
+$('#film-form').addEventListener('submit', submitFilm);
+$('#film_model').addEventListener('change', filmModelChanged);
 $('#key-form').addEventListener('submit', saveKey);
 $('#key-cancel').addEventListener('click', () => $('#key-dialog').close());
 $('#key-forget').addEventListener('click', () => {

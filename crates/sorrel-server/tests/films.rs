@@ -122,10 +122,11 @@ async fn a_film_job_through_its_whole_life(backend: Backend) {
         .unwrap();
     let seen: Vec<Value> = text
         .split("\n\n")
+        .filter(|e| e.contains("event: film"))
         .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter(|v| v["object"] == "film")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
         .collect();
+    assert!(seen.iter().all(|v| v["object"] == "film"), "{text}");
     assert_eq!(seen.last().unwrap()["status"], "completed", "{text}");
     let progress: Vec<u64> = seen
         .iter()

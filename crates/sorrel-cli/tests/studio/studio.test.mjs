@@ -1,6 +1,6 @@
 // Drives the studio page in headless Debian Chromium (Playwright) against real `sorrel serve` processes with
-// the embedded model, as a person would: type, watch, play, download, check the credentials, delete; lose the
-// server mid-job and see the page reconnect; meet a key-protected server. crates/sorrel-cli/tests/studio.rs
+// the embedded model, as a person would: type, watch, play, download, check the credentials, delete; make a
+// film from a story; lose the server mid-job and see the page reconnect; meet a key-protected server. crates/sorrel-cli/tests/studio.rs
 // runs it with SORREL_BIN set; SORREL_STUDIO_SCREENSHOT=PATH also saves the README's screenshot.
 
 import { spawn } from 'node:child_process';
@@ -283,6 +283,78 @@ async function studioWithoutKeys(browser, dir) {
   await context.close();
 }
 
+/** A film from a story typed into the page: its card follows it to the end, shows the storyboard and plays the
+ * whole film; a bad story shows the API's message next to the story. */
+async function films(browser, dir) {
+  const { url } = await serve(join(dir, 'films'), ['--port', '0']);
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(url);
+  await page.locator('#film_model option[value="sorrel-toyworld"]').waitFor({ state: 'attached' });
+  check(await page.locator('#films-status').textContent() === 'No films yet: write a story and press Make film.',
+    'the films list says how to start');
+
+  await page.fill('#story', '   ');
+  await page.click('#make-film');
+  const empty = await (await fetch(`${url}/v1/films`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ story: '   ' }),
+  })).json();
+  await page.locator('#story-error').waitFor();
+  check(await page.locator('#story-error').textContent() === empty.error.message,
+    `an empty story shows the API's message next to the story: "${empty.error.message}"`);
+
+  const story = 'Ruby is a small red ball. The floor is green.\n\nRuby bounces for 2 seconds. Then Ruby moves to the left.'
+    + '\n\nRuby moves up.';
+  await page.fill('#story', story);
+  await page.fill('#shot_seconds', '1');
+  await page.click('#make-film');
+  const card = page.locator('#films li').first();
+  await card.waitFor();
+  const id = await card.getAttribute('data-id');
+  check(id.startsWith('film_') && await page.locator('#story-error').isHidden(), `Make film queues a film (${id})`);
+  await card.locator('.status', { hasText: 'Done' }).waitFor({ timeout: 120_000 });
+  const film = await (await fetch(`${url}/v1/films/${id}`)).json();
+  check(film.shots.length === 3 && (await card.locator('h3').textContent()).startsWith('Film, 3 shots: Ruby bounces'),
+    `the card is titled by the film (${await card.locator('h3').textContent()})`);
+
+  // The storyboard on the card: one 108-pixel row per shot under a 12-pixel margin.
+  const board = card.locator('img.storyboard');
+  await board.waitFor({ state: 'visible' });
+  const height = await board.evaluate(async (img) => { await img.decode(); return img.naturalHeight; });
+  check(height === 12 + 3 * 108, `the card shows the storyboard, one row per shot (${height} px high)`);
+
+  // The whole film plays in the page.
+  const played = await card.locator('video').evaluate((v) => new Promise((resolve, reject) => {
+    const go = () => {
+      v.addEventListener('ended', () => resolve({ ended: v.ended, duration: v.duration }), { once: true });
+      v.addEventListener('error', () => reject(new Error(`video error ${v.error && v.error.code}`)), { once: true });
+      v.play().catch(reject);
+    };
+    if (v.readyState >= 1) go(); else v.addEventListener('loadedmetadata', go, { once: true });
+  }));
+  check(played.ended && Math.abs(played.duration - film.seconds) < 0.01,
+    `the film plays to the end (${played.duration.toFixed(2)} s, the API says ${film.seconds} s)`);
+
+  const [download] = await Promise.all([page.waitForEvent('download'), card.getByRole('button', { name: 'Storyboard' }).click()]);
+  const saved = join(dir, download.suggestedFilename());
+  await download.saveAs(saved);
+  const theirs = Buffer.from(await (await fetch(`${url}/v1/films/${id}/content?variant=storyboard`)).arrayBuffer());
+  check(readFileSync(saved).equals(theirs), `"Storyboard" saves ${download.suggestedFilename()}, the API's PNG`);
+  const badge = await card.locator('.badge', { hasText: /Content credentials/ }).textContent();
+  check(badge.startsWith('✔ Content credentials: trusted'), `the film's credentials badge: "${badge}"`);
+
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await card.getByRole('button', { name: /^Delete/ }).click();
+  await page.locator(`#films li[data-id="${id}"]`).waitFor({ state: 'detached' });
+  check(asked.startsWith('Delete') && (await fetch(`${url}/v1/films/${id}`)).status === 404,
+    'Delete on a film card asks first and removes the film');
+  check(pageErrors.length === 0, `no script errors (${pageErrors.join('; ') || 'none'})`);
+  await context.close();
+}
+
 async function reconnects(browser, dir) {
   const data = join(dir, 'restart');
   let server = await serve(data, ['--port', '0']);
@@ -361,6 +433,7 @@ const browser = await chromium.launch({
 let failed = false;
 try {
   await studioWithoutKeys(browser, dir);
+  await films(browser, dir);
   await reconnects(browser, dir);
   await withKeys(browser, dir);
 } catch (e) {
