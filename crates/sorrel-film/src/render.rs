@@ -257,7 +257,13 @@ pub fn render(
         let (start, given) = if s.continues {
             let given = format!("continues {} refs {refs_key}", keys[i - 1]);
             match layout.continuation {
-                Continuation::VaceExtension => (Start::Extend(pictures(&shots[i - 1])?), given),
+                Continuation::VaceExtension => {
+                    // A window keeps at most the last few frames: the rest of the shot before is not needed.
+                    let before = &shots[i - 1];
+                    let keep = before.dim(0)?.min(context_frames(tc));
+                    let tail = before.narrow(0, before.dim(0)? - keep, keep)?;
+                    (Start::Extend(pictures(&tail)?), given)
+                }
                 _ => (
                     Start::Generate(Conditioning::Continue {
                         before: pictures(&shots[i - 1])?,
@@ -343,7 +349,10 @@ pub fn render(
                         splice.conditioning.clone(),
                     );
                     let f = splice.new_part(&run(&req, done + have, label.clone(), on)?)?;
-                    context = pictures(&f)?;
+                    // The next window's context: the last frames of what came before and of this window.
+                    context.extend(pictures(&f)?);
+                    let drop = context.len().saturating_sub(context_frames(tc));
+                    context.drain(..drop);
                     have += f.dim(0)?;
                     made.push(f);
                     window += 1;

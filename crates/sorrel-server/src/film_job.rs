@@ -153,7 +153,13 @@ pub(crate) fn make(
         })
         .collect();
     let signed = signing.sign(&bytes, Variant::Video.file_name(), &ingredients)?;
-    write(&out.join(Variant::Video.file_name()), &signed)
+    write(&out.join(Variant::Video.file_name()), &signed)?;
+    // The film is whole: the cache (every shot's frames in f32, hundreds of MB a shot at 480p) has done its
+    // job. Best effort: a cache left behind goes with the job when it expires or is deleted.
+    if let Err(e) = std::fs::remove_dir_all(&dirs.work) {
+        tracing::warn!("cannot remove the film cache {}: {e}", dirs.work.display());
+    }
+    Ok(())
 }
 
 /// Shot `n`'s file name (1-based) in the job's `shots/` folder.

@@ -218,6 +218,12 @@ async fn a_film_job_through_its_whole_life(backend: Backend) {
         "{v}"
     );
 
+    // The shot cache went once the film was whole.
+    assert!(
+        !s.app.data.input_dir(&id).join("film").exists(),
+        "the cache of a finished film is removed"
+    );
+
     // Listed under films, not videos.
     let (_, list) = s.get_json("/v1/films").await;
     assert_eq!(list["data"][0]["id"], id.as_str(), "{list}");
