@@ -235,14 +235,7 @@ pub fn film(args: FilmArgs) -> Result<()> {
         shot_files.push((format!("shot {name}"), bytes));
     }
     // The film's credentials list every shot, each with its own manifest, as a component.
-    let ingredients: Vec<sorrel_provenance::Ingredient> = shot_files
-        .iter()
-        .map(|(title, bytes)| sorrel_provenance::Ingredient {
-            title: title.clone(),
-            mime: "video/mp4",
-            bytes,
-        })
-        .collect();
+    let ingredients = sorrel_provenance::Ingredient::all(&shot_files, "video/mp4");
     let all = Tensor::cat(shots, 0)?;
     let seed = plan.shot_seed(0);
     let (data, clip, wm) = mark(&all, seed, &rendered.film_key[..16])?;

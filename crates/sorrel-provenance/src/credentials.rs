@@ -180,6 +180,20 @@ pub struct Ingredient<'a> {
     pub bytes: &'a [u8],
 }
 
+impl<'a> Ingredient<'a> {
+    /// Each `(title, bytes)` file, all of type `mime`, as an ingredient (a film's shots).
+    pub fn all(files: &'a [(String, Vec<u8>)], mime: &'a str) -> Vec<Ingredient<'a>> {
+        files
+            .iter()
+            .map(|(title, bytes)| Ingredient {
+                title: title.clone(),
+                mime,
+                bytes,
+            })
+            .collect()
+    }
+}
+
 /// Returns `bytes` (a file of type `mime`) with a signed manifest embedded.
 pub fn sign(
     bytes: &[u8],

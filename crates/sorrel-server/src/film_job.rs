@@ -144,14 +144,7 @@ pub(crate) fn make(
         sorrel_media::encode_still(&sheet, StillFormat::Jpeg(85)).map_err(|e| encode_err(&e))?;
     signing.write(out, Variant::Spritesheet, &still)?;
     // The film last: its presence is what makes a job's folder complete.
-    let ingredients: Vec<sorrel_provenance::Ingredient> = shot_files
-        .iter()
-        .map(|(title, bytes)| sorrel_provenance::Ingredient {
-            title: title.clone(),
-            mime: "video/mp4",
-            bytes,
-        })
-        .collect();
+    let ingredients = sorrel_provenance::Ingredient::all(&shot_files, "video/mp4");
     let signed = signing.sign(&bytes, Variant::Video.file_name(), &ingredients)?;
     write(&out.join(Variant::Video.file_name()), &signed)?;
     // The film is whole: the cache (every shot's frames in f32, hundreds of MB a shot at 480p) has done its

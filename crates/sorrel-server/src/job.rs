@@ -178,6 +178,30 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job just accepted: queued, no progress, no attempt yet; `remixed_from` names the video it remixes.
+    pub fn queued(
+        id: String,
+        owner: String,
+        model: String,
+        params: GenParams,
+        remixed_from: Option<String>,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            model,
+            params,
+            status: JobStatus::Queued,
+            progress: 0,
+            created_at: now(),
+            completed_at: None,
+            expires_at: None,
+            error: None,
+            remixed_from,
+            attempts: 0,
+        }
+    }
+
     /// What the job makes.
     pub fn kind(&self) -> Kind {
         Kind::of(&self.id).unwrap_or(Kind::Video)
@@ -190,31 +214,39 @@ impl Job {
         if let Some(film) = &p.film {
             return self.film_api(film);
         }
-        json!({
-            "id": self.id,
+        self.with_life(json!({
             "object": "video",
-            "model": self.model,
-            "status": self.status.as_str(),
-            "progress": self.progress,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "expires_at": self.expires_at,
             "prompt": p.prompt,
             "seconds": p.seconds.to_string(),
             "size": format!("{}x{}", p.width, p.height),
             "remixed_from_video_id": self.remixed_from,
-            "error": self.error,
             "negative_prompt": p.negative_prompt,
             "seed": p.seed,
             "steps": p.steps,
             "guidance": p.guidance,
             "frames": p.frames,
             "fps": p.fps,
-        })
+        }))
     }
-}
 
-impl Job {
+    /// `fields` with what every job object says of its life: id, model, status, progress and times.
+    fn with_life(&self, mut fields: Value) -> Value {
+        let life = json!({
+            "id": self.id,
+            "model": self.model,
+            "status": self.status.as_str(),
+            "progress": self.progress,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "expires_at": self.expires_at,
+            "error": self.error,
+        });
+        if let (Value::Object(f), Value::Object(l)) = (&mut fields, life) {
+            f.extend(l);
+        }
+        fields
+    }
+
     fn film_api(&self, film: &FilmParams) -> Value {
         let p = &self.params;
         let plan = &film.plan;
@@ -241,16 +273,8 @@ impl Job {
                 v
             })
             .collect();
-        json!({
-            "id": self.id,
+        self.with_life(json!({
             "object": "film",
-            "model": self.model,
-            "status": self.status.as_str(),
-            "progress": self.progress,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "expires_at": self.expires_at,
-            "error": self.error,
             "seconds": p.frames as f64 / p.fps as f64,
             "size": format!("{}x{}", p.width, p.height),
             "frames": p.frames,
@@ -259,7 +283,7 @@ impl Job {
             "guidance": p.guidance,
             "characters": plan.characters,
             "shots": shots,
-        })
+        }))
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::auth::{require_key, Owner};
 use crate::error::ApiError;
-use crate::job::{is_valid_id_of, new_id, new_id_of, now, Job, JobInput, JobStatus, Kind};
+use crate::job::{is_valid_id_of, new_id, new_id_of, Job, JobInput, JobStatus, Kind};
 use crate::models::Catalog;
 use crate::params::{self, Field, Variant};
 use crate::store::{Inserted, JobStore};
@@ -281,20 +281,7 @@ async fn create<S: JobStore>(
     {
         store_input(&app, &id, file, bytes)?;
     }
-    let job = Job {
-        id,
-        owner: owner.0,
-        model: parsed.model,
-        params: parsed.params,
-        status: JobStatus::Queued,
-        progress: 0,
-        created_at: now(),
-        completed_at: None,
-        expires_at: None,
-        error: None,
-        remixed_from: None,
-        attempts: 0,
-    };
+    let job = Job::queued(id, owner.0, parsed.model, parsed.params, None);
     enqueue_or_clean(&app, job, &catalog).await
 }
 
@@ -313,20 +300,13 @@ async fn create_film<S: JobStore>(
         ..parsed.params.clone()
     };
     check_memory(&app, &parsed.model, &longest)?;
-    let job = Job {
-        id: new_id_of(Kind::Film),
-        owner: owner.0,
-        model: parsed.model,
-        params: parsed.params,
-        status: JobStatus::Queued,
-        progress: 0,
-        created_at: now(),
-        completed_at: None,
-        expires_at: None,
-        error: None,
-        remixed_from: None,
-        attempts: 0,
-    };
+    let job = Job::queued(
+        new_id_of(Kind::Film),
+        owner.0,
+        parsed.model,
+        parsed.params,
+        None,
+    );
     enqueue_or_clean(&app, job, &catalog).await
 }
 
@@ -520,20 +500,13 @@ async fn remix<S: JobStore>(
         }
         None => {}
     }
-    let job = Job {
-        id: new,
-        owner: owner.0,
-        model: source.model.clone(),
+    let job = Job::queued(
+        new,
+        owner.0,
+        source.model.clone(),
         params,
-        status: JobStatus::Queued,
-        progress: 0,
-        created_at: now(),
-        completed_at: None,
-        expires_at: None,
-        error: None,
-        remixed_from: Some(source.id.clone()),
-        attempts: 0,
-    };
+        Some(source.id.clone()),
+    );
     enqueue_or_clean(&app, job, &catalog).await
 }
 

@@ -168,6 +168,34 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A film's end is announced as a film's, a video's as a video's; nothing else is announced.
+    #[test]
+    fn events_name_the_kind_of_job() {
+        let kind = |id: &str, status| {
+            event_for(id, status).map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+        };
+        let film = crate::job::new_id_of(crate::job::Kind::Film);
+        let video = crate::job::new_id();
+        assert_eq!(
+            kind(&film, JobStatus::Completed).as_deref(),
+            Some("film.completed")
+        );
+        assert_eq!(
+            kind(&film, JobStatus::Failed).as_deref(),
+            Some("film.failed")
+        );
+        assert_eq!(
+            kind(&video, JobStatus::Completed).as_deref(),
+            Some("video.completed")
+        );
+        assert_eq!(kind(&film, JobStatus::InProgress), None);
+    }
+
     /// The worked example of the Standard Webhooks specification (its published test vector).
     #[test]
     fn signature_matches_the_standard_webhooks_vector() {
