@@ -185,6 +185,8 @@ pub fn available() -> Result<Option<u64>> {
     if let Ok(limit) = std::env::var("SORREL_MEMORY_LIMIT") {
         return parse_limit("SORREL_MEMORY_LIMIT=", &limit).map(Some);
     }
+    // Memory this process freed but kept for reuse is available to it: hand it back first, so it counts.
+    sorrel_core::threads::release_free_memory();
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("MemAvailable:"))

@@ -114,6 +114,9 @@ async fn run_job<S: JobStore>(app: &Arc<App<S>>, job: Job, worker: usize) {
         .insert(id.clone(), cancel.clone());
     let outcome = generate_job(app, &job, &cancel).await;
     app.running.lock().expect("running map").remove(&id);
+    // The allocator keeps freed blocks for the next tensor (`keep_freed_memory`); between jobs, an idle server
+    // gives them back.
+    sorrel_core::threads::release_free_memory();
 
     let finish = async {
         let shutting_down = *app.shutdown.borrow();
