@@ -293,6 +293,8 @@ async function films(browser, dir) {
   page.on('pageerror', (e) => pageErrors.push(e.message));
   await page.goto(url);
   await page.locator('#film_model option[value="sorrel-toyworld"]').waitFor({ state: 'attached' });
+  // The films load after the videos: wait for the list's own word rather than its "Loading…".
+  await page.locator('#films-status', { hasText: 'No films yet' }).waitFor();
   check(await page.locator('#films-status').textContent() === 'No films yet: write a story and press Make film.',
     'the films list says how to start');
 
