@@ -57,12 +57,10 @@ pub struct Rendered {
     pub film_key: String,
     /// Prompt words the model's tokenizer does not know, each once.
     pub unknown_words: Vec<String>,
-    /// Each character's reference picture, by name.
-    pub characters: Vec<(String, Picture)>,
 }
 
 /// Frames (F, H, W, 3) f32 in [0, 1] as pictures.
-fn pictures(frames: &Tensor) -> Result<Vec<Picture>> {
+pub(crate) fn pictures(frames: &Tensor) -> Result<Vec<Picture>> {
     let (f, h, w, _) = frames.dims4()?;
     let data = frames.flatten_all()?.to_vec1::<f32>()?;
     Ok((0..f)
@@ -381,6 +379,5 @@ pub fn render(
         keys,
         film_key,
         unknown_words: unknown,
-        characters: refs,
     })
 }

@@ -94,18 +94,8 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 /// A frame scaled to [`ROW`] pixels high: small frames by whole-pixel blocks (a 32x32 frame stays sharp),
 /// large ones with Lanczos.
 fn thumbnail(frame: &Tensor) -> Result<Picture> {
-    let (h, w, _) = frame.dims3()?;
-    let rgb: Vec<u8> = frame
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .into_iter()
-        .map(sorrel_media::to_u8)
-        .collect();
-    let p = Picture {
-        width: w,
-        height: h,
-        rgb,
-    };
+    let p = crate::render::pictures(&frame.unsqueeze(0)?)?.remove(0);
+    let (w, h) = (p.width, p.height);
     if h <= ROW {
         let k = ROW / h;
         let (tw, th) = (w * k, h * k);

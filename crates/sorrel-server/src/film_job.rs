@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::job::FilmParams;
 use crate::params::Variant;
-use crate::worker::{failed, Failure, Signing};
+use crate::worker::{failed, failure_of, Failure, Signing};
 
 /// Where a film job reads and writes.
 pub(crate) struct FilmDirs {
@@ -102,12 +102,7 @@ pub(crate) fn make(
         let _ = progress.send((last, msg));
         !cancel.load(Ordering::Relaxed)
     })
-    .map_err(|e| match e {
-        sorrel_core::Error::Cancelled => Failure::Cancelled,
-        sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
-        sorrel_core::Error::Output(m) => failed("storage_error", m),
-        other => failed("generation_failed", other.to_string()),
-    })?;
+    .map_err(|e| failure_of(e, "storage_error"))?;
     if !rendered.unknown_words.is_empty() {
         let _ = progress.send((
             90,

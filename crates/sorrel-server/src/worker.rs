@@ -27,6 +27,17 @@ pub(crate) enum Failure {
     Failed(JobError),
 }
 
+/// A pipeline error as a job failure; `output_code` names a failure of the caller's own output (encoding a
+/// video, storing a film's shots).
+pub(crate) fn failure_of(e: sorrel_core::Error, output_code: &str) -> Failure {
+    match e {
+        sorrel_core::Error::Cancelled => Failure::Cancelled,
+        sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
+        sorrel_core::Error::Output(m) => failed(output_code, m),
+        other => failed("generation_failed", other.to_string()),
+    }
+}
+
 pub(crate) fn failed(code: &str, message: impl Into<String>) -> Failure {
     Failure::Failed(JobError {
         code: code.into(),
@@ -456,12 +467,7 @@ fn generate(
     };
     let made = pipe
         .generate_streamed(&req, &mut on_event, &mut sink)
-        .map_err(|e| match e {
-            sorrel_core::Error::Cancelled => Failure::Cancelled,
-            sorrel_core::Error::Invalid(m) => failed("invalid_request", m),
-            sorrel_core::Error::Output(m) => failed("encoding_failed", m),
-            other => failed("generation_failed", other.to_string()),
-        })?;
+        .map_err(|e| failure_of(e, "encoding_failed"))?;
     if !made.unknown_words.is_empty() {
         let _ = progress.send((
             90,
