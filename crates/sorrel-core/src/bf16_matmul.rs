@@ -347,6 +347,7 @@ fn gemm_nt(
                             kc_pairs,
                             a_tile,
                             bp.as_ptr(),
+                            NR * 2,
                             tile.as_mut_ptr().add(at),
                             width,
                             tile_rows,
@@ -421,11 +422,13 @@ pub(crate) struct ATile {
 }
 
 /// A 12 x 32 tile of `c` (row stride `ldc`; only `rows` x `cols` of it are real) gets, or adds when
-/// `accumulate`, the products of `kc_pairs` pairs of `k` from `a`'s rows and a packed `b` panel.
+/// `accumulate`, the products of `kc_pairs` pairs of `k` from `a`'s rows and a `b` panel whose pair `p` is the
+/// NR x 2 values at `bp + p·b_pair_stride` (NR·2 for a packed panel; the convolutions read pair-interleaved
+/// frames in place, a frame's pairs a plane apart).
 ///
 /// # Safety
 /// `a` has `rows` readable rows of kc_pairs pairs (rows past `rows` are not read: they repeat the last);
-/// `bp` holds NR x 2 x kc_pairs bf16 values; `c` has `rows` rows of `ldc` f32 with `cols` ≤ NR of each
+/// `bp` has NR x 2 readable bf16 values at each of its kc_pairs pair offsets; `c` has `rows` rows of `ldc` f32 with `cols` ≤ NR of each
 /// writable; the CPU has AVX512-BF16 ([`available`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -434,6 +437,7 @@ pub(crate) unsafe fn micro_kernel(
     kc_pairs: usize,
     a: ATile,
     bp: *const bf16,
+    b_pair_stride: usize,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -450,7 +454,7 @@ pub(crate) unsafe fn micro_kernel(
         let mut b = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
         for (v, b) in b.iter_mut().enumerate() {
             *b = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                bp.add(p * NR * 2 + v * 32) as *const _,
+                bp.add(p * b_pair_stride + v * 32) as *const _,
             ));
         }
         for (i, acc) in acc.iter_mut().enumerate() {
@@ -484,6 +488,7 @@ pub(crate) unsafe fn micro_kernel(
     _: usize,
     _: ATile,
     _: *const bf16,
+    _: usize,
     _: *mut f32,
     _: usize,
     _: usize,

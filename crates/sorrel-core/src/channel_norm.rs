@@ -5,19 +5,25 @@
 //! two products) and as many full-size temporaries, then another for SiLU; in the VAE decoder these ran
 //! before every convolution and held a third of its working memory. candle has no channel-axis norm.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
-use crate::ops::{contiguous_f32, exp_f32, is_cpu_f32};
+use crate::ops::{contiguous_bf16, contiguous_f32, exp_f32, is_cpu_f32};
 
 /// Pixels per work item: a few rows of each channel, so every item streams `C` short contiguous runs.
 const SPAN: usize = 2048;
 
 /// `x` (B, C, ...) normalised over C (the norm clamped to at least 1e-12, as `F.normalize`), times
-/// `scale * gamma[c]`, then SiLU when `silu`. `gamma` has C values (any shape of C elements). f32 CPU tensors
-/// that carry no gradient take the fused pass; anything else the candle composition.
+/// `scale * gamma[c]`, then SiLU when `silu`. `gamma` has C values (any shape of C elements). f32 and bf16
+/// CPU tensors that carry no gradient take the fused pass (bf16 computed in f32 and rounded once, as
+/// diffusers normalises half-precision input in fp32); anything else the candle composition.
 pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, scale: f64, silu: bool) -> Result<Tensor> {
-    let fused = is_cpu_f32(x) && is_cpu_f32(gamma) && !x.track_op() && !gamma.track_op();
+    let cpu_bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::BF16;
+    let fused = (is_cpu_f32(x) || cpu_bf16(x))
+        && (is_cpu_f32(gamma) || cpu_bf16(gamma))
+        && !x.track_op()
+        && !gamma.track_op();
     if !fused || x.rank() < 2 {
         let c = x.dim(1)?;
         let mut shape = vec![1usize; x.rank()];
@@ -28,6 +34,7 @@ pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, scale: f64, silu: bool) -> R
     }
     let g: Vec<f32> = gamma
         .flatten_all()?
+        .to_dtype(DType::F32)?
         .to_vec1::<f32>()?
         .into_iter()
         .map(|v| v * scale as f32)
@@ -54,11 +61,48 @@ impl CustomOp1 for ChannelNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        let dims = l.dims();
+        Ok(match s {
+            CpuStorage::BF16(_) => (
+                CpuStorage::BF16(self.run(contiguous_bf16(s, l, self.name())?, l.dims())),
+                l.shape().clone(),
+            ),
+            _ => (
+                CpuStorage::F32(self.run(contiguous_f32(s, l, self.name())?, l.dims())),
+                l.shape().clone(),
+            ),
+        })
+    }
+}
+
+/// The values the norm reads and writes: f32, or bf16 widened on reading and rounded once on writing.
+trait Value: Copy + Send + Sync + Default {
+    fn get(self) -> f32;
+    fn put(v: f32) -> Self;
+}
+
+impl Value for f32 {
+    fn get(self) -> f32 {
+        self
+    }
+    fn put(v: f32) -> Self {
+        v
+    }
+}
+
+impl Value for bf16 {
+    fn get(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    fn put(v: f32) -> Self {
+        bf16::from_bits(crate::simd::to_bf16_bits(v))
+    }
+}
+
+impl ChannelNorm {
+    fn run<T: Value>(&self, x: &[T], dims: &[usize]) -> Vec<T> {
         let (b, c) = (dims[0], dims[1]);
         let plane: usize = dims[2..].iter().product();
-        let mut out = vec![0f32; x.len()];
+        let mut out = vec![T::default(); x.len()];
         // Items: (batch, span of pixels); each writes its own pixels of every channel.
         let spans = plane.div_ceil(SPAN);
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -71,7 +115,9 @@ impl CustomOp1 for ChannelNorm {
             let sum = &mut sum[..n];
             for ch in 0..c {
                 let row = &x[base + ch * plane..base + ch * plane + n];
-                sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v * v);
+                sum.iter_mut()
+                    .zip(row)
+                    .for_each(|(s, &v)| *s += v.get() * v.get());
             }
             // 1 / max(norm, 1e-12), once per pixel.
             sum.iter_mut().for_each(|s| *s = 1.0 / s.sqrt().max(1e-12));
@@ -84,29 +130,29 @@ impl CustomOp1 for ChannelNorm {
                 };
                 if self.silu {
                     for ((o, &v), &r) in o.iter_mut().zip(row).zip(sum.iter()) {
-                        let y = v * r * g;
-                        *o = y / (1.0 + exp_f32(-y));
+                        let y = v.get() * r * g;
+                        *o = T::put(y / (1.0 + exp_f32(-y)));
                     }
                 } else {
                     for ((o, &v), &r) in o.iter_mut().zip(row).zip(sum.iter()) {
-                        *o = v * r * g;
+                        *o = T::put(v.get() * r * g);
                     }
                 }
             }
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        out
     }
 }
 
 /// A raw pointer the parallel items write through, each to its own elements.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SendPtr<T>(*mut T);
 // SAFETY: items write disjoint elements (see the use above).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
     }
 }
@@ -134,6 +180,26 @@ mod tests {
             let plain = channel_rms_norm(tracked.as_tensor(), &gamma, scale, silu).unwrap();
             let err = sorrel_testkit::max_abs_diff(&fused, &plain);
             assert!(err < 2e-6, "{shape:?} silu {silu}: {err}");
+        }
+        // bf16: the f32 pass over the same values, rounded once (half an ulp: 2^-9 of the value).
+        let x = sorrel_testkit::lcg_tensor(&[1, 40, 2, 5, 7], 3, 2.0)
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let gamma = sorrel_testkit::lcg_tensor(&[40, 1, 1, 1], 5, 1.5);
+        for silu in [false, true] {
+            let got = channel_rms_norm(&x, &gamma, 3.0, silu).unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            let want =
+                channel_rms_norm(&x.to_dtype(DType::F32).unwrap(), &gamma, 3.0, silu).unwrap();
+            let got = got.to_dtype(DType::F32).unwrap();
+            let rel = ((&got - &want).unwrap().abs().unwrap()
+                / (want.abs().unwrap() + 1e-30).unwrap())
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+            assert!(rel <= 1.0 / 256.0, "bf16 silu {silu}: {rel}");
         }
         // A pixel of zeros stays zero (the clamped norm), as F.normalize gives.
         let z = Tensor::zeros((1, 4, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();

@@ -55,24 +55,64 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
         .contiguous()
 }
 
-/// candle-nn's `Conv2d` (weights and config as loaded) whose forward pass goes through [`conv2d`].
+/// candle-nn's `Conv2d` (weights and config as loaded) whose forward pass goes through [`conv2d`], or, for
+/// bf16 inference on the CPU at stride 1, through [`crate::bf16_conv`].
 #[derive(Debug, Clone)]
-pub struct Conv2d(candle_nn::Conv2d);
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+    /// The bf16 kernel tap by tap ([`crate::bf16_conv::taps_of`]), made on the first bf16 forward (2D
+    /// kernels are small: at most a few MB).
+    taps: std::sync::OnceLock<Tensor>,
+}
 
 impl From<candle_nn::Conv2d> for Conv2d {
     fn from(c: candle_nn::Conv2d) -> Self {
-        Conv2d(c)
+        Conv2d {
+            inner: c,
+            taps: std::sync::OnceLock::new(),
+        }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let cfg = self.0.config();
+        let cfg = self.inner.config();
         if cfg.groups != 1 || cfg.dilation != 1 {
-            return self.0.forward(x);
+            return self.inner.forward(x);
         }
-        let y = conv2d(x, self.0.weight(), cfg.padding, cfg.stride)?;
-        match self.0.bias() {
+        let w = self.inner.weight();
+        let bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::BF16;
+        if cfg.stride == 1 && bf16(x) && bf16(w) && !x.track_op() && !w.track_op() {
+            let taps = match self.taps.get() {
+                Some(t) => t,
+                None => {
+                    let t = crate::bf16_conv::taps_of(&w.unsqueeze(2)?)?;
+                    self.taps.get_or_init(|| t)
+                }
+            };
+            let y = crate::bf16_conv::conv3d_bf16_causal(
+                &x.unsqueeze(2)?,
+                taps,
+                self.inner.bias(),
+                1,
+                cfg.padding,
+                0,
+                None,
+            )?;
+            return y.squeeze(2);
+        }
+        if bf16(x) && bf16(w) && !x.track_op() && !w.track_op() {
+            // Strided (the VAE encoder's downsampling): candle 0.11 has no bf16 product on the CPU, so in
+            // f32, rounded once.
+            let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+            let mut y = conv2d(&f(x)?, &f(w)?, cfg.padding, cfg.stride)?;
+            if let Some(bias) = self.inner.bias() {
+                y = crate::ops::broadcast_add(&y, &f(bias)?.reshape((1, bias.dim(0)?, 1, 1))?)?;
+            }
+            return y.to_dtype(candle_core::DType::BF16);
+        }
+        let y = conv2d(x, w, cfg.padding, cfg.stride)?;
+        match self.inner.bias() {
             Some(bias) => {
                 let bias = bias.reshape((1, bias.dim(0)?, 1, 1))?;
                 crate::ops::broadcast_add(&y, &bias)

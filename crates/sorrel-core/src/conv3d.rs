@@ -26,6 +26,10 @@ pub struct CausalConv3d {
     /// a copy made on first use by the stacked path, and only when `weight` is not a training variable. The
     /// CPU's f32 inference path reads `weight` itself, so a VAE run there never holds its weights twice.
     weight2d: std::sync::OnceLock<Tensor>,
+    /// bf16 inference weights on the CPU: the kernel tap by tap, (kt, kh, kw, Cout, Cin), the layout
+    /// [`crate::bf16_conv`] reads; `weight` is then a view of it in the loaded order, so the layer holds its
+    /// weights once.
+    taps: Option<Tensor>,
     bias: Tensor,
     in_channels: usize,
     out_channels: usize,
@@ -55,7 +59,7 @@ impl CausalConv3d {
 
     /// Builds the layer from explicit tensors: weight (Cout, Cin, kt, kh, kw), bias (Cout).
     pub fn from_tensors(
-        weight: Tensor,
+        mut weight: Tensor,
         bias: Tensor,
         padding: (usize, usize, usize),
         stride_t: usize,
@@ -70,9 +74,20 @@ impl CausalConv3d {
                 bias.dims()
             );
         }
+        let bf16_inference = weight.dtype() == candle_core::DType::BF16
+            && weight.device().is_cpu()
+            && !weight.is_variable();
+        let taps = if bf16_inference {
+            let taps = crate::bf16_conv::taps_of(&weight)?;
+            weight = taps.permute((3, 4, 0, 1, 2))?;
+            Some(taps)
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             weight2d: std::sync::OnceLock::new(),
+            taps,
             bias,
             in_channels,
             out_channels,
@@ -132,6 +147,12 @@ impl CausalConv3d {
         let kt = self.kernel.0;
         let (_, ph, pw) = self.padding;
         let front = self.front_padding();
+        let untracked = !x.track_op() && !self.weight.track_op();
+        if let (Some(taps), true) = (&self.taps, shifted && untracked) {
+            if x.device().is_cpu() && x.dtype() == candle_core::DType::BF16 {
+                return self.forward_bf16(x, cache, taps);
+            }
+        }
         // One frame with only zero padding in front (an image, or a video's first frame): every tap but
         // the last multiplies zeros, so convolve with the last tap alone (kt times less work).
         if cache.is_none() && x.dim(2)? == 1 && front + 1 == kt && self.stride_t == 1 && kt > 1 {
@@ -166,7 +187,6 @@ impl CausalConv3d {
                 "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
             );
         }
-        let untracked = !x.track_op() && !self.weight.track_op();
         if shifted && untracked && is_cpu_f32(x) && is_cpu_f32(&self.weight) {
             // Inference on the CPU: the zeros and the cache are read straight into the convolution's padded
             // buffer, so the input is never concatenated into a copy. Uneven spatial padding (no Wan layer
@@ -253,6 +273,49 @@ impl CausalConv3d {
         Tensor::cat(&parts, 1)?
             .permute((0, 2, 1, 3, 4))?
             .contiguous()
+    }
+}
+
+impl CausalConv3d {
+    /// bf16 inference on the CPU ([`crate::bf16_conv`]): zeros and cache read into the padded buffer, taps over
+    /// the zero frames skipped (so a first frame costs one tap, as the f32 path's shortcut), bias added before
+    /// the one rounding.
+    fn forward_bf16(&self, x: &Tensor, cache: Option<&Tensor>, taps: &Tensor) -> Result<Tensor> {
+        let (_, ph, pw) = self.padding;
+        let front = self.front_padding();
+        let used = if front > 0 { cache } else { None };
+        let tc = used.map_or(Ok(0), |c| c.dim(2))?;
+        if tc > front {
+            candle_core::bail!(
+                "CausalConv3d: cache of {tc} frames exceeds the {front} frames of padding"
+            );
+        }
+        let zeros = front - tc;
+        if zeros + tc + x.dim(2)? < self.kernel.0 {
+            candle_core::bail!(
+                "CausalConv3d: {} frames (after padding) is fewer than the kernel's {}",
+                zeros + tc + x.dim(2)?,
+                self.kernel.0
+            );
+        }
+        let conv = |x: &Tensor, cache: Option<&Tensor>, pad: usize| {
+            crate::bf16_conv::conv3d_bf16_causal(
+                x,
+                taps,
+                Some(&self.bias),
+                self.stride_t,
+                pad,
+                zeros,
+                cache,
+            )
+        };
+        if ph == pw {
+            return conv(x, used, ph);
+        }
+        // Uneven spatial padding (no Wan layer has it) is added by hand.
+        let pad = |t: &Tensor| t.pad_with_zeros(3, ph, ph)?.pad_with_zeros(4, pw, pw);
+        let cached = used.map(pad).transpose()?;
+        conv(&pad(x)?, cached.as_ref(), 0)
     }
 }
 
@@ -404,6 +467,33 @@ mod tests {
             // fp32 sums of at most 81 products of values in [-1, 1): only accumulation order differs.
             assert!(err < 1e-5, "{case}: max abs error {err}");
         }
+        // bf16 weights: the layer keeps them tap by tap; against the direct loop over the same rounded
+        // values, the bf16 op differs by the result's rounding: half an ulp, 2^-9 of its magnitude (bound
+        // 2^-8), plus f32 summation order. (candle 0.11 has no bf16 product on the CPU: the stacked path
+        // cannot run bf16 there.)
+        let r = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let (w16, b16, x16) = (r(&weight), r(&bias), r(&x));
+        let c16 = cache.as_ref().map(r);
+        let conv = CausalConv3d::from_tensors(w16.clone(), b16.clone(), padding, stride_t).unwrap();
+        assert!(conv.taps.is_some());
+        let (_, want) = naive(
+            &f(&x16),
+            c16.as_ref().map(f).as_ref(),
+            &f(&w16),
+            &f(&b16),
+            padding,
+            stride_t,
+        );
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let y = conv.forward(&x16, c16.as_ref()).unwrap();
+        assert_eq!(y.dtype(), DType::BF16);
+        assert_eq!(y.dims(), shape.as_slice());
+        let err = max_err(&f(&y), &want);
+        assert!(
+            err <= scale / 256.0 + 1e-5,
+            "bf16 kernel {kernel:?} padding {padding:?} cache {cache_t:?}: {err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod adaln;
 pub mod attention;
 pub mod bf16_attention;
+pub mod bf16_conv;
 pub mod bf16_matmul;
 pub mod channel_norm;
 pub mod config;

@@ -2,8 +2,9 @@
 //! saved, and compares the video with diffusers' on the same weights. Run it in its own process
 //! (`/usr/bin/time -v` for peak RSS).
 //!
-//! `cargo run --release -p sorrel-models --example vae_decode_bench -- VAE_DIR INPUTS OTHER RUNS`: INPUTS holds
-//! `z` (de-normalised latents), OTHER diffusers' video (`out`).
+//! `cargo run --release -p sorrel-models --example vae_decode_bench -- VAE_DIR INPUTS OTHER RUNS [bf16]`: INPUTS
+//! holds `z` (de-normalised latents), OTHER diffusers' video (`out`); `bf16` loads the weights in bf16 and
+//! decodes with bf16 activations (f32 sums).
 
 use std::path::Path;
 use std::time::Instant;
@@ -17,14 +18,16 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: first thing in `main`, before any thread exists.
     unsafe { sorrel_core::threads::pin_thread_counts() };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, inputs, other, runs] = &args[..] else {
-        anyhow::bail!("usage: vae_decode_bench VAE_DIR INPUTS OTHER RUNS");
+    let (dir, inputs, other, runs, dtype) = match &args[..] {
+        [d, i, o, r] => (d, i, o, r, DType::F32),
+        [d, i, o, r, t] if t == "bf16" => (d, i, o, r, DType::BF16),
+        _ => anyhow::bail!("usage: vae_decode_bench VAE_DIR INPUTS OTHER RUNS [bf16]"),
     };
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let cfg = VaeConfig::from_file(&Path::new(dir).join("config.json"))?;
     let vb = TensorSource::open_dir(Path::new(dir), "diffusion_pytorch_model")?
-        .into_var_builder(DType::F32, &dev);
+        .into_var_builder(dtype, &dev);
     let vae = AutoencoderKLWan::new(&cfg, vb)?;
     println!("load {:.2}s", t0.elapsed().as_secs_f64());
     let z = candle_core::safetensors::load(inputs, &dev)?["z"].clone();
@@ -43,8 +46,15 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(y) = y {
         let theirs = candle_core::safetensors::load(other, &dev)?["out"].clone();
-        let err = (&y - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        println!("video {:?}, max abs error vs diffusers: {err:e}", y.dims());
+        let diff = (&y - &theirs)?;
+        let err = diff.abs()?.max_all()?.to_scalar::<f32>()?;
+        // PSNR over [-1, 1] (peak-to-peak 2), for lossy (bf16) decodes.
+        let mse = diff.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+        let psnr = 10.0 * (4.0 / mse).log10();
+        println!(
+            "video {:?}, max abs error vs diffusers: {err:e}, PSNR {psnr:.1} dB",
+            y.dims()
+        );
     }
     Ok(())
 }

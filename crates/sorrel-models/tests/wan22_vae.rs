@@ -4,17 +4,21 @@
 use candle_core::{DType, Device, Tensor};
 use sorrel_core::TensorSource;
 use sorrel_models::wan::vae::{AutoencoderKLWan, VaeConfig};
-use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference};
+use sorrel_testkit::{assert_bf16_parity, fixture, max_abs, max_abs_diff, reference};
 
 const NAME: &str = "wan22-tiny-ti2v";
 
 fn load() -> AutoencoderKLWan {
+    load_as(DType::F32)
+}
+
+fn load_as(dtype: DType) -> AutoencoderKLWan {
     let dir = fixture(NAME).join("pipeline/vae");
     let cfg = VaeConfig::from_file(&dir.join("config.json")).unwrap();
     assert!(cfg.is_residual && cfg.patch_size == Some(2));
     let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")
         .unwrap()
-        .into_var_builder(DType::F32, &Device::Cpu);
+        .into_var_builder(dtype, &Device::Cpu);
     AutoencoderKLWan::new(&cfg, vb).unwrap()
 }
 
@@ -91,4 +95,29 @@ fn wan22_vae_configs_that_cannot_work_are_refused() {
     uneven.dim_mult = vec![1, 2, 3, 4];
     let e = uneven.validate().unwrap_err().to_string();
     assert!(e.contains("shortcut cannot map"), "{e}");
+}
+
+/// bf16 weights and activations against the fp32 reference, next to diffusers' own bf16 run of the same decode
+/// and encode (`tools/reference/make_vae_bf16_fixtures.py`, [`assert_bf16_parity`]).
+#[test]
+fn wan22_vae_in_bf16_is_as_close_to_fp32_as_diffusers_bf16() {
+    let vae = load_as(DType::BF16);
+    let refs = reference(NAME);
+    let theirs =
+        candle_core::safetensors::load(fixture(NAME).join("vae_bf16.safetensors"), &Device::Cpu)
+            .unwrap();
+    let out = vae.decode(&refs["vae.mean"]).unwrap();
+    assert_bf16_parity(
+        "wan22 decode",
+        &out,
+        &theirs["vae.decoded.bf16"],
+        &refs["vae.decoded"],
+    );
+    let (mean, _) = vae.encode(&clip(&refs)).unwrap();
+    assert_bf16_parity(
+        "wan22 encode",
+        &mean,
+        &theirs["vae.encode.mean.bf16"],
+        &refs["vae.mean"],
+    );
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use sorrel_core::TensorSource;
 use sorrel_models::wan::vae::{vae_key_from_original, AutoencoderKLWan, VaeConfig};
-use sorrel_testkit::{fixture, max_abs, max_abs_diff, reference, reference_metadata};
+use sorrel_testkit::{
+    assert_bf16_parity, fixture, max_abs, max_abs_diff, reference, reference_metadata,
+};
 
 fn load_diffusers(name: &str) -> (VaeConfig, AutoencoderKLWan) {
     let dir = fixture(name).join("pipeline/vae");
@@ -241,4 +243,47 @@ fn unsupported_configs_are_rejected() {
         .to_string()
         .contains("patch_size"));
     assert!(VaeConfig::default().validate().is_ok());
+}
+
+/// The VAE with bf16 weights and activations (f32 sums, one rounding per layer) against the fp32 reference,
+/// next to diffusers' own bf16 run on the same inputs (`tools/reference/make_vae_bf16_fixtures.py`): decode and
+/// encode ([`sorrel_testkit::assert_bf16_parity`]).
+fn check_bf16(name: &str) {
+    let dir = fixture(name).join("pipeline/vae");
+    let cfg = VaeConfig::from_file(&dir.join("config.json")).unwrap();
+    let vb = TensorSource::open_dir(&dir, "diffusion_pytorch_model")
+        .unwrap()
+        .into_var_builder(DType::BF16, &Device::Cpu);
+    let vae = AutoencoderKLWan::new(&cfg, vb).unwrap();
+    let refs = reference(name);
+    let theirs =
+        candle_core::safetensors::load(fixture(name).join("vae_bf16.safetensors"), &Device::Cpu)
+            .unwrap();
+    let out = vae
+        .decode(&denormalised_latents(name, &cfg, &refs))
+        .unwrap();
+    assert_eq!(out.dtype(), DType::F32);
+    assert_bf16_parity(
+        &format!("{name} decode"),
+        &out,
+        &theirs["vae.decoded.bf16"],
+        &refs["vae.decoded"],
+    );
+    let (mean, _) = vae.encode(&refs["unit.vae.encode.in"]).unwrap();
+    assert_bf16_parity(
+        &format!("{name} encode"),
+        &mean,
+        &theirs["vae.encode.mean.bf16"],
+        &refs["unit.vae.encode.mean"],
+    );
+}
+
+#[test]
+fn bf16_vae_is_as_close_to_fp32_as_diffusers_bf16_unipc() {
+    check_bf16("wan-tiny-unipc");
+}
+
+#[test]
+fn bf16_vae_is_as_close_to_fp32_as_diffusers_bf16_alt() {
+    check_bf16("wan-tiny-alt");
 }

@@ -44,6 +44,52 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
 }
 
+/// Root mean square of the difference between two tensors of the same shape, compared in f32.
+pub fn rms_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+}
+
+/// Holds a bf16 result (`ours`) to the fp32 reference (`fp32`) no further than the reference library's own bf16
+/// result (`theirs`) is from it, with a margin of 1.5x in RMS and in the largest error, and the two bf16 results
+/// to each other as closely (1.5x the larger RMS). The two round in different places, so neither matches the
+/// other bit for bit; a bug (a missing bias, a wrong tap) lands far outside these bounds.
+pub fn assert_bf16_parity(label: &str, ours: &Tensor, theirs: &Tensor, fp32: &Tensor) {
+    let (ours_rms, ours_max) = (rms_diff(ours, fp32), max_abs_diff(ours, fp32));
+    let (theirs_rms, theirs_max) = (rms_diff(theirs, fp32), max_abs_diff(theirs, fp32));
+    let between = rms_diff(ours, theirs);
+    eprintln!(
+        "{label}: bf16 from fp32: Sorrel RMS {ours_rms:.3e} max {ours_max:.3e}, reference RMS \
+         {theirs_rms:.3e} max {theirs_max:.3e}; Sorrel from the reference's bf16 RMS {between:.3e}"
+    );
+    assert!(
+        theirs_rms > 0.0,
+        "{label}: the bf16 reference equals fp32: not a bf16 run"
+    );
+    assert!(
+        ours_rms <= 1.5 * theirs_rms,
+        "{label}: RMS {ours_rms} from fp32, the reference's bf16 {theirs_rms}"
+    );
+    assert!(
+        ours_max <= 1.5 * theirs_max,
+        "{label}: largest error {ours_max} from fp32, the reference's bf16 {theirs_max}"
+    );
+    assert!(
+        between <= 1.5 * theirs_rms.max(ours_rms),
+        "{label}: the two bf16 results are {between} apart (RMS)"
+    );
+}
+
 /// Mean absolute difference between two tensors of the same shape, compared in f32.
 pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");

@@ -112,15 +112,15 @@ impl RmsNorm {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() == DType::F32 {
+        if matches!(x.dtype(), DType::F32 | DType::BF16) {
             return sorrel_core::channel_norm::channel_rms_norm(x, &self.gamma, self.scale, false);
         }
         self.forward_composed(x)
     }
 
-    /// The norm, then SiLU: one pass for f32 (what every residual block and the output head do).
+    /// The norm, then SiLU: one pass for f32 and bf16 (what every residual block and the output head do).
     pub(super) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() == DType::F32 {
+        if matches!(x.dtype(), DType::F32 | DType::BF16) {
             return sorrel_core::channel_norm::channel_rms_norm(x, &self.gamma, self.scale, true);
         }
         self.forward_composed(x)?.silu()
@@ -213,9 +213,12 @@ impl AttentionBlock {
         let frames = x.permute((0, 2, 1, 3, 4))?.reshape((b * t, c, h, w))?;
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?;
         // (BT, 3C, HW) -> (BT, HW, 3C); q, k, v are consecutive channel blocks.
+        // The products and softmax in f32 whatever the weights (candle 0.11 has no bf16 product on the CPU;
+        // this block runs once per frame at the lowest resolution).
         let qkv = qkv
             .reshape((b * t, 3 * c, h * w))?
             .transpose(1, 2)?
+            .to_dtype(DType::F32)?
             .contiguous()?;
         let q = qkv.narrow(D::Minus1, 0, c)?.contiguous()?;
         let k = qkv.narrow(D::Minus1, c, c)?.contiguous()?;
@@ -223,7 +226,10 @@ impl AttentionBlock {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (self.dim as f64).sqrt()))?;
         let attn = sorrel_core::ops::softmax_last_dim(&scores)?;
         let y = attn.matmul(&v)?; // (BT, HW, C)
-        let y = y.transpose(1, 2)?.reshape((b * t, c, h, w))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b * t, c, h, w))?
+            .to_dtype(x.dtype())?;
         let y = self.proj.forward(&y)?;
         let y = y.reshape((b, t, c, h, w))?.permute((0, 2, 1, 3, 4))?;
         y + x

@@ -148,7 +148,7 @@ pub struct DecodeStream<'a> {
 
 impl DecodeStream<'_> {
     /// z: (B, z_dim, T, h, w), de-normalised, following what was pushed before. Returns its frames
-    /// (B, 3, F, s h, s w) clamped to [-1, 1]: 1 + 4(T - 1) for the first piece, 4T after.
+    /// (B, 3, F, s h, s w), f32 whatever the weights' dtype, clamped to [-1, 1]: 1 + 4(T - 1) for the first piece, 4T after.
     pub fn push(&mut self, z: &Tensor) -> Result<Tensor> {
         let vae = self.vae;
         let z = z.to_dtype(vae.dtype)?;
@@ -163,6 +163,8 @@ impl DecodeStream<'_> {
             );
             self.first = false;
         }
-        residual::unpatchify(&Tensor::cat(&outs, 2)?, vae.patch())?.clamp(-1f32, 1f32)
+        residual::unpatchify(&Tensor::cat(&outs, 2)?, vae.patch())?
+            .clamp(-1f32, 1f32)?
+            .to_dtype(DType::F32)
     }
 }
