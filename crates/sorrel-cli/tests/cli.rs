@@ -205,6 +205,37 @@ fn cli_npy_matches_diffusers_frames() {
 }
 
 #[test]
+fn cli_bf16_vae_decodes_as_close_as_diffusers_bf16_vae() {
+    // `--vae-dtype bf16`: the same denoising, the decode with bf16 weights and activations. Its frames (the
+    // decode mapped from [-1, 1] to [0, 1], so half its error) may be as far from diffusers' fp32 frames as
+    // diffusers' own bf16 decode is from its fp32 one, with the margin of the VAE's bf16 parity test (1.5x),
+    // plus the fp32 pipeline's bound.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clip.npy");
+    let model = fixture("wan-tiny-unipc").join("pipeline");
+    let args = fixture_args_to("wan-tiny-unipc", &model, &["--vae-dtype", "bf16"], &out);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = sorrel(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, data) = read_npy_f32(&out);
+    let theirs = candle_core::safetensors::load(
+        fixture("wan-tiny-unipc").join("vae_bf16.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let diffusers_bf16 = sorrel_testkit::max_abs_diff(
+        &theirs["vae.decoded.bf16"],
+        &reference("wan-tiny-unipc")["vae.decoded"],
+    );
+    let err = max_err_against_reference("wan-tiny-unipc", &data);
+    let bound = 1.5 * diffusers_bf16 / 2.0 + 2e-3;
+    assert!(
+        err > 0.0 && err <= bound,
+        "bf16 VAE frames differ from diffusers' fp32 frames by {err} (bound {bound})"
+    );
+}
+
+#[test]
 fn cli_lora_in_kohya_format_matches_diffusers() {
     // `--lora FILE:SCALE` as users type it, against diffusers' load_lora_weights + set_adapters (0.8).
     let tmp = tempfile::tempdir().unwrap();
@@ -411,6 +442,10 @@ fn bad_request_values() {
         (set(9, "0"), "0 steps is not supported"),
         (with(&["--scheduler", "ddim"]), "unknown scheduler `ddim`"),
         (with(&["--dtype", "f8"]), "unknown dtype `f8`"),
+        (
+            with(&["--vae-dtype", "f16"]),
+            "`f16` is not a VAE dtype: use f32 or bf16",
+        ),
         (
             with(&["--guidance", "NaN"]),
             "guidance NaN is not supported",

@@ -5,7 +5,7 @@
 //! (`/proc/self/clear_refs`), so each line is that call's own peak.
 //!
 //! ```sh
-//! cargo run --release -p sorrel-models --example memory_probe -- vae WIDTH HEIGHT
+//! cargo run --release -p sorrel-models --example memory_probe -- vae WIDTH HEIGHT [f32|bf16]
 //! cargo run --release -p sorrel-models --example memory_probe -- transformer LAYERS FRAMES WIDTH HEIGHT f32|bf16 BATCH
 //! ```
 //! `vae` decodes two latent frames (five frames: the peak is the second piece's four) with Wan2.1's VAE;
@@ -63,15 +63,20 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let gb = |b: u64| b as f64 / 1e9;
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["vae", w, h] => {
+        ["vae", w, h] | ["vae", w, h, _] => {
+            let dtype = if args.get(3).map(String::as_str) == Some("bf16") {
+                DType::BF16
+            } else {
+                DType::F32
+            };
             let (w, h): (usize, usize) = (w.parse()?, h.parse()?);
             let cfg = VaeConfig::default();
-            let vae = random(DType::F32, &dev, |vb| AutoencoderKLWan::new(&cfg, vb))?;
+            let vae = random(dtype, &dev, |vb| AutoencoderKLWan::new(&cfg, vb))?;
             let z = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, 2, h / 8, w / 8), &dev)?;
             let (video, bytes) = working(|| Ok(vae.decode(&z)?))?;
-            let chunk = 4 * w * h * cfg.base_dim * cfg.dim_mult[0] * 4;
+            let chunk = 4 * w * h * cfg.base_dim * cfg.dim_mult[0] * dtype.size_in_bytes();
             println!(
-                "vae {w}x{h}: output {:?}, working {:.3} GB = {:.2} x one 4-frame full-resolution tensor ({:.3} GB)",
+                "vae {w}x{h} {dtype:?}: output {:?}, working {:.3} GB = {:.2} x one 4-frame full-resolution tensor ({:.3} GB)",
                 video.dims(),
                 gb(bytes),
                 bytes as f64 / chunk as f64,
@@ -99,7 +104,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         _ => anyhow::bail!(
-            "usage: memory_probe vae WIDTH HEIGHT | transformer LAYERS FRAMES WIDTH HEIGHT f32|bf16 BATCH"
+            "usage: memory_probe vae WIDTH HEIGHT [f32|bf16] | transformer LAYERS FRAMES WIDTH HEIGHT f32|bf16 BATCH"
         ),
     }
     Ok(())

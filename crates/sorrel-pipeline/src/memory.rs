@@ -37,6 +37,9 @@ const FFN_CHUNK_TENSORS: f64 = 2.5;
 /// from 832x480 down to 128x128 since the decoder's last levels run a frame at a time (18.4 to 21.3 before):
 /// the largest, rounded up.
 const VAE_TENSORS: f64 = 12.0;
+/// The same for a bf16 VAE, in units of the bf16 tensor: `memory_probe vae W H bf16` measured 9.8 to 12.6 from
+/// 832x480 down to 128x128 (the f32 output frames and fixed buffers weigh more beside halved activations).
+const VAE_TENSORS_BF16: f64 = 13.0;
 
 /// What a generation needs beyond the loaded weights, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +119,7 @@ impl WanPipeline {
         Ok(Need {
             tokens,
             transformer,
-            vae: vae_piece(&self.vae_config, req.width, req.height),
+            vae: vae_piece(&self.vae_config, self.vae.dtype(), req.width, req.height),
             frames,
         })
     }
@@ -170,12 +173,18 @@ pub fn transformer_block(
     attention.max(ffn) * 4 + widened
 }
 
-/// One piece of a VAE decode to `width` x `height` frames (four frames at a time, at full resolution).
-pub fn vae_piece(cfg: &VaeConfig, width: usize, height: usize) -> u64 {
+/// One piece of a VAE decode to `width` x `height` frames (four frames at a time, at full resolution), with
+/// activations in `dtype` (f32, or bf16 at 2 bytes).
+pub fn vae_piece(cfg: &VaeConfig, dtype: candle_core::DType, width: usize, height: usize) -> u64 {
     let patch = cfg.patch_size.unwrap_or(1);
     let channels = cfg.decoder_base_dim.unwrap_or(cfg.base_dim) * cfg.dim_mult[0];
-    let piece = 4 * (height / patch) * (width / patch) * channels * 4;
-    (VAE_TENSORS * piece as f64) as u64
+    let piece = 4 * (height / patch) * (width / patch) * channels * dtype.size_in_bytes();
+    let tensors = if dtype == candle_core::DType::F32 {
+        VAE_TENSORS
+    } else {
+        VAE_TENSORS_BF16
+    };
+    (tensors * piece as f64) as u64
 }
 
 /// Bytes this process may still allocate: `SORREL_MEMORY_LIMIT` if set (`8G`, `512M`, or bytes), else the
@@ -274,16 +283,21 @@ mod tests {
             );
         }
         let vae = VaeConfig::default();
-        for (w, h, measured) in [
-            (128, 128, 0.299 * gb),
-            (256, 256, 1.093 * gb),
-            (512, 256, 2.108 * gb),
-            (832, 480, 6.050 * gb),
+        for (w, h, dtype, measured) in [
+            (128, 128, DType::F32, 0.299 * gb),
+            (256, 256, DType::F32, 1.093 * gb),
+            (512, 256, DType::F32, 2.108 * gb),
+            (832, 480, DType::F32, 6.050 * gb),
+            // 2026-12-07, the bf16 VAE (AVX512-BF16 convolutions).
+            (128, 128, DType::BF16, 0.159 * gb),
+            (256, 256, DType::BF16, 0.582 * gb),
+            (512, 256, DType::BF16, 1.142 * gb),
+            (832, 480, DType::BF16, 2.998 * gb),
         ] {
-            let est = vae_piece(&vae, w, h) as f64;
+            let est = vae_piece(&vae, dtype, w, h) as f64;
             assert!(
                 (measured..=1.35 * measured).contains(&est),
-                "VAE at {w}x{h}: estimate {:.3} GB, measured {:.3} GB",
+                "VAE at {w}x{h} ({dtype:?}): estimate {:.3} GB, measured {:.3} GB",
                 est / gb,
                 measured / gb
             );

@@ -72,7 +72,13 @@ impl AutoencoderKLWan {
         &self.cfg
     }
 
-    /// x: (B, in_channels, F, H, W) in [-1, 1]. Returns the posterior's (mean, logvar), each (B, z_dim, T, h, w)
+    /// The dtype of the weights and activations (what the weights were loaded as). Results are f32 whatever
+    /// it is.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// x: (B, in_channels, F, H, W) in [-1, 1]. Returns the posterior's (mean, logvar), f32, each (B, z_dim, T, h, w)
     /// with T = 1 + (F - 1) / 4 and h, w = H / s, W / s (s = 8 for Wan2.1, 16 for Wan2.2); logvar is clamped to [-30, 20] as in
     /// diffusers' `DiagonalGaussianDistribution`. Like diffusers, trailing frames beyond `1 + 4k` are dropped.
     pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -96,6 +102,7 @@ impl AutoencoderKLWan {
         let out = Tensor::cat(&outs, 2)?;
         let enc = self.quant_conv.forward(&out, None)?;
         let z = self.cfg.z_dim;
+        let enc = enc.to_dtype(DType::F32)?;
         let mean = enc.narrow(1, 0, z)?;
         let logvar = enc.narrow(1, z, z)?.clamp(-30f32, 20f32)?;
         Ok((mean, logvar))
