@@ -1,5 +1,6 @@
 //! The flags that name weights beside `--model`: LoRA adapters and single-file components (ComfyUI's
-//! repackaged files, GGUF transformers). Shared by `generate`, `connect`, `film` and `serve`.
+//! repackaged files, GGUF transformers), and how they run (quantization, the VAE's dtype and tiling). Shared
+//! by `generate`, `connect`, `film` and `serve`.
 
 use std::path::PathBuf;
 
@@ -41,6 +42,11 @@ pub struct WeightArgs {
     /// (about 53 dB PSNR; docs/benchmarks.md).
     #[arg(long, value_name = "DTYPE", value_parser = parse_vae_dtype)]
     pub vae_dtype: Option<candle_core::DType>,
+    /// Decode in 256-pixel tiles every 192 pixels, blended (diffusers' enable_tiling): auto (default: only
+    /// when the whole-frame decode would not fit in memory), on, or off. Tiles bound the decode's memory at
+    /// any size and change the video slightly near their seams.
+    #[arg(long, value_name = "WHEN")]
+    pub vae_tiling: Option<sorrel_pipeline::VaeTiling>,
 }
 
 fn parse_vae_dtype(s: &str) -> std::result::Result<candle_core::DType, String> {
@@ -66,6 +72,7 @@ impl WeightArgs {
             image_encoder: self.image_encoder.clone(),
             quant: self.quant,
             vae_dtype: self.vae_dtype.unwrap_or(opts.vae_dtype),
+            vae_tiling: self.vae_tiling.unwrap_or(opts.vae_tiling),
             ..opts
         }
     }
@@ -102,6 +109,10 @@ impl WeightArgs {
         }
         if let Some(d) = self.vae_dtype.filter(|&d| d != candle_core::DType::F32) {
             out.push_str(&format!("vae-{d:?}"));
+        }
+        // Tiling on changes every large frame; auto only where memory is short, which a cache cannot see.
+        if self.vae_tiling == Some(sorrel_pipeline::VaeTiling::On) {
+            out.push_str("vae-tiled");
         }
         for l in &self.lora {
             let bytes = std::fs::read(&l.path)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sorrel_core::TensorSource;
-use sorrel_models::wan::vae::{vae_key_from_original, AutoencoderKLWan, VaeConfig};
+use sorrel_models::wan::vae::{vae_key_from_original, AutoencoderKLWan, Tiling, VaeConfig};
 use sorrel_testkit::{
     assert_bf16_parity, fixture, max_abs, max_abs_diff, reference, reference_metadata,
 };
@@ -286,4 +286,51 @@ fn bf16_vae_is_as_close_to_fp32_as_diffusers_bf16_unipc() {
 #[test]
 fn bf16_vae_is_as_close_to_fp32_as_diffusers_bf16_alt() {
     check_bf16("wan-tiny-alt");
+}
+
+/// diffusers' tiled decode (`enable_tiling`, small non-square tiles so a small latent crosses several rows and
+/// columns of them) of a seeded latent, from `tools/reference/make_vae_tiling_fixtures.py`.
+fn check_tiled(name: &str, vae: &AutoencoderKLWan) {
+    let path = fixture(name).join("vae_tiled.safetensors");
+    let refs = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let meta = sorrel_testkit::file_metadata(&path);
+    let pair = |k: &str| -> (usize, usize) {
+        let v: Vec<usize> = meta[k].split(',').map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    let tiling = Tiling {
+        tile: pair("tile"),
+        stride: pair("stride"),
+    };
+    let out = vae.decode_tiled(&refs["z"], &tiling).unwrap();
+    assert_eq!(out.dims(), refs["tiled"].dims());
+    let e = max_abs_diff(&out, &refs["tiled"]);
+    let seams = max_abs_diff(&refs["tiled"], &refs["whole"]);
+    eprintln!("{name}: tiled decode {e:e} from diffusers' (tiled and whole differ by {seams:e})");
+    // The tiles change the video near the seams, so an untiled decode cannot pass.
+    assert!(
+        seams > 1e-3,
+        "{name}: the fixture's tiles do not matter ({seams})"
+    );
+    // 1e-4: same fp32 maths as diffusers; only accumulation order (conv/matmul kernels) differs.
+    assert!(e < 1e-4, "{name}: tiled decode max abs error {e}");
+    // A tiling that cannot work is an error, not a panic.
+    let bad = Tiling {
+        tile: (4, 4),
+        stride: (2, 2),
+    };
+    assert!(vae.decode_tiled(&refs["z"], &bad).is_err());
+}
+
+#[test]
+fn tiled_decode_matches_diffusers_alt() {
+    let (_, vae) = load_diffusers("wan-tiny-alt");
+    check_tiled("wan-tiny-alt", &vae);
+}
+
+#[test]
+fn tiled_decode_matches_diffusers_wan22() {
+    // Wan2.2's VAE: 16x spatial through 2x2 patches, so tiles are cut in patched pixels.
+    let (_, vae) = load_diffusers("wan22-tiny-ti2v");
+    check_tiled("wan22-tiny-ti2v", &vae);
 }

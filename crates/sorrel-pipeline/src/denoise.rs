@@ -12,9 +12,10 @@ use sorrel_core::{Error, Result};
 use sorrel_models::wan::transformer::{Context, WanTransformer3DModel};
 use sorrel_schedulers::{self as schedulers, Scheduler};
 
-use crate::loader::WanPipeline;
+use crate::loader::{VaeTiling, WanPipeline};
 use crate::progress::{Event, ProgressFn};
 use crate::request::{GenerateRequest, Picture};
+use sorrel_models::wan::vae::Tiling;
 
 /// Where time went, in order: ("text encoder", ..), ("step 1", ..), .., ("vae decode", ..).
 pub type Timings = Vec<(String, Duration)>;
@@ -308,7 +309,43 @@ impl WanPipeline {
         let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
         // diffusers computes latents / (1/std) + mean; z*std + mean differs by an ulp.
         let z = latents.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
-        Ok(decoded_to_frames(&self.vae.decode(&z)?)?)
+        let (_, _, t, h, w) = z.dims5()?;
+        let s = self.vae_config.spatial_compression();
+        let frames = (t.max(1) - 1) * self.info.compression.1 + 1;
+        let video = match self.decode_tiling(w * s, h * s, frames)? {
+            Some(tiling) => self.vae.decode_tiled(&z, &tiling)?,
+            None => self.vae.decode(&z)?,
+        };
+        Ok(decoded_to_frames(&video)?)
+    }
+
+    /// The tiles a decode of `frames` frames of `width` x `height` takes, if any: always with `--vae-tiling
+    /// on` (for frames larger than a tile), never with `off`, and with `auto` only when the whole-frame decode
+    /// would not fit in the memory available now.
+    pub(crate) fn decode_tiling(
+        &self,
+        width: usize,
+        height: usize,
+        frames: usize,
+    ) -> Result<Option<Tiling>> {
+        let tiling = Tiling::default();
+        if !tiling.cuts(width, height) {
+            return Ok(None);
+        }
+        Ok(match self.vae_tiling {
+            VaeTiling::Off => None,
+            VaeTiling::On => Some(tiling),
+            VaeTiling::Auto => {
+                let whole =
+                    crate::memory::vae_piece(&self.vae_config, self.vae.dtype(), width, height);
+                // The decoded frames and their copy as pictures, as the memory check counts them.
+                let frames = 2 * (width * height * 3 * 4 * frames) as u64;
+                match crate::memory::available()? {
+                    Some(room) if whole + frames > room => Some(tiling),
+                    _ => None,
+                }
+            }
+        })
     }
 
     /// A video (1, 3, F, H, W) in [-1, 1] -> normalised latents (1, z, T, h, w): the posterior mean, as the

@@ -20,7 +20,7 @@ pub mod vace;
 pub use compose::Splice;
 pub use defaults::{frames_covering, ModelDefaults};
 pub use denoise::{decoded_to_frames, fit, StepFn};
-pub use loader::{Layout, LoadOptions, WanPipeline, WAN21_FPS};
+pub use loader::{Layout, LoadOptions, VaeTiling, WanPipeline, WAN21_FPS};
 pub use modes::{FrameSink, Mode, ModelInfo, Streamed, Video};
 pub use progress::Event;
 pub use request::{strength_steps, Conditioning, Forcing, GenerateRequest, Picture};

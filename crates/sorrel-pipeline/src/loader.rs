@@ -56,6 +56,37 @@ pub struct LoadOptions {
     /// The VAE's weights and activations (`--vae-dtype`): f32 (the default, as diffusers' Wan pipelines keep
     /// the VAE) or bf16 (the AVX512-BF16 convolutions: faster, half the memory, diffusers' bf16 accuracy).
     pub vae_dtype: DType,
+    /// Whether the VAE decodes in spatial tiles (`--vae-tiling`, diffusers' `enable_tiling`).
+    pub vae_tiling: VaeTiling,
+}
+
+/// When the VAE decodes in spatial tiles ([`sorrel_models::wan::vae::Tiling`]: diffusers' 256-pixel tiles every
+/// 192 pixels, blended). Tiling bounds the decode's memory whatever the frame size, and changes the video
+/// slightly near the seams, as diffusers' tiled decode does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeTiling {
+    /// Only when the whole-frame decode would not fit in the memory available (the default).
+    #[default]
+    Auto,
+    /// Always, for frames larger than a tile.
+    On,
+    /// Never (a request too large for memory is refused).
+    Off,
+}
+
+impl std::str::FromStr for VaeTiling {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "`{other}` is not a VAE tiling: use auto, on or off"
+            )),
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -70,6 +101,7 @@ impl Default for LoadOptions {
             image_encoder: None,
             quant: None,
             vae_dtype: DType::F32,
+            vae_tiling: VaeTiling::Auto,
         }
     }
 }
@@ -351,6 +383,8 @@ pub struct WanPipeline {
     pub(crate) transformer_config: WanTransformerConfig,
     pub(crate) vae: AutoencoderKLWan,
     pub(crate) vae_config: VaeConfig,
+    /// When the decode is tiled.
+    pub(crate) vae_tiling: VaeTiling,
     /// CLIP's vision tower and its processor, for image-to-video models.
     pub(crate) image_encoder: Option<ImageEncoder>,
     /// The folder's `scheduler_config.json`, if it has one.
@@ -605,6 +639,7 @@ impl WanPipeline {
             transformer_config: tr_cfg,
             vae,
             vae_config,
+            vae_tiling: opts.vae_tiling,
             scheduler_config: sched.is_file().then_some(sched),
             device: dev.clone(),
         })
@@ -691,6 +726,7 @@ impl WanPipeline {
             transformer_config: tr_cfg,
             vae,
             vae_config,
+            vae_tiling: opts.vae_tiling,
             scheduler_config: None,
             device: dev.clone(),
         })

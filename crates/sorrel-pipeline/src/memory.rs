@@ -13,10 +13,10 @@ use sorrel_core::attention::SCORE_BUDGET;
 use sorrel_core::{Error, Result};
 
 use crate::denoise::BATCHED_GUIDANCE_TOKENS;
-use crate::loader::WanPipeline;
+use crate::loader::{VaeTiling, WanPipeline};
 use crate::request::{Conditioning, GenerateRequest};
 use sorrel_models::wan::config::WanTransformerConfig;
-use sorrel_models::wan::vae::VaeConfig;
+use sorrel_models::wan::vae::{Tiling, VaeConfig};
 
 /// Live tensors of one transformer block's self-attention on the unfused path (f16, or bf16 without
 /// AVX512-BF16), in units of (batch x tokens x width) f32: the input, its normalised and modulated copy, q, k
@@ -53,6 +53,8 @@ pub struct Need {
     /// Decoded frames held at once: one window's (the whole video's unless it is made window by window),
     /// twice, and any clips given to continue.
     pub frames: u64,
+    /// What the decode would need in tiles, where `--vae-tiling off` keeps it whole (for the advice).
+    pub vae_tiled: Option<u64>,
 }
 
 impl Need {
@@ -67,7 +69,12 @@ impl Need {
             return Ok(());
         }
         let gb = |b: u64| b as f64 / 1e9;
-        let stage = if self.vae >= self.transformer {
+        let tiles_fit = self
+            .vae_tiled
+            .is_some_and(|t| t.max(self.transformer) + self.frames <= available);
+        let stage = if self.vae >= self.transformer && tiles_fit {
+            "most of it to decode the frames; in tiles it fits: --vae-tiling auto or on".to_string()
+        } else if self.vae >= self.transformer {
             "most of it to decode the frames".to_string()
         } else {
             format!("most of it for {} tokens in the transformer", self.tokens)
@@ -116,11 +123,34 @@ impl WanPipeline {
         let decoded = ((window.max(1) - 1) * tc + 1).min(req.frames);
         let picture = (req.height * req.width * 3 * 4) as u64;
         let frames = (2 * decoded + given) as u64 * picture;
+        let dtype = self.vae.dtype();
+        let whole = vae_piece(&self.vae_config, dtype, req.width, req.height);
+        let tiling = Tiling::default();
+        // Diffusion forcing decodes as it goes (one cache for the whole frame): never tiled.
+        let (vae, vae_tiled) =
+            if self.info.diffusion_forcing.is_some() || !tiling.cuts(req.width, req.height) {
+                (whole, None)
+            } else {
+                let tiled = vae_tiled(
+                    &self.vae_config,
+                    dtype,
+                    &tiling,
+                    req.width,
+                    req.height,
+                    decoded,
+                );
+                match self.vae_tiling {
+                    VaeTiling::Off => (whole, Some(tiled)),
+                    VaeTiling::On => (tiled, None),
+                    VaeTiling::Auto => (whole.min(tiled), None),
+                }
+            };
         Ok(Need {
             tokens,
             transformer,
-            vae: vae_piece(&self.vae_config, self.vae.dtype(), req.width, req.height),
+            vae,
             frames,
+            vae_tiled,
         })
     }
 
@@ -185,6 +215,22 @@ pub fn vae_piece(cfg: &VaeConfig, dtype: candle_core::DType, width: usize, heigh
         VAE_TENSORS_BF16
     };
     (tensors * piece as f64) as u64
+}
+
+/// A tiled decode ([`Tiling`]) of `frames` frames of `width` x `height`: one tile's decode, and every decoded
+/// tile kept (f32) until they are blended, as diffusers keeps them.
+pub fn vae_tiled(
+    cfg: &VaeConfig,
+    dtype: candle_core::DType,
+    tiling: &Tiling,
+    width: usize,
+    height: usize,
+    frames: usize,
+) -> u64 {
+    let (tile_h, tile_w) = (tiling.tile.0.min(height), tiling.tile.1.min(width));
+    let (rows, cols) = tiling.grid(cfg, width, height);
+    let tiles = (rows * cols * tile_h * tile_w * 3 * 4 * frames) as u64;
+    vae_piece(cfg, dtype, tile_w, tile_h) + tiles
 }
 
 /// Bytes this process may still allocate: `SORREL_MEMORY_LIMIT` if set (`8G`, `512M`, or bytes), else the
@@ -302,6 +348,22 @@ mod tests {
                 measured / gb
             );
         }
+    }
+
+    /// A tiled decode needs one tile's working memory at any frame size, plus the decoded tiles: at 1080p with
+    /// 81 frames a fraction of the whole-frame decode.
+    #[test]
+    fn tiles_bound_the_decode_at_any_size() {
+        let (vae, t) = (VaeConfig::default(), Tiling::default());
+        let whole = vae_piece(&vae, DType::F32, 1920, 1080);
+        let tiled = vae_tiled(&vae, DType::F32, &t, 1920, 1080, 81);
+        assert!(5 * tiled < whole, "tiled {tiled}, whole {whole}");
+        assert_eq!(
+            vae_tiled(&vae, DType::F32, &t, 1920, 1080, 0),
+            vae_tiled(&vae, DType::F32, &t, 3840, 2160, 0)
+        );
+        assert_eq!(t.grid(&vae, 1920, 1080), (6, 10));
+        assert!(!t.cuts(256, 256) && t.cuts(264, 256));
     }
 
     #[test]

@@ -27,7 +27,12 @@ pub fn reference(name: &str) -> HashMap<String, Tensor> {
 /// The `__metadata__` of a fixture's `reference.safetensors`: prompt, negative_prompt, width, height,
 /// num_frames, steps, guidance_scale, max_sequence_length, scheduler, flow_shift.
 pub fn reference_metadata(name: &str) -> HashMap<String, String> {
-    let mut f = std::fs::File::open(fixture(name).join("reference.safetensors")).unwrap();
+    file_metadata(&fixture(name).join("reference.safetensors"))
+}
+
+/// The `__metadata__` of any safetensors file.
+pub fn file_metadata(path: &Path) -> HashMap<String, String> {
+    let mut f = std::fs::File::open(path).unwrap();
     let mut len = [0u8; 8];
     f.read_exact(&mut len).unwrap();
     let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
