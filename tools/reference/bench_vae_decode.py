@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--latent", default="1,16,1,60,104", help="B,C,T,H,W of the latent to decode")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--tiling", action="store_true", help="enable_tiling() with its defaults (256 every 192)")
     ap.add_argument("--save", nargs=2, metavar=("INPUTS", "OUTPUT"), help="write z and diffusers' video")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -42,6 +43,8 @@ def main():
         return
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     vae = AutoencoderKLWan.from_pretrained(args.vae, torch_dtype=dtype).eval()
+    if args.tiling:
+        vae.enable_tiling()
     shape = tuple(int(v) for v in args.latent.split(","))
     z = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     loaded = peak_mb()
@@ -53,7 +56,7 @@ def main():
         save_file({"z": z.contiguous()}, args.save[0])
         save_file({"out": out.contiguous()}, args.save[1])
     print(
-        f"{args.dtype} latent {shape} -> video {tuple(out.shape)}: decode {took:.2f} s, "
+        f"{args.dtype}{' tiled' if args.tiling else ''} latent {shape} -> video {tuple(out.shape)}: decode {took:.2f} s, "
         f"peak RSS {peak_mb():.0f} MB (after loading {loaded:.0f} MB)"
     )
 

@@ -2,9 +2,9 @@
 //! saved, and compares the video with diffusers' on the same weights. Run it in its own process
 //! (`/usr/bin/time -v` for peak RSS).
 //!
-//! `cargo run --release -p sorrel-models --example vae_decode_bench -- VAE_DIR INPUTS OTHER RUNS [bf16]`: INPUTS
-//! holds `z` (de-normalised latents), OTHER diffusers' video (`out`); `bf16` loads the weights in bf16 and
-//! decodes with bf16 activations (f32 sums).
+//! `cargo run --release -p sorrel-models --example vae_decode_bench -- VAE_DIR INPUTS OTHER RUNS [bf16] [tiled]`:
+//! INPUTS holds `z` (de-normalised latents), OTHER diffusers' video (`out`); `bf16` loads the weights in bf16 and
+//! decodes with bf16 activations (f32 sums); `tiled` decodes in diffusers' default tiles (256 pixels every 192).
 
 use std::path::Path;
 use std::time::Instant;
@@ -18,11 +18,22 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: first thing in `main`, before any thread exists.
     unsafe { sorrel_core::threads::pin_thread_counts() };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (dir, inputs, other, runs, dtype) = match &args[..] {
-        [d, i, o, r] => (d, i, o, r, DType::F32),
-        [d, i, o, r, t] if t == "bf16" => (d, i, o, r, DType::BF16),
-        _ => anyhow::bail!("usage: vae_decode_bench VAE_DIR INPUTS OTHER RUNS [bf16]"),
+    let usage = "usage: vae_decode_bench VAE_DIR INPUTS OTHER RUNS [bf16] [tiled]";
+    let [dir, inputs, other, runs, options @ ..] = &args[..] else {
+        anyhow::bail!(usage);
     };
+    if options.iter().any(|o| o != "bf16" && o != "tiled") {
+        anyhow::bail!(usage);
+    }
+    let dtype = if options.iter().any(|o| o == "bf16") {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let tiling = options
+        .iter()
+        .any(|o| o == "tiled")
+        .then(sorrel_models::wan::vae::Tiling::default);
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let cfg = VaeConfig::from_file(&Path::new(dir).join("config.json"))?;
@@ -35,7 +46,10 @@ fn main() -> anyhow::Result<()> {
     let mut y = None;
     for _ in 0..runs.parse::<usize>()? {
         let t1 = Instant::now();
-        y = Some(vae.decode(&z)?);
+        y = Some(match &tiling {
+            Some(t) => vae.decode_tiled(&z, t)?,
+            None => vae.decode(&z)?,
+        });
         times.push(t1.elapsed().as_secs_f64());
     }
     let mut sorted = times.clone();
