@@ -6,25 +6,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use sorrel_core::{bf16_conv, shifted_conv};
-use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn main() -> candle_core::Result<()> {
     // SAFETY: first thing in `main`, before any thread exists.

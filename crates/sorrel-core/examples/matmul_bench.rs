@@ -4,25 +4,10 @@
 //! `cargo run --release -p sorrel-core --example matmul_bench [M]`
 
 use candle_core::{DType, Device, Tensor};
-use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::time;
 
 fn main() -> candle_core::Result<()> {
     let m: usize = std::env::args()

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::bf16_matmul::{available, micro_kernel, ATile, KC, MR, NR};
 use crate::ops::contiguous_bf16;
+use crate::shifted_conv::Geometry;
 
 /// The ops' name, for errors and profiles.
 const NAME: &str = "bf16 shifted conv";
@@ -188,31 +189,32 @@ impl<T> SendPtr<T> {
 
 impl Bf16Conv {
     fn run(&self, x: Video, taps: &[bf16], cache: Option<Video>) -> Result<(CpuStorage, Shape)> {
-        let (x, (b, cin, t_x, h, wd)) = x;
+        let (x, xd) = x;
         let (cout, (kt, kh, kw)) = (self.cout, self.kernel);
-        let (cache, t_c) = match cache {
-            Some((c, (cb, cc, t_c, ch, cw))) => {
-                if (cb, cc, ch, cw) != (b, cin, h, wd) {
-                    candle_core::bail!(
-                        "{NAME}: cache ({cb}, {cc}, {t_c}, {ch}, {cw}) does not match input ({b}, {cin}, .., {h}, {wd})"
-                    );
-                }
-                (c, t_c)
-            }
-            None => (&[][..], 0),
-        };
-        let t_in = self.zeros + t_c + t_x;
+        let g = Geometry::new(
+            NAME,
+            xd,
+            cache.map(|c| c.1),
+            (cout, self.cin, kt, kh, kw),
+            self.padding,
+            self.stride_t,
+            self.zeros,
+        )?;
+        let cache = cache.map_or(&[][..], |c| c.0);
+        let Geometry {
+            b,
+            cin,
+            t_x,
+            t_c,
+            h,
+            w: wd,
+            t_in,
+            t_out,
+            ho,
+            wo,
+            wp,
+        } = g;
         let (p, s) = (self.padding, self.stride_t);
-        if cin != self.cin || t_in < kt || h + 2 * p < kh || wd + 2 * p < kw {
-            candle_core::bail!(
-                "{NAME}: input (.., {cin}, {t_in}, {h}, {wd}) and kernel ({cout}, {}, {kt}, {kh}, {kw}) with \
-                 padding {p} do not fit",
-                self.cin
-            );
-        }
-        let t_out = (t_in - kt) / s + 1;
-        let (ho, wo) = (h + 2 * p - kh + 1, wd + 2 * p - kw + 1);
-        let wp = wd + 2 * p;
         // Spare rows at the bottom: a tap's run over the last panel reads up to NR - 1 pixels past the last
         // output pixel and kw - 1 past its row, beyond the padded image.
         let hp = h + 2 * p + (NR + kw).div_ceil(wp);

@@ -171,22 +171,9 @@ impl CausalConv3d {
             )?
             .unsqueeze(2);
         }
-        // In front of x: the cache's frames (when there is causal padding to fill), then zero frames.
-        let used = if front > 0 { cache } else { None };
+        let (used, zeros) = self.front(x, cache)?;
         let tc = used.map_or(Ok(0), |c| c.dim(2))?;
-        if tc > front {
-            // diffusers would crop with a negative F.pad here; no Wan layer does that.
-            candle_core::bail!(
-                "CausalConv3d: cache of {tc} frames exceeds the {front} frames of padding"
-            );
-        }
-        let zeros = front - tc;
         let t_in = zeros + tc + x.dim(2)?;
-        if t_in < kt {
-            candle_core::bail!(
-                "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {kt}"
-            );
-        }
         if shifted && untracked && is_cpu_f32(x) && is_cpu_f32(&self.weight) {
             // Inference on the CPU: the zeros and the cache are read straight into the convolution's padded
             // buffer, so the input is never concatenated into a copy. Uneven spatial padding (no Wan layer
@@ -277,27 +264,40 @@ impl CausalConv3d {
 }
 
 impl CausalConv3d {
-    /// bf16 inference on the CPU ([`crate::bf16_conv`]): zeros and cache read into the padded buffer, taps over
-    /// the zero frames skipped (so a first frame costs one tap, as the f32 path's shortcut), bias added before
-    /// the one rounding.
-    fn forward_bf16(&self, x: &Tensor, cache: Option<&Tensor>, taps: &Tensor) -> Result<Tensor> {
-        let (_, ph, pw) = self.padding;
+    /// What goes in front of `x`: the cache's frames (when there is causal padding to fill; the cache that is
+    /// used), then this many zero frames. An error when the cache is longer than the padding, or the frames
+    /// are fewer than the kernel.
+    fn front<'a>(
+        &self,
+        x: &Tensor,
+        cache: Option<&'a Tensor>,
+    ) -> Result<(Option<&'a Tensor>, usize)> {
         let front = self.front_padding();
         let used = if front > 0 { cache } else { None };
         let tc = used.map_or(Ok(0), |c| c.dim(2))?;
         if tc > front {
+            // diffusers would crop with a negative F.pad here; no Wan layer does that.
             candle_core::bail!(
                 "CausalConv3d: cache of {tc} frames exceeds the {front} frames of padding"
             );
         }
         let zeros = front - tc;
-        if zeros + tc + x.dim(2)? < self.kernel.0 {
+        let t_in = zeros + tc + x.dim(2)?;
+        if t_in < self.kernel.0 {
             candle_core::bail!(
-                "CausalConv3d: {} frames (after padding) is fewer than the kernel's {}",
-                zeros + tc + x.dim(2)?,
+                "CausalConv3d: {t_in} frames (after padding) is fewer than the kernel's {}",
                 self.kernel.0
             );
         }
+        Ok((used, zeros))
+    }
+
+    /// bf16 inference on the CPU ([`crate::bf16_conv`]): zeros and cache read into the padded buffer, taps over
+    /// the zero frames skipped (so a first frame costs one tap, as the f32 path's shortcut), bias added before
+    /// the one rounding.
+    fn forward_bf16(&self, x: &Tensor, cache: Option<&Tensor>, taps: &Tensor) -> Result<Tensor> {
+        let (_, ph, pw) = self.padding;
+        let (used, zeros) = self.front(x, cache)?;
         let conv = |x: &Tensor, cache: Option<&Tensor>, pad: usize| {
             crate::bf16_conv::conv3d_bf16_causal(
                 x,

@@ -105,32 +105,101 @@ impl CustomOp3 for ShiftedConv {
     }
 }
 
-impl ShiftedConv {
-    fn run(&self, x: Video, w: Video, cache: Option<Video>) -> Result<(CpuStorage, Shape)> {
-        let (x, (b, cin, t_x, h, wd)) = x;
-        let (w, (cout, cin_w, kt, kh, kw)) = w;
-        let (cache, t_c) = match cache {
-            Some((c, (cb, cc, t_c, ch, cw))) => {
-                if (cb, cc, ch, cw) != (b, cin, h, wd) {
+/// The checked shape of one shifted convolution: `zeros` zero frames, a cache of `t_c` frames and the input's
+/// `t_x`, stride `stride_t` in time, symmetric spatial `padding`. Shared by the f32 and bf16 ops.
+pub(crate) struct Geometry {
+    pub(crate) b: usize,
+    pub(crate) cin: usize,
+    pub(crate) t_x: usize,
+    pub(crate) t_c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) t_in: usize,
+    pub(crate) t_out: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    /// The padded width.
+    pub(crate) wp: usize,
+}
+
+impl Geometry {
+    /// `x` (B, Cin, T, H, W), the cache's dims, the kernel's (Cout, Cin, kt, kh, kw); an error naming `op` when
+    /// they do not fit together.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        op: &str,
+        x: (usize, usize, usize, usize, usize),
+        cache: Option<(usize, usize, usize, usize, usize)>,
+        (cout, cin_w, kt, kh, kw): (usize, usize, usize, usize, usize),
+        padding: usize,
+        stride_t: usize,
+        zeros: usize,
+    ) -> Result<Self> {
+        let (b, cin, t_x, h, w) = x;
+        let t_c = match cache {
+            Some((cb, cc, t_c, ch, cw)) => {
+                if (cb, cc, ch, cw) != (b, cin, h, w) {
                     candle_core::bail!(
-                        "conv: cache ({cb}, {cc}, {t_c}, {ch}, {cw}) does not match input ({b}, {cin}, .., {h}, {wd})"
+                        "{op}: cache ({cb}, {cc}, {t_c}, {ch}, {cw}) does not match input ({b}, {cin}, .., {h}, {w})"
                     );
                 }
-                (c, t_c)
+                t_c
             }
-            None => (&[][..], 0),
+            None => 0,
         };
-        let t_in = self.zeros + t_c + t_x;
-        let (p, s) = (self.padding, self.stride_t);
-        if cin != cin_w || t_in < kt || h + 2 * p < kh || wd + 2 * p < kw {
+        let t_in = zeros + t_c + t_x;
+        let p = padding;
+        if cin != cin_w || t_in < kt || h + 2 * p < kh || w + 2 * p < kw {
             candle_core::bail!(
-                "conv: input (.., {cin}, {t_in}, {h}, {wd}) and kernel ({cout}, {cin_w}, {kt}, {kh}, {kw}) with \
+                "{op}: input (.., {cin}, {t_in}, {h}, {w}) and kernel ({cout}, {cin_w}, {kt}, {kh}, {kw}) with \
                  padding {p} do not fit"
             );
         }
-        let t_out = (t_in - kt) / s + 1;
-        let (ho, wo) = (h + 2 * p - kh + 1, wd + 2 * p - kw + 1);
-        let wp = wd + 2 * p;
+        Ok(Self {
+            b,
+            cin,
+            t_x,
+            t_c,
+            h,
+            w,
+            t_in,
+            t_out: (t_in - kt) / stride_t.max(1) + 1,
+            ho: h + 2 * p - kh + 1,
+            wo: w + 2 * p - kw + 1,
+            wp: w + 2 * p,
+        })
+    }
+}
+
+impl ShiftedConv {
+    fn run(&self, x: Video, w: Video, cache: Option<Video>) -> Result<(CpuStorage, Shape)> {
+        let (x, xd) = x;
+        let (w, wd_) = w;
+        let (cout, _, kt, kh, kw) = wd_;
+        let g = Geometry::new(
+            NAME,
+            xd,
+            cache.map(|c| c.1),
+            wd_,
+            self.padding,
+            self.stride_t,
+            self.zeros,
+        )?;
+        let cache = cache.map_or(&[][..], |c| c.0);
+        let Geometry {
+            b,
+            cin,
+            t_x,
+            t_c,
+            h,
+            w: wd,
+            t_in,
+            t_out,
+            ho,
+            wo,
+            wp,
+        } = g;
+        let (p, s) = (self.padding, self.stride_t);
         // One spare row at the bottom: the last tap's run reaches kw - 1 elements past the padded image.
         let hp = h + 2 * p + 1;
         let plane = hp * wp;
