@@ -598,9 +598,14 @@ fn generate(
         ),
         None => stage.to_string(),
     };
+    // Whether `--vae-tiling auto` tiled the decode (the memory was short): said once the bar is gone.
+    let tiled = std::cell::Cell::new(false);
     let mut on_event = |ev: &Event| {
         match ev {
-            Event::Stage(s) => bar.set_message(stage_message(s)),
+            Event::Stage(s) => {
+                tiled.set(tiled.get() || *s == "vae decode in tiles");
+                bar.set_message(stage_message(s))
+            }
             Event::Window { index, total } => {
                 window.set(Some((*index, *total)));
                 bar.set_message(stage_message("denoising"));
@@ -676,6 +681,12 @@ fn generate(
         }
     };
     bar.finish_and_clear();
+    if tiled.get() && args.weights.vae_tiling.is_none() {
+        eprintln!(
+            "note: the VAE decoded in 256-pixel tiles, as whole frames would not fit in the memory available \
+             (--vae-tiling on|off chooses)"
+        );
+    }
     if !made.unknown_words.is_empty() {
         eprintln!(
             "warning: the tokenizer does not know: {}",

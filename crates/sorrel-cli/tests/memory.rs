@@ -88,6 +88,14 @@ fn a_decode_too_large_for_the_memory_runs_in_tiles() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+    // Left to choose (the default), it says it tiled.
+    let o = generate_with("180M", "512x512", "9", &[], &file("default.npy"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("note: the VAE decoded in 256-pixel tiles"),
+        "{err}"
+    );
     let auto = std::fs::read(file("auto.npy")).unwrap();
     assert_eq!(
         auto,

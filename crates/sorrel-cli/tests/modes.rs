@@ -614,10 +614,12 @@ fn skyreels_long_video_streams_to_the_file_in_bounded_memory() {
     let sheet = image::open(long.with_extension("sheet.png")).unwrap();
     assert_eq!((sheet.width(), sheet.height()), (640, 384));
 
-    // Ctrl-C in the middle of the long run (windows done, frames encoded, nothing written) leaves no file.
+    // Ctrl-C in the middle of a long run (windows done, frames encoded, nothing written) leaves no file. The
+    // run is 120 s of video (about 25 s of work here) so that 4 s in is well inside it: with 25 s of video (5 s
+    // of work) a loaded CI machine once saw it end as the signal was sent.
     let dir = tmp.path().join("interrupted");
     std::fs::create_dir(&dir).unwrap();
-    let mut child = skyreels_command(&dir.join("cut.mp4"), "25")
+    let mut child = skyreels_command(&dir.join("cut.mp4"), "120")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

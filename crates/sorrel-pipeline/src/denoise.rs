@@ -304,15 +304,29 @@ impl WanPipeline {
         Ok(latents)
     }
 
-    /// Normalised latents (1, z, T, h, w) -> frames (F, H, W, 3) in [0, 1].
-    pub(crate) fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
+    /// Normalised latents (1, z, T, h, w) -> frames (F, H, W, 3) in [0, 1], announced to `progress` as the
+    /// stage "vae decode", or "vae decode in tiles" when it is tiled ([`Self::decode_tiling`]).
+    pub(crate) fn decode_latents(
+        &self,
+        latents: &Tensor,
+        progress: &mut ProgressFn,
+    ) -> Result<Tensor> {
         let (mean, std) = (self.vae.latents_mean()?, self.vae.latents_std()?);
         // diffusers computes latents / (1/std) + mean; z*std + mean differs by an ulp.
         let z = latents.broadcast_div(&std.recip()?)?.broadcast_add(&mean)?;
         let (_, _, t, h, w) = z.dims5()?;
         let s = self.vae_config.spatial_compression();
         let frames = (t.max(1) - 1) * self.info.compression.1 + 1;
-        let video = match self.decode_tiling(w * s, h * s, frames)? {
+        let tiling = self.decode_tiling(w * s, h * s, frames)?;
+        stage(
+            progress,
+            if tiling.is_some() {
+                "vae decode in tiles"
+            } else {
+                "vae decode"
+            },
+        )?;
+        let video = match tiling {
             Some(tiling) => self.vae.decode_tiled(&z, &tiling)?,
             None => self.vae.decode(&z)?,
         };

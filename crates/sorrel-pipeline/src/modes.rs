@@ -289,8 +289,7 @@ impl WanPipeline {
         // Reference pictures' latent frames come first; they are not part of the video.
         let refs = req.reference_count();
         let latents = latents.narrow(2, refs, latents.dim(2)? - refs)?;
-        stage(progress, "vae decode")?;
-        let frames = self.decode_latents(&latents)?;
+        let frames = self.decode_latents(&latents, progress)?;
         clock.lap("vae decode");
         Ok(Video {
             frames,

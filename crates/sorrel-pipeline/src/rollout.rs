@@ -366,8 +366,7 @@ impl WanPipeline {
                 seq.into_iter().skip(given).collect()
             }
         };
-        stage(progress, "vae decode")?;
-        let mut frames = self.decode_latents(&Tensor::cat(&out, 2)?)?;
+        let mut frames = self.decode_latents(&Tensor::cat(&out, 2)?, progress)?;
         // Image to video starts on the picture itself, as extension keeps a clip's own frames: its latent
         // round trip would differ from it by the VAE's error (about 31 dB on toy-world frames).
         if let Conditioning::Image { first, .. } = &req.conditioning {

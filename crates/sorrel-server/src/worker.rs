@@ -99,6 +99,7 @@ impl Percent {
                 format!("{}decoding frames (VAE)", window(self.window)),
             ),
             Event::Stage("vae decode") => (90, "decoding frames (VAE)".into()),
+            Event::Stage("vae decode in tiles") => (90, "decoding frames in tiles (VAE)".into()),
             Event::Stage(s) => (5, format!("{}stage: {s}", window(self.window))),
             Event::Window { index, total } => {
                 self.window = Some((*index, *total));
