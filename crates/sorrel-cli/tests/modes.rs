@@ -615,14 +615,20 @@ fn skyreels_long_video_streams_to_the_file_in_bounded_memory() {
     assert_eq!((sheet.width(), sheet.height()), (640, 384));
 
     // Ctrl-C in the middle of a long run (windows done, frames encoded, nothing written) leaves no file. The
-    // run is 120 s of video (about 25 s of work here) so that 4 s in is well inside it: with 25 s of video (5 s
-    // of work) a loaded CI machine once saw it end as the signal was sent.
+    // run is 120 s of video (about 25 s of work here), so 4 s in is well inside it whatever the machine's load.
     let dir = tmp.path().join("interrupted");
     std::fs::create_dir(&dir).unwrap();
-    let mut child = skyreels_command(&dir.join("cut.mp4"), "120")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = skyreels_command(&dir.join("cut.mp4"), "120");
+    // A shell that starts the tests in the background without job control (`cmd &`) makes them ignore
+    // SIGINT, and children inherit that; a user's Ctrl-C reaches a process with the default action.
+    // SAFETY: between fork and exec only `signal`, which is async-signal-safe, runs.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
     assert!(
         child.try_wait().unwrap().is_none(),
