@@ -418,13 +418,7 @@ mod tests {
             .unwrap();
             assert_eq!(got.dims(), want.dims(), "{xs:?} * {ws:?}");
             assert_eq!(got.dtype(), DType::BF16);
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = sorrel_testkit::max_abs(&want);
             let k = (ws.1 * ws.2 * ws.3 * ws.4) as f32;
             let d = max_abs_diff(&f32(&got), &want);
             assert!(
@@ -437,13 +431,7 @@ mod tests {
         let got = conv2d_bf16(&x.squeeze(2).unwrap(), &w, None, 1).unwrap();
         let want =
             crate::shifted_conv::conv2d_shifted(&f32(&x.squeeze(2).unwrap()), &f32(&w), 1).unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = sorrel_testkit::max_abs(&want);
         assert!(max_abs_diff(&f32(&got), &want) <= scale / 256.0 + 1e-6 * 36.0);
     }
 

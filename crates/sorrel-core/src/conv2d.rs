@@ -82,7 +82,8 @@ impl Module for Conv2d {
         }
         let w = self.inner.weight();
         let bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::BF16;
-        if cfg.stride == 1 && bf16(x) && bf16(w) && !x.track_op() && !w.track_op() {
+        let bf16_inference = bf16(x) && bf16(w) && !x.track_op() && !w.track_op();
+        if bf16_inference && cfg.stride == 1 {
             let taps = match self.taps.get() {
                 Some(t) => t,
                 None => {
@@ -101,24 +102,24 @@ impl Module for Conv2d {
             )?;
             return y.squeeze(2);
         }
-        if bf16(x) && bf16(w) && !x.track_op() && !w.track_op() {
-            // Strided (the VAE encoder's downsampling): candle 0.11 has no bf16 product on the CPU, so in
-            // f32, rounded once.
-            let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
-            let mut y = conv2d(&f(x)?, &f(w)?, cfg.padding, cfg.stride)?;
-            if let Some(bias) = self.inner.bias() {
-                y = crate::ops::broadcast_add(&y, &f(bias)?.reshape((1, bias.dim(0)?, 1, 1))?)?;
+        // Strided bf16 (the VAE encoder's downsampling): candle 0.11 has no bf16 product on the CPU, so the
+        // product and the bias in f32, rounded once.
+        let widen = |t: &Tensor| {
+            if bf16_inference {
+                t.to_dtype(candle_core::DType::F32)
+            } else {
+                Ok(t.clone())
             }
-            return y.to_dtype(candle_core::DType::BF16);
+        };
+        let mut y = conv2d(&widen(x)?, &widen(w)?, cfg.padding, cfg.stride)?;
+        if let Some(bias) = self.inner.bias() {
+            let bias = widen(bias)?.reshape((1, bias.dim(0)?, 1, 1))?;
+            y = crate::ops::broadcast_add(&y, &bias)?;
         }
-        let y = conv2d(x, w, cfg.padding, cfg.stride)?;
-        match self.inner.bias() {
-            Some(bias) => {
-                let bias = bias.reshape((1, bias.dim(0)?, 1, 1))?;
-                crate::ops::broadcast_add(&y, &bias)
-            }
-            None => Ok(y),
+        if bf16_inference {
+            y = y.to_dtype(candle_core::DType::BF16)?;
         }
+        Ok(y)
     }
 }
 

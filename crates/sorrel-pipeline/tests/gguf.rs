@@ -45,14 +45,7 @@ fn generate_with(transformer: &Path, loras: Vec<LoraSpec>) -> Tensor {
 }
 
 fn psnr(a: &Tensor, b: &Tensor) -> f64 {
-    let mse = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
+    let mse = (sorrel_testkit::rms_diff(a, b) as f64).powi(2);
     10.0 * (1.0 / mse.max(1e-20)).log10()
 }
 
