@@ -44,6 +44,12 @@ pub struct TrainArgs {
     /// Transformer learning rate (default: the recipe's).
     #[arg(long)]
     pub dit_lr: Option<f64>,
+    /// Share of transformer clips trained with clean frames given, in [0, 1] (default: the recipe's).
+    #[arg(long)]
+    pub context_share: Option<f64>,
+    /// Relative weights of the four ways frames are given, "IMAGE,FORWARD,BACKWARD,JOIN" (e.g. 1,2,1,1; default: the recipe's).
+    #[arg(long, value_name = "I,F,B,J", value_delimiter = ',')]
+    pub context_kinds: Option<Vec<f64>>,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -73,6 +79,17 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.decoder_steps {
         recipe.decoder_steps = s;
+    }
+    if let Some(s) = args.context_share {
+        recipe.context_share = s;
+    }
+    if let Some(k) = args.context_kinds {
+        recipe.context_kinds = k.try_into().map_err(|k: Vec<f64>| {
+            anyhow::anyhow!(
+                "--context-kinds takes four weights (image, forward, backward, join), e.g. 1,2,1,1; got {}",
+                k.len()
+            )
+        })?;
     }
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -588,7 +588,7 @@ fn eval_of_a_fixed_subset_keeps_the_shipped_scores() {
 }
 
 #[test]
-fn train_runs_every_stage_and_refines_a_folder_written_without_the_decoder_stage() {
+fn train_runs_every_stage_refines_a_folder_written_without_the_decoder_stage_and_continues_one() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     let train = |extra: &[&str]| {
@@ -633,4 +633,43 @@ fn train_runs_every_stage_and_refines_a_folder_written_without_the_decoder_stage
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already refined"), "{}", stderr(&o));
     assert!(!tmp.path().join("again").exists());
+    // Continuing a folder with the ways of giving frames weighted: the weights are what the folder records.
+    let o = train(&[
+        "--from",
+        &p("plain"),
+        "--out",
+        &p("cont"),
+        "--work",
+        &p("w4"),
+        "--context-share",
+        "1",
+        "--context-kinds",
+        "0,3,0,1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let defaults: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("cont/sorrel_defaults.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        defaults["recipe"]["context_kinds"],
+        serde_json::json!([0.0, 3.0, 0.0, 1.0])
+    );
+    // Weights that are not four numbers of at least 0, not all 0, are refused before anything is written.
+    for (i, kinds) in ["1,2", "1,-1,1,1", "0,0,0,0"].into_iter().enumerate() {
+        let out = p(&format!("bad{i}"));
+        let o = train(&[
+            "--from",
+            &p("plain"),
+            "--out",
+            &out,
+            "--work",
+            &p(&format!("wb{i}")),
+            "--context-kinds",
+            kinds,
+        ]);
+        assert!(!o.status.success(), "{kinds} was taken");
+        assert!(stderr(&o).contains("context"), "{kinds}: {}", stderr(&o));
+        assert!(!std::path::Path::new(&out).exists());
+    }
 }

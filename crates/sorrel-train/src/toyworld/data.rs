@@ -130,8 +130,13 @@ impl ClipNoise {
 /// (every frame at one logit-normal level); otherwise some frames are given (at level 0, or at a small level
 /// half the time, so a rollout's own slightly wrong frames are familiar context): the first frame
 /// (image-to-video), the first or last 1 to 3 slices (extension forward or backward, and rollouts), or the
-/// first and last slices (connecting two clips).
-pub fn clip_noise(rng: &mut StdRng, frames: usize, context_share: f64) -> ClipNoise {
+/// first and last slices (connecting two clips), drawn in proportion to `kinds` (in that order).
+pub fn clip_noise(
+    rng: &mut StdRng,
+    frames: usize,
+    context_share: f64,
+    kinds: [f64; 4],
+) -> ClipNoise {
     let u: f32 = rng.sample(rand_distr::StandardNormal);
     let s = 1.0 / (1.0 + (-u).exp());
     let slices = frames / 2;
@@ -145,7 +150,7 @@ pub fn clip_noise(rng: &mut StdRng, frames: usize, context_share: f64) -> ClipNo
         } else {
             rng.random_range(0.0..0.1f32)
         };
-        let kind = rng.random_range(0..4u32);
+        let kind = pick_kind(rng, kinds);
         let mut give_slices = |range: std::ops::Range<usize>| {
             for k in range {
                 slice_sigma[k] = given;
@@ -190,6 +195,22 @@ pub fn clip_noise(rng: &mut StdRng, frames: usize, context_share: f64) -> ClipNo
     }
 }
 
+/// Draws one of the four ways of giving frames in proportion to `kinds`. Equal weights take the one
+/// uniform draw the sixth version's runs took, so their recipes still reproduce them.
+fn pick_kind(rng: &mut StdRng, kinds: [f64; 4]) -> u32 {
+    if kinds.iter().all(|&w| w == kinds[0]) {
+        return rng.random_range(0..4u32);
+    }
+    let mut u = rng.random_range(0.0..kinds.iter().sum::<f64>());
+    for (k, &w) in kinds.iter().enumerate() {
+        if u < w {
+            return k as u32;
+        }
+        u -= w;
+    }
+    3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +220,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let mut kinds = std::collections::HashSet::new();
         for _ in 0..2000 {
-            let c = clip_noise(&mut rng, 8, 0.5);
+            let c = clip_noise(&mut rng, 8, 0.5, [1.0; 4]);
             let given: Vec<usize> = (0..8).filter(|&i| c.loss[i] == 0.0).collect();
             for &i in &given {
                 assert!(c.frame_sigma[i] < 0.1);
@@ -222,6 +243,28 @@ mod tests {
             assert!(kinds.contains(&want), "{want:?} never drawn");
         }
         let mut none = StdRng::seed_from_u64(0);
-        assert!((0..100).all(|_| clip_noise(&mut none, 8, 0.0).loss.iter().all(|&l| l == 1.0)));
+        assert!((0..100).all(|_| clip_noise(&mut none, 8, 0.0, [1.0; 4])
+            .loss
+            .iter()
+            .all(|&l| l == 1.0)));
+    }
+
+    #[test]
+    fn given_frames_are_drawn_in_proportion_to_the_kinds() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut forward = 0;
+        let mut first_only = 0;
+        let n = 4000;
+        for _ in 0..n {
+            let c = clip_noise(&mut rng, 8, 1.0, [0.0, 3.0, 0.0, 1.0]);
+            first_only += usize::from(c.loss[0] == 0.0 && c.loss[1] == 1.0);
+            // Forward extension gives the first slices and nothing at the end.
+            forward += usize::from(c.loss[0] == 0.0 && c.loss[7] == 1.0);
+        }
+        assert_eq!(first_only, 0, "a weight of 0 is never drawn");
+        assert!(
+            (forward as f64 / n as f64 - 0.75).abs() < 0.03,
+            "{forward}/{n}"
+        );
     }
 }

@@ -94,6 +94,10 @@ pub struct ImageSummary {
     pub scores: Summary,
     /// Percent of clips that keep the given frame's objects: colour, shape and count all right.
     pub kept: f64,
+    /// The same for a perfect model through this VAE: each scene's rendered clip, its first frame as given
+    /// and the rest through the VAE's round trip (as a generated clip's frames after the first are
+    /// decoded). What the decoder lets generation reach.
+    pub kept_through_vae: f64,
 }
 
 /// Joining-clip scores, in percent of joins.
@@ -111,6 +115,9 @@ pub struct JoinSummary {
     pub size: f64,
     /// Both seams carry on.
     pub seams: f64,
+    /// Percent of the world's own joining frames, through the VAE's round trip, that match both clips:
+    /// what the decoder lets a perfect model reach.
+    pub matches_through_vae: f64,
 }
 
 /// Rollout scores.
@@ -304,9 +311,14 @@ pub fn evaluate(
     }
     report.paraphrase = Some(Summary::of(&para));
     let mut image = Vec::new();
+    let mut image_ceiling = Vec::new();
     for i in 0..opts.clips as u64 {
         let scene = image_scene(opts.offset + i);
-        let first = render(&scene, world).frames.swap_remove(0);
+        let rendered = render(&scene, world).frames;
+        let mut perfect = to_rgb8(&autoencode(pipe, &rendered, n)?)?;
+        perfect[0] = rendered[0].clone();
+        image_ceiling.push(score_clip(&perfect, n, &scene));
+        let first = rendered[0].clone();
         let conditioning = Conditioning::Image {
             first: picture(&first, n),
             last: None,
@@ -315,20 +327,30 @@ pub fn evaluate(
         image.push(score_clip(&frames, n, &scene));
         tick(progress);
     }
-    let kept = image
-        .iter()
-        .filter(|s| s.colour && s.shape && s.count)
-        .count();
+    let kept = |clips: &[ClipScore]| {
+        let k = clips
+            .iter()
+            .filter(|s| s.colour && s.shape && s.count)
+            .count();
+        100.0 * k as f64 / clips.len().max(1) as f64
+    };
     report.image = Some(ImageSummary {
         scores: Summary::of(&image),
-        kept: 100.0 * kept as f64 / image.len().max(1) as f64,
+        kept: kept(&image),
+        kept_through_vae: kept(&image_ceiling),
     });
     // Joins: the scene's frames 0..8 and 12..20, four new frames between (where the world's 8..12 are).
     let (gap, w) = (d.frames / 2, d.frames);
     let mut joins: Vec<JoinScore> = Vec::new();
+    let mut perfect_joins = 0;
     for i in 0..opts.clips as u64 {
         let scene = join_scene(opts.offset + i);
         let truth = render_span(&scene, world, 0, 2 * w + gap).frames;
+        // A perfect model's join: the world's own joining frames, through the VAE as generated ones are.
+        let mut perfect = truth.clone();
+        let through = to_rgb8(&autoencode(pipe, &truth[w..w + gap], n)?)?;
+        perfect.splice(w..w + gap, through);
+        perfect_joins += usize::from(score_join(&perfect, world, &scene, w, gap).matches());
         let before: Vec<Picture> = truth[..w].iter().map(|f| picture(f, n)).collect();
         let after: Vec<Picture> = truth[w + gap..].iter().map(|f| picture(f, n)).collect();
         let new = run(
@@ -353,6 +375,7 @@ pub fn evaluate(
         colour: pct(&|j| j.colour),
         size: pct(&|j| j.size),
         seams: pct(&|j| j.seams),
+        matches_through_vae: 100.0 * perfect_joins as f64 / joins.len().max(1) as f64,
     });
     if opts.rollouts > 0 {
         let frames = opts.rollout_seconds * d.fps as usize;
@@ -476,21 +499,25 @@ pub fn markdown_table(r: &EvalReport) -> String {
     };
     if let Some(i) = &r.image {
         t += &format!(
-            "\nImage to video keeps the given frame's objects (colour, shape and count) in {}% of clips.\n",
-            pct(i.kept)
+            "\nImage to video keeps the given frame's objects (colour, shape and count) in {}% of clips \
+             (the ground truth through the VAE, first frame as given: {}%).\n",
+            pct(i.kept),
+            pct(i.kept_through_vae)
         );
     }
     if let Some(j) = &r.join {
         t += &format!(
             "\n| joining two clips | joins | match both clips % | count % | colour % | size % | both seams carry on % |\n\
              |---|---|---|---|---|---|---|\n\
-             | 4 new frames | {} | {} | {} | {} | {} | {} |\n",
+             | 4 new frames | {} | {} | {} | {} | {} | {} |\n\
+             \nThe world's own joining frames through the VAE match both clips in {}% of joins.\n",
             j.joins,
             pct(j.matches),
             pct(j.count),
             pct(j.colour),
             pct(j.size),
-            pct(j.seams)
+            pct(j.seams),
+            pct(j.matches_through_vae)
         );
     }
     if let Some(o) = &r.rollout {

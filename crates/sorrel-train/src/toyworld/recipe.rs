@@ -80,6 +80,12 @@ pub struct Recipe {
     /// weights then does image-to-video, extension, connecting and rollouts. 0: text-to-video only.
     #[serde(default)]
     pub context_share: f64,
+    /// Relative weights, among clips with given frames, of the four ways frames are given: the first frame
+    /// (image to video), the first slices (extension forward and every rollout window after the first), the
+    /// last slices (extension backward), the first and last slice (joining). Runs recorded before it
+    /// existed drew the four equally.
+    #[serde(default = "equal_kinds")]
+    pub context_kinds: [f64; 4],
     /// Share of captions written as paraphrases ([`sorrel_toyworld::paraphrase`]) instead of the grammar.
     #[serde(default)]
     pub paraphrase_share: f64,
@@ -89,6 +95,11 @@ pub struct Recipe {
     pub guidance: f64,
     /// Flow shift of the sampling schedule.
     pub flow_shift: f64,
+}
+
+/// The four ways of giving frames drawn equally, as the sixth version trained.
+fn equal_kinds() -> [f64; 4] {
+    [1.0; 4]
 }
 
 impl Default for Recipe {
@@ -123,6 +134,7 @@ impl Default for Recipe {
             span_frames: 16,
             span_start_max: 56,
             context_share: 0.5,
+            context_kinds: equal_kinds(),
             paraphrase_share: 0.5,
             sample_steps: 25,
             // Measured, not assumed: at 4 objects popped in and out between frames and bounces lost their
@@ -228,6 +240,17 @@ impl Recipe {
             || !(0.0..=1.0).contains(&self.paraphrase_share)
         {
             return Err("context_share and paraphrase_share must be in [0, 1]".into());
+        }
+        if self
+            .context_kinds
+            .iter()
+            .any(|w| !(w.is_finite() && *w >= 0.0))
+            || self.context_kinds.iter().sum::<f64>() <= 0.0
+        {
+            return Err(format!(
+                "context_kinds {:?} must be four weights of at least 0, not all 0",
+                self.context_kinds
+            ));
         }
         if self.text_len < 2 {
             return Err("text_len must be at least 2".into());
@@ -377,5 +400,25 @@ mod tests {
             ..r
         };
         assert!(bad.validate().unwrap_err().contains("decoder_lr"));
+    }
+
+    #[test]
+    fn recipes_recorded_before_the_kinds_draw_them_equally_and_bad_kinds_are_refused() {
+        // The shipped folder's recipe was written before `context_kinds` existed.
+        let shipped = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/sorrel-toyworld/sorrel_defaults.json"
+        );
+        let defaults: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+        let r: Recipe = serde_json::from_value(defaults["recipe"].clone()).unwrap();
+        assert_eq!(r.context_kinds, [1.0; 4]);
+        for kinds in [[0.0; 4], [1.0, -1.0, 1.0, 1.0], [1.0, f64::NAN, 1.0, 1.0]] {
+            let bad = Recipe {
+                context_kinds: kinds,
+                ..r.clone()
+            };
+            assert!(bad.validate().unwrap_err().contains("context_kinds"));
+        }
     }
 }
