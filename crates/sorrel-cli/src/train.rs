@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Relative weights of the four ways frames are given, "IMAGE,FORWARD,BACKWARD,JOIN" (e.g. 1,2,1,1; default: the recipe's).
     #[arg(long, value_name = "I,F,B,J", value_delimiter = ',')]
     pub context_kinds: Option<Vec<f64>>,
+    /// Share of paraphrased captions that name no floor, in [0, 1] (default: the recipe's).
+    #[arg(long)]
+    pub floorless_share: Option<f64>,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -82,6 +85,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.context_share {
         recipe.context_share = s;
+    }
+    if let Some(s) = args.floorless_share {
+        recipe.floorless_share = s;
     }
     if let Some(k) = args.context_kinds {
         recipe.context_kinds = k.try_into().map_err(|k: Vec<f64>| {

@@ -21,7 +21,9 @@ pub mod window_score;
 pub use appearance::{appearance, carries_on_across, floor_of, kept, Appearance, Kept, Look};
 pub use caption::{caption, caption_styled, CaptionStyle};
 pub use palette::{Colour, COLOURS};
-pub use paraphrase::{held_out_paraphrase, paraphrase, HeldOutForm, HELD_OUT_FORMS};
+pub use paraphrase::{
+    held_out_paraphrase, paraphrase, paraphrase_without_floor, HeldOutForm, HELD_OUT_FORMS,
+};
 pub use render::{render, render_span, Clip, WorldSize};
 pub use scene::{Motion, Scene, Shape, Size, Split};
 pub use score::{score_clip, ClipScore, Summary};

@@ -189,6 +189,20 @@ fn sentence_case(s: &str) -> String {
     out
 }
 
+/// `text` in sentence case half the time and ended with a full stop half the time, as people write.
+fn styled(text: String, rng: &mut StdRng) -> String {
+    let text = if rng.random_bool(0.5) {
+        sentence_case(&text)
+    } else {
+        text
+    };
+    if rng.random_bool(0.5) {
+        text + "."
+    } else {
+        text
+    }
+}
+
 /// A training caption of `scene`: a random form, random word choices, and (each half the time) written in
 /// sentence case and ended with a full stop.
 pub fn paraphrase(scene: &Scene, rng: &mut StdRng) -> String {
@@ -208,16 +222,22 @@ pub fn paraphrase(scene: &Scene, rng: &mut StdRng) -> String {
         Form::PlaceFirst => format!("on {article} {floor} {ground}, {subject} {verb}"),
         Form::TwoSentences => format!("{subject} {verb}. the {ground} is {floor}"),
     };
+    styled(text, rng)
+}
+
+/// A training caption of `scene` that names no floor ("a red ball moves to the right", "Two cubes
+/// sliding left."), as people often write: the floor may then be any colour but the objects'. Same word
+/// choices, sentence case and full stop as [`paraphrase`].
+pub fn paraphrase_without_floor(scene: &Scene, rng: &mut StdRng) -> String {
+    let Words {
+        subject, verb, ing, ..
+    } = words(scene, rng);
     let text = if rng.random_bool(0.5) {
-        sentence_case(&text)
+        format!("{subject} {verb}")
     } else {
-        text
+        format!("{subject} {ing}")
     };
-    if rng.random_bool(0.5) {
-        text + "."
-    } else {
-        text
-    }
+    styled(text, rng)
 }
 
 /// The held-out caption of `scene` in `form`, with word choices drawn from `rng`; lower case, no full stop.
@@ -271,6 +291,17 @@ mod tests {
             for w in words_of(&c) {
                 assert!(VOCABULARY.contains(&w.as_str()), "`{w}` in `{c}`");
                 seen.insert(w);
+            }
+            let bare = paraphrase_without_floor(&s, &mut rng).to_lowercase();
+            assert!(bare.contains(s.colour.word()), "{bare}");
+            assert!(
+                !bare.contains("floor")
+                    && !bare.contains("ground")
+                    && !bare.contains(s.floor.word()),
+                "{bare}"
+            );
+            for w in words_of(&bare) {
+                assert!(VOCABULARY.contains(&w.as_str()), "`{w}` in `{bare}`");
             }
             for form in HELD_OUT_FORMS {
                 let h = held_out_paraphrase(&s, form, &mut rng);

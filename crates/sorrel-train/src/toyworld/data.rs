@@ -79,13 +79,24 @@ pub fn span_start(i: usize, start_max: usize) -> usize {
     }
 }
 
-/// A caption of `scene`: "" with probability `dropout`, else a paraphrase with probability `paraphrase`,
-/// else the grammar in a random style.
-pub fn train_caption(rng: &mut StdRng, scene: &Scene, dropout: f64, paraphrase: f64) -> String {
+/// A caption of `scene`: "" with probability `dropout`, else a paraphrase with probability `paraphrase`
+/// (naming no floor with probability `floorless`), else the grammar in a random style.
+pub fn train_caption(
+    rng: &mut StdRng,
+    scene: &Scene,
+    dropout: f64,
+    paraphrase: f64,
+    floorless: f64,
+) -> String {
     if rng.random_bool(dropout) {
         String::new()
     } else if paraphrase > 0.0 && rng.random_bool(paraphrase) {
-        sorrel_toyworld::paraphrase(scene, rng)
+        // A share of 0 draws nothing, so runs recorded before floorless captions existed repeat exactly.
+        if floorless > 0.0 && rng.random_bool(floorless) {
+            sorrel_toyworld::paraphrase_without_floor(scene, rng)
+        } else {
+            sorrel_toyworld::paraphrase(scene, rng)
+        }
     } else {
         caption_styled(scene, CaptionStyle::nth(rng.random_range(0..8)))
     }
@@ -266,5 +277,33 @@ mod tests {
             (forward as f64 / n as f64 - 0.75).abs() < 0.03,
             "{forward}/{n}"
         );
+    }
+
+    #[test]
+    fn a_share_of_paraphrases_names_no_floor() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let n = 2000;
+        let names_floor = |c: &str| {
+            let c = c.to_lowercase();
+            c.contains("floor") || c.contains("ground")
+        };
+        let mut floorless = 0;
+        for i in 0..n {
+            let scene = Scene::sample(i, Split::Train);
+            let c = train_caption(&mut rng, &scene, 0.0, 1.0, 0.25);
+            assert!(c.to_lowercase().contains(scene.colour.word()), "{c}");
+            floorless += usize::from(!names_floor(&c));
+        }
+        assert!(
+            (floorless as f64 / n as f64 - 0.25).abs() < 0.03,
+            "{floorless}/{n}"
+        );
+        for i in 0..200 {
+            let c = train_caption(&mut rng, &Scene::sample(i, Split::Train), 0.0, 0.5, 0.0);
+            assert!(
+                names_floor(&c),
+                "a share of 0 keeps the floor in every caption: {c}"
+            );
+        }
     }
 }

@@ -215,9 +215,11 @@ pub fn refine(
         transformer,
         ..
     } = Folder::read(model)?;
-    // The folder's decoder stage is the one about to run, so its rate may differ too.
+    // The folder's decoder stage is the one about to run, so its rate may differ too; floorless captions
+    // are read by the transformer stage alone, and folders written before them record none.
     let comparable = |r: &Recipe| Recipe {
         decoder_lr: 0.0,
+        floorless_share: 0.0,
         ..r.without_step_counts()
     };
     if comparable(&trained) != comparable(recipe) {

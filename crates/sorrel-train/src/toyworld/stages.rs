@@ -491,6 +491,7 @@ pub fn train_denoiser(
                         &scenes[i],
                         recipe.caption_dropout,
                         recipe.paraphrase_share,
+                        recipe.floorless_share,
                     )
                 })
                 .collect();
