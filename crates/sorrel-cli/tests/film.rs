@@ -36,42 +36,13 @@ fn text(o: &Output) -> String {
 }
 
 /// The story of the issue's acceptance: two recurring characters (a red ball, two blue boxes), six shots,
-/// one 30-second take, one shot that continues another.
-const STORY: &str =
-    "Ruby is a small red ball. The Twins are two small blue boxes. The floor is green.
-
-Ruby bounces for 30 seconds. Then Ruby moves to the left.
-
-The Twins slide to the left.
-
-Ruby moves to the left. The Twins move up. Ruby bounces.
-";
+/// one 30-second take, one shot that continues another. The file docs/film.md shows and the measurement
+/// example renders, so all three tell of the same story.
+const STORY: &str = include_str!("../../../docs/story.txt");
 
 /// Each shot's frames from the work folder's cache, as RGB8 frames.
 fn shot_frames(work: &Path, i: usize) -> Vec<Vec<u8>> {
-    let prefix = format!("{:02}-", i + 1);
-    let path = std::fs::read_dir(work.join("shots"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            name.starts_with(&prefix) && name.ends_with(".safetensors")
-        })
-        .unwrap_or_else(|| panic!("no cached shot {}", i + 1));
-    let t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-        .unwrap()
-        .remove("frames")
-        .unwrap();
-    let (f, h, w, _) = t.dims4().unwrap();
-    let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    (0..f)
-        .map(|k| {
-            data[k * h * w * 3..(k + 1) * h * w * 3]
-                .iter()
-                .map(|&v| sorrel_media::to_u8(v))
-                .collect()
-        })
-        .collect()
+    sorrel_film::finished_shot(work, i).unwrap_or_else(|| panic!("no cached shot {}", i + 1))
 }
 
 #[test]
@@ -134,18 +105,18 @@ fn a_story_becomes_a_film_whose_characters_stay_the_same() {
         "of {appearances_all} appearances: colour, count and size kept in {looks}; read as the \
          character's usual shape in {shapes}, as its named shape in {named}"
     );
-    // Shape is reported, not asserted: a small ball is a few dozen pixels, and the scorer reads the same
-    // generated ball as a ball in one frame and a box in the next (docs/film.md). The issue asks for 90 %
-    // of appearances kept; the embedded model keeps colour, count and size in 4 of these 6 (the ball
-    // fades in the shot that continues the long take with another action, and the two blue boxes touch
-    // while sliding and read 21 % larger than when apart). The floor is what it reached, so a regression
-    // fails.
+    // Shape is reported, not asserted: a small ball is a few dozen pixels, and the model draws small balls
+    // and boxes as the same rounded blob, read as either (docs/film.md). The issue asks for 90 % of
+    // appearances kept; with these seeds the seventh embedded model keeps colour, count and size in all 6
+    // (the sixth: 4), but over 16 films with other seeds in 79 % (`examples/film_characters.rs`), so a
+    // floor of 6 would fail on a change of rounding, not of the model. One below what it reached: a
+    // regression of two appearances fails.
     assert_eq!(appearances_all, 6);
-    assert!(looks >= 4, "{looks} of {appearances_all}");
+    assert!(looks >= 5, "{looks} of {appearances_all}");
 
-    // The shot that continues the long take: reported. The model was trained to continue a clip under
-    // its own caption; told to do something else from the next frame on, it lets the ball fade for a
-    // few frames, so the seam does not carry on (docs/film.md).
+    // The shot that continues the long take: reported. It carries on with these seeds, but in 3 of 16 films
+    // with others: the long bounce never comes to rest, and "moves to the left" from a ball in mid-air is
+    // not something the model has seen, so it lets the ball fade for a few frames (docs/film.md).
     for (i, s) in plan.shots.iter().enumerate().filter(|(_, s)| s.continues) {
         let (a, b) = (shot_frames(&work, i - 1), shot_frames(&work, i));
         let four = [

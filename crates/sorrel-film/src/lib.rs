@@ -11,7 +11,7 @@ pub mod storyboard;
 
 pub use fingerprint::{hash_ends, hex, model_fingerprint};
 pub use layout::FilmLayout;
-pub use render::{render, FilmEvent, RenderOptions, Rendered};
+pub use render::{finished_shot, render, FilmEvent, RenderOptions, Rendered};
 
 /// A media error (encoding, writing) as the library's error.
 pub(crate) fn output(e: sorrel_media::MediaError) -> sorrel_core::Error {

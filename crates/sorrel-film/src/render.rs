@@ -89,6 +89,22 @@ fn read_cached(path: &Path) -> Option<Tensor> {
     t.remove("frames")
 }
 
+/// The frames of finished shot `index` (from 0) in a film's work folder, RGB8 per frame (for scoring a film
+/// after it is made; the cache keeps them in f32, before encoding). `None` when the shot is not there.
+pub fn finished_shot(work: &Path, index: usize) -> Option<Vec<Vec<u8>>> {
+    let prefix = format!("{:02}-", index + 1);
+    let path = std::fs::read_dir(work.join("shots"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".safetensors")
+        })?;
+    let pictures = pictures(&read_cached(&path)?).ok()?;
+    Some(pictures.into_iter().map(|p| p.rgb).collect())
+}
+
 /// Writes frames to the cache atomically: a reader (or a resumed run) sees the whole shot or none of it.
 fn write_cached(path: &Path, frames: &Tensor) -> Result<()> {
     let tmp = path.with_extension("partial");
