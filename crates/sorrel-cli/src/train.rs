@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// Share of paraphrased captions that name no floor, in [0, 1] (default: the recipe's).
     #[arg(long)]
     pub floorless_share: Option<f64>,
+    /// Share of transformer clips whose slices to generate get independent noise levels (diffusion forcing
+    /// proper), in [0, 1] (default: the recipe's).
+    #[arg(long)]
+    pub slice_noise_share: Option<f64>,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -88,6 +92,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.floorless_share {
         recipe.floorless_share = s;
+    }
+    if let Some(s) = args.slice_noise_share {
+        recipe.slice_noise_share = s;
     }
     if let Some(k) = args.context_kinds {
         recipe.context_kinds = k.try_into().map_err(|k: Vec<f64>| {

@@ -141,15 +141,18 @@ impl ClipNoise {
 /// (every frame at one logit-normal level); otherwise some frames are given (at level 0, or at a small level
 /// half the time, so a rollout's own slightly wrong frames are familiar context): the first frame
 /// (image-to-video), the first or last 1 to 3 slices (extension forward or backward, and rollouts), or the
-/// first and last slices (connecting two clips), drawn in proportion to `kinds` (in that order).
+/// first and last slices (connecting two clips), drawn in proportion to `kinds` (in that order). With
+/// probability `slice_share` the slices to generate are then noised independently, each at its own
+/// logit-normal level (diffusion forcing proper), so the model must learn how objects move from slices
+/// that are less noisy than the one it makes.
 pub fn clip_noise(
     rng: &mut StdRng,
     frames: usize,
     context_share: f64,
     kinds: [f64; 4],
+    slice_share: f64,
 ) -> ClipNoise {
-    let u: f32 = rng.sample(rand_distr::StandardNormal);
-    let s = 1.0 / (1.0 + (-u).exp());
+    let s = logit_normal(rng);
     let slices = frames / 2;
     let mut frame_sigma = vec![s; frames];
     let mut slice_sigma = vec![s; slices];
@@ -197,6 +200,23 @@ pub fn clip_noise(
             }
         }
     }
+    // A share of 0 draws nothing, so runs recorded before independent slices existed repeat exactly.
+    if slice_share > 0.0 && slices >= 2 && rng.random_bool(slice_share) {
+        for k in 0..slices {
+            // Slices with a given frame keep their level: the image-to-video slice is told the level of
+            // its second frame, which is drawn here like any other slice to generate.
+            if loss[2 * k + 1] == 0.0 {
+                continue;
+            }
+            let v = logit_normal(rng);
+            slice_sigma[k] = v;
+            for f in [2 * k, 2 * k + 1] {
+                if loss[f] != 0.0 {
+                    frame_sigma[f] = v;
+                }
+            }
+        }
+    }
     ClipNoise {
         from_start,
         offset: 0,
@@ -204,6 +224,12 @@ pub fn clip_noise(
         slice_sigma,
         loss,
     }
+}
+
+/// A noise level in (0, 1): the logistic of a standard normal draw (SD3's logit-normal sampling).
+fn logit_normal(rng: &mut StdRng) -> f32 {
+    let u: f32 = rng.sample(rand_distr::StandardNormal);
+    1.0 / (1.0 + (-u).exp())
 }
 
 /// Draws one of the four ways of giving frames in proportion to `kinds`. Equal weights take the one
@@ -231,7 +257,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let mut kinds = std::collections::HashSet::new();
         for _ in 0..2000 {
-            let c = clip_noise(&mut rng, 8, 0.5, [1.0; 4]);
+            let c = clip_noise(&mut rng, 8, 0.5, [1.0; 4], 0.0);
             let given: Vec<usize> = (0..8).filter(|&i| c.loss[i] == 0.0).collect();
             for &i in &given {
                 assert!(c.frame_sigma[i] < 0.1);
@@ -254,10 +280,47 @@ mod tests {
             assert!(kinds.contains(&want), "{want:?} never drawn");
         }
         let mut none = StdRng::seed_from_u64(0);
-        assert!((0..100).all(|_| clip_noise(&mut none, 8, 0.0, [1.0; 4])
-            .loss
-            .iter()
-            .all(|&l| l == 1.0)));
+        assert!(
+            (0..100).all(|_| clip_noise(&mut none, 8, 0.0, [1.0; 4], 0.0)
+                .loss
+                .iter()
+                .all(|&l| l == 1.0))
+        );
+    }
+
+    #[test]
+    fn independent_slices_get_their_own_levels_and_given_frames_stay_given() {
+        let (mut a, mut b) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
+        let mut differing = 0;
+        for _ in 0..500 {
+            let together = clip_noise(&mut a, 8, 0.5, [1.0; 4], 0.0);
+            let apart = clip_noise(&mut b, 8, 0.5, [1.0; 4], 1.0);
+            // The same clip kind and given frames either way; only the levels of generated slices change.
+            assert_eq!(together.loss, apart.loss);
+            for f in 0..8 {
+                if apart.loss[f] == 0.0 {
+                    assert_eq!(apart.frame_sigma[f], together.frame_sigma[f]);
+                }
+            }
+            for k in 0..4 {
+                assert_eq!(apart.slice_sigma[k], apart.frame_sigma[2 * k + 1]);
+                if apart.loss[2 * k] != 0.0 {
+                    assert_eq!(apart.frame_sigma[2 * k], apart.frame_sigma[2 * k + 1]);
+                }
+            }
+            let generated: Vec<f32> = (0..4)
+                .filter(|&k| apart.loss[2 * k + 1] != 0.0)
+                .map(|k| apart.slice_sigma[k])
+                .collect();
+            differing += usize::from(generated.windows(2).any(|w| w[0] != w[1]));
+            // Keep the two generators in step: the independent draws took extra numbers.
+            b = StdRng::seed_from_u64(a.random());
+            a = b.clone();
+        }
+        assert!(
+            differing > 400,
+            "{differing} of 500 clips had slices at different levels"
+        );
     }
 
     #[test]
@@ -267,7 +330,7 @@ mod tests {
         let mut first_only = 0;
         let n = 4000;
         for _ in 0..n {
-            let c = clip_noise(&mut rng, 8, 1.0, [0.0, 3.0, 0.0, 1.0]);
+            let c = clip_noise(&mut rng, 8, 1.0, [0.0, 3.0, 0.0, 1.0], 0.0);
             first_only += usize::from(c.loss[0] == 0.0 && c.loss[1] == 1.0);
             // Forward extension gives the first slices and nothing at the end.
             forward += usize::from(c.loss[0] == 0.0 && c.loss[7] == 1.0);

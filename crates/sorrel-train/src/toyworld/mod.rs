@@ -216,10 +216,12 @@ pub fn refine(
         ..
     } = Folder::read(model)?;
     // The folder's decoder stage is the one about to run, so its rate may differ too; floorless captions
-    // are read by the transformer stage alone, and folders written before them record none.
+    // and independent slice noise are read by the transformer stage alone, and folders written before
+    // them record none.
     let comparable = |r: &Recipe| Recipe {
         decoder_lr: 0.0,
         floorless_share: 0.0,
+        slice_noise_share: 0.0,
         ..r.without_step_counts()
     };
     if comparable(&trained) != comparable(recipe) {

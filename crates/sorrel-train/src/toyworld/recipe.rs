@@ -93,6 +93,11 @@ pub struct Recipe {
     /// before it existed named the floor in every caption (0).
     #[serde(default)]
     pub floorless_share: f64,
+    /// Share of transformer clips whose slices to generate are noised independently, each at its own
+    /// level (diffusion forcing proper), instead of all at the clip's one level. Runs recorded before it
+    /// existed noised them together (0).
+    #[serde(default)]
+    pub slice_noise_share: f64,
     /// Sampling defaults written into the model folder.
     pub sample_steps: usize,
     /// Classifier-free guidance scale at sampling.
@@ -143,6 +148,7 @@ impl Default for Recipe {
             // People leave the floor out; with no such caption in training the sixth and seventh versions
             // drew an empty frame for most seeds of "a red ball moves to the right".
             floorless_share: 0.2,
+            slice_noise_share: 0.0,
             sample_steps: 25,
             // Measured, not assumed: at 4 objects popped in and out between frames and bounces lost their
             // arc (permanence 79 %, bounce 67 % against 89 % and 100 %; docs/models/toyworld.md).
@@ -246,9 +252,12 @@ impl Recipe {
         if !(0.0..=1.0).contains(&self.context_share)
             || !(0.0..=1.0).contains(&self.paraphrase_share)
             || !(0.0..=1.0).contains(&self.floorless_share)
+            || !(0.0..=1.0).contains(&self.slice_noise_share)
         {
             return Err(
-                "context_share, paraphrase_share and floorless_share must be in [0, 1]".into(),
+                "context_share, paraphrase_share, floorless_share and slice_noise_share must be \
+                 in [0, 1]"
+                    .into(),
             );
         }
         if self
@@ -414,18 +423,26 @@ mod tests {
 
     #[test]
     fn recipes_recorded_before_the_kinds_draw_them_equally_and_bad_kinds_are_refused() {
-        // A recipe as written before `context_kinds` and `floorless_share` existed (the sixth version's).
+        // A recipe as written before `context_kinds`, `floorless_share` and `slice_noise_share` existed
+        // (the sixth version's).
         let mut old = serde_json::to_value(Recipe::default()).unwrap();
-        old.as_object_mut().unwrap().remove("context_kinds");
-        old.as_object_mut().unwrap().remove("floorless_share");
+        for field in ["context_kinds", "floorless_share", "slice_noise_share"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
         let r: Recipe = serde_json::from_value(old).unwrap();
         assert_eq!(r.context_kinds, [1.0; 4]);
         assert_eq!(r.floorless_share, 0.0);
+        assert_eq!(r.slice_noise_share, 0.0);
         let bad = Recipe {
             floorless_share: 1.5,
             ..r.clone()
         };
         assert!(bad.validate().unwrap_err().contains("floorless_share"));
+        let bad = Recipe {
+            slice_noise_share: -0.1,
+            ..r.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("slice_noise_share"));
         for kinds in [[0.0; 4], [1.0, -1.0, 1.0, 1.0], [1.0, f64::NAN, 1.0, 1.0]] {
             let bad = Recipe {
                 context_kinds: kinds,

@@ -445,7 +445,15 @@ pub fn train_denoiser(
         progress,
         |rng| {
             let noises: Vec<data::ClipNoise> = (0..b)
-                .map(|_| data::clip_noise(rng, f, recipe.context_share, recipe.context_kinds))
+                .map(|_| {
+                    data::clip_noise(
+                        rng,
+                        f,
+                        recipe.context_share,
+                        recipe.context_kinds,
+                        recipe.slice_noise_share,
+                    )
+                })
                 .collect();
             // Clips that start where their caption starts come from even scenes, whose spans start at 0.
             let mut clips = Vec::with_capacity(b);
