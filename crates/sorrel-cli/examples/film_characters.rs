@@ -9,8 +9,9 @@
 //! cargo run --release -p sorrel-cli --example film_characters -- story.txt 16
 //! ```
 //!
-//! Arguments: the story, how many films (default 8), the first seed set (default 0). It runs the `sorrel`
-//! binary beside this example's folder (target/release/sorrel) with a temporary data and cache folder.
+//! Arguments: the story, how many films (default 8), the first seed set (default 0), and a model folder
+//! (default: the embedded model). It runs the `sorrel` binary beside this example's folder
+//! (target/release/sorrel) with a temporary data and cache folder.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -28,9 +29,13 @@ fn sorrel_binary() -> Option<PathBuf> {
     bin.exists().then_some(bin)
 }
 
-fn run(bin: &Path, home: &Path, args: &[&str]) -> Result<(), String> {
-    let o = Command::new(bin)
-        .args(args)
+fn run(bin: &Path, home: &Path, model: Option<&str>, args: &[&str]) -> Result<(), String> {
+    let mut c = Command::new(bin);
+    c.args(args);
+    if let Some(m) = model {
+        c.args(["--model", m]);
+    }
+    let o = c
         .env("SORREL_DATA_DIR", home.join("data"))
         .env("SORREL_CACHE_DIR", home.join("cache"))
         .env_remove("SORREL_MODEL")
@@ -115,7 +120,7 @@ fn score(plan: &Plan, work: &Path, tally: &mut Tally) -> Result<String, String> 
     Ok(line)
 }
 
-fn measure(story: &Path, films: u64, first: u64) -> Result<(), String> {
+fn measure(story: &Path, films: u64, first: u64, model: Option<&str>) -> Result<(), String> {
     let bin = sorrel_binary().ok_or(
         "no target/release/sorrel beside this example: run `cargo build --release -p sorrel-cli`",
     )?;
@@ -125,6 +130,7 @@ fn measure(story: &Path, films: u64, first: u64) -> Result<(), String> {
     run(
         &bin,
         home.path(),
+        model,
         &["film", story, "--plan-only", plan_path.to_str().unwrap()],
     )?;
     let text = std::fs::read_to_string(&plan_path).map_err(|e| e.to_string())?;
@@ -144,6 +150,7 @@ fn measure(story: &Path, films: u64, first: u64) -> Result<(), String> {
         run(
             &bin,
             home.path(),
+            model,
             &[
                 "film",
                 p.to_str().unwrap(),
@@ -178,7 +185,7 @@ fn measure(story: &Path, films: u64, first: u64) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(story) = args.first() else {
-        eprintln!("usage: film_characters STORY.txt [FILMS] [FIRST_SEED_SET]");
+        eprintln!("usage: film_characters STORY.txt [FILMS] [FIRST_SEED_SET] [MODEL_DIR]");
         return ExitCode::from(2);
     };
     let num = |i: usize, d: u64| args.get(i).map_or(Ok(d), |v| v.parse::<u64>());
@@ -186,7 +193,12 @@ fn main() -> ExitCode {
         eprintln!("FILMS and FIRST_SEED_SET are whole numbers");
         return ExitCode::from(2);
     };
-    match measure(Path::new(story), films, first) {
+    match measure(
+        Path::new(story),
+        films,
+        first,
+        args.get(3).map(String::as_str),
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

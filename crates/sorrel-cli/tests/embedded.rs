@@ -173,10 +173,10 @@ fn prompts_people_type_draw_what_they_say() {
 }
 
 /// Of the 32 clips of `prompts_people_type_draw_what_they_say`, how many the shipped model gets right
-/// (colour, count, direction and the named floor), less one for a borderline clip on another CPU: 18 (the
-/// README's bounce 7 of 8; the green cube 6; the two prompts that name no floor 4 and 1). The fifth
-/// version got 0, the sixth 16.
-const PEOPLE_PROMPTS_RIGHT: usize = 17;
+/// (colour, count, direction and the named floor), less one for a borderline clip on another CPU: 20 (the
+/// README's bounce 7 of 8; the green cube 7; the two prompts that name no floor 4 and 2). The fifth
+/// version got 0, the sixth 16, the seventh 18.
+const PEOPLE_PROMPTS_RIGHT: usize = 19;
 
 #[test]
 fn unknown_words_are_warned_about_and_bad_requests_refused() {
@@ -518,23 +518,23 @@ const AUTOENCODED: [(&str, f64); 5] = [
 /// (JSON pointer into `sorrel eval --json`, the shipped model's score on the test's subset, margin: one
 /// prompt of 16, two windows of 40, four window boundaries of 72, one bounce window of 10).
 const MODE_ROWS: [(&str, f64, f64); 17] = [
-    ("/seen/colour", 100.0, 6.25),
-    ("/seen/shape", 93.75, 6.25),
+    ("/seen/colour", 93.75, 6.25),
+    ("/seen/shape", 81.25, 6.25),
     ("/seen/count", 93.75, 6.25),
-    ("/seen/direction", 100.0, 6.25),
-    ("/seen/permanence", 100.0, 6.25),
+    ("/seen/direction", 93.75, 6.25),
+    ("/seen/permanence", 93.75, 6.25),
     ("/paraphrase/colour", 100.0, 6.25),
     ("/paraphrase/count", 81.25, 6.25),
-    ("/paraphrase/direction", 93.75, 6.25),
-    ("/image/kept", 81.25, 6.25),
+    ("/paraphrase/direction", 100.0, 6.25),
+    ("/image/kept", 93.75, 6.25),
     ("/image/scores/direction", 100.0, 6.25),
     ("/join/matches", 87.5, 6.25),
     ("/join/count", 100.0, 6.25),
     ("/rollout/count_windows", 100.0, 5.0),
     ("/rollout/colour_windows", 100.0, 5.0),
     ("/rollout/size_windows", 100.0, 5.0),
-    ("/rollout/continuous", 93.0, 5.6),
-    ("/rollout/plausible_windows", 40.0, 10.0),
+    ("/rollout/continuous", 94.0, 5.6),
+    ("/rollout/plausible_windows", 70.0, 10.0),
 ];
 
 #[test]
