@@ -95,12 +95,6 @@ fn score(plan: &Plan, work: &Path, tally: &mut Tally) -> Result<String, String> 
     }
     for (i, s) in plan.shots.iter().enumerate().filter(|(_, s)| s.continues) {
         let (a, b) = (frames(i - 1)?, frames(i)?);
-        let four = [
-            a[a.len() - 2].clone(),
-            a[a.len() - 1].clone(),
-            b[0].clone(),
-            b[1].clone(),
-        ];
         let lead = s
             .characters
             .first()
@@ -108,7 +102,7 @@ fn score(plan: &Plan, work: &Path, tally: &mut Tally) -> Result<String, String> 
             .and_then(|c| Look::parse(&c.look))
             .ok_or_else(|| format!("shot {}: no lead character", i + 1))?;
         let floor = floor_of(&s.prompt).ok_or_else(|| format!("{}: no floor", s.prompt))?;
-        let ok = carries_on_across(&four, SIZE, floor, lead.colour);
+        let ok = carries_on_across(&a, &b, SIZE, floor, lead.colour);
         tally.seams += 1;
         tally.seams_kept += ok as usize;
         line += &format!(

@@ -119,18 +119,12 @@ fn a_story_becomes_a_film_whose_characters_stay_the_same() {
     // left" from a ball in mid-air is not something the model has seen (docs/film.md).
     for (i, s) in plan.shots.iter().enumerate().filter(|(_, s)| s.continues) {
         let (a, b) = (shot_frames(&work, i - 1), shot_frames(&work, i));
-        let four = [
-            a[a.len() - 2].clone(),
-            a[a.len() - 1].clone(),
-            b[0].clone(),
-            b[1].clone(),
-        ];
         let lead = Look::parse(&plan.character(&s.characters[0]).unwrap().look).unwrap();
         let floor = floor_of(&s.prompt).unwrap();
         println!(
             "shot {} carries on from shot {i}: {}",
             i + 1,
-            carries_on_across(&four, 32, floor, lead.colour)
+            carries_on_across(&a, &b, 32, floor, lead.colour)
         );
     }
 

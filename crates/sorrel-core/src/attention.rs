@@ -67,8 +67,8 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
             // Half-precision scores lose about 2^-9 of their size (0.01 at a score of 4) before the
             // softmax magnifies it; PyTorch's CPU attention keeps scores and softmax in f32 for bf16 and
             // f16, so the blocks do too (CPUs without AVX512-BF16 land here). bf16 then rounds the
-            // weights as the fused kernel and PyTorch do: a bf16 Wan forward lands 0.00363 (mean) from
-            // fp32 so, against 0.00371 for diffusers' bf16, where all-f32 weights landed 0.00378.
+            // weights as the fused kernel and PyTorch do: a bf16 Wan forward then lands 0.00363 (mean)
+            // from fp32, against 0.00371 for diffusers' bf16, where all-f32 weights landed 0.00378.
             let w = |t: &Tensor| t.to_dtype(DType::F32);
             let scores = w(q)?.matmul(&w(&kt)?)?;
             if dt == DType::BF16 && q.device().is_cpu() && !q.track_op() {

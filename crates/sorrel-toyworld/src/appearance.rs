@@ -110,12 +110,26 @@ pub fn appearance(frames: &[Vec<u8>], n: usize, floor: Colour, look: &Look) -> A
     }
 }
 
-/// Whether the objects of `colour` carry on across a cut-free join: `four` frames (RGB8, `n` x `n`), the
-/// last two of one shot and the first two of the next, have the same objects, sizes, and no jump (the
-/// rollout scorer's rule at window boundaries).
-pub fn carries_on_across(four: &[Vec<u8>], n: usize, floor: Colour, colour: Colour) -> bool {
-    let per_frame: Vec<_> = four.iter().map(|f| segment(f, n, floor)).collect();
-    per_frame.len() == 4 && crate::window_score::carries_on(&per_frame, colour)
+/// Whether the objects of `colour` carry on across a cut-free join from shot `before` to shot `after`
+/// (RGB8 frames, `n` x `n`): the last two frames of one and the first two of the other have the same
+/// objects, sizes, and no jump (the rollout scorer's rule at window boundaries). `false` when either
+/// shot has fewer than two frames.
+pub fn carries_on_across(
+    before: &[Vec<u8>],
+    after: &[Vec<u8>],
+    n: usize,
+    floor: Colour,
+    colour: Colour,
+) -> bool {
+    if before.len() < 2 || after.len() < 2 {
+        return false;
+    }
+    let per_frame: Vec<_> = before[before.len() - 2..]
+        .iter()
+        .chain(&after[..2])
+        .map(|f| segment(f, n, floor))
+        .collect();
+    crate::window_score::carries_on(&per_frame, colour)
 }
 
 /// The shape named by more of `votes` than any other (`None` for no votes or a tie): small objects are
