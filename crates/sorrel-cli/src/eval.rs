@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_pipeline::{LoadOptions, WanPipeline};
 use sorrel_train::toyworld::eval::{self, EvalOptions};
@@ -18,6 +18,8 @@ pub struct EvalArgs {
     /// Prompts per split.
     #[arg(long, default_value_t = 100)]
     pub clips: usize,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Also score the combinations kept out of training (yellow boxes; three objects shrinking).
     #[arg(long)]
     pub held_out: bool,
@@ -70,11 +72,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         Some(m) => m.clone(),
         None => crate::embedded::model_dir()?,
     };
+    let device = args.device.open(args.quiet)?;
     let pipe = WanPipeline::load(
         &model,
         &LoadOptions {
             dtype: DType::F32,
-            device: Device::Cpu,
+            device,
             ..LoadOptions::default()
         },
     )?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sorrel_film::{FilmEvent, FilmLayout, RenderOptions};
 use sorrel_media::{Clip, EncodeOptions};
@@ -52,6 +52,8 @@ pub struct FilmArgs {
     pub guidance: Option<f64>,
     #[command(flatten)]
     pub weights: crate::weights::WeightArgs,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Plan with a chat model at this OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) instead of
     /// the built-in planner; the answer must be a plan under the schema it is sent.
     #[arg(long, value_name = "URL", requires = "planner_model")]
@@ -156,11 +158,12 @@ pub fn film(args: FilmArgs) -> Result<()> {
     let layout = FilmLayout::new(&info, &plan, &model_name, size, args.steps, args.guidance)?;
     let (width, height, fps, steps) = (layout.width, layout.height, layout.fps, layout.steps);
     let fingerprint = sorrel_film::model_fingerprint(&model)? + &args.weights.fingerprint()?;
+    let device = args.device.open(args.quiet)?;
     let pipe = WanPipeline::load(
         &model,
         &args.weights.apply(LoadOptions {
             dtype: DType::F32,
-            device: Device::Cpu,
+            device,
             ..LoadOptions::default()
         }),
     )?;

@@ -1,5 +1,6 @@
 //! `sorrel`: text-to-video generation from the command line.
 
+mod device;
 mod embedded;
 mod eval;
 mod film;
@@ -158,6 +159,8 @@ struct GenerateOptions {
     dtype: String,
     #[command(flatten)]
     weights: weights::WeightArgs,
+    #[command(flatten)]
+    device: device::DeviceArgs,
     /// Start from this noise: a safetensors file with tensor `latents` of shape (1,16,T,H/8,W/8). With
     /// --video it is the raw noise mixed into the encoded video.
     #[arg(long)]
@@ -556,16 +559,22 @@ fn generate(
         }
     }
 
+    let device = args.device.open(args.quiet)?;
     let t0 = Instant::now();
     let pipe = WanPipeline::load(
         &model,
         &args.weights.apply(LoadOptions {
             dtype,
-            device: Device::Cpu,
+            device,
             ..LoadOptions::default()
         }),
     )?;
     req.validate(&pipe)?;
+    let _ = JOB.set(format!(
+        "a {width}x{height} video of {} frames on {}",
+        req.frames,
+        sorrel_core::device::describe(pipe.device())
+    ));
     // Refused now, with what to change, rather than killed by the kernel halfway through.
     pipe.check_memory(&req, None)?;
     let load_time = t0.elapsed();
@@ -659,8 +668,11 @@ fn generate(
             // A diffusion-forcing extension writes the clip first, then the new frames as they come.
             let lead = match &req.conditioning {
                 Conditioning::Continue { before, .. } => {
-                    let given =
-                        sorrel_pipeline::rollout::as_frames(before, (width, height), &Device::Cpu)?;
+                    let given = sorrel_pipeline::rollout::as_frames(
+                        before,
+                        (width, height),
+                        pipe.device(),
+                    )?;
                     out.push(&given, before.len() + req.frames)?;
                     before.len()
                 }
@@ -817,6 +829,10 @@ fn timing_lines(timings: &[(String, std::time::Duration)]) -> Vec<String> {
     lines
 }
 
+/// The video being made (`832x480, 81 frames`, model and device), for an error the GPU raises halfway
+/// through: it comes back from deep inside candle with no size attached.
+static JOB: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // SAFETY: first thing in `main` after parsing the arguments: no other thread exists yet.
@@ -844,6 +860,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if sorrel_core::device::is_gpu_out_of_memory(&format!("{e:#}")) {
+                // The check before generating estimates; this is what the GPU itself refused.
+                let job = JOB.get().map(|j| format!(" for {j}")).unwrap_or_default();
+                eprintln!(
+                    "the GPU ran out of memory{job}: ask for a smaller size or fewer frames, use --dtype bf16 \
+                     or --vae-tiling on, free the GPU (nvidia-smi lists what holds it), or use --device cpu"
+                );
+            }
             ExitCode::FAILURE
         }
     }

@@ -37,6 +37,9 @@ pub struct NodeArgs {
     /// LoRAs and single-file components, applied to every served model (as `sorrel generate`'s flags).
     #[command(flatten)]
     weights: crate::weights::WeightArgs,
+    /// Where the workers run their jobs (the GPU holds every served model once).
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
     /// Hours a finished video (and its record) is kept before it expires and is removed.
     #[arg(long, default_value_t = 24.0)]
     retention_hours: f64,
@@ -198,6 +201,7 @@ fn node_config(node: NodeArgs, workers: usize) -> Result<ServerConfig> {
         models,
         dtype: crate::parse_dtype(&node.dtype)?,
         weights: node.weights.apply(Default::default()),
+        device: node.device.open(false)?,
         workers,
         memory_limit: node
             .memory_limit

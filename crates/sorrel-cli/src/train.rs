@@ -57,6 +57,8 @@ pub struct TrainArgs {
     /// proper), in [0, 1] (default: the recipe's).
     #[arg(long)]
     pub slice_noise_share: Option<f64>,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
     #[arg(long)]
     pub smoke: bool,
@@ -130,6 +132,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             bar.set_message(format!("{} loss {:.4}", p.stage, p.loss));
         }
     };
+    let device = args.device.open(args.quiet)?;
     let t0 = std::time::Instant::now();
     match (&args.refine, &args.from) {
         (_, Some(model)) => toyworld::continue_from(
@@ -138,6 +141,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             &args.work,
             &args.out,
             args.resume,
+            &device,
             &mut on_progress,
         )?,
         (Some(model), None) => toyworld::refine(
@@ -146,6 +150,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             &args.work,
             &args.out,
             args.resume,
+            &device,
             &mut on_progress,
         )?,
         (None, None) => toyworld::train(
@@ -153,6 +158,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             &args.work,
             &args.out,
             args.resume,
+            &device,
             &mut on_progress,
         )?,
     }

@@ -11,6 +11,7 @@ pub mod channel_norm;
 pub mod config;
 pub mod conv2d;
 pub mod conv3d;
+pub mod device;
 pub mod error;
 pub mod f32_attention;
 pub mod gguf;

@@ -354,7 +354,7 @@ impl WanPipeline {
                     crate::memory::vae_piece(&self.vae_config, self.vae.dtype(), width, height);
                 // The decoded frames and their copy as pictures, as the memory check counts them.
                 let frames = 2 * (width * height * 3 * 4 * frames) as u64;
-                match crate::memory::available()? {
+                match crate::memory::available_on(&self.device)? {
                     Some(room) if whole + frames > room => Some(tiling),
                     _ => None,
                 }

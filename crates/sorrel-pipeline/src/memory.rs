@@ -157,8 +157,16 @@ impl WanPipeline {
     /// Refuses `req` if it does not fit in `available` bytes (`None`: [`available`] now; `Ok` where that
     /// cannot be read).
     pub fn check_memory(&self, req: &GenerateRequest, available: Option<u64>) -> Result<()> {
-        match available.map_or_else(self::available, |b| Ok(Some(b)))? {
-            Some(bytes) => self.memory_need(req)?.check(bytes, req),
+        match available.map_or_else(|| available_on(&self.device), |b| Ok(Some(b)))? {
+            Some(bytes) => self.memory_need(req)?.check(bytes, req).map_err(|e| {
+                match sorrel_core::device::gpu_memory(&self.device) {
+                    Some((_, total)) => Error::invalid(format!(
+                        "{e}; this is the GPU's memory ({} in all; --device cpu uses the machine's)",
+                        sorrel_core::device::gib(total as usize)
+                    )),
+                    None => e,
+                }
+            }),
             None => Ok(()),
         }
     }
@@ -253,6 +261,15 @@ pub fn available() -> Result<Option<u64>> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     })
+}
+
+/// Bytes the work on `device` may still allocate: [`available`] on the CPU; on a GPU, its free memory (the
+/// working tensors live there, the loaded weights already count against it), or `SORREL_MEMORY_LIMIT` if set.
+pub fn available_on(device: &candle_core::Device) -> Result<Option<u64>> {
+    match sorrel_core::device::gpu_memory(device) {
+        Some((free, _)) if std::env::var_os("SORREL_MEMORY_LIMIT").is_none() => Ok(Some(free)),
+        _ => available(),
+    }
 }
 
 /// What a cgroup v2 memory limit leaves (`memory.max` less `memory.current`), where there is one.

@@ -97,8 +97,10 @@ pub struct ServerConfig {
     /// Compute dtype of the text encoder and transformer.
     pub dtype: DType,
     /// Weights beside every served model's folder: LoRAs and single-file components (its `dtype` and
-    /// `device` are not used: `dtype` above and the CPU are).
+    /// `device` are not used: `dtype` and `device` here are).
     pub weights: sorrel_pipeline::LoadOptions,
+    /// Where the workers run the models (`--device`): the CPU, or a GPU that holds every served model.
+    pub device: candle_core::Device,
     /// Jobs generated at once by this process; 0 (an API-only node) needs a shared store.
     pub workers: usize,
     /// Bytes this process's workers may use for their jobs beyond the loaded models, shared equally;
@@ -136,6 +138,7 @@ impl Default for ServerConfig {
             models: Vec::new(),
             dtype: DType::F32,
             weights: Default::default(),
+            device: candle_core::Device::Cpu,
             workers: 1,
             memory_limit: None,
             limits: Limits::default(),

@@ -175,7 +175,7 @@ impl Server {
             let specs = config.models.clone();
             let opts = LoadOptions {
                 dtype: config.dtype,
-                device: candle_core::Device::Cpu,
+                device: config.device.clone(),
                 ..config.weights.clone()
             };
             tokio::task::spawn_blocking(move || Models::load(&specs, &opts))
@@ -184,7 +184,7 @@ impl Server {
         };
         let memory_room = match config.memory_limit {
             Some(bytes) => Some(bytes),
-            None => sorrel_pipeline::memory::available()
+            None => sorrel_pipeline::memory::available_on(&config.device)
                 .map_err(|e| ServeError::Config(e.to_string()))?,
         }
         .map(|bytes| bytes / config.workers.max(1) as u64);

@@ -9,6 +9,16 @@ use sorrel_toyworld::{caption_styled, CaptionStyle, Scene, Split};
 use sorrel_train::toyworld::eval::{evaluate, EvalOptions};
 use sorrel_train::toyworld::{self, init, stages, tokenizer, Recipe};
 
+/// [`toyworld::train`] on the CPU without progress.
+fn train_on_cpu(
+    recipe: &Recipe,
+    work: &std::path::Path,
+    out: &std::path::Path,
+    resume: bool,
+) -> sorrel_train::Result<()> {
+    toyworld::train(recipe, work, out, resume, &Device::Cpu, &mut |_| {})
+}
+
 fn toy_tokenizer(dir: &std::path::Path) -> WanTokenizer {
     let p = dir.join("tokenizer.json");
     std::fs::write(&p, tokenizer::tokenizer_json().to_string()).unwrap();
@@ -226,28 +236,21 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
     // Stopped early at a constant rate, as a long run is before its decay tail.
     recipe.dit_steps = 3;
     recipe.dit_lr_decay_steps = 0;
-    toyworld::train(&recipe, &work, &out, false, &mut |_| {}).unwrap();
+    train_on_cpu(&recipe, &work, &out, false).unwrap();
     // The same folder without --resume is refused; with another recipe too.
-    let err = toyworld::train(&recipe, &work, &out, false, &mut |_| {}).unwrap_err();
+    let err = train_on_cpu(&recipe, &work, &out, false).unwrap_err();
     assert!(err.to_string().contains("pass --resume"), "{err}");
     let mut other = recipe.clone();
     other.layers = 2;
-    let err = toyworld::train(&other, &work, &out, true, &mut |_| {}).unwrap_err();
+    let err = train_on_cpu(&other, &work, &out, true).unwrap_err();
     assert!(err.to_string().contains("different recipe"), "{err}");
 
     // Resuming to 6 steps, now with the decay tail, gives the same weights as 6 steps straight.
     recipe.dit_steps = 6;
     recipe.dit_lr_decay_steps = Recipe::smoke().dit_lr_decay_steps;
-    toyworld::train(&recipe, &work, &out, true, &mut |_| {}).unwrap();
+    train_on_cpu(&recipe, &work, &out, true).unwrap();
     let straight = dir.path().join("straight");
-    toyworld::train(
-        &recipe,
-        &dir.path().join("run2"),
-        &straight,
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    train_on_cpu(&recipe, &dir.path().join("run2"), &straight, false).unwrap();
     let a = candle_core::safetensors::load(
         out.join("transformer/diffusion_pytorch_model.safetensors"),
         &Device::Cpu,
@@ -342,6 +345,7 @@ fn smoke_training_resumes_exports_a_loadable_model_and_evaluates() {
         &dir.path().join("run3"),
         &cont,
         false,
+        &candle_core::Device::Cpu,
         &mut |_| {},
     )
     .unwrap();
@@ -374,17 +378,18 @@ fn refining_an_exported_model_gives_the_run_from_scratch_and_leaves_the_encoder_
         decoder_steps: 0,
         ..recipe.clone()
     };
-    toyworld::train(&without, &p("run-a"), &p("plain"), false, &mut |_| {}).unwrap();
+    train_on_cpu(&without, &p("run-a"), &p("plain"), false).unwrap();
     toyworld::refine(
         &recipe,
         &p("plain"),
         &p("refine"),
         &p("refined"),
         false,
+        &candle_core::Device::Cpu,
         &mut |_| {},
     )
     .unwrap();
-    toyworld::train(&recipe, &p("run-b"), &p("scratch"), false, &mut |_| {}).unwrap();
+    train_on_cpu(&recipe, &p("run-b"), &p("scratch"), false).unwrap();
 
     let vae = "vae/diffusion_pytorch_model.safetensors";
     let (plain, refined, scratch) = (
@@ -431,9 +436,17 @@ fn refining_an_exported_model_gives_the_run_from_scratch_and_leaves_the_encoder_
 
     // A refined folder, an occupied work folder and a foreign recipe are refused, saying why.
     let again = |model: &str, work: &str, r: &Recipe| {
-        toyworld::refine(r, &p(model), &p(work), &p("x"), false, &mut |_| {})
-            .unwrap_err()
-            .to_string()
+        toyworld::refine(
+            r,
+            &p(model),
+            &p(work),
+            &p("x"),
+            false,
+            &candle_core::Device::Cpu,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string()
     };
     assert!(again("refined", "w1", &recipe).contains("already refined"));
     assert!(again("plain", "refine", &recipe).contains("pass --resume"));

@@ -45,11 +45,12 @@ pub fn refine_decoder(
     ckpt: &Path,
     log: &mut LossLog,
     progress: &mut ProgressFn,
+    dev: &Device,
 ) -> Result<Vec<(String, Tensor)>> {
     if recipe.decoder_steps == 0 {
         return Ok(vae.to_vec());
     }
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let given: HashMap<String, Tensor> = vae.iter().cloned().collect();
     let encoder = AutoencoderKLWan::new(
         &stages::vae_config(recipe)?,

@@ -61,13 +61,14 @@ impl RunPaths {
     }
 }
 
-/// Trains the model of `recipe` in `work` and writes it to `out`. With `resume`, a run already in `work`
+/// Trains the model of `recipe` in `work` on `device` and writes it to `out`. With `resume`, a run already in `work`
 /// continues from its checkpoints (it must have the same recipe); without, `work` must hold no run.
 pub fn train(
     recipe: &Recipe,
     work: &Path,
     out: &Path,
     resume: bool,
+    device: &candle_core::Device,
     progress: &mut stages::ProgressFn,
 ) -> Result<()> {
     recipe.validate().map_err(TrainError::Invalid)?;
@@ -103,7 +104,7 @@ pub fn train(
     let mut log = log::LossLog::open(&paths.loss_log(), false)?;
     let started = Instant::now();
 
-    let varmap = stages::train_vae(recipe, &paths.vae_ckpt(), &mut log, progress)?;
+    let varmap = stages::train_vae(recipe, &paths.vae_ckpt(), &mut log, progress, device)?;
     let vae_weights = init::sorted_vars(&varmap, "")
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().detach()))
@@ -112,12 +113,12 @@ pub fn train(
     let (latents, mean, std) = if paths.latents().exists() {
         read_latents(&paths.latents())?
     } else {
-        let vae = stages::frozen_vae(recipe, &varmap)?;
-        let (lat, mean, std) = stages::encode_latents(recipe, &vae, progress)?;
+        let vae = stages::frozen_vae(recipe, &varmap, device)?;
+        let (lat, mean, std) = stages::encode_latents(recipe, &vae, progress, device)?;
         write_latents(&paths.latents(), &lat, &mean, &std)?;
         (lat, mean, std)
     };
-    let normed = normalise(&latents, &mean, &std)?;
+    let normed = normalise(&latents, &mean, &std)?.to_device(device)?;
 
     let tok = toy_tokenizer(work)?;
     let ema = stages::train_denoiser(
@@ -135,6 +136,7 @@ pub fn train(
         &paths.decoder_ckpt(),
         &mut log,
         progress,
+        device,
     )?;
 
     let split = |prefix: &str| -> Vec<(String, candle_core::Tensor)> {
@@ -196,6 +198,7 @@ pub fn refine(
     work: &Path,
     out: &Path,
     resume: bool,
+    device: &candle_core::Device,
     progress: &mut stages::ProgressFn,
 ) -> Result<()> {
     recipe.validate().map_err(TrainError::Invalid)?;
@@ -260,8 +263,14 @@ pub fn refine(
     };
     let mut log = log::LossLog::open(&paths.loss_log(), !resume)?;
     let started = Instant::now();
-    let vae =
-        decoder::refine_decoder(&out_recipe, &vae, &paths.decoder_ckpt(), &mut log, progress)?;
+    let vae = decoder::refine_decoder(
+        &out_recipe,
+        &vae,
+        &paths.decoder_ckpt(),
+        &mut log,
+        progress,
+        device,
+    )?;
     let dec_pts = log.points("decoder")?;
     plot_losses(&paths, &[], &[], &dec_pts)?;
     let mut provenance = defaults["provenance"].clone();
@@ -344,6 +353,7 @@ pub fn continue_from(
     work: &Path,
     out: &Path,
     resume: bool,
+    device: &candle_core::Device,
     progress: &mut stages::ProgressFn,
 ) -> Result<()> {
     recipe.validate().map_err(TrainError::Invalid)?;
@@ -398,18 +408,14 @@ pub fn continue_from(
         let plain = folder.vae.iter().cloned().collect();
         let vae = sorrel_models::wan::vae::AutoencoderKLWan::new(
             &stages::vae_config(recipe)?,
-            candle_nn::VarBuilder::from_tensors(
-                plain,
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-            ),
+            candle_nn::VarBuilder::from_tensors(plain, candle_core::DType::F32, device),
         )?;
         // The folder's statistics stay: its VAE, and so its latent space, does not change.
-        let (lat, _, _) = stages::encode_latents(recipe, &vae, progress)?;
+        let (lat, _, _) = stages::encode_latents(recipe, &vae, progress, device)?;
         write_latents(&paths.latents(), &lat, &mean, &std)?;
         lat
     };
-    let normed = normalise(&latents, &mean, &std)?;
+    let normed = normalise(&latents, &mean, &std)?.to_device(device)?;
 
     let tok_json = tokenizer::tokenizer_json();
     let tok = toy_tokenizer(work)?;

@@ -71,8 +71,9 @@ pub fn train_vae(
     ckpt: &Path,
     log: &mut LossLog,
     progress: &mut ProgressFn,
+    dev: &Device,
 ) -> Result<VarMap> {
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let (varmap, vae) = new_vae(recipe, &dev)?;
     let params = sorted_vars(&varmap, "");
     init_params(&params, recipe.seed)?;
@@ -229,14 +230,14 @@ fn report(
 /// The trained VAE rebuilt from plain tensors of `varmap`, for encoding: built on the variables, every
 /// output would hold its whole graph (all of the encoder's activations) alive, which for thousands of clips
 /// runs out of memory.
-pub fn frozen_vae(recipe: &Recipe, varmap: &VarMap) -> Result<AutoencoderKLWan> {
+pub fn frozen_vae(recipe: &Recipe, varmap: &VarMap, dev: &Device) -> Result<AutoencoderKLWan> {
     let plain: std::collections::HashMap<String, Tensor> = sorted_vars(varmap, "")
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().detach()))
         .collect();
     Ok(AutoencoderKLWan::new(
         &vae_config(recipe)?,
-        VarBuilder::from_tensors(plain, DType::F32, &Device::Cpu),
+        VarBuilder::from_tensors(plain, DType::F32, dev),
     )?)
 }
 
@@ -247,8 +248,9 @@ pub fn encode_latents(
     recipe: &Recipe,
     vae: &AutoencoderKLWan,
     progress: &mut ProgressFn,
+    dev: &Device,
 ) -> Result<(Tensor, Vec<f64>, Vec<f64>)> {
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let world = WorldSize {
         size: recipe.size,
         frames: recipe.frames,
@@ -398,8 +400,8 @@ impl StartFrom {
     }
 }
 
-/// Runs (or continues, from `ckpt`) the transformer stage on normalised `latents` (N, z, span, h, w),
-/// from fresh weights or from `start`. Returns the EMA weights by prefixed name.
+/// Runs (or continues, from `ckpt`) the transformer stage on normalised `latents` (N, z, span, h, w), on
+/// their device, from fresh weights or from `start`. Returns the EMA weights by prefixed name.
 pub fn train_denoiser(
     recipe: &Recipe,
     latents: &Tensor,
@@ -409,7 +411,8 @@ pub fn train_denoiser(
     log: &mut LossLog,
     progress: &mut ProgressFn,
 ) -> Result<Vec<(String, Tensor)>> {
-    let dev = Device::Cpu;
+    // Trained where the latents are.
+    let dev = latents.device().clone();
     let model = Denoiser::new(recipe, super::tokenizer::vocab_size(), &dev)?;
     let params = model.params();
     init_params(&params, recipe.seed.wrapping_add(1))?;
