@@ -71,7 +71,8 @@ pub fn gated_residual(x: &Tensor, a: &Tensor, gate: &Tensor, out: DType) -> Resu
 
 /// Whether the fused kernels apply: CPU tensors, none tracked for gradients.
 fn fusable(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| t.device().is_cpu() && !t.track_op())
+    ts.iter()
+        .all(|t| crate::device::cpu_kernels(t.device()) && !t.track_op())
 }
 
 /// The values of a contiguous bf16 or f32 CPU tensor, borrowed from its storage.

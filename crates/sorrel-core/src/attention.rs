@@ -29,7 +29,7 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
     let l = k.dim(2)?;
     let scale = 1.0 / (d as f64).sqrt();
     let dt = q.dtype();
-    let fused = q.device().is_cpu()
+    let fused = crate::device::cpu_kernels(q.device())
         && fused_on_cpu(dt)
         && [q, k, v].iter().all(|t| t.dtype() == dt && !t.track_op());
     let (fast_bf16, fast_f32) = (fused && dt == DType::BF16, fused && dt == DType::F32);
@@ -53,6 +53,13 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
         // Fused as well: no score matrix, the tiles' products by gemm.
         return crate::f32_attention::attention(q, k, v, scale as f32);
     }
+    // Half-precision keys and values widened once here, not once per block of queries (96 blocks at
+    // 32,760 tokens on a GPU).
+    let widened = if packed.is_none() && matches!(dt, DType::BF16 | DType::F16) {
+        Some((kt.to_dtype(DType::F32)?, vt.to_dtype(DType::F32)?))
+    } else {
+        None
+    };
     let block = |q: &Tensor| -> Result<Tensor> {
         if let Some((pk, pv)) = &packed {
             // As PyTorch's CPU flash attention for bf16: scores in f32 from bf16 products; exp(score - row
@@ -63,22 +70,22 @@ pub fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) ->
             let out = pv.matmul(&weights, None, DType::F32)?;
             return out.broadcast_div(&sums)?.to_dtype(DType::BF16);
         }
-        if matches!(dt, DType::BF16 | DType::F16) {
+        if let Some((kt, vt)) = &widened {
             // Half-precision scores lose about 2^-9 of their size (0.01 at a score of 4) before the
             // softmax magnifies it; PyTorch's CPU attention keeps scores and softmax in f32 for bf16 and
             // f16, so the blocks do too (CPUs without AVX512-BF16 land here). bf16 then rounds the
             // weights as the fused kernel and PyTorch do: a bf16 Wan forward then lands 0.00363 (mean)
             // from fp32, against 0.00371 for diffusers' bf16, where all-f32 weights landed 0.00378.
             let w = |t: &Tensor| t.to_dtype(DType::F32);
-            let scores = w(q)?.matmul(&w(&kt)?)?;
-            if dt == DType::BF16 && q.device().is_cpu() && !q.track_op() {
+            let scores = w(q)?.matmul(kt)?;
+            if dt == DType::BF16 && crate::device::cpu_kernels(q.device()) && !q.track_op() {
                 // The fused kernel's numerics (above) without its products.
                 let (weights, sums) = exp_rows_bf16(&scores, scale as f32)?;
-                let out = w(&weights)?.matmul(&w(&vt)?)?;
+                let out = w(&weights)?.matmul(vt)?;
                 return out.broadcast_div(&sums)?.to_dtype(DType::BF16);
             }
             return crate::ops::softmax_last_dim(&(scores * scale)?)?
-                .matmul(&w(&vt)?)?
+                .matmul(vt)?
                 .to_dtype(dt);
         }
         let scores = (q.matmul(&kt)? * scale)?;

@@ -19,7 +19,7 @@ const SPAN: usize = 2048;
 /// CPU tensors that carry no gradient take the fused pass (bf16 computed in f32 and rounded once, as
 /// diffusers normalises half-precision input in fp32); anything else the candle composition.
 pub fn channel_rms_norm(x: &Tensor, gamma: &Tensor, scale: f64, silu: bool) -> Result<Tensor> {
-    let cpu_bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::BF16;
+    let cpu_bf16 = |t: &Tensor| crate::device::cpu_kernels(t.device()) && t.dtype() == DType::BF16;
     let fused = (is_cpu_f32(x) || cpu_bf16(x))
         && (is_cpu_f32(gamma) || cpu_bf16(gamma))
         && !x.track_op()

@@ -81,7 +81,9 @@ impl Module for Conv2d {
             return self.inner.forward(x);
         }
         let w = self.inner.weight();
-        let bf16 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::BF16;
+        let bf16 = |t: &Tensor| {
+            crate::device::cpu_kernels(t.device()) && t.dtype() == candle_core::DType::BF16
+        };
         let bf16_inference = bf16(x) && bf16(w) && !x.track_op() && !w.track_op();
         if bf16_inference && cfg.stride == 1 {
             let taps = match self.taps.get() {

@@ -75,7 +75,7 @@ impl CausalConv3d {
             );
         }
         let bf16_inference = weight.dtype() == candle_core::DType::BF16
-            && weight.device().is_cpu()
+            && crate::device::cpu_kernels(weight.device())
             && !weight.is_variable();
         let taps = if bf16_inference {
             let taps = crate::bf16_conv::taps_of(&weight)?;
@@ -149,7 +149,7 @@ impl CausalConv3d {
         let front = self.front_padding();
         let untracked = !x.track_op() && !self.weight.track_op();
         if let (Some(taps), true) = (&self.taps, shifted && untracked) {
-            if x.device().is_cpu() && x.dtype() == candle_core::DType::BF16 {
+            if crate::device::cpu_kernels(x.device()) && x.dtype() == candle_core::DType::BF16 {
                 return self.forward_bf16(x, cache, taps);
             }
         }

@@ -164,35 +164,34 @@ impl GgufFile {
         v
     }
 
-    fn read(&self, name: &str) -> candle_core::Result<QTensor> {
+    /// Reads `name` onto `dev` (on a GPU the quantized blocks go there as they are, and expand there).
+    fn read(&self, name: &str, dev: &Device) -> candle_core::Result<QTensor> {
         let mut r = self
             .reader
             .lock()
             .map_err(|_| candle_core::Error::Msg("GGUF reader lock poisoned".into()))?;
-        self.content
-            .tensor(&mut *r, name, &Device::Cpu)
-            .map_err(|e| {
-                candle_core::Error::Msg(format!(
-                    "GGUF file {}: cannot read tensor `{name}` ({e}); the file is truncated or damaged",
-                    self.path.display()
-                ))
-            })
+        self.content.tensor(&mut *r, name, dev).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "GGUF file {}: cannot read tensor `{name}` ({e}); the file is truncated or damaged",
+                self.path.display()
+            ))
+        })
     }
 
     /// The tensor as plain f32 numbers in its original shape.
     pub fn dequantized(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.read(name)?.dequantize(dev)?;
+        let t = self.read(name, &Device::Cpu)?.dequantize(dev)?;
         match self.orig_shapes.get(name) {
             Some(shape) => t.reshape(shape.as_slice()),
             None => Ok(t),
         }
     }
 
-    /// The matrix `name` kept quantized, if it is stored in a quantized type (plain floats return `None`:
-    /// they load through the `VarBuilder` like any other weight).
-    pub fn quantized(&self, name: &str) -> candle_core::Result<Option<QTensor>> {
+    /// The matrix `name` kept quantized on `dev`, if it is stored in a quantized type (plain floats return
+    /// `None`: they load through the `VarBuilder` like any other weight).
+    pub fn quantized(&self, name: &str, dev: &Device) -> candle_core::Result<Option<QTensor>> {
         match self.dtype(name) {
-            Some(t) if is_quantized(t) => Ok(Some(self.read(name)?)),
+            Some(t) if is_quantized(t) => Ok(Some(self.read(name, dev)?)),
             _ => Ok(None),
         }
     }
@@ -262,11 +261,12 @@ pub fn with_quantized<R>(weights: Option<QuantizedWeights>, f: impl FnOnce() -> 
 }
 
 /// The quantized matrix for the linear layer `prefix` (`prefix.weight`, shape (out, in)) and the adapters'
-/// changes to it, if a GGUF model is being built and stores it quantized.
+/// changes to it, if a GGUF model is being built and stores it quantized; on `dev`, the model's device.
 pub(crate) fn quantized_weight(
     prefix: &str,
     out_dim: usize,
     in_dim: usize,
+    dev: &Device,
 ) -> candle_core::Result<Option<(Arc<QTensor>, crate::lora::LowRank)>> {
     let Some(w) = BUILDING.with(|b| b.borrow().clone()) else {
         return Ok(None);
@@ -276,7 +276,7 @@ pub(crate) fn quantized_weight(
         Some(f) => f(&name),
         None => name.clone(),
     };
-    let Some(q) = w.file.quantized(&stored)? else {
+    let Some(q) = w.file.quantized(&stored, dev)? else {
         return Ok(None);
     };
     if q.shape().dims() != [out_dim, in_dim] {
@@ -289,7 +289,7 @@ pub(crate) fn quantized_weight(
         )));
     }
     let low_rank = match &w.lora {
-        Some(l) => l.low_rank(&name, out_dim, in_dim)?,
+        Some(l) => l.low_rank(&name, out_dim, in_dim)?.to_device(dev)?,
         None => Default::default(),
     };
     Ok(Some((Arc::new(q), low_rank)))

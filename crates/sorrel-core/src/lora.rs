@@ -347,6 +347,18 @@ impl LowRank {
         self.pairs.is_empty() && self.dense.is_none()
     }
 
+    /// The same changes on `dev` (read from the files onto the CPU, they go where the activations are).
+    pub fn to_device(self, dev: &candle_core::Device) -> candle_core::Result<Self> {
+        Ok(Self {
+            pairs: self
+                .pairs
+                .into_iter()
+                .map(|(d, u)| Ok((d.to_device(dev)?, u.to_device(dev)?)))
+                .collect::<candle_core::Result<_>>()?,
+            dense: self.dense.map(|w| w.to_device(dev)).transpose()?,
+        })
+    }
+
     /// The change to `x W^T` for x (rows, in), in x's dtype.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let mut y: Option<Tensor> = None;

@@ -33,7 +33,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     if is_cpu_f32(x) {
         x.contiguous()?.apply_op1(GeluTanh)
-    } else if x.device().is_cpu() && x.dtype() == candle_core::DType::BF16 && !x.track_op() {
+    } else if crate::device::cpu_kernels(x.device())
+        && x.dtype() == candle_core::DType::BF16
+        && !x.track_op()
+    {
         x.contiguous()?.apply_op1_no_bwd(&GeluTanh)
     } else {
         x.gelu()
@@ -42,7 +45,7 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 
 /// Whether `x` is an f32 tensor on the CPU, where the hand-written kernels apply.
 pub(crate) fn is_cpu_f32(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    crate::device::cpu_kernels(x.device()) && x.dtype() == candle_core::DType::F32
 }
 
 /// A linear layer that multiplies all leading dimensions as one matrix: candle-nn's `Linear` broadcasts its
@@ -72,7 +75,9 @@ enum Weight {
 /// A [`Dense`] layer with weight `(out, in)` and bias, from `vb` (checkpoint names `weight`, `bias`); the
 /// weight stays quantized when a GGUF model is being built and stores it so.
 pub fn dense(input: usize, output: usize, vb: candle_nn::VarBuilder) -> Result<Dense> {
-    if let Some((weight, lora)) = crate::gguf::quantized_weight(&vb.prefix(), output, input)? {
+    if let Some((weight, lora)) =
+        crate::gguf::quantized_weight(&vb.prefix(), output, input, vb.device())?
+    {
         let bias = Some(vb.get(output, "bias")?);
         return Ok(Dense(Weight::Quantized { weight, bias, lora }));
     }
@@ -90,7 +95,7 @@ pub fn dense(input: usize, output: usize, vb: candle_nn::VarBuilder) -> Result<D
     let w = linear.weight();
     // Inference weights (not training variables) in bf16 on a CPU with AVX512-BF16 are packed once here.
     if w.dtype() == candle_core::DType::BF16
-        && w.device().is_cpu()
+        && crate::device::cpu_kernels(w.device())
         && !w.is_variable()
         && crate::bf16_matmul::available()
     {
@@ -151,7 +156,10 @@ pub fn linear_2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor
     if bf16_product(x, w) {
         return crate::bf16_matmul::matmul_nt_bias(x, w, bias, DType::BF16);
     }
-    if x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && x.device().is_cpu() {
+    if x.dtype() == DType::BF16
+        && w.dtype() == DType::BF16
+        && crate::device::cpu_kernels(x.device())
+    {
         // candle rounds the product to bf16 and the bias sum again; the double rounding put a bf16 Wan
         // forward 7 % further (mean) from fp32 than diffusers' bf16 on a CPU without AVX512-BF16.
         let y = x
@@ -175,7 +183,7 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 fn bf16_product(x: &Tensor, w: &Tensor) -> bool {
     x.dtype() == candle_core::DType::BF16
         && w.dtype() == candle_core::DType::BF16
-        && x.device().is_cpu()
+        && crate::device::cpu_kernels(x.device())
         && !x.track_op()
         && !w.track_op()
         && crate::bf16_matmul::available()
@@ -546,7 +554,7 @@ impl CustomOp2 for GeluTanhGrad {
 pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
     let dt = x.dtype();
     if matches!(dt, candle_core::DType::BF16 | candle_core::DType::F16)
-        && x.device().is_cpu()
+        && crate::device::cpu_kernels(x.device())
         && !(x.track_op() || alpha.track_op())
     {
         // As `torch.nn.RMSNorm` (Wan's q/k norms): normalised and scaled in f32, rounded once. candle's
@@ -577,7 +585,7 @@ pub fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> Result<Tensor> {
 /// LayerNorm over the last dimension without affine parameters, computed in f32.
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.to_dtype(candle_core::DType::F32)?;
-    if x.track_op() && x.device().is_cpu() {
+    if x.track_op() && crate::device::cpu_kernels(x.device()) {
         return x.contiguous()?.apply_op1(Normalize {
             eps: eps as f32,
             centred: true,
