@@ -27,8 +27,35 @@ pub(crate) fn encode(clip: &Clip, opts: &EncodeOptions) -> Result<Vec<u8>> {
     mux(&stream, (clip.width(), clip.height()), clip.fps())
 }
 
+/// The length libwebm's TrackUID almost always has: 56 random bits.
+const UID_BYTES: usize = 7;
+
 /// Writes an AV1 stream of `width`x`height` frames at `fps` as a WebM file into memory.
-pub(crate) fn mux(stream: &Av1Stream, (width, height): (u32, u32), fps: u32) -> Result<Vec<u8>> {
+pub(crate) fn mux(stream: &Av1Stream, size: (u32, u32), fps: u32) -> Result<Vec<u8>> {
+    // The TrackUID's length is part of the layout and [`pin_track_uid`] cannot change it: libwebm's 56 random
+    // bits take 6 bytes when the top 8 are zero (one second in 256, as the seed is the clock's second), and
+    // then every byte after it moves. Such a file is written again in the next second, whose seed draws
+    // another UID, so the same clip always gives the same bytes.
+    for _ in 0..4 {
+        let (file, uid_len) = mux_once(stream, size, fps)?;
+        if uid_len == UID_BYTES {
+            return Ok(file);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(
+            1005 - u64::from(now.subsec_millis()),
+        ));
+    }
+    Err(MediaError::codec(
+        "WebM muxer",
+        format!("libwebm wrote a TrackUID of other than {UID_BYTES} bytes four seconds running"),
+    ))
+}
+
+/// One write of [`mux`], with the length of libwebm's TrackUID.
+fn mux_once(stream: &Av1Stream, (width, height): (u32, u32), fps: u32) -> Result<(Vec<u8>, usize)> {
     let writer = Writer::new(Cursor::new(Vec::new()));
     let (builder, track) = SegmentBuilder::new(writer)
         .map_err(err)?
@@ -69,8 +96,8 @@ pub(crate) fn mux(stream: &Av1Stream, (width, height): (u32, u32), fps: u32) -> 
         .finalize(Some(duration_ms))
         .map_err(|_| MediaError::codec("WebM muxer", "libwebm could not finish the file"))?;
     let mut file = writer.into_inner().into_inner();
-    pin_track_uid(&mut file, stream)?;
-    Ok(file)
+    let uid_len = pin_track_uid(&mut file, stream)?;
+    Ok((file, uid_len))
 }
 
 /// Track elements' IDs, as written in the file (their length marker included).
@@ -84,7 +111,8 @@ const TRACK_UID: u32 = 0x73C5;
 /// so the same clip written twice gave different bytes whenever the writes straddled a second: a render
 /// was not reproducible and the streamed and whole-clip writers disagreed. The value keeps the element's
 /// length, so nothing else in the file moves; hashing the stream keeps different clips' UIDs distinct.
-fn pin_track_uid(file: &mut [u8], stream: &Av1Stream) -> Result<()> {
+/// Returns that length.
+fn pin_track_uid(file: &mut [u8], stream: &Av1Stream) -> Result<usize> {
     let missing = || MediaError::codec("WebM muxer", "libwebm wrote no TrackUID to pin");
     // Level-1 elements follow the EBML header and the Segment's ID and size.
     let mut pos = element_end(file, 0).ok_or_else(missing)?;
@@ -103,7 +131,7 @@ fn pin_track_uid(file: &mut [u8], stream: &Av1Stream) -> Result<()> {
     uid.copy_from_slice(&hash[8 - uid_len..]);
     // A TrackUID must not be 0, and a leading zero byte would make the value shorter than its length.
     uid[0] |= 1;
-    Ok(())
+    Ok(uid_len)
 }
 
 /// Walks siblings from `*pos` to the element with `id`; returns its data length and start.
