@@ -14,6 +14,10 @@
 set -euo pipefail
 
 steps=${1:-3}
+# DEVICE, WEIGHTS and BENCH_ARGS are for trying the script on a machine without a GPU (on the CPU, a
+# fixture's tiny transformer and a stand-in nvidia-smi: docs/cuda.md); on the GPU machine leave them unset.
+device=${DEVICE:-cuda}
+bench_args=${BENCH_ARGS:-}
 here=target/device
 out=${OUT:-$here/out}
 bin=$here/device_check
@@ -31,8 +35,9 @@ fi
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
-# The CUDA libraries Sorrel links (cuBLAS, cuRAND, NVRTC) from PyTorch's wheels; the driver's libcuda is the
-# system's.
+# The CUDA libraries Sorrel links (cuBLAS, cuRAND, the runtime) from PyPI's nvidia wheels, which PyTorch's
+# CUDA 13 builds install. The driver's libcuda must stay the system's: no folder holding a libcuda goes on
+# the path.
 libs=$(python3 - <<'EOF'
 import glob, os
 try:
@@ -40,10 +45,9 @@ try:
     roots = list(nvidia.__path__)
 except ImportError:
     roots = []
-import torch
-roots.append(os.path.dirname(torch.__file__))
-dirs = {os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "**", "lib*.so*"), recursive=True)}
-print(":".join(sorted(dirs)))
+wanted = ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libcudart.so.13", "libnvrtc.so.13")
+dirs = {os.path.dirname(p) for r in roots for w in wanted for p in glob.glob(os.path.join(r, "**", w), recursive=True)}
+print(":".join(sorted(d for d in dirs if not glob.glob(os.path.join(d, "libcuda.so*")))))
 EOF
 )
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -69,7 +73,9 @@ if ! python3 -c 'import diffusers' 2> /dev/null; then
 fi
 
 echo "== parity: the fixtures on the GPU against the CPU and diffusers"
-"$bin" parity cuda tests/fixtures | tee "$out/parity.jsonl"
+# A parity failure is reported at the end: the benchmark still runs, so one turn on the GPU gives everything.
+parity=0
+"$bin" parity "$device" tests/fixtures | tee "$out/parity.jsonl" || parity=$?
 
 echo "== speed: Wan2.1-T2V-1.3B transformer, 832x480, 81 frames, $steps steps with guidance, bf16"
 weights=${WEIGHTS:-/tmp/sorrel-wan21-1.3b-random}
@@ -81,14 +87,19 @@ peak() {
   log=$(mktemp)
   base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 50 > "$log" &
-  local poll=$!
-  "$@" >> "$out/bench.jsonl"
+  local poll=$! rc=0
+  "$@" >> "$out/bench.jsonl" || rc=$?
   kill "$poll"
   wait "$poll" 2> /dev/null || true
   echo "{\"peak_gpu_mib\": $(sort -n "$log" | tail -n 1), \"before_mib\": $base}" >> "$out/bench.jsonl"
   rm -f "$log"
+  return "$rc"
 }
 python3 tools/device/bench_diffusers.py make "$weights"
-peak python3 tools/device/bench_diffusers.py run "$weights" "$inputs" "$steps" bf16
-peak "$bin" bench cuda "$weights" "$inputs" "$steps" bf16
+# shellcheck disable=SC2086  # BENCH_ARGS is several words
+peak python3 tools/device/bench_diffusers.py run "$weights" "$inputs" "$steps" bf16 $bench_args
+bench=0
+peak "$bin" bench "$device" "$weights" "$inputs" "$steps" bf16 || bench=$?
 python3 tools/device/table.py "$out" | tee "$out/table.md"
+[ "$parity" -eq 0 ] || die "parity failed on the GPU (above, and $out/parity.jsonl)"
+[ "$bench" -eq 0 ] || die "Sorrel's benchmark run failed (above)"

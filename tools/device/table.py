@@ -27,15 +27,16 @@ for r in lines("bench.jsonl"):
 d, s = runs.get("diffusers"), runs.get("sorrel")
 if d and s:
     n = len(s["step_seconds"])
-    print(f"\nWan2.1-T2V-1.3B transformer, 832x480, 81 frames ({s['tokens']} tokens), bf16, guidance (two "
-          f"forwards a step), median of {n} steps after one unmeasured:\n")
+    print(f"\nTransformer steps over {s['tokens']} tokens (Wan2.1-T2V-1.3B at 832x480, 81 frames: 32,760), "
+          f"{s['dtype']}, guidance (two forwards a step), median of {n} steps after one unmeasured:\n")
     print("| | diffusers | Sorrel | Sorrel / diffusers |")
     print("|---|---|---|---|")
     ds, ss = d["median_step_seconds"], s["median_step_seconds"]
     print(f"| seconds per step | {ds:.3f} | {ss:.3f} | {ss / ds:.2f}x |")
     if "diffusers" in peaks and "sorrel" in peaks:
         dp, sp = peaks["diffusers"], peaks["sorrel"]
-        print(f"| peak GPU memory above idle (nvidia-smi) | {dp / 1024:.1f} GiB | {sp / 1024:.1f} GiB | {sp / dp:.2f}x |")
+        ratio = f"{sp / dp:.2f}x" if dp > 0 else "-"
+        print(f"| peak GPU memory above idle (nvidia-smi) | {dp / 1024:.1f} GiB | {sp / 1024:.1f} GiB | {ratio} |")
     print(f"| load seconds | {d['load_seconds']:.1f} | {s['load_seconds']:.1f} | |")
     err = s.get("relative_max_abs_from_diffusers")
     if err is not None:

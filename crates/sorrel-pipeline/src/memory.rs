@@ -154,8 +154,8 @@ impl WanPipeline {
         })
     }
 
-    /// Refuses `req` if it does not fit in `available` bytes (`None`: [`available`] now; `Ok` where that
-    /// cannot be read).
+    /// Refuses `req` if it does not fit in `available` bytes (`None`: [`available_on`] the pipeline's device
+    /// now, the GPU's free memory on a GPU; `Ok` where that cannot be read).
     pub fn check_memory(&self, req: &GenerateRequest, available: Option<u64>) -> Result<()> {
         match available.map_or_else(|| available_on(&self.device), |b| Ok(Some(b)))? {
             Some(bytes) => self.memory_need(req)?.check(bytes, req).map_err(|e| {
