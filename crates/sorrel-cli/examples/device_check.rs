@@ -23,6 +23,7 @@ use sorrel_core::TensorSource;
 use sorrel_models::wan::config::WanTransformerConfig;
 use sorrel_models::wan::transformer::WanTransformer3DModel;
 use sorrel_pipeline::{Conditioning, GenerateRequest, LoadOptions, Picture, WanPipeline};
+use sorrel_testkit::{max_abs, max_abs_diff};
 
 fn main() -> Result<()> {
     // SAFETY: first thing in `main`, before any thread exists.
@@ -94,8 +95,7 @@ fn parity(dev: &Device, fixtures: &Path) -> Result<()> {
         for dtype in [DType::F32, DType::BF16] {
             let t0 = Instant::now();
             let got = run(&dir, dev, dtype, &req)?;
-            let (from_cpu, from_diffusers) =
-                (max_abs_diff(&got, &cpu)?, max_abs_diff(&got, &want)?);
+            let (from_cpu, from_diffusers) = (max_abs_diff(&got, &cpu), max_abs_diff(&got, &want));
             let ok = dtype != DType::F32 || from_diffusers <= 2e-3;
             println!(
                 "{}",
@@ -103,7 +103,7 @@ fn parity(dev: &Device, fixtures: &Path) -> Result<()> {
                     "check": "parity", "fixture": case.name, "device": sorrel_core::device::describe(dev),
                     "dtype": format!("{dtype:?}"), "max_abs_from_cpu": from_cpu,
                     "max_abs_from_diffusers": from_diffusers,
-                    "cpu_from_diffusers": max_abs_diff(&cpu, &want)?,
+                    "cpu_from_diffusers": max_abs_diff(&cpu, &want),
                     "bound": if dtype == DType::F32 { Some(2e-3) } else { None },
                     "ok": ok, "seconds": t0.elapsed().as_secs_f64(),
                 })
@@ -174,10 +174,6 @@ fn run(dir: &Path, dev: &Device, dtype: DType, req: &GenerateRequest) -> Result<
     Ok(video.frames.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
 fn bench(dev: &Device, dir: &Path, inputs: &Path, steps: usize, dtype: DType) -> Result<()> {
     let t0 = Instant::now();
     let cfg = WanTransformerConfig::from_diffusers_file(&dir.join("config.json"))?;
@@ -222,8 +218,7 @@ fn bench(dev: &Device, dir: &Path, inputs: &Path, steps: usize, dtype: DType) ->
     let err = match saved.get("out_first") {
         Some(want) => {
             let want = want.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            Some(max_abs_diff(&first, &want)? / scale.max(f32::MIN_POSITIVE))
+            Some(max_abs_diff(&first, &want) / max_abs(&want).max(f32::MIN_POSITIVE))
         }
         None => None,
     };

@@ -115,7 +115,7 @@ pub fn describe(device: &Device) -> String {
         Device::Cuda(d) => {
             let ctx = d.cuda_stream().context().clone();
             let name = ctx.name().unwrap_or_else(|_| "GPU".to_string());
-            let total = ctx.total_mem().map(gib).unwrap_or_default();
+            let total = ctx.total_mem().map(|b| gib(b as u64)).unwrap_or_default();
             format!("cuda:{} ({name}, {total})", ctx.ordinal())
         }
         other => format!("{other:?}"),
@@ -137,7 +137,7 @@ pub fn gpu_memory(device: &Device) -> Option<(u64, u64)> {
 }
 
 /// `bytes` as `12.3 GiB`.
-pub fn gib(bytes: usize) -> String {
+pub fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 

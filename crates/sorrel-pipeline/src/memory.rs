@@ -162,7 +162,7 @@ impl WanPipeline {
                 match sorrel_core::device::gpu_memory(&self.device) {
                     Some((_, total)) => Error::invalid(format!(
                         "{e}; this is the GPU's memory ({} in all; --device cpu uses the machine's)",
-                        sorrel_core::device::gib(total as usize)
+                        sorrel_core::device::gib(total)
                     )),
                     None => e,
                 }
