@@ -352,6 +352,25 @@ fn missing_model_folder() {
     );
 }
 
+#[test]
+fn a_device_this_build_cannot_use_is_refused_with_the_way_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.npy");
+    let o = out.to_string_lossy().to_string();
+    let model = fixture("wan-tiny-unipc").join("pipeline");
+    let model = model.to_string_lossy();
+    let with = |device: &'static str| {
+        let mut a = tiny_args(&model, &o);
+        a.extend(["--device", device]);
+        a
+    };
+    assert_fails(&with("tpu"), "cpu, cuda, cuda:N", &out);
+    if !sorrel_core::device::cuda_built() {
+        // The default build: a GPU asked for says how to build one that has it.
+        assert_fails(&with("cuda:1"), "--features cuda", &out);
+    }
+}
+
 /// A writable copy of the unipc fixture's pipeline (for a test to damage) and an output path beside it.
 fn damageable_model() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
