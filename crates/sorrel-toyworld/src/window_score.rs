@@ -28,9 +28,17 @@ pub struct LongScore {
     /// For bounces: windows where the motion is physically plausible (no sinking; a resting object or
     /// falls under one constant gravity), and windows scored.
     pub plausible_windows: Option<(usize, usize)>,
+    /// For scenes that travel (left, right, up, down): windows where the objects move as the world's do
+    /// (see [`MIN_TRAVEL`]), and windows where the world's objects travel that far. Without it, a model that
+    /// froze its objects would keep count, colour and size, and a frozen bounce would read as resting.
+    pub moving_windows: Option<(usize, usize)>,
     /// Boundaries between generation windows where the objects carry on, and boundaries scored.
     pub continuous: (usize, usize),
 }
+
+/// The net travel (pixels, along the scene's axis, across a window) from which a window counts for
+/// [`LongScore::moving_windows`]: the objects must then travel the same way at least half as far.
+pub const MIN_TRAVEL: f32 = 2.0;
 
 impl LongScore {
     /// Count, colour and size held in every window: the clip kept its objects for its whole length.
@@ -66,6 +74,7 @@ pub fn score_long(
         colour_windows: 0,
         size_windows: 0,
         plausible_windows: (scene.motion == Motion::Bounce).then_some((0, 0)),
+        moving_windows: travel_axis(scene.motion).map(|_| (0, 0)),
         continuous: (0, 0),
     };
     for k in 0..windows {
@@ -93,6 +102,17 @@ pub fn score_long(
         if let Some((ok, all)) = &mut score.plausible_windows {
             *all += 1;
             *ok += usize::from(plausible(win, scene, mode, world));
+        }
+        if let (Some((ok, all)), Some(axis)) =
+            (&mut score.moving_windows, travel_axis(scene.motion))
+        {
+            let want = travel(&truth, scene, axis);
+            if want.is_some_and(|t| t.abs() >= MIN_TRAVEL) {
+                let want = want.unwrap_or(0.0);
+                *all += 1;
+                let got = travel(win, scene, axis);
+                *ok += usize::from(got.is_some_and(|g| g * want.signum() >= 0.5 * want.abs()));
+            }
         }
     }
     for &b in boundaries
@@ -166,6 +186,30 @@ pub fn score_join(
         size,
         seams,
     }
+}
+
+/// The axis a travelling motion moves along (0: x, 1: y); `None` for motions in place.
+fn travel_axis(motion: Motion) -> Option<usize> {
+    match motion {
+        Motion::Left | Motion::Right => Some(0),
+        Motion::Up | Motion::Down => Some(1),
+        Motion::Bounce | Motion::Grow | Motion::Shrink => None,
+    }
+}
+
+/// The caption's objects' net travel along `axis` across a window: the mean centre over its last two
+/// frames less that over its first two (pixels); `None` when either end shows none of them.
+fn travel(win: &[Vec<Blob>], scene: &Scene, axis: usize) -> Option<f32> {
+    let centre = |frames: &[Vec<Blob>]| {
+        let c: Vec<f32> = frames
+            .iter()
+            .flat_map(|bs| mine(bs, scene))
+            .map(|b| if axis == 0 { b.cx } else { b.cy })
+            .collect();
+        (!c.is_empty()).then(|| c.iter().sum::<f32>() / c.len() as f32)
+    };
+    let k = win.len().min(2);
+    Some(centre(&win[win.len() - k..])? - centre(&win[..k])?)
 }
 
 /// A bounce window is plausible when nothing sinks into the floor and the objects either rest (move less
@@ -332,6 +376,37 @@ mod tests {
             score_long(&clip, WORLD, &scene, &[8]).continuous,
             (0, 1),
             "{scene:?}"
+        );
+    }
+
+    #[test]
+    fn travelling_objects_must_keep_travelling() {
+        let (mut ok, mut all, mut travelling) = (0, 0, 0);
+        for seed in 0..40 {
+            let scene = Scene::sample(9200 + seed, Split::Train);
+            let clip = render_span(&scene, WORLD, 0, 480).frames;
+            let s = score_long(&clip, WORLD, &scene, &[]);
+            match travel_axis(scene.motion) {
+                None => assert_eq!(s.moving_windows, None),
+                Some(_) => {
+                    travelling += 1;
+                    let (o, a) = s.moving_windows.unwrap();
+                    (ok, all) = (ok + o, all + a);
+                    // The same objects frozen in their first frame keep count, colour and size, but
+                    // travel nowhere.
+                    let frozen = vec![clip[0].clone(); 480];
+                    let f = score_long(&frozen, WORLD, &scene, &[]);
+                    assert_eq!(f.moving_windows, Some((0, a)), "{scene:?}");
+                }
+            }
+        }
+        assert!(
+            travelling > 5 && all > 0,
+            "{travelling} scenes, {all} windows"
+        );
+        assert!(
+            ok * 100 >= all * 95,
+            "the world itself moves in {ok} of {all}"
         );
     }
 }
