@@ -106,9 +106,7 @@ pub fn score_long(
         if let (Some((ok, all)), Some(axis)) =
             (&mut score.moving_windows, travel_axis(scene.motion))
         {
-            let want = travel(&truth, scene, axis);
-            if want.is_some_and(|t| t.abs() >= MIN_TRAVEL) {
-                let want = want.unwrap_or(0.0);
+            if let Some(want) = travel(&truth, scene, axis).filter(|t| t.abs() >= MIN_TRAVEL) {
                 *all += 1;
                 let got = travel(win, scene, axis);
                 *ok += usize::from(got.is_some_and(|g| g * want.signum() >= 0.5 * want.abs()));

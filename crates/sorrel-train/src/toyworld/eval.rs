@@ -412,24 +412,14 @@ pub fn evaluate(
             ));
             tick(progress);
         }
-        let sum_of = |scores: &mut dyn Iterator<Item = &LongScore>,
-                      f: &dyn Fn(&LongScore) -> (usize, usize)| {
-            let (a, b) = scores.map(f).fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
-            if b == 0 {
-                f64::NAN
-            } else {
-                100.0 * a as f64 / b as f64
-            }
-        };
-        let sum =
-            |f: &dyn Fn(&LongScore) -> (usize, usize)| sum_of(&mut each.iter().map(|e| &e.1), f);
+        let sum = |f: &dyn Fn(&LongScore) -> (usize, usize)| percent(each.iter().map(|e| f(&e.1)));
         let kept_all = |s: &LongScore| (usize::from(s.kept()), 1);
         let plausible = |s: &LongScore| s.plausible_windows.unwrap_or((0, 0));
         let moving = |s: &LongScore| s.moving_windows.unwrap_or((0, 0));
         let through_vae = (
-            sum_of(&mut ceiling.iter(), &kept_all),
-            sum_of(&mut ceiling.iter(), &plausible),
-            sum_of(&mut ceiling.iter(), &moving),
+            percent(ceiling.iter().map(kept_all)),
+            percent(ceiling.iter().map(plausible)),
+            percent(ceiling.iter().map(moving)),
         );
         report.rollout = Some(RolloutSummary {
             rollouts: each.len(),
@@ -447,6 +437,16 @@ pub fn evaluate(
         });
     }
     Ok(report)
+}
+
+/// (met, scored) pairs summed, as a percentage; NaN when nothing was scored.
+fn percent(pairs: impl Iterator<Item = (usize, usize)>) -> f64 {
+    let (a, b) = pairs.fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+    if b == 0 {
+        f64::NAN
+    } else {
+        100.0 * a as f64 / b as f64
+    }
 }
 
 /// RGB8 frames through the VAE and back: (F, H, W, 3) in [0, 1], as a generated video comes out.
