@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// proper), in [0, 1] (default: the recipe's).
     #[arg(long)]
     pub slice_noise_share: Option<f64>,
+    /// Shift of the transformer's training noise levels towards pure noise, as the sampler's flow shift
+    /// moves its own (1: none; default: the recipe's).
+    #[arg(long)]
+    pub noise_shift: Option<f64>,
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
     /// Use the tiny smoke-test recipe (seconds; for checking the machinery, not a usable model).
@@ -97,6 +101,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(s) = args.slice_noise_share {
         recipe.slice_noise_share = s;
+    }
+    if let Some(s) = args.noise_shift {
+        recipe.noise_shift = s;
     }
     if let Some(k) = args.context_kinds {
         recipe.context_kinds = k.try_into().map_err(|k: Vec<f64>| {

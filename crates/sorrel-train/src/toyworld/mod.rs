@@ -218,13 +218,14 @@ pub fn refine(
         transformer,
         ..
     } = Folder::read(model)?;
-    // The folder's decoder stage is the one about to run, so its rate may differ too; floorless captions
-    // and independent slice noise are read by the transformer stage alone, and folders written before
-    // them record none.
+    // The folder's decoder stage is the one about to run, so its rate may differ too; floorless captions,
+    // independent slice noise and the noise shift are read by the transformer stage alone, and folders
+    // written before them record none.
     let comparable = |r: &Recipe| Recipe {
         decoder_lr: 0.0,
         floorless_share: 0.0,
         slice_noise_share: 0.0,
+        noise_shift: 1.0,
         ..r.without_step_counts()
     };
     if comparable(&trained) != comparable(recipe) {

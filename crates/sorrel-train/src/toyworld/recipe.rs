@@ -98,12 +98,22 @@ pub struct Recipe {
     /// existed noised them together (0).
     #[serde(default)]
     pub slice_noise_share: f64,
+    /// Shift applied to the transformer's training noise levels, as the sampler's schedule shifts its own
+    /// ([`crate::toyworld::data::shift_level`]), so the high levels where sampling decides the layout are
+    /// trained as often as they are sampled. Runs recorded before it existed used none (1).
+    #[serde(default = "no_shift")]
+    pub noise_shift: f64,
     /// Sampling defaults written into the model folder.
     pub sample_steps: usize,
     /// Classifier-free guidance scale at sampling.
     pub guidance: f64,
     /// Flow shift of the sampling schedule.
     pub flow_shift: f64,
+}
+
+/// Training noise levels as drawn, unshifted.
+fn no_shift() -> f64 {
+    1.0
 }
 
 /// The four ways of giving frames drawn equally, as the sixth version trained.
@@ -149,6 +159,7 @@ impl Default for Recipe {
             // drew an empty frame for most seeds of "a red ball moves to the right".
             floorless_share: 0.2,
             slice_noise_share: 0.0,
+            noise_shift: 1.0,
             sample_steps: 25,
             // Measured, not assumed: at 4 objects popped in and out between frames and bounces lost their
             // arc (permanence 79 %, bounce 67 % against 89 % and 100 %; docs/models/toyworld.md).
@@ -259,6 +270,12 @@ impl Recipe {
                  in [0, 1]"
                     .into(),
             );
+        }
+        if !(self.noise_shift > 0.0 && self.noise_shift.is_finite()) {
+            return Err(format!(
+                "noise_shift {} must be positive (1: levels as drawn)",
+                self.noise_shift
+            ));
         }
         if self
             .context_kinds
@@ -423,16 +440,29 @@ mod tests {
 
     #[test]
     fn recipes_recorded_before_the_kinds_draw_them_equally_and_bad_kinds_are_refused() {
-        // A recipe as written before `context_kinds`, `floorless_share` and `slice_noise_share` existed
-        // (the sixth version's).
+        // A recipe as written before `context_kinds`, `floorless_share`, `slice_noise_share` and
+        // `noise_shift` existed (the sixth version's).
         let mut old = serde_json::to_value(Recipe::default()).unwrap();
-        for field in ["context_kinds", "floorless_share", "slice_noise_share"] {
+        for field in [
+            "context_kinds",
+            "floorless_share",
+            "slice_noise_share",
+            "noise_shift",
+        ] {
             old.as_object_mut().unwrap().remove(field);
         }
         let r: Recipe = serde_json::from_value(old).unwrap();
         assert_eq!(r.context_kinds, [1.0; 4]);
         assert_eq!(r.floorless_share, 0.0);
         assert_eq!(r.slice_noise_share, 0.0);
+        assert_eq!(r.noise_shift, 1.0);
+        for shift in [0.0, -3.0, f64::INFINITY] {
+            let bad = Recipe {
+                noise_shift: shift,
+                ..r.clone()
+            };
+            assert!(bad.validate().unwrap_err().contains("noise_shift"));
+        }
         let bad = Recipe {
             floorless_share: 1.5,
             ..r.clone()

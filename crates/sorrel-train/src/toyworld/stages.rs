@@ -455,6 +455,7 @@ pub fn train_denoiser(
                         recipe.context_share,
                         recipe.context_kinds,
                         recipe.slice_noise_share,
+                        recipe.noise_shift,
                     )
                 })
                 .collect();
