@@ -67,10 +67,7 @@ impl Scheduler for FlowMatchEulerScheduler {
         let nt = self.num_train_timesteps;
         // The training table's extremes, in f32 as torch computes them at construction.
         let shift32 = self.shift as f32;
-        let train = |t: f32| {
-            let s = t / nt as f32;
-            shift32 * s / (1.0 + (shift32 - 1.0) * s)
-        };
+        let train = |t: f32| crate::shift_sigma_f32(t / nt as f32, shift32);
         let (sigma_max, sigma_min) = (train(nt as f32) as f64, train(1.0) as f64);
         let (t0, t1) = (sigma_max * nt as f64, sigma_min * nt as f64);
         let sig: Vec<f32> = (0..n)
@@ -81,8 +78,7 @@ impl Scheduler for FlowMatchEulerScheduler {
                     i if i == n - 1 => t1,
                     i => i as f64 * ((t1 - t0) / (n - 1) as f64) + t0,
                 };
-                let s = t / nt as f64;
-                (self.shift * s / (1.0 + (self.shift - 1.0) * s)) as f32
+                crate::shift_sigma(t / nt as f64, self.shift) as f32
             })
             .collect();
         self.timesteps = sig.iter().map(|s| s * nt as f32).collect();

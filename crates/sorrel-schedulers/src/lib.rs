@@ -13,6 +13,18 @@ use sorrel_core::{Error, Result};
 pub use flow_euler::FlowMatchEulerScheduler;
 pub use unipc::UniPcScheduler;
 
+/// A noise level `s` in [0, 1] moved towards 1 by a flow `shift`: `shift * s / (1 + (shift - 1) * s)`, the map
+/// diffusers' flow-matching schedulers apply to their sigmas (a shift of 1 leaves `s` as it is).
+pub fn shift_sigma(s: f64, shift: f64) -> f64 {
+    shift * s / (1.0 + (shift - 1.0) * s)
+}
+
+/// [`shift_sigma`] in f32 throughout, as torch builds its training table (and as training draws its levels),
+/// so the rounding is theirs.
+pub fn shift_sigma_f32(s: f32, shift: f32) -> f32 {
+    shift * s / (1.0 + (shift - 1.0) * s)
+}
+
 /// A sampler that turns model predictions into the next, less noisy, latents.
 pub trait Scheduler: Send {
     /// Prepares `n` inference steps and resets all state.

@@ -194,10 +194,7 @@ impl Scheduler for UniPcScheduler {
         // np.linspace(1, 1/nt, n+1)[:-1], shifted, in f64; numpy computes i*step + start.
         let step = (1.0 / nt - 1.0) / n as f64;
         let mut sig: Vec<f64> = (0..n)
-            .map(|i| {
-                let s = i as f64 * step + 1.0;
-                shift * s / (1.0 + (shift - 1.0) * s)
-            })
+            .map(|i| crate::shift_sigma(i as f64 * step + 1.0, shift))
             .collect();
         if (sig[0] - 1.0).abs() < 1e-6 {
             sig[0] -= 1e-6;

@@ -234,7 +234,8 @@ fn logit_normal(rng: &mut StdRng) -> f32 {
     1.0 / (1.0 + (-u).exp())
 }
 
-/// `s` moved towards 1 as FlowMatch's `shift` moves the sampler's levels: `shift * s / (1 + (shift - 1) * s)`.
+/// `s` moved towards 1 as FlowMatch's `shift` moves the sampler's levels (the schedulers' own
+/// [`sorrel_schedulers::shift_sigma_f32`]).
 /// The sampler (shift 3, 25 steps) takes 7 of its steps above level 0.9, where the objects' places are
 /// decided, but unshifted logit-normal training puts 1.4 % of its clips there; the same shift in training
 /// puts 14 % there. A shift of 1 returns `s` unchanged, so recipes recorded before it existed repeat exactly.
@@ -242,8 +243,7 @@ pub fn shift_level(s: f32, shift: f64) -> f32 {
     if shift == 1.0 {
         return s;
     }
-    let shift = shift as f32;
-    shift * s / (1.0 + (shift - 1.0) * s)
+    sorrel_schedulers::shift_sigma_f32(s, shift as f32)
 }
 
 /// Draws one of the four ways of giving frames in proportion to `kinds`. Equal weights take the one
